@@ -1,0 +1,355 @@
+"""One typed experiment schema: YAML in, ``--set key=value`` overrides, one-line errors out.
+
+A list given for a method knob (``temperature: [1, 2, 4]``) or for ``seeds`` is a Ray Tune grid
+axis; scalars are fixed values. Every error names the field and what it allows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from raykd.errors import ConfigError
+from raykd.methods import METHODS, Method
+
+DATASET_CLASSES = {"digits": 10, "mnist1d": 10, "cifar10": 10, "cifar100": 100}
+DatasetName = Literal["digits", "mnist1d", "cifar10", "cifar100", "fake"]
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, values are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _as_list(value: Any) -> Any:
+    return value if isinstance(value, list) else [value]
+
+
+class ModelSpec(Section):
+    """An architecture from the model registry (or any torchvision classification model name)."""
+
+    name: str = Field(description="registry name: mlp, cnn1d, cnn2d, resnet, or a torchvision model")
+    width: int | None = Field(None, gt=0, description="channels / hidden units (model default if unset)")
+    depth: int | None = Field(None, gt=0, description="layers (mlp) or ResNet depth 6n+2 (resnet)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from raykd.models import model_names
+
+        if name not in model_names():
+            raise ValueError(f"unknown model {name!r}; allowed: {', '.join(model_names()[:8])}, ...")
+        return name
+
+
+class DataConfig(Section):
+    dataset: DatasetName = Field("mnist1d", description="embedded: digits, mnist1d, fake; local: cifar10, cifar100")
+    root: Path | None = Field(None, description="folder holding the CIFAR python batches")
+    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="global validation split held out of train")
+    pool_fraction: float = Field(
+        0.25, ge=0, lt=0.9, description="unlabelled shared pool set aside before partitioning"
+    )
+    fake_samples: int = Field(1000, ge=100, description="training samples of the 'fake' dataset")
+    fake_classes: int = Field(10, ge=2, description="classes of the 'fake' dataset")
+
+    @property
+    def num_classes(self) -> int:
+        return self.fake_classes if self.dataset == "fake" else DATASET_CLASSES[self.dataset]
+
+
+class PartitionConfig(Section):
+    scheme: Literal["iid", "dirichlet", "pathological"] = Field("dirichlet", description="how train is split")
+    num_nodes: int = Field(4, ge=2, description="number of nodes (at least 2)")
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (> 0); smaller is more skewed")
+    classes_per_node: int = Field(2, ge=1, description="classes per node for 'pathological'")
+    min_samples: int = Field(20, ge=1, description="fewest training samples any node may hold")
+    local_val_fraction: float = Field(0.2, ge=0, lt=0.5, description="each node's local validation split")
+
+
+class TrainConfig(Section):
+    """A plain training budget (Adam)."""
+
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-2, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class NodesConfig(Section):
+    model: ModelSpec = Field(ModelSpec(name="cnn1d"), description="architecture of every node")
+    models: dict[int, ModelSpec] = Field({}, description="per-node architecture overrides, by node id")
+    train: TrainConfig = TrainConfig()
+    cache_dir: Path = Field(Path(".raykd_cache"), description="where node models and datasets are cached")
+
+    def model_of(self, node: int) -> ModelSpec:
+        return self.models.get(node, self.model)
+
+
+class TransferConfig(Section):
+    student: int = Field(0, ge=0, description="node whose model learns")
+    teachers: list[int] = Field([1], min_length=1, description="nodes whose models teach")
+    set: Literal["local", "pool", "both"] = Field(
+        "pool",
+        description="local: KD on the student's data; pool: CE on local data, KD on the shared pool; both",
+    )
+    train: TrainConfig = TrainConfig(epochs=10, lr=3e-3)
+
+
+class TuneConfig(Section):
+    select_on: Literal["val_acc", "local_val_acc"] = Field(
+        "val_acc", description="metric the best grid point is chosen on (never the test set)"
+    )
+    cpus_per_trial: float = Field(1.0, gt=0)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="existing cluster (e.g. 'auto' or 'HOST:PORT'); local if unset")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray instance (all if unset)")
+
+
+class TrackingConfig(Section):
+    uri: str | None = Field(None, description="MLflow tracking URI; default: sqlite:///mlflow.db here")
+    experiment: str = Field("raykd", min_length=1)
+
+
+class MethodConfig(Section):
+    """Base of the generated per-method configs: knob fields hold lists (grid axes)."""
+
+    label: str | None = Field(None, description="row name in the results table (default: method name)")
+
+    def display(self) -> str:
+        return self.label or self.name  # type: ignore[attr-defined]
+
+    def knobs(self) -> list[str]:
+        return [f for f in type(self).model_fields if f not in ("name", "label")]
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every concrete setting: the product of the knob lists."""
+        names = self.knobs()
+        return [dict(zip(names, v, strict=True)) for v in itertools.product(*(getattr(self, n) for n in names))]
+
+    def build(self, setting: dict[str, Any]) -> Method:
+        return METHODS[self.name](**setting)  # type: ignore[attr-defined]
+
+
+def _method_config(cls: type[Method]) -> type[MethodConfig]:
+    """Derive a method's YAML schema from its dataclass: each knob becomes a list (grid axis)."""
+    fields: dict[str, Any] = {"name": (Literal[cls.name], ...)}  # type: ignore[valid-type]
+    hints = get_type_hints(cls, include_extras=True)
+    for f in dataclasses.fields(cls):
+        fields[f.name] = (
+            Annotated[list[hints[f.name]], BeforeValidator(_as_list), Field(min_length=1)],  # type: ignore[misc]
+            [f.default],
+        )
+    return create_model(f"{cls.__name__}Config", __base__=MethodConfig, **fields)
+
+
+METHOD_CONFIGS = {name: _method_config(cls) for name, cls in METHODS.items()}
+AnyMethodConfig = Annotated[Union[tuple(METHOD_CONFIGS.values())], Field(discriminator="name")]  # noqa: UP007
+
+
+class ExperimentConfig(Section):
+    name: str = Field("default", min_length=1, description="experiment name (output folder, MLflow run)")
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="seeds: a grid axis; spread is over them")
+    data: DataConfig = DataConfig()
+    partition: PartitionConfig = PartitionConfig()
+    nodes: NodesConfig = NodesConfig()
+    transfer: TransferConfig = TransferConfig()
+    methods: list[AnyMethodConfig] = Field(min_length=1, description="the table's rows; lists are grid axes")
+    tune: TuneConfig = TuneConfig()
+    ray: RayConfig = RayConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    output_dir: Path = Field(Path("runs"), description="where tables, plots and Tune state are written")
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seed_list(cls, value: Any) -> Any:
+        return _as_list(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentConfig:
+        nodes = self.partition.num_nodes
+        roles = {"transfer.student": [self.transfer.student], "transfer.teachers": self.transfer.teachers}
+        for field, ids in roles.items():
+            bad = [i for i in ids if not 0 <= i < nodes]
+            if bad:
+                raise ValueError(f"{field}: node {bad[0]} does not exist; allowed: 0..{nodes - 1}")
+        if self.transfer.student in self.transfer.teachers:
+            raise ValueError("transfer.teachers: must not include the student node")
+        if self.partition.scheme == "pathological" and self.partition.classes_per_node > self.data.num_classes:
+            raise ValueError(
+                f"partition.classes_per_node: {self.partition.classes_per_node} is more than the "
+                f"{self.data.num_classes} classes of {self.data.dataset}; allowed: 1..{self.data.num_classes}"
+            )
+        bad_nodes = [n for n in self.nodes.models if not 0 <= n < nodes]
+        if bad_nodes:
+            raise ValueError(f"nodes.models: node {bad_nodes[0]} does not exist; allowed: 0..{nodes - 1}")
+        if self.data.dataset.startswith("cifar") and self.data.root is None:
+            raise ValueError(f"data.root: {self.data.dataset} needs a local folder (data.root=PATH)")
+        if self.transfer.set != "local" and self.data.pool_fraction == 0:
+            raise ValueError(f"data.pool_fraction: transfer.set={self.transfer.set} needs a pool; allowed: > 0")
+        labels = [m.display() for m in self.methods]
+        duplicate = next((x for x in labels if labels.count(x) > 1), None)
+        if duplicate:
+            raise ValueError(f"methods: two rows are called {duplicate!r}; give each a distinct 'label'")
+        return self
+
+    def method(self, label: str) -> MethodConfig:
+        return next(m for m in self.methods if m.display() == label)
+
+    def node_ids(self) -> list[int]:
+        return [self.transfer.student, *self.transfer.teachers]
+
+
+# ---------------------------------------------------------------- loading and overriding
+
+
+def parse_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one ``dotted.key=value`` (value parsed as YAML) to the raw config dict in place."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set transfer.train.epochs=5")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({err.__class__.__name__})") from None
+    node: Any = raw
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                where = ".".join(parts[:depth])
+                raise ConfigError(f"--set {key}: {where} has {len(node)} entries; allowed index 0..{len(node) - 1}")
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[: depth + 1])} is a value, not a section")
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"--set {key}: allowed index 0..{len(node) - 1}")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def load_config(path: Path, overrides: list[str] = ()) -> ExperimentConfig:  # type: ignore[assignment]
+    """Read a YAML experiment, apply overrides, validate; any problem is one ConfigError line."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config {path}: no such file (ready configs live in tune_configs/)") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config {path}: cannot be read ({err.__class__.__name__}: {err})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config {path}: not valid YAML{where}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path}: expected a mapping of sections at the top level")
+    for assignment in overrides:
+        parse_override(raw, assignment)
+    return validate_config(raw)
+
+
+def validate_config(raw: dict[str, Any]) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(describe_error(err)) from None
+
+
+def describe_error(err: ValidationError) -> str:
+    """The first validation error as one line: ``field.path = value: what is allowed``."""
+    first = err.errors()[0]
+    loc = [p for p in first["loc"] if p not in METHOD_CONFIGS]  # drop the discriminator tag
+    field = ""
+    for part in loc:
+        field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
+    if first["type"] == "extra_forbidden":
+        parent = ".".join(str(p) for p in loc[:-1]) or "the top level"
+        allowed = _allowed_keys(first["loc"][:-1])
+        return f"{field}: unknown key in {parent}; allowed: {', '.join(allowed)}"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "value_error" and ":" in message.split(" ")[0]:
+        return message  # our own cross-field checks already name their field
+    shown = "" if first["type"] in ("missing", "union_tag_invalid") else f" = {first['input']!r}"
+    return f"{field or 'config'}{shown}: {message}"
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the section at ``loc`` (walking nested sections, lists and method tags)."""
+    model: Any = ExperimentConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if part in METHOD_CONFIGS:
+            model = METHOD_CONFIGS[part]
+            continue
+        annotation = model.model_fields[part].annotation
+        while get_origin(annotation) in (list, dict, Union) or (
+            get_origin(annotation) is Annotated
+        ):
+            args = [a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+            annotation = args[0] if args else get_args(annotation)[-1]
+        model = annotation
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
+def describe_schema() -> str:
+    """The config reference printed by ``--help``: every section, key, default and meaning."""
+    lines: list[str] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, Section) and annotation is not ModelSpec:
+                walk(annotation, f"{prefix}{name}.")
+                continue
+            default = "" if field.is_required() else f" (default: {_show(field.default)})"
+            lines.append(f"  {prefix}{name}{default}  {field.description or ''}".rstrip())
+
+    walk(ExperimentConfig, "")
+    lines.append("  methods[i] per method (list values are grid axes):")
+    for name, config in METHOD_CONFIGS.items():
+        cls = METHODS[name]
+        knobs = ", ".join(
+            f"{knob}={config.model_fields[knob].default[0]} ({_knob_description(cls, knob)})"
+            for knob in config.model_fields
+            if knob not in ("name", "label")
+        )
+        lines.append(f"    {name}: {knobs or 'no knobs'}; {(cls.__doc__ or '').strip().splitlines()[0]}")
+    return "\n".join(lines)
+
+
+def _knob_description(cls: type[Method], knob: str) -> str:
+    metadata = getattr(get_type_hints(cls, include_extras=True)[knob], "__metadata__", ())
+    return next((m.description for m in metadata if getattr(m, "description", None)), "")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, BaseModel):
+        return ", ".join(f"{k}={v}" for k, v in value.model_dump().items() if v is not None)
+    return str(value)

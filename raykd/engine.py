@@ -1,0 +1,148 @@
+"""Plain PyTorch training and evaluation. Knows nothing of Ray, Flower or any particular method.
+
+``fit`` trains a list of models (one student, or K mutual-learning peers) with one method's loss,
+asking a ``references`` callable for frozen logits (teachers, initial student) for each batch;
+whether those come from an in-process teacher, a server or a cache is the caller's business.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from raykd.methods.base import UNLABELLED, Method, StepLogits
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Rows of one step: inputs, targets (``UNLABELLED`` for pool rows), distill mask, global indices."""
+
+    x: Tensor
+    targets: Tensor
+    distill: Tensor
+    index: Tensor
+
+
+References = Callable[[Batch], tuple[list[Tensor], Tensor | None]]
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss term became NaN or infinite; names the epoch and the term."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class TransferBatches:
+    """Shuffled batches over a labelled set and, optionally, an unlabelled pool.
+
+    With a pool, each step pairs a labelled batch with a pool batch (the smaller set cycles) and an
+    epoch is one pass over the larger. ``distill_labelled`` says whether distillation terms also
+    apply to the labelled rows (pool rows always get them).
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        labelled: np.ndarray,
+        pool: np.ndarray | None,
+        batch_size: int,
+        distill_labelled: bool,
+        seed: int,
+    ) -> None:
+        self.x, self.y = x, y
+        self.labelled = torch.as_tensor(labelled, dtype=torch.int64)
+        self.pool = torch.as_tensor(pool if pool is not None else [], dtype=torch.int64)
+        self.batch_size, self.distill_labelled = batch_size, distill_labelled
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _chunks(self, index: Tensor, steps: int) -> list[Tensor]:
+        if len(index) == 0:
+            return [index] * steps
+        order = torch.cat([index[torch.randperm(len(index), generator=self.generator)] for _ in range(
+            math.ceil(steps * self.batch_size / len(index)))])
+        return [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(steps)]
+
+    def __len__(self) -> int:
+        return math.ceil(max(len(self.labelled), len(self.pool)) / self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        steps = len(self)
+        for lab, unl in zip(self._chunks(self.labelled, steps), self._chunks(self.pool, steps), strict=True):
+            index = torch.cat([lab, unl])
+            targets = torch.cat([self.y[lab], torch.full((len(unl),), UNLABELLED, dtype=torch.int64)])
+            distill = torch.cat([torch.full((len(lab),), self.distill_labelled), torch.ones(len(unl), dtype=torch.bool)])
+            yield Batch(self.x[index], targets, distill, index)
+
+
+def no_references(batch: Batch) -> tuple[list[Tensor], Tensor | None]:
+    return [], None
+
+
+def frozen_references(teachers: list[nn.Module], initial: nn.Module | None) -> References:
+    """In-process references: run the frozen models on each batch without gradients."""
+    for model in [*teachers, *([initial] if initial else [])]:
+        model.eval().requires_grad_(False)
+
+    def references(batch: Batch) -> tuple[list[Tensor], Tensor | None]:
+        with torch.no_grad():
+            return [t(batch.x) for t in teachers], (initial(batch.x) if initial else None)
+
+    return references
+
+
+def fit(
+    models: list[nn.Module],
+    method: Method,
+    batches: TransferBatches,
+    epochs: int,
+    lr: float,
+    weight_decay: float = 0.0,
+    references: References = no_references,
+    on_epoch: Callable[[int, dict[str, float]], None] = lambda epoch, losses: None,
+) -> None:
+    """Train ``models`` jointly on ``method``'s loss; ``on_epoch`` gets each epoch's mean loss terms."""
+    params = [p for m in models for p in m.parameters()]
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    for epoch in range(epochs):
+        for model in models:
+            model.train()
+        totals: dict[str, float] = {}
+        for batch in batches:
+            teachers, initial = references(batch)
+            logits = StepLogits([m(batch.x) for m in models], teachers, initial)
+            terms = method.losses(logits, batch.targets, batch.distill)
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            for name, value in terms.items():
+                totals[name] = totals.get(name, 0.0) + float(value.detach())
+        means = {name: total / len(batches) for name, total in totals.items()}
+        bad = [name for name, value in means.items() if not math.isfinite(value)]
+        if bad:
+            raise NonFiniteLoss(f"epoch {epoch + 1}: loss term {bad[0]!r} is {means[bad[0]]} (try a lower lr)")
+        on_epoch(epoch, means)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
+    """Logits of ``model`` on ``x``, in eval mode, batched."""
+    model.eval()
+    return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    """Top-1 accuracy in [0, 1]; 0 for an empty set."""
+    if len(y) == 0:
+        return 0.0
+    return float((predict(model, x).argmax(1) == y).float().mean())

@@ -1,0 +1,115 @@
+"""Model registry: small models for embedded data, CIFAR ResNets, and any torchvision classifier.
+
+Every builder takes the dataset's per-sample input shape and class count, so teacher and student
+may be different architectures on the same data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+from raykd.config import ModelSpec
+from raykd.errors import ConfigError
+
+InputShape = tuple[int, ...]
+Builder = Callable[[InputShape, int, int | None, int | None], nn.Module]
+
+
+def _flat_size(features: nn.Module, shape: InputShape) -> int:
+    with torch.no_grad():
+        return features(torch.zeros(1, *shape)).numel()
+
+
+def mlp(shape: InputShape, classes: int, width: int | None, depth: int | None) -> nn.Module:
+    """Fully connected ReLU network; the MNIST-1D reference MLP is width 100, depth 2."""
+    width, depth = width or 100, depth or 2
+    layers: list[nn.Module] = [nn.Flatten()]
+    size = int(torch.tensor(shape).prod())
+    for _ in range(depth):
+        layers += [nn.Linear(size, width), nn.ReLU()]
+        size = width
+    return nn.Sequential(*layers, nn.Linear(size, classes))
+
+
+def cnn1d(shape: InputShape, classes: int, width: int | None, depth: int | None) -> nn.Module:
+    """The MNIST-1D reference CNN: three strided 1-D convolutions (25 channels, about 5k weights)."""
+    width = width or 25
+    features = nn.Sequential(
+        nn.Conv1d(shape[0], width, 5, stride=2, padding=1),
+        nn.ReLU(),
+        *[m for _ in range((depth or 3) - 1) for m in (nn.Conv1d(width, width, 3, stride=2, padding=1), nn.ReLU())],
+        nn.Flatten(),
+    )
+    return nn.Sequential(features, nn.Linear(_flat_size(features, shape), classes))
+
+
+def cnn2d(shape: InputShape, classes: int, width: int | None, depth: int | None) -> nn.Module:
+    """A small image CNN: conv-BN-ReLU-pool blocks doubling the width, then global average pooling."""
+    width, blocks = width or 32, depth or 2
+    layers: list[nn.Module] = []
+    channels = shape[0]
+    for block in range(blocks):
+        out = width * 2**block
+        layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
+        layers += [nn.MaxPool2d(2)] if min(shape[1:]) // 2 ** (block + 1) >= 2 else []
+        channels = out
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, classes))
+
+
+def resnet(shape: InputShape, classes: int, width: int | None, depth: int | None) -> nn.Module:
+    """CIFAR ResNet (He et al. 2016): depth 6n+2, three stages of torchvision BasicBlocks."""
+    width, depth = width or 16, depth or 20
+    if (depth - 2) % 6:
+        raise ConfigError(f"model depth: ResNet depth must be 6n+2 (8, 14, 20, 32, 44, 56, 110); got {depth}")
+    per_stage = (depth - 2) // 6
+    layers: list[nn.Module] = [
+        nn.Conv2d(shape[0], width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(inplace=True),
+    ]
+    channels = width
+    for stage in range(3):
+        out, stride = width * 2**stage, 1 if stage == 0 else 2
+        for i in range(per_stage):
+            s = stride if i == 0 else 1
+            down = None
+            if s != 1 or channels != out:
+                down = nn.Sequential(nn.Conv2d(channels, out, 1, stride=s, bias=False), nn.BatchNorm2d(out))
+            layers.append(BasicBlock(channels, out, stride=s, downsample=down))
+            channels = out
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, classes))
+
+
+#: Registry: name -> (builder, input rank it needs: 2 for (C, L) signals, 3 for (C, H, W) images, None any)
+REGISTRY: dict[str, tuple[Builder, int | None]] = {
+    "mlp": (mlp, None),
+    "cnn1d": (cnn1d, 2),
+    "cnn2d": (cnn2d, 3),
+    "resnet": (resnet, 3),
+}
+
+
+@cache
+def model_names() -> list[str]:
+    """Registry names first, then torchvision's classification models (built without weights)."""
+    return list(REGISTRY) + sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def build_model(spec: ModelSpec, shape: InputShape, classes: int, field: str = "nodes.model") -> nn.Module:
+    """Build ``spec`` for inputs of ``shape``; a shape the model cannot take is a ConfigError on ``field``."""
+    builder, rank = REGISTRY.get(spec.name, (None, 3))
+    if rank is not None and len(shape) != rank:
+        kind = {2: "1-D signals (C, L)", 3: "images (C, H, W)"}[rank]
+        fits = [n for n, (_, r) in REGISTRY.items() if r in (None, len(shape))]
+        raise ConfigError(
+            f"{field}: model {spec.name!r} needs {kind} but the data has shape {shape}; allowed: {', '.join(fits)}"
+        )
+    if builder is None:
+        return torchvision.models.get_model(spec.name, weights=None, num_classes=classes)
+    return builder(shape, classes, spec.width, spec.depth)
