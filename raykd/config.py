@@ -322,17 +322,18 @@ def describe_schema() -> str:
     """The config reference printed by ``--help``: every section, key, default and meaning."""
     lines: list[str] = []
 
-    def walk(model: type[BaseModel], prefix: str) -> None:
+    def walk(model: type[BaseModel], defaults: BaseModel | None, prefix: str) -> None:
         for name, field in model.model_fields.items():
             annotation = field.annotation
+            default = getattr(defaults, name) if defaults is not None else field.default
             if isinstance(annotation, type) and issubclass(annotation, Section) and annotation is not ModelSpec:
-                walk(annotation, f"{prefix}{name}.")
+                walk(annotation, default, f"{prefix}{name}.")
                 continue
-            default = "" if field.is_required() else f" (default: {_show(field.default)})"
-            lines.append(f"  {prefix}{name}{default}  {field.description or ''}".rstrip())
+            shown = "" if field.is_required() else f" (default: {_show(default)})"
+            lines.append(f"  {prefix}{name}{shown}  {field.description or ''}".rstrip())
 
-    walk(ExperimentConfig, "")
-    lines.append("  methods[i] per method (list values are grid axes):")
+    walk(ExperimentConfig, None, "")
+    lines.append("  methods[i].name, methods[i].label, and per method (list values are grid axes):")
     for name, config in METHOD_CONFIGS.items():
         cls = METHODS[name]
         knobs = ", ".join(

@@ -1,0 +1,126 @@
+"""Results of a sweep as tables (per setting, and one summary row per method) and figures.
+
+Every number is a mean and standard deviation over seeds. A method row with a grid is summarised
+by its best setting on the validation metric (``tune.select_on``); test accuracy never chooses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+METRICS = ["val_acc", "local_val_acc", "test_acc", "test_acc_before", "gain"]
+
+
+def per_setting(trials: pd.DataFrame, knobs: list[str]) -> pd.DataFrame:
+    """Mean and std over seeds of each metric, per (method row, setting); failed trials are left out."""
+    done = trials[trials["status"] == "ok"]
+    keys = ["label", *knobs]
+    grouped = done.groupby(keys, dropna=False, sort=False)[METRICS]
+    table = grouped.mean().join(grouped.std(ddof=0).fillna(0.0), rsuffix="_std")
+    table["seeds"] = grouped.size()
+    return table.reset_index()
+
+
+def summary(settings: pd.DataFrame, knobs: list[str], select_on: str) -> pd.DataFrame:
+    """One row per method row: its best setting by mean ``select_on`` (validation), with how many it tried."""
+    rows = []
+    for label, group in settings.groupby("label", sort=False):
+        best = group.loc[group[select_on].idxmax()]
+        rows.append({**best.to_dict(), "settings_tried": len(group), "tuned": len(group) > 1, "label": label})
+    return pd.DataFrame(rows)
+
+
+def _pct(mean: float, std: float, signed: bool = False) -> str:
+    return f"{100 * mean:+.1f} ± {100 * std:.1f}" if signed else f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def _setting(row: pd.Series, knobs: list[str]) -> str:
+    return ", ".join(f"{k}={row[k]:g}" for k in knobs if pd.notna(row.get(k))) or "-"
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """A list of same-keyed dicts as a GitHub Markdown table."""
+    if not rows:
+        return "(no rows)"
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(r[h]) for h in head) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def settings_markdown(settings: pd.DataFrame, knobs: list[str], select_on: str) -> str:
+    best = summary(settings, knobs, select_on).set_index("label")
+    rows = []
+    for _, r in settings.iterrows():
+        chosen = best.loc[r["label"], "tuned"] and all(
+            (pd.isna(r[k]) and pd.isna(best.loc[r["label"], k])) or r[k] == best.loc[r["label"], k] for k in knobs
+        )
+        rows.append({
+            "method": r["label"] + (" *" if chosen else ""),
+            "setting": _setting(r, knobs),
+            "val acc %": _pct(r["val_acc"], r["val_acc_std"]),
+            "local val acc %": _pct(r["local_val_acc"], r["local_val_acc_std"]),
+            "test acc %": _pct(r["test_acc"], r["test_acc_std"]),
+            "test gain (pts)": _pct(r["gain"], r["gain_std"], signed=True),
+            "seeds": int(r["seeds"]),
+        })
+    return markdown(rows)
+
+
+def summary_markdown(best: pd.DataFrame, knobs: list[str], select_on: str) -> str:
+    rows = [{
+        "method": r["label"],
+        "setting": _setting(r, knobs) + (f" (best of {r['settings_tried']} on {select_on})" if r["tuned"] else ""),
+        "start acc %": _pct(r["test_acc_before"], r["test_acc_before_std"]),
+        "val acc %": _pct(r["val_acc"], r["val_acc_std"]),
+        "test acc %": _pct(r["test_acc"], r["test_acc_std"]),
+        "test gain (pts)": _pct(r["gain"], r["gain_std"], signed=True),
+    } for _, r in best.iterrows()]
+    return markdown(rows)
+
+
+def gain_bars(best: pd.DataFrame) -> Figure:
+    """Summary test gain per method row with seed spread as error bars."""
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(best), 3.2), layout="constrained")
+    ax.bar(best["label"], 100 * best["gain"], yerr=100 * best["gain_std"], capsize=4,
+           color=["tab:green" if g > 0 else "tab:red" for g in best["gain"]])
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_ylabel("test accuracy gain (points)")
+    ax.set_title("Student gain over its starting point (mean ± std over seeds)")
+    return fig
+
+
+def heatmaps(settings: pd.DataFrame, label: str, rows: str, cols: str) -> Figure:
+    """Validation and test gain over a two-knob grid of one method row, side by side."""
+    part = settings[settings["label"] == label]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained")
+    for ax, metric, title in ((axes[0], "val_acc", "validation acc %"), (axes[1], "gain", "test gain (pts)")):
+        grid = part.pivot_table(index=rows, columns=cols, values=metric) * 100
+        image = ax.imshow(grid.values, cmap="viridis", aspect="auto", origin="lower")
+        ax.set_xticks(range(len(grid.columns)), [f"{c:g}" for c in grid.columns])
+        ax.set_yticks(range(len(grid.index)), [f"{i:g}" for i in grid.index])
+        ax.set_xlabel(cols)
+        ax.set_ylabel(rows)
+        ax.set_title(f"{label}: {title}")
+        for (i, j), value in pd.DataFrame(grid.values).stack().items():
+            ax.text(j, i, f"{value:.1f}", ha="center", va="center", color="white", fontsize=8)
+        fig.colorbar(image, ax=ax)
+    return fig
+
+
+def figures(settings: pd.DataFrame, best: pd.DataFrame, knobs_of: dict[str, list[str]]) -> dict[str, Figure]:
+    """Gain bars, plus a heatmap for every method row searched over exactly two knobs."""
+    out = {"gain_bars.png": gain_bars(best)}
+    for label, knobs in knobs_of.items():
+        part = settings[settings["label"] == label]
+        varied = [k for k in knobs if part[k].nunique() > 1]
+        if len(varied) == 2:
+            out[f"heatmap_{label}.png"] = heatmaps(settings, label, *varied)
+    return out

@@ -1,0 +1,271 @@
+"""``python -m raykd.tune``: an experiment config -> node models -> Ray Tune sweep -> tables, plots, MLflow.
+
+Every method row of the config, at every point of its grid and every seed, is one Tune trial.
+The sweep is one MLflow parent run; each trial is a child run with its params and per-epoch metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raykd.config import ExperimentConfig, describe_schema, load_config
+from raykd.errors import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "tune_configs" / "default.yaml"
+log = logging.getLogger("raykd")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m raykd.tune",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Search distillation knobs between pre-trained nodes with Ray Tune and record every run in MLflow.\n"
+            "With no arguments it runs tune_configs/default.yaml on embedded MNIST-1D data."
+        ),
+        epilog="config keys (YAML sections; any can be overridden with --set):\n" + describe_schema()
+        + "\n\nexample:\n  python -m raykd.tune --config tune_configs/dml.yaml --set seeds=[0,1] "
+        "--set partition.alpha=0.1",
+    )
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="experiment YAML (default: %(default)s)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key; VALUE is YAML, so lists make grid axes (repeatable)",
+    )
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (same as --set tracking.uri=URI)")
+    parser.add_argument("--address", help="join this Ray cluster (same as --set ray.address=ADDR)")
+    return parser
+
+
+def load(args: argparse.Namespace) -> ExperimentConfig:
+    """Config from the command line, with paths made absolute (Ray workers run elsewhere)."""
+    overrides = list(args.overrides)
+    if args.tracking_uri:
+        overrides.append(f"tracking.uri={args.tracking_uri}")
+    if args.address:
+        overrides.append(f"ray.address={args.address}")
+    cfg = load_config(args.config, overrides)
+    update: dict[str, Any] = {"output_dir": cfg.output_dir.resolve()}
+    nodes = cfg.nodes.model_copy(update={"cache_dir": cfg.nodes.cache_dir.resolve()})
+    data = cfg.data.model_copy(update={"root": cfg.data.root.resolve() if cfg.data.root else None})
+    return cfg.model_copy(update={**update, "nodes": nodes, "data": data})
+
+
+def preflight(cfg: ExperimentConfig) -> str:
+    """Everything that can be checked before Ray starts or MLflow is touched; returns the tracking URI."""
+    from raykd.data.datasets import check_cifar_folder
+    from raykd.models import build_model
+    from raykd.tracking import check_reachable, resolve_uri
+
+    if cfg.data.dataset.startswith("cifar"):
+        check_cifar_folder(cfg.data.dataset, cfg.data.root)
+    shape = {"digits": (1, 8, 8), "mnist1d": (1, 40)}.get(cfg.data.dataset, (3, 32, 32))
+    shape = (3, 16, 16) if cfg.data.dataset == "fake" else shape
+    for node in cfg.node_ids():
+        field = f"nodes.models.{node}" if node in cfg.nodes.models else "nodes.model"
+        build_model(cfg.nodes.model_of(node), shape, cfg.data.num_classes, field)
+    uri = resolve_uri(cfg.tracking.uri)
+    check_reachable(uri)
+    return uri
+
+
+def start_ray(cfg: ExperimentConfig) -> None:
+    import ray
+
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=cfg.ray.address, log_to_driver=False, logging_level=logging.WARNING)
+    else:
+        ray.init(
+            num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False,
+            logging_level=logging.WARNING, _node_ip_address="127.0.0.1",
+        )
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if cfg.tune.cpus_per_trial > cpus:
+        raise ConfigError(
+            f"tune.cpus_per_trial: {cfg.tune.cpus_per_trial:g} CPUs per trial but the Ray cluster has {cpus:g}; "
+            f"allowed: up to {cpus:g}"
+        )
+
+
+def _pretrain(raw: dict[str, Any], node: int, seed: int) -> dict[str, float]:
+    import torch
+
+    from raykd.nodes import prepare, train_node
+
+    torch.set_num_threads(1)
+    cfg = ExperimentConfig.model_validate(raw)
+    return train_node(cfg, prepare(cfg, seed), node, seed)
+
+
+def pretrain_nodes(cfg: ExperimentConfig, raw: dict[str, Any]) -> None:
+    """Train the node models the cache lacks, in parallel Ray tasks, with a progress bar."""
+    import ray
+    from tqdm import tqdm
+
+    from raykd.nodes import missing_nodes
+
+    missing = missing_nodes(cfg)
+    needed = len(cfg.node_ids()) * len(cfg.seeds)
+    print(f"node models: {needed - len(missing)} of {needed} cached in {cfg.nodes.cache_dir}", flush=True)
+    if not missing:
+        return
+    task = ray.remote(num_cpus=1)(_pretrain)
+    pending = {task.remote(raw, node, seed): (node, seed) for node, seed in missing}
+    with tqdm(total=len(pending), desc="pre-training node models", unit="model") as bar:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            node, seed = pending.pop(done[0])
+            meta = ray.get(done[0])
+            bar.set_postfix_str(f"node {node} seed {seed}: test acc {100 * meta['test_acc']:.1f}%")
+            bar.update()
+
+
+def _trainable(config: dict[str, Any], raw: dict[str, Any]) -> None:
+    import torch
+    from ray import tune
+
+    from raykd.experiment import run_trial
+
+    cfg = ExperimentConfig.model_validate(raw)
+    torch.set_num_threads(max(1, int(cfg.tune.cpus_per_trial)))
+    setting = {k: v for k, v in config["arm"].items() if k not in ("label", "method")}
+    run_trial(cfg, config["arm"]["label"], setting, config["seed"], report=tune.report)
+
+
+def _describe(config: dict[str, Any]) -> str:
+    arm = config["arm"]
+    knobs = " ".join(f"{k}={v:g}" for k, v in arm.items() if k not in ("label", "method"))
+    return f"{arm['label']} {knobs} seed={config['seed']}".replace("  ", " ")
+
+
+def _progress_callback(total: int) -> Any:
+    from ray import tune
+
+    class Progress(tune.Callback):
+        """One line per finished trial, so long sweeps show where they are."""
+
+        def __init__(self) -> None:
+            self.finished, self.started = 0, time.monotonic()
+
+        def _line(self, trial: Any, outcome: str) -> None:
+            self.finished += 1
+            elapsed = time.monotonic() - self.started
+            print(f"[{self.finished}/{total} {elapsed:5.0f}s] {_describe(trial.config)}: {outcome}", flush=True)
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            r = trial.last_result
+            self._line(trial, f"test {100 * r['test_acc']:.1f}% (gain {100 * r['gain']:+.1f} pts), "
+                              f"val {100 * r['val_acc']:.1f}%")
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._line(trial, "FAILED")
+
+    return Progress()
+
+
+def run_sweep(cfg: ExperimentConfig, uri: str) -> Path:
+    """Run the whole study; returns the output folder holding tables, plots and Tune state."""
+    import mlflow
+    import pandas as pd
+    from ray import tune
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    from raykd import report
+    from raykd.tracking import flatten
+
+    raw = cfg.model_dump(mode="json")
+    pretrain_nodes(cfg, raw)
+    arms = [{"label": m.display(), "method": m.name, **s} for m in cfg.methods for s in m.grid()]
+    total = len(arms) * len(cfg.seeds)
+    run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = cfg.output_dir / run_name
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    print(f"sweep: {len(arms)} settings x {len(cfg.seeds)} seeds = {total} trials; output in {out}", flush=True)
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(cfg.tracking.experiment)
+    with mlflow.start_run(run_name=run_name) as parent:
+        mlflow.log_params({k: str(v)[:500] for k, v in flatten(raw).items()})
+        mlflow.log_artifact(str(out / "config.yaml"))
+        tuner = tune.Tuner(
+            tune.with_resources(tune.with_parameters(_trainable, raw=raw), {"cpu": cfg.tune.cpus_per_trial}),
+            param_space={"arm": tune.grid_search(arms), "seed": tune.grid_search(cfg.seeds)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=cfg.tune.max_concurrent_trials, reuse_actors=True),
+            run_config=tune.RunConfig(
+                name="tune", storage_path=str(out), verbose=0,
+                callbacks=[
+                    _progress_callback(total),
+                    MLflowLoggerCallback(
+                        tracking_uri=uri, experiment_name=cfg.tracking.experiment,
+                        tags={"mlflow.parentRunId": parent.info.run_id, "raykd.sweep": run_name},
+                    ),
+                ],
+            ),
+        )
+        results = tuner.fit()
+        rows = []
+        for result in results:
+            arm = result.config["arm"]
+            rows.append({
+                **{k: v for k, v in arm.items()}, "seed": result.config["seed"],
+                **{m: (result.metrics or {}).get(m) for m in report.METRICS},
+                "status": "ok" if result.error is None else "failed",
+                "error": "" if result.error is None else str(result.error).strip().splitlines()[-1][:300],
+            })
+        trials = pd.DataFrame(rows)
+        trials.to_csv(out / "trials.csv", index=False)
+        knobs_of = {m.display(): m.knobs() for m in cfg.methods}
+        knobs = list(dict.fromkeys(k for ks in knobs_of.values() for k in ks))
+        settings = report.per_setting(trials, knobs)
+        best = report.summary(settings, knobs, cfg.tune.select_on)
+        text = (
+            f"# {run_name}\n\nStudent node {cfg.transfer.student}, teachers {cfg.transfer.teachers}, "
+            f"{cfg.data.dataset}, {cfg.partition.scheme} partition over {cfg.partition.num_nodes} nodes, "
+            f"transfer set '{cfg.transfer.set}', seeds {cfg.seeds}. Accuracies in %, mean ± std over seeds.\n\n"
+            f"## Summary (tuned rows: best setting on {cfg.tune.select_on}, never on test)\n\n"
+            + report.summary_markdown(best, knobs, cfg.tune.select_on)
+            + "\n\n## Every setting (* = chosen on validation)\n\n"
+            + report.settings_markdown(settings, knobs, cfg.tune.select_on) + "\n"
+        )
+        failed = trials[trials["status"] == "failed"]
+        if len(failed):
+            text += "\n## Failed trials\n\n" + report.markdown(failed[["label", "seed", "error"]].to_dict("records")) + "\n"
+        (out / "results.md").write_text(text)
+        mlflow.log_artifact(str(out / "results.md"))
+        mlflow.log_artifact(str(out / "trials.csv"))
+        for name, fig in report.figures(settings, best, knobs_of).items():
+            fig.savefig(out / "plots" / name, dpi=120)
+            mlflow.log_figure(fig, f"plots/{name}")
+        for _, row in best.iterrows():
+            mlflow.log_metrics({f"{row['label']}.test_gain": row["gain"], f"{row['label']}.val_acc": row["val_acc"]})
+        mlflow.log_metric("failed_trials", len(failed))
+    print("\n" + text, flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; bad input is one line on stderr and exit status 2."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load(args)
+        uri = preflight(cfg)
+        start_ray(cfg)
+    except ConfigError as err:
+        print(f"raykd: error: {err}", file=sys.stderr)
+        return 2
+    run_sweep(cfg, uri)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
