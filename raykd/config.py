@@ -66,9 +66,7 @@ class DataConfig(Section):
     dataset: DatasetName = Field("mnist1d", description="embedded: digits, mnist1d, fake; local: cifar10, cifar100")
     root: Path | None = Field(None, description="folder holding the CIFAR python batches")
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="global validation split held out of train")
-    pool_fraction: float = Field(
-        0.25, ge=0, lt=0.9, description="unlabelled shared pool set aside before partitioning"
-    )
+    pool_fraction: float = Field(0.25, ge=0, lt=0.9, description="unlabelled shared pool set aside before partitioning")
     fake_samples: int = Field(1000, ge=100, description="training samples of the 'fake' dataset")
     fake_classes: int = Field(10, ge=2, description="classes of the 'fake' dataset")
 
@@ -309,9 +307,7 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
             model = METHOD_CONFIGS[part]
             continue
         annotation = model.model_fields[part].annotation
-        while get_origin(annotation) in (list, dict, Union) or (
-            get_origin(annotation) is Annotated
-        ):
+        while get_origin(annotation) in (list, dict, Union) or (get_origin(annotation) is Annotated):
             args = [a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
             annotation = args[0] if args else get_args(annotation)[-1]
         model = annotation

@@ -69,8 +69,12 @@ class TransferBatches:
     def _chunks(self, index: Tensor, steps: int) -> list[Tensor]:
         if len(index) == 0:
             return [index] * steps
-        order = torch.cat([index[torch.randperm(len(index), generator=self.generator)] for _ in range(
-            math.ceil(steps * self.batch_size / len(index)))])
+        order = torch.cat(
+            [
+                index[torch.randperm(len(index), generator=self.generator)]
+                for _ in range(math.ceil(steps * self.batch_size / len(index)))
+            ]
+        )
         return [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(steps)]
 
     def __len__(self) -> int:
@@ -81,7 +85,9 @@ class TransferBatches:
         for lab, unl in zip(self._chunks(self.labelled, steps), self._chunks(self.pool, steps), strict=True):
             index = torch.cat([lab, unl])
             targets = torch.cat([self.y[lab], torch.full((len(unl),), UNLABELLED, dtype=torch.int64)])
-            distill = torch.cat([torch.full((len(lab),), self.distill_labelled), torch.ones(len(unl), dtype=torch.bool)])
+            distill = torch.cat(
+                [torch.full((len(lab),), self.distill_labelled), torch.ones(len(unl), dtype=torch.bool)]
+            )
             yield Batch(self.x[index], targets, distill, index)
 
 

@@ -48,8 +48,13 @@ def run_trial(
     data, budget = setup.dataset, cfg.transfer.train
     pool = setup.splits.pool if cfg.transfer.set != "local" else None
     batches = TransferBatches(
-        data.train_x, data.train_y, setup.nodes[cfg.transfer.student].train, pool,
-        budget.batch_size, distill_labelled=cfg.transfer.set != "pool", seed=seed,
+        data.train_x,
+        data.train_y,
+        setup.nodes[cfg.transfer.student].train,
+        pool,
+        budget.batch_size,
+        distill_labelled=cfg.transfer.set != "pool",
+        seed=seed,
     )
     final: dict[str, Any] = {}
 

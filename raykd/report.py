@@ -62,35 +62,45 @@ def settings_markdown(settings: pd.DataFrame, knobs: list[str], select_on: str) 
         chosen = best.loc[r["label"], "tuned"] and all(
             (pd.isna(r[k]) and pd.isna(best.loc[r["label"], k])) or r[k] == best.loc[r["label"], k] for k in knobs
         )
-        rows.append({
-            "method": r["label"] + (" *" if chosen else ""),
-            "setting": _setting(r, knobs),
-            "val acc %": _pct(r["val_acc"], r["val_acc_std"]),
-            "local val acc %": _pct(r["local_val_acc"], r["local_val_acc_std"]),
-            "test acc %": _pct(r["test_acc"], r["test_acc_std"]),
-            "test gain (pts)": _pct(r["gain"], r["gain_std"], signed=True),
-            "seeds": int(r["seeds"]),
-        })
+        rows.append(
+            {
+                "method": r["label"] + (" *" if chosen else ""),
+                "setting": _setting(r, knobs),
+                "val acc %": _pct(r["val_acc"], r["val_acc_std"]),
+                "local val acc %": _pct(r["local_val_acc"], r["local_val_acc_std"]),
+                "test acc %": _pct(r["test_acc"], r["test_acc_std"]),
+                "test gain (pts)": _pct(r["gain"], r["gain_std"], signed=True),
+                "seeds": int(r["seeds"]),
+            }
+        )
     return markdown(rows)
 
 
 def summary_markdown(best: pd.DataFrame, knobs: list[str], select_on: str) -> str:
-    rows = [{
-        "method": r["label"],
-        "setting": _setting(r, knobs) + (f" (best of {r['settings_tried']} on {select_on})" if r["tuned"] else ""),
-        "start acc %": _pct(r["test_acc_before"], r["test_acc_before_std"]),
-        "val acc %": _pct(r["val_acc"], r["val_acc_std"]),
-        "test acc %": _pct(r["test_acc"], r["test_acc_std"]),
-        "test gain (pts)": _pct(r["gain"], r["gain_std"], signed=True),
-    } for _, r in best.iterrows()]
+    rows = [
+        {
+            "method": r["label"],
+            "setting": _setting(r, knobs) + (f" (best of {r['settings_tried']} on {select_on})" if r["tuned"] else ""),
+            "start acc %": _pct(r["test_acc_before"], r["test_acc_before_std"]),
+            "val acc %": _pct(r["val_acc"], r["val_acc_std"]),
+            "test acc %": _pct(r["test_acc"], r["test_acc_std"]),
+            "test gain (pts)": _pct(r["gain"], r["gain_std"], signed=True),
+        }
+        for _, r in best.iterrows()
+    ]
     return markdown(rows)
 
 
 def gain_bars(best: pd.DataFrame) -> Figure:
     """Summary test gain per method row with seed spread as error bars."""
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(best), 3.2), layout="constrained")
-    ax.bar(best["label"], 100 * best["gain"], yerr=100 * best["gain_std"], capsize=4,
-           color=["tab:green" if g > 0 else "tab:red" for g in best["gain"]])
+    ax.bar(
+        best["label"],
+        100 * best["gain"],
+        yerr=100 * best["gain_std"],
+        capsize=4,
+        color=["tab:green" if g > 0 else "tab:red" for g in best["gain"]],
+    )
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_ylabel("test accuracy gain (points)")
     ax.set_title("Student gain over its starting point (mean ± std over seeds)")

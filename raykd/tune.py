@@ -31,13 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
             "Search distillation knobs between pre-trained nodes with Ray Tune and record every run in MLflow.\n"
             "With no arguments it runs tune_configs/default.yaml on embedded MNIST-1D data."
         ),
-        epilog="config keys (YAML sections; any can be overridden with --set):\n" + describe_schema()
+        epilog="config keys (YAML sections; any can be overridden with --set):\n"
+        + describe_schema()
         + "\n\nexample:\n  python -m raykd.tune --config tune_configs/dml.yaml --set seeds=[0,1] "
         "--set partition.alpha=0.1",
     )
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="experiment YAML (default: %(default)s)")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config key; VALUE is YAML, so lists make grid axes (repeatable)",
     )
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (same as --set tracking.uri=URI)")
@@ -84,8 +89,11 @@ def start_ray(cfg: ExperimentConfig) -> None:
         ray.init(address=cfg.ray.address, log_to_driver=False, logging_level=logging.WARNING)
     else:
         ray.init(
-            num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False,
-            logging_level=logging.WARNING, _node_ip_address="127.0.0.1",
+            num_cpus=cfg.ray.num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            _node_ip_address="127.0.0.1",
         )
     cpus = ray.cluster_resources().get("CPU", 0)
     if cfg.tune.cpus_per_trial > cpus:
@@ -162,8 +170,10 @@ def _progress_callback(total: int) -> Any:
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             r = trial.last_result
-            self._line(trial, f"test {100 * r['test_acc']:.1f}% (gain {100 * r['gain']:+.1f} pts), "
-                              f"val {100 * r['val_acc']:.1f}%")
+            self._line(
+                trial,
+                f"test {100 * r['test_acc']:.1f}% (gain {100 * r['gain']:+.1f} pts), val {100 * r['val_acc']:.1f}%",
+            )
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._line(trial, "FAILED")
@@ -201,11 +211,14 @@ def run_sweep(cfg: ExperimentConfig, uri: str) -> Path:
             param_space={"arm": tune.grid_search(arms), "seed": tune.grid_search(cfg.seeds)},
             tune_config=tune.TuneConfig(max_concurrent_trials=cfg.tune.max_concurrent_trials, reuse_actors=True),
             run_config=tune.RunConfig(
-                name="tune", storage_path=str(out), verbose=0,
+                name="tune",
+                storage_path=str(out),
+                verbose=0,
                 callbacks=[
                     _progress_callback(total),
                     MLflowLoggerCallback(
-                        tracking_uri=uri, experiment_name=cfg.tracking.experiment,
+                        tracking_uri=uri,
+                        experiment_name=cfg.tracking.experiment,
                         tags={"mlflow.parentRunId": parent.info.run_id, "raykd.sweep": run_name},
                     ),
                 ],
@@ -215,12 +228,15 @@ def run_sweep(cfg: ExperimentConfig, uri: str) -> Path:
         rows = []
         for result in results:
             arm = result.config["arm"]
-            rows.append({
-                **{k: v for k, v in arm.items()}, "seed": result.config["seed"],
-                **{m: (result.metrics or {}).get(m) for m in report.METRICS},
-                "status": "ok" if result.error is None else "failed",
-                "error": "" if result.error is None else str(result.error).strip().splitlines()[-1][:300],
-            })
+            rows.append(
+                {
+                    **{k: v for k, v in arm.items()},
+                    "seed": result.config["seed"],
+                    **{m: (result.metrics or {}).get(m) for m in report.METRICS},
+                    "status": "ok" if result.error is None else "failed",
+                    "error": "" if result.error is None else str(result.error).strip().splitlines()[-1][:300],
+                }
+            )
         trials = pd.DataFrame(rows)
         trials.to_csv(out / "trials.csv", index=False)
         knobs_of = {m.display(): m.knobs() for m in cfg.methods}
@@ -234,11 +250,14 @@ def run_sweep(cfg: ExperimentConfig, uri: str) -> Path:
             f"## Summary (tuned rows: best setting on {cfg.tune.select_on}, never on test)\n\n"
             + report.summary_markdown(best, knobs, cfg.tune.select_on)
             + "\n\n## Every setting (* = chosen on validation)\n\n"
-            + report.settings_markdown(settings, knobs, cfg.tune.select_on) + "\n"
+            + report.settings_markdown(settings, knobs, cfg.tune.select_on)
+            + "\n"
         )
         failed = trials[trials["status"] == "failed"]
         if len(failed):
-            text += "\n## Failed trials\n\n" + report.markdown(failed[["label", "seed", "error"]].to_dict("records")) + "\n"
+            text += (
+                "\n## Failed trials\n\n" + report.markdown(failed[["label", "seed", "error"]].to_dict("records")) + "\n"
+            )
         (out / "results.md").write_text(text)
         mlflow.log_artifact(str(out / "results.md"))
         mlflow.log_artifact(str(out / "trials.csv"))

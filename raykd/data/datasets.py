@@ -71,7 +71,10 @@ def _mnist1d(cache_dir: Path) -> tuple[np.ndarray, ...]:
 
     data = make_dataset(get_dataset_args())
     arrays = {k: np.asarray(data[k]) for k in ("x", "x_test", "y", "y_test")}
-    arrays["x"], arrays["x_test"] = arrays["x"][:, None].astype(np.float32), arrays["x_test"][:, None].astype(np.float32)
+    arrays["x"], arrays["x_test"] = (
+        arrays["x"][:, None].astype(np.float32),
+        arrays["x_test"][:, None].astype(np.float32),
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
     np.savez(tmp, **arrays)
@@ -109,7 +112,10 @@ def _fake(samples: int, classes: int) -> tuple[np.ndarray, ...]:
 
     total = samples + samples // 4
     fake = torchvision.datasets.FakeData(
-        size=total, image_size=(3, 16, 16), num_classes=classes, random_offset=0,
+        size=total,
+        image_size=(3, 16, 16),
+        num_classes=classes,
+        random_offset=0,
         transform=torchvision.transforms.ToTensor(),
     )
     x = np.stack([fake[i][0].numpy() for i in range(total)])

@@ -39,7 +39,7 @@ class DeepMutualLearning(Method):
         probs = [F.softmax(z.detach() / self.temperature, dim=1) for z in peers]
         ce_terms, kl_terms = [], []
         for k, z in enumerate(peers):
-            kl = sum(distillation_kl(probs[l], z, self.temperature) for l in range(len(peers)) if l != k)
+            kl = sum(distillation_kl(p, z, self.temperature) for j, p in enumerate(probs) if j != k)
             ce_terms.append(labelled_cross_entropy(z, targets))
             kl_terms.append(masked_mean(kl, distill) / (len(peers) - 1))
         ce, kl = sum(ce_terms), sum(kl_terms)
