@@ -85,7 +85,9 @@ def preflight(cfg: ExperimentConfig) -> str:
 def start_ray(cfg: ExperimentConfig) -> None:
     import ray
 
-    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+    if ray.is_initialized():
+        pass  # a caller (a notebook, the test suite) already connected us to a cluster
+    elif cfg.ray.address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=cfg.ray.address, log_to_driver=False, logging_level=logging.WARNING)
     else:
         ray.init(

@@ -1,0 +1,44 @@
+"""Shared fixtures: one real Ray instance for the whole session, tiny configs, a shared node cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One node-model/dataset cache for the session, so tiny sweeps share pre-trained nodes."""
+    return tmp_path_factory.mktemp("raykd_cache")
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Any:
+    """A real local Ray instance on loopback, started once and shared by every test that needs Ray."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    yield ray
+    ray.shutdown()
+
+
+def tiny_raw(tmp_path: Path, cache_dir: Path, **sections: Any) -> dict[str, Any]:
+    """A CI-sized experiment on MNIST-1D: short budgets, one seed, a 2x1 KD grid plus no-KD."""
+    raw: dict[str, Any] = {
+        "name": "tiny",
+        "seeds": [0],
+        "partition": {"scheme": "dirichlet", "num_nodes": 3, "alpha": 0.5},
+        "nodes": {"cache_dir": str(cache_dir), "train": {"epochs": 3, "batch_size": 64}},
+        "transfer": {"student": 0, "teachers": [1], "set": "pool", "train": {"epochs": 2, "batch_size": 128}},
+        "methods": [{"name": "ce", "label": "no-kd"}, {"name": "kd", "temperature": [1, 4], "alpha": 0.5}],
+        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "tests"},
+        "output_dir": str(tmp_path / "runs"),
+    }
+    raw.update(sections)
+    return raw
