@@ -283,9 +283,13 @@ def describe_error(err: ValidationError) -> str:
     """The first validation error as one line: ``field.path = value: what is allowed``."""
     first = err.errors()[0]
     loc = [p for p in first["loc"] if p not in METHOD_CONFIGS]  # drop the discriminator tag
+    if loc[:1] == ["methods"] and len(loc) > 3 and isinstance(loc[-1], int):
+        loc = loc[:-1]  # a knob's grid position: the value shown identifies it
     field = ""
     for part in loc:
         field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
+    if first["type"] == "union_tag_invalid":
+        return f"{field}.name = {first['ctx']['tag']!r}: unknown method; allowed: {', '.join(METHODS)}"
     if first["type"] == "extra_forbidden":
         parent = ".".join(str(p) for p in loc[:-1]) or "the top level"
         allowed = _allowed_keys(first["loc"][:-1])
@@ -293,7 +297,7 @@ def describe_error(err: ValidationError) -> str:
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "value_error" and ":" in message.split(" ")[0]:
         return message  # our own cross-field checks already name their field
-    shown = "" if first["type"] in ("missing", "union_tag_invalid") else f" = {first['input']!r}"
+    shown = "" if first["type"] == "missing" else f" = {first['input']!r}"
     return f"{field or 'config'}{shown}: {message}"
 
 

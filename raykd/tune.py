@@ -85,6 +85,7 @@ def preflight(cfg: ExperimentConfig) -> str:
 def start_ray(cfg: ExperimentConfig) -> None:
     import ray
 
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     if ray.is_initialized():
         pass  # a caller (a notebook, the test suite) already connected us to a cluster
     elif cfg.ray.address or os.environ.get("RAY_ADDRESS"):
