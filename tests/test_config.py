@@ -1,0 +1,57 @@
+"""The config schema: YAML files, overrides, grid axes, and the tables chosen on validation data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from raykd import report
+from raykd.config import load_config, parse_override, validate_config
+from raykd.methods.kd import KnowledgeDistillation
+
+CONFIGS = sorted((Path(__file__).parents[1] / "tune_configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_configs_validate(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.methods and all(m.grid() for m in cfg.methods)
+
+
+def test_lists_become_grid_axes_and_scalars_stay_fixed() -> None:
+    cfg = validate_config({"methods": [{"name": "kd", "temperature": [1, 2, 4], "alpha": 0.5}, {"name": "ce"}]})
+    kd, ce = cfg.methods
+    assert kd.grid() == [{"temperature": t, "alpha": 0.5} for t in (1.0, 2.0, 4.0)]
+    assert ce.grid() == [{}]
+    assert kd.build(kd.grid()[1]) == KnowledgeDistillation(temperature=2.0, alpha=0.5)
+
+
+def test_overrides_reach_nested_keys_and_list_items() -> None:
+    raw = {"methods": [{"name": "kd"}], "transfer": {"train": {"epochs": 3}}}
+    for assignment in ("transfer.train.epochs=7", "methods.0.alpha=[0.1, 0.9]", "partition.alpha=0.1", "seeds=4"):
+        parse_override(raw, assignment)
+    cfg = validate_config(raw)
+    assert cfg.transfer.train.epochs == 7 and cfg.methods[0].alpha == [0.1, 0.9]
+    assert cfg.partition.alpha == 0.1 and cfg.seeds == [4]
+
+
+def test_summary_picks_the_best_setting_on_validation_never_on_test() -> None:
+    trials = pd.DataFrame(
+        {
+            "label": ["kd"] * 4,
+            "temperature": [1.0, 1.0, 4.0, 4.0],
+            "seed": [0, 1, 0, 1],
+            "val_acc": [0.80, 0.82, 0.70, 0.72],  # T=1 wins on validation
+            "local_val_acc": [0.5] * 4,
+            "test_acc": [0.60, 0.62, 0.90, 0.92],  # T=4 would win on test
+            "test_acc_before": [0.5] * 4,
+            "gain": [0.10, 0.12, 0.40, 0.42],
+            "status": ["ok"] * 4,
+        }
+    )
+    settings = report.per_setting(trials, ["temperature"])
+    best = report.summary(settings, ["temperature"], "val_acc")
+    assert best.loc[0, "temperature"] == 1.0 and best.loc[0, "gain"] == pytest.approx(0.11)
+    assert best.loc[0, "gain_std"] == pytest.approx(0.01) and best.loc[0, "settings_tried"] == 2
