@@ -42,9 +42,14 @@ def _dataset(data: DataConfig, cache_dir: Path) -> Dataset:
     return load_dataset(data, cache_dir)
 
 
+def dataset_of(cfg: ExperimentConfig) -> Dataset:
+    """The experiment's dataset, loaded once per process."""
+    return _dataset(cfg.data, cfg.nodes.cache_dir)
+
+
 def prepare(cfg: ExperimentConfig, seed: int) -> Setup:
     """Load the dataset (cached per process), draw the seed's splits and partition the rest."""
-    dataset = _dataset(cfg.data, cfg.nodes.cache_dir)
+    dataset = dataset_of(cfg)
     labels = dataset.train_y.numpy()
     splits = make_splits(labels, cfg.data, seed)
     return Setup(dataset, splits, split_nodes(splits.partitioned, labels, cfg.partition, seed))

@@ -65,18 +65,18 @@ def load(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def preflight(cfg: ExperimentConfig) -> str:
-    """Everything that can be checked before Ray starts or MLflow is touched; returns the tracking URI."""
-    from raykd.data.datasets import check_cifar_folder
+    """Everything that can be checked before Ray starts or MLflow is touched; returns the tracking URI.
+
+    Loading the dataset here also fills the on-disk dataset cache before any worker needs it.
+    """
     from raykd.models import build_model
+    from raykd.nodes import dataset_of
     from raykd.tracking import check_reachable, resolve_uri
 
-    if cfg.data.dataset.startswith("cifar"):
-        check_cifar_folder(cfg.data.dataset, cfg.data.root)
-    shape = {"digits": (1, 8, 8), "mnist1d": (1, 40)}.get(cfg.data.dataset, (3, 32, 32))
-    shape = (3, 16, 16) if cfg.data.dataset == "fake" else shape
+    data = dataset_of(cfg)
     for node in cfg.node_ids():
         field = f"nodes.models.{node}" if node in cfg.nodes.models else "nodes.model"
-        build_model(cfg.nodes.model_of(node), shape, cfg.data.num_classes, field)
+        build_model(cfg.nodes.model_of(node), data.input_shape, data.num_classes, field)
     uri = resolve_uri(cfg.tracking.uri)
     check_reachable(uri)
     return uri
@@ -86,6 +86,7 @@ def start_ray(cfg: ExperimentConfig) -> None:
     import ray
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # raykd prints its own one line per trial
     if ray.is_initialized():
         pass  # a caller (a notebook, the test suite) already connected us to a cluster
     elif cfg.ray.address or os.environ.get("RAY_ADDRESS"):
@@ -277,6 +278,7 @@ def run_sweep(cfg: ExperimentConfig, uri: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; bad input is one line on stderr and exit status 2."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     try:
         cfg = load(args)

@@ -77,7 +77,9 @@ def test_bad_override_is_one_line_exit_2_and_nothing_tracked(
     ],
     ids=["missing", "broken-yaml", "not-a-mapping", "unreadable"],
 )
-def test_bad_config_file(tmp_path: Path, capsys: pytest.CaptureFixture, content: str | bytes | None, expected: str) -> None:
+def test_bad_config_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture, content: str | bytes | None, expected: str
+) -> None:
     path = tmp_path / "experiment.yaml"
     if isinstance(content, bytes):
         path.write_bytes(content)
@@ -100,7 +102,9 @@ def test_real_process_exits_2_without_traceback(tmp_path: Path) -> None:
     config = _write(tmp_path, tiny_raw(tmp_path, tmp_path / "cache"))
     done = subprocess.run(
         [sys.executable, "-m", "raykd.tune", "--config", str(config), "--set", "partition.alpha=-1"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip() == "raykd: error: partition.alpha = -1: Input should be greater than 0"

@@ -18,7 +18,9 @@ LABELS = np.random.default_rng(0).integers(0, 10, size=3000)
     ("name", "shape", "train", "test"),
     [("digits", (1, 8, 8), 1437, 360), ("mnist1d", (1, 40), 4000, 1000), ("fake", (3, 16, 16), 200, 50)],
 )
-def test_embedded_datasets_load_without_download(name: str, shape: tuple, train: int, test: int, cache_dir: Path) -> None:
+def test_embedded_datasets_load_without_download(
+    name: str, shape: tuple, train: int, test: int, cache_dir: Path
+) -> None:
     data = load_dataset(DataConfig(dataset=name, fake_samples=200), cache_dir)
     assert data.input_shape == shape and len(data.train_y) == train and len(data.test_y) == test
     assert set(data.train_y.unique().tolist()) == set(range(10))

@@ -25,7 +25,9 @@ def test_batches_pair_labelled_rows_with_pool_rows() -> None:
     assert set(seen.tolist()) == set(range(50, 100)) and len(seen) == 7 * 8  # full batches: the last wraps
     for batch in batches:
         labelled = batch.targets != UNLABELLED
-        assert (batch.index[labelled] < 10).all() and not batch.distill[labelled].any() and batch.distill[~labelled].all()
+        assert (
+            (batch.index[labelled] < 10).all() and not batch.distill[labelled].any() and batch.distill[~labelled].all()
+        )
         assert torch.equal(batch.x.squeeze(1).long(), batch.index)
 
 

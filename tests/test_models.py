@@ -12,8 +12,15 @@ from raykd.models import build_model
 
 @pytest.mark.parametrize(
     ("name", "shape"),
-    [("mlp", (1, 40)), ("mlp", (1, 8, 8)), ("cnn1d", (1, 40)), ("cnn2d", (1, 8, 8)), ("cnn2d", (3, 32, 32)),
-     ("resnet", (3, 32, 32)), ("resnet18", (3, 32, 32))],
+    [
+        ("mlp", (1, 40)),
+        ("mlp", (1, 8, 8)),
+        ("cnn1d", (1, 40)),
+        ("cnn2d", (1, 8, 8)),
+        ("cnn2d", (3, 32, 32)),
+        ("resnet", (3, 32, 32)),
+        ("resnet18", (3, 32, 32)),
+    ],
 )
 def test_models_give_class_logits(name: str, shape: tuple[int, ...]) -> None:
     model = build_model(ModelSpec(name=name), shape, 7)

@@ -61,7 +61,9 @@ def test_sweep_tracks_parent_and_child_runs_and_writes_tables(
     assert len(trials) == 5 and (trials["status"] == "ok").all()
     kd = trials[trials["label"] == "kd"]
     best = kd.loc[kd["val_acc"].idxmax()]  # one seed: the row chosen must be the best on validation
-    assert f"temperature={best['temperature']:g}, alpha={best['alpha']:g} (best of 4" in (out / "results.md").read_text()
+    assert (
+        f"temperature={best['temperature']:g}, alpha={best['alpha']:g} (best of 4" in (out / "results.md").read_text()
+    )
 
 
 def test_second_run_reuses_cached_node_models(
@@ -80,10 +82,24 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90

@@ -90,7 +90,10 @@ def _cifar(name: str, root: Path) -> tuple[np.ndarray, ...]:
     mean, std = np.array([0.4914, 0.4822, 0.4465]), np.array([0.2470, 0.2435, 0.2616])
     out = []
     for train in (True, False):
-        ds = cls(str(root), train=train, download=False)
+        try:
+            ds = cls(str(root), train=train, download=False)
+        except RuntimeError as err:  # torchvision's integrity check: missing or corrupted batch files
+            raise ConfigError(f"data.root: {name} files in {root} are incomplete or corrupted ({err})") from None
         x = ((ds.data / 255.0 - mean) / std).transpose(0, 3, 1, 2).astype(np.float32)
         out.append((x, np.asarray(ds.targets)))
     return out[0][0], out[1][0], out[0][1], out[1][1]
