@@ -113,6 +113,23 @@ class TransferConfig(Section):
     train: TrainConfig = TrainConfig(epochs=10, lr=3e-3)
 
 
+class TeacherConfig(Section):
+    """Where the frozen teachers' logits come from; methods see the same logits in every mode."""
+
+    mode: Literal["inline", "server", "cache"] = Field(
+        "inline",
+        description="inline: teacher runs in each trial; server: one shared Ray actor; cache: logits computed once",
+    )
+    dtype: Literal["float32", "float16"] = Field("float32", description="dtype of served and cached logits")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="server device; auto = cuda when it has GPUs")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs reserved by the server (fractions allowed)")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved by the server (its torch threads)")
+    max_batch_rows: int = Field(4096, ge=1, description="dynamic batching: most rows merged into one forward")
+    batch_wait_ms: float = Field(2.0, ge=0, description="dynamic batching: how long to wait for more requests")
+    max_restarts: int = Field(3, ge=0, description="server restarts after a crash; in-flight requests are retried")
+    prefetch: bool = Field(True, description="request the next batch's logits while the student trains on this one")
+
+
 class TuneConfig(Section):
     select_on: Literal["val_acc", "local_val_acc"] = Field(
         "val_acc", description="metric the best grid point is chosen on (never the test set)"
@@ -167,6 +184,33 @@ METHOD_CONFIGS = {name: _method_config(cls) for name, cls in METHODS.items()}
 AnyMethodConfig = Annotated[Union[tuple(METHOD_CONFIGS.values())], Field(discriminator="name")]  # noqa: UP007
 
 
+class FederatedConfig(Section):
+    """Flower simulation (``python -m federated.simulate``): the clients are the partition's nodes."""
+
+    strategy: Literal["fedavg", "kd", "fml", "consolidation", "feddf"] = Field(
+        "fedavg",
+        description="fedavg; kd: clients distil the global model into their update; fml: private + meme models; "
+        "consolidation: FedAvg from random, averaged and KD-consolidated node models; feddf: server ensemble KD",
+    )
+    rounds: int = Field(5, ge=1, description="federated rounds")
+    fraction: float = Field(1.0, gt=0, le=1, description="fraction of clients sampled each round, in (0, 1]")
+    min_clients: int = Field(2, ge=1, description="clients sampled each round at least (<= partition.num_nodes)")
+    min_successful: int = Field(
+        1, ge=1, description="successful clients a round needs to aggregate, else it is skipped"
+    )
+    local: TrainConfig = Field(TrainConfig(epochs=1, lr=3e-3), description="each client's local training per round")
+    temperature: float = Field(4.0, gt=0, description="KD temperature (kd, feddf, consolidation)")
+    kd_alpha: float = Field(0.5, ge=0, le=1, description="kd: weight of the KD term from the global model, in [0, 1]")
+    fml_alpha: float = Field(0.5, ge=0, le=1, description="fml: private model's CE weight (1 - alpha on KL), [0, 1]")
+    fml_beta: float = Field(0.5, ge=0, le=1, description="fml: meme model's CE weight (1 - beta on KL), in [0, 1]")
+    server: TrainConfig = Field(TrainConfig(epochs=3, lr=3e-3), description="server-side KD on the shared pool")
+    target_acc: float = Field(0.6, gt=0, le=1, description="test accuracy whose first round is reported")
+    client_cpus: float = Field(1.0, gt=0, description="CPUs reserved by each simulated client")
+    client_gpus: float = Field(0.0, ge=0, description="GPUs reserved by each simulated client")
+    fail_client: int | None = Field(None, ge=0, description="fault injection: this client raises during training")
+    fail_rounds: list[int] = Field([], description="rounds in which fail_client raises (empty: every round)")
+
+
 class ExperimentConfig(Section):
     name: str = Field("default", min_length=1, description="experiment name (output folder, MLflow run)")
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="seeds: a grid axis; spread is over them")
@@ -174,10 +218,12 @@ class ExperimentConfig(Section):
     partition: PartitionConfig = PartitionConfig()
     nodes: NodesConfig = NodesConfig()
     transfer: TransferConfig = TransferConfig()
+    teacher: TeacherConfig = TeacherConfig()
     methods: list[AnyMethodConfig] = Field(min_length=1, description="the table's rows; lists are grid axes")
     tune: TuneConfig = TuneConfig()
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
+    federated: FederatedConfig = FederatedConfig()
     output_dir: Path = Field(Path("runs"), description="where tables, plots and Tune state are written")
 
     @field_validator("seeds", mode="before")

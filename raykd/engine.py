@@ -29,7 +29,22 @@ class Batch:
     index: Tensor
 
 
-References = Callable[[Batch], tuple[list[Tensor], Tensor | None]]
+ReferenceLogits = tuple[list[Tensor], Tensor | None]
+
+
+class References:
+    """Frozen logits for each batch: the teachers', and the initial student's for DP-KD.
+
+    The base class supplies none (plain training and DML). Subclasses fetch them from models in
+    this process, from a teacher server or from the offline cache; ``prefetch`` lets a remote
+    source overlap the next batch's request with the student's current step.
+    """
+
+    def prefetch(self, batch: Batch) -> None:
+        """Start fetching ``batch``'s logits early; the default has nothing to start."""
+
+    def __call__(self, batch: Batch) -> ReferenceLogits:
+        return [], None
 
 
 class NonFiniteLoss(RuntimeError):
@@ -91,20 +106,17 @@ class TransferBatches:
             yield Batch(self.x[index], targets, distill, index)
 
 
-def no_references(batch: Batch) -> tuple[list[Tensor], Tensor | None]:
-    return [], None
+class InlineReferences(References):
+    """Frozen models run in this process, without gradients, on every batch."""
 
+    def __init__(self, teachers: list[nn.Module], initial: nn.Module | None = None) -> None:
+        self.teachers, self.initial = teachers, initial
+        for model in [*teachers, *([initial] if initial else [])]:
+            model.eval().requires_grad_(False)
 
-def frozen_references(teachers: list[nn.Module], initial: nn.Module | None) -> References:
-    """In-process references: run the frozen models on each batch without gradients."""
-    for model in [*teachers, *([initial] if initial else [])]:
-        model.eval().requires_grad_(False)
-
-    def references(batch: Batch) -> tuple[list[Tensor], Tensor | None]:
-        with torch.no_grad():
-            return [t(batch.x) for t in teachers], (initial(batch.x) if initial else None)
-
-    return references
+    @torch.no_grad()
+    def __call__(self, batch: Batch) -> ReferenceLogits:
+        return [t(batch.x) for t in self.teachers], (self.initial(batch.x) if self.initial else None)
 
 
 def fit(
@@ -114,17 +126,21 @@ def fit(
     epochs: int,
     lr: float,
     weight_decay: float = 0.0,
-    references: References = no_references,
+    references: References | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] = lambda epoch, losses: None,
 ) -> None:
     """Train ``models`` jointly on ``method``'s loss; ``on_epoch`` gets each epoch's mean loss terms."""
+    references = references or References()
     params = [p for m in models for p in m.parameters()]
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     for epoch in range(epochs):
         for model in models:
             model.train()
         totals: dict[str, float] = {}
-        for batch in batches:
+        steps = list(batches)
+        for i, batch in enumerate(steps):
+            if i + 1 < len(steps):
+                references.prefetch(steps[i + 1])
             teachers, initial = references(batch)
             logits = StepLogits([m(batch.x) for m in models], teachers, initial)
             terms = method.losses(logits, batch.targets, batch.distill)

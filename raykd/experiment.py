@@ -11,10 +11,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
 
 from raykd.config import ExperimentConfig
-from raykd.engine import TransferBatches, accuracy, fit, frozen_references, no_references, seed_everything
-from raykd.nodes import Setup, load_node, prepare
+from raykd.engine import InlineReferences, References, TransferBatches, accuracy, fit, seed_everything
+from raykd.methods import Method
+from raykd.nodes import Setup, load_node, node_path, prepare
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -28,22 +30,52 @@ def student_metrics(model: torch.nn.Module, setup: Setup, student: int) -> dict[
     }
 
 
+def references_for(
+    cfg: ExperimentConfig, setup: Setup, seed: int, method: Method, models: dict[int, nn.Module], server: Any = None
+) -> References:
+    """The frozen logits a method needs, from where ``teacher.mode`` says: the method never knows which."""
+    frozen = cfg.transfer.teachers if method.teachers == "frozen" else []
+    initial = cfg.transfer.student if method.uses_initial_student else None
+    if cfg.teacher.mode == "cache":
+        from raykd.teacher.cache import CachedReferences, node_logits
+
+        return CachedReferences(
+            [node_logits(cfg, setup, n, seed)[0] for n in frozen],
+            node_logits(cfg, setup, initial, seed)[0] if initial is not None else None,
+        )
+    if cfg.teacher.mode == "server":
+        from raykd.teacher.cache import file_digest
+        from raykd.teacher.server import ServedReferences
+
+        keys = [file_digest(node_path(cfg, n, seed)) for n in frozen]
+        initial_key = file_digest(node_path(cfg, initial, seed)) if initial is not None else None
+        return ServedReferences(server, keys, initial_key, cfg.teacher.prefetch)
+    return InlineReferences(
+        [models[n] for n in frozen], copy.deepcopy(models[initial]) if initial is not None else None
+    )
+
+
 def run_trial(
-    cfg: ExperimentConfig, label: str, setting: dict[str, Any], seed: int, report: Report = lambda m: None
+    cfg: ExperimentConfig,
+    label: str,
+    setting: dict[str, Any],
+    seed: int,
+    report: Report = lambda m: None,
+    server: Any = None,
 ) -> dict[str, Any]:
-    """Transfer into the student with method row ``label`` at ``setting``; report after every epoch."""
+    """Transfer into the student with method row ``label`` at ``setting``; report after every epoch.
+
+    ``server`` is a TeacherServer actor handle, used when ``teacher.mode`` is ``server``.
+    """
     method = cfg.method(label).build(setting)
     setup = prepare(cfg, seed)
-    student = load_node(cfg, setup, cfg.transfer.student, seed)
-    teachers = [load_node(cfg, setup, t, seed) for t in cfg.transfer.teachers]
+    models = {n: load_node(cfg, setup, n, seed) for n in cfg.node_ids()}
+    student = models[cfg.transfer.student]
     before = student_metrics(student, setup, cfg.transfer.student)
-
     if method.teachers == "peers":
-        trainable, references = [student, *teachers], no_references
+        trainable, references = [models[n] for n in cfg.node_ids()], References()
     else:
-        initial = copy.deepcopy(student) if method.uses_initial_student else None
-        frozen = teachers if method.teachers == "frozen" else []
-        trainable, references = [student], frozen_references(frozen, initial)
+        trainable, references = [student], references_for(cfg, setup, seed, method, models, server)
 
     data, budget = setup.dataset, cfg.transfer.train
     pool = setup.splits.pool if cfg.transfer.set != "local" else None

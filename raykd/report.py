@@ -6,7 +6,7 @@ by its best setting on the validation metric (``tune.select_on``); test accuracy
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -15,7 +15,26 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+if TYPE_CHECKING:
+    from raykd.config import ExperimentConfig
+
 METRICS = ["val_acc", "local_val_acc", "test_acc", "test_acc_before", "gain"]
+
+
+def trial_rows(results: list[tuple[dict[str, Any], dict[str, Any] | None, BaseException | None]]) -> pd.DataFrame:
+    """One row per trial from (Tune config, last metrics, error): its setting, seed, metrics and status."""
+    rows = []
+    for config, metrics, error in results:
+        rows.append(
+            {
+                **config["arm"],
+                "seed": config["seed"],
+                **{m: (metrics or {}).get(m) for m in METRICS},
+                "status": "ok" if error is None else "failed",
+                "error": "" if error is None else str(error).strip().splitlines()[-1][:300],
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def per_setting(trials: pd.DataFrame, knobs: list[str]) -> pd.DataFrame:
@@ -134,3 +153,34 @@ def figures(settings: pd.DataFrame, best: pd.DataFrame, knobs_of: dict[str, list
         if len(varied) == 2:
             out[f"heatmap_{label}.png"] = heatmaps(settings, label, *varied)
     return out
+
+
+def study(cfg: ExperimentConfig, run_name: str, trials: pd.DataFrame) -> tuple[str, dict[str, Figure], pd.DataFrame]:
+    """The sweep's Markdown report, its figures, and the summary rows (best setting per method row)."""
+    knobs_of = {m.display(): m.knobs() for m in cfg.methods}
+    knobs = list(dict.fromkeys(k for ks in knobs_of.values() for k in ks))
+    settings = per_setting(trials, knobs)
+    best = summary(settings, knobs, cfg.tune.select_on)
+    text = (
+        f"# {run_name}\n\nStudent node {cfg.transfer.student}, teachers {cfg.transfer.teachers}, "
+        f"{cfg.data.dataset}, {cfg.partition.scheme} partition over {cfg.partition.num_nodes} nodes, "
+        f"transfer set '{cfg.transfer.set}', teacher mode '{cfg.teacher.mode}', seeds {cfg.seeds}. "
+        "Accuracies in %, mean ± std over seeds.\n\n"
+        f"## Summary (tuned rows: best setting on {cfg.tune.select_on}, never on test)\n\n"
+        + summary_markdown(best, knobs, cfg.tune.select_on)
+        + "\n\n## Every setting (* = chosen on validation)\n\n"
+        + settings_markdown(settings, knobs, cfg.tune.select_on)
+        + "\n"
+    )
+    failed = trials[trials["status"] == "failed"]
+    if len(failed):
+        text += "\n## Failed trials\n\n" + markdown(failed[["label", "seed", "error"]].to_dict("records")) + "\n"
+    return text, figures(settings, best, knobs_of), best
+
+
+def server_line(stats: dict[str, Any]) -> str:
+    return (
+        f"\nTeacher server ({stats['device']}): {stats['requests']} requests in {stats['batches']} batches "
+        f"(mean {stats['mean_batch_rows']:.0f} rows, max {stats['max_batch_rows']}), "
+        f"compute {stats['compute_s']:.1f} s, queueing {stats['wait_s']:.1f} s\n"
+    )

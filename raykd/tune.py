@@ -105,42 +105,88 @@ def start_ray(cfg: ExperimentConfig) -> None:
             f"tune.cpus_per_trial: {cfg.tune.cpus_per_trial:g} CPUs per trial but the Ray cluster has {cpus:g}; "
             f"allowed: up to {cpus:g}"
         )
+    if cfg.teacher.mode == "server":
+        if cfg.teacher.num_cpus + cfg.tune.cpus_per_trial > cpus:
+            raise ConfigError(
+                f"teacher.num_cpus: the server's {cfg.teacher.num_cpus:g} CPUs plus one trial's "
+                f"{cfg.tune.cpus_per_trial:g} exceed the cluster's {cpus:g}; "
+                f"allowed: up to {cpus - cfg.tune.cpus_per_trial:g}"
+            )
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if cfg.teacher.num_gpus > gpus:
+            raise ConfigError(f"teacher.num_gpus: {cfg.teacher.num_gpus:g} asked, the cluster has {gpus:g}")
 
 
-def _pretrain(raw: dict[str, Any], node: int, seed: int) -> dict[str, float]:
+def _prepare_node(raw: dict[str, Any], node: int, seed: int) -> dict[str, Any]:
+    """Ray task: make sure a node's model (and, in cache mode, its logits) exists; say what it built."""
     import torch
 
-    from raykd.nodes import prepare, train_node
+    from raykd.nodes import load_node, node_path, prepare, read_node
 
     torch.set_num_threads(1)
     cfg = ExperimentConfig.model_validate(raw)
-    return train_node(cfg, prepare(cfg, seed), node, seed)
+    setup = prepare(cfg, seed)
+    trained = read_node(node_path(cfg, node, seed)) is None
+    load_node(cfg, setup, node, seed)
+    built = False
+    if cfg.teacher.mode == "cache":
+        from raykd.teacher.cache import node_logits
+
+        built = node_logits(cfg, setup, node, seed)[1]
+    meta = read_node(node_path(cfg, node, seed))["meta"]  # type: ignore[index]
+    return {"trained": trained, "logits_built": built, "test_acc": meta["test_acc"]}
 
 
-def pretrain_nodes(cfg: ExperimentConfig, raw: dict[str, Any]) -> None:
-    """Train the node models the cache lacks, in parallel Ray tasks, with a progress bar."""
+def prepare_nodes(cfg: ExperimentConfig, raw: dict[str, Any]) -> None:
+    """Train the node models the cache lacks (and fill the logit cache in cache mode) as parallel Ray tasks."""
     import ray
     from tqdm import tqdm
 
     from raykd.nodes import missing_nodes
 
-    missing = missing_nodes(cfg)
-    needed = len(cfg.node_ids()) * len(cfg.seeds)
-    print(f"node models: {needed - len(missing)} of {needed} cached in {cfg.nodes.cache_dir}", flush=True)
-    if not missing:
+    needed = [(n, s) for s in cfg.seeds for n in cfg.node_ids()]
+    todo = needed if cfg.teacher.mode == "cache" else missing_nodes(cfg)
+    print(f"node models: {len(needed) - len(missing_nodes(cfg))} of {len(needed)} cached in {cfg.nodes.cache_dir}")
+    if not todo:
         return
-    task = ray.remote(num_cpus=1)(_pretrain)
-    pending = {task.remote(raw, node, seed): (node, seed) for node, seed in missing}
-    with tqdm(total=len(pending), desc="pre-training node models", unit="model") as bar:
+    task = ray.remote(num_cpus=1)(_prepare_node)
+    pending = {task.remote(raw, node, seed): (node, seed) for node, seed in todo}
+    built = 0
+    with tqdm(total=len(pending), desc="preparing node models", unit="model") as bar:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             node, seed = pending.pop(done[0])
-            meta = ray.get(done[0])
-            bar.set_postfix_str(f"node {node} seed {seed}: test acc {100 * meta['test_acc']:.1f}%")
+            result = ray.get(done[0])
+            built += result["logits_built"]
+            bar.set_postfix_str(f"node {node} seed {seed}: test acc {100 * result['test_acc']:.1f}%")
             bar.update()
+    if cfg.teacher.mode == "cache":
+        print(f"teacher-logit cache: {built} teacher passes over the training split, {len(todo) - built} reused")
 
 
-def _trainable(config: dict[str, Any], raw: dict[str, Any]) -> None:
+def start_teacher_server(cfg: ExperimentConfig, name: str) -> Any:
+    """One TeacherServer for the sweep, holding every seed's node models; trials find it by name."""
+    from raykd.nodes import dataset_of, node_path
+    from raykd.teacher.cache import file_digest
+    from raykd.teacher.server import served_model, start_server
+
+    data = dataset_of(cfg)
+    models = [
+        served_model(
+            file_digest(node_path(cfg, n, s)),
+            node_path(cfg, n, s),
+            cfg.nodes.model_of(n),
+            data.input_shape,
+            data.num_classes,
+        )
+        for s in cfg.seeds
+        for n in cfg.node_ids()
+    ]
+    return start_server(models, cfg.teacher, name=name)
+
+
+def _trainable(config: dict[str, Any], raw: dict[str, Any], server_name: str | None) -> None:
+    import ray
     import torch
     from ray import tune
 
@@ -149,7 +195,8 @@ def _trainable(config: dict[str, Any], raw: dict[str, Any]) -> None:
     cfg = ExperimentConfig.model_validate(raw)
     torch.set_num_threads(max(1, int(cfg.tune.cpus_per_trial)))
     setting = {k: v for k, v in config["arm"].items() if k not in ("label", "method")}
-    run_trial(cfg, config["arm"]["label"], setting, config["seed"], report=tune.report)
+    server = ray.get_actor(server_name) if server_name else None
+    run_trial(cfg, config["arm"]["label"], setting, config["seed"], report=tune.report, server=server)
 
 
 def _describe(config: dict[str, Any]) -> str:
@@ -188,7 +235,7 @@ def _progress_callback(total: int) -> Any:
 def run_sweep(cfg: ExperimentConfig, uri: str) -> Path:
     """Run the whole study; returns the output folder holding tables, plots and Tune state."""
     import mlflow
-    import pandas as pd
+    import ray
     from ray import tune
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
@@ -196,7 +243,7 @@ def run_sweep(cfg: ExperimentConfig, uri: str) -> Path:
     from raykd.tracking import flatten
 
     raw = cfg.model_dump(mode="json")
-    pretrain_nodes(cfg, raw)
+    prepare_nodes(cfg, raw)
     arms = [{"label": m.display(), "method": m.name, **s} for m in cfg.methods for s in m.grid()]
     total = len(arms) * len(cfg.seeds)
     run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -204,6 +251,8 @@ def run_sweep(cfg: ExperimentConfig, uri: str) -> Path:
     (out / "plots").mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     print(f"sweep: {len(arms)} settings x {len(cfg.seeds)} seeds = {total} trials; output in {out}", flush=True)
+    server_name = f"raykd-teacher-{run_name}" if cfg.teacher.mode == "server" else None
+    server = start_teacher_server(cfg, server_name) if server_name else None
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(cfg.tracking.experiment)
@@ -211,7 +260,9 @@ def run_sweep(cfg: ExperimentConfig, uri: str) -> Path:
         mlflow.log_params({k: str(v)[:500] for k, v in flatten(raw).items()})
         mlflow.log_artifact(str(out / "config.yaml"))
         tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(_trainable, raw=raw), {"cpu": cfg.tune.cpus_per_trial}),
+            tune.with_resources(
+                tune.with_parameters(_trainable, raw=raw, server_name=server_name), {"cpu": cfg.tune.cpus_per_trial}
+            ),
             param_space={"arm": tune.grid_search(arms), "seed": tune.grid_search(cfg.seeds)},
             tune_config=tune.TuneConfig(max_concurrent_trials=cfg.tune.max_concurrent_trials, reuse_actors=True),
             run_config=tune.RunConfig(
@@ -229,48 +280,23 @@ def run_sweep(cfg: ExperimentConfig, uri: str) -> Path:
             ),
         )
         results = tuner.fit()
-        rows = []
-        for result in results:
-            arm = result.config["arm"]
-            rows.append(
-                {
-                    **{k: v for k, v in arm.items()},
-                    "seed": result.config["seed"],
-                    **{m: (result.metrics or {}).get(m) for m in report.METRICS},
-                    "status": "ok" if result.error is None else "failed",
-                    "error": "" if result.error is None else str(result.error).strip().splitlines()[-1][:300],
-                }
-            )
-        trials = pd.DataFrame(rows)
+        trials = report.trial_rows([(r.config, r.metrics, r.error) for r in results])
+        text, figures, best = report.study(cfg, run_name, trials)
+        if server is not None:
+            stats = ray.get(server.stats.remote())
+            ray.kill(server)
+            mlflow.log_metrics({f"server.{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
+            text += report.server_line(stats)
         trials.to_csv(out / "trials.csv", index=False)
-        knobs_of = {m.display(): m.knobs() for m in cfg.methods}
-        knobs = list(dict.fromkeys(k for ks in knobs_of.values() for k in ks))
-        settings = report.per_setting(trials, knobs)
-        best = report.summary(settings, knobs, cfg.tune.select_on)
-        text = (
-            f"# {run_name}\n\nStudent node {cfg.transfer.student}, teachers {cfg.transfer.teachers}, "
-            f"{cfg.data.dataset}, {cfg.partition.scheme} partition over {cfg.partition.num_nodes} nodes, "
-            f"transfer set '{cfg.transfer.set}', seeds {cfg.seeds}. Accuracies in %, mean ± std over seeds.\n\n"
-            f"## Summary (tuned rows: best setting on {cfg.tune.select_on}, never on test)\n\n"
-            + report.summary_markdown(best, knobs, cfg.tune.select_on)
-            + "\n\n## Every setting (* = chosen on validation)\n\n"
-            + report.settings_markdown(settings, knobs, cfg.tune.select_on)
-            + "\n"
-        )
-        failed = trials[trials["status"] == "failed"]
-        if len(failed):
-            text += (
-                "\n## Failed trials\n\n" + report.markdown(failed[["label", "seed", "error"]].to_dict("records")) + "\n"
-            )
         (out / "results.md").write_text(text)
         mlflow.log_artifact(str(out / "results.md"))
         mlflow.log_artifact(str(out / "trials.csv"))
-        for name, fig in report.figures(settings, best, knobs_of).items():
+        for name, fig in figures.items():
             fig.savefig(out / "plots" / name, dpi=120)
             mlflow.log_figure(fig, f"plots/{name}")
         for _, row in best.iterrows():
             mlflow.log_metrics({f"{row['label']}.test_gain": row["gain"], f"{row['label']}.val_acc": row["val_acc"]})
-        mlflow.log_metric("failed_trials", len(failed))
+        mlflow.log_metric("failed_trials", int((trials["status"] == "failed").sum()))
     print("\n" + text, flush=True)
     return out
 

@@ -10,7 +10,7 @@ import torch
 
 from raykd.config import DataConfig, ModelSpec
 from raykd.data import load_dataset
-from raykd.engine import NonFiniteLoss, TransferBatches, accuracy, fit, seed_everything
+from raykd.engine import Batch, NonFiniteLoss, References, TransferBatches, accuracy, fit, seed_everything
 from raykd.methods.base import UNLABELLED
 from raykd.methods.ce import CrossEntropy
 from raykd.methods.kd import KnowledgeDistillation
@@ -46,13 +46,23 @@ def test_training_is_deterministic_on_cpu(cache_dir: Path) -> None:
     assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
 
 
+class _Nan(References):
+    """A broken teacher whose logits are all NaN."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits
+
+    def __call__(self, batch: Batch) -> tuple[list[torch.Tensor], None]:
+        return [self.logits[: len(batch.x)]], None
+
+
 def test_non_finite_loss_names_epoch_and_term() -> None:
     x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
     model = torch.nn.Linear(4, 3)
     teacher = torch.full((32, 3), float("nan"))
     batches = TransferBatches(x, y, np.arange(32), None, 16, True, 0)
     with pytest.raises(NonFiniteLoss, match="epoch 1: loss term 'loss'"):
-        fit([model], KnowledgeDistillation(), batches, 1, 1e-2, references=lambda b: ([teacher[: len(b.x)]], None))
+        fit([model], KnowledgeDistillation(), batches, 1, 1e-2, references=_Nan(teacher))
 
 
 @pytest.mark.slow

@@ -1,0 +1,110 @@
+"""Offline teacher-logit cache: one forward pass per teacher and split, shared by every trial and run.
+
+Logits of a frozen model on the whole training split are stored as a ``.npy`` file (memory-mapped
+on read) named by a key over the checkpoint's content hash, the dataset settings, the split, the
+input transform and the dtype: a retrained or edited teacher, or another transform, never reads
+stale logits. A JSON sidecar holds the file's SHA-256; a truncated or corrupted file fails the
+check and is rebuilt. Files are written to a temporary name and renamed, so readers never see half.
+
+Augmented views: the cache holds logits of the un-augmented inputs only (transform ``"none"``);
+raykd's transfer sets are not augmented. A run that augments its inputs must use ``inline`` or
+``server`` mode, where the teacher sees the same augmented batch as the student.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from raykd.config import ExperimentConfig
+from raykd.engine import Batch, ReferenceLogits, References, predict
+from raykd.nodes import Setup, load_node, node_path
+
+TRANSFORM = "none"
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes: the identity of a checkpoint, whatever its name."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class LogitCache:
+    """A folder of logit arrays keyed by (teacher content, dataset, split, transform, dtype)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def key(self, checkpoint: Path, dataset: str, split: str, dtype: str) -> str:
+        parts = [file_digest(checkpoint), dataset, split, TRANSFORM, dtype]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
+
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        return self.folder / f"{key}.npy", self.folder / f"{key}.json"
+
+    def load(self, key: str) -> np.ndarray | None:
+        """The cached array (memory-mapped), or None when missing or failing its checksum."""
+        array_path, meta_path = self._paths(key)
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta["sha256"] != file_digest(array_path):
+                return None
+            array = np.load(array_path, mmap_mode="r")
+        except (OSError, ValueError, KeyError):
+            return None
+        return array if list(array.shape) == meta["shape"] else None
+
+    def store(self, key: str, logits: np.ndarray) -> np.ndarray:
+        """Write atomically (array, then its checksum sidecar) and return the memory-mapped copy."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        array_path, meta_path = self._paths(key)
+        tmp = array_path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, logits)
+        meta = {"sha256": file_digest(tmp), "shape": list(logits.shape), "dtype": str(logits.dtype)}
+        os.replace(tmp, array_path)
+        tmp_meta = meta_path.with_suffix(f".{os.getpid()}.tmp")
+        tmp_meta.write_text(json.dumps(meta))
+        os.replace(tmp_meta, meta_path)
+        return np.load(array_path, mmap_mode="r")
+
+    def get_or_build(self, key: str, compute: Callable[[], Tensor]) -> tuple[np.ndarray, bool]:
+        """The cached logits, computing and storing them first on a miss; also says whether it built."""
+        cached = self.load(key)
+        if cached is not None:
+            return cached, False
+        return self.store(key, compute().numpy()), True
+
+
+class CachedReferences(References):
+    """Teacher (and initial-student) logits looked up by the batch's global sample indices."""
+
+    def __init__(self, teachers: list[np.ndarray], initial: np.ndarray | None = None) -> None:
+        self.teachers, self.initial = teachers, initial
+
+    @staticmethod
+    def _rows(array: np.ndarray, batch: Batch) -> Tensor:
+        return torch.from_numpy(np.asarray(array[batch.index.numpy()])).float()
+
+    def __call__(self, batch: Batch) -> ReferenceLogits:
+        initial = self._rows(self.initial, batch) if self.initial is not None else None
+        return [self._rows(t, batch) for t in self.teachers], initial
+
+
+def node_logits(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> tuple[np.ndarray, bool]:
+    """A pre-trained node model's logits on the whole training split, from the cache or built once."""
+    model = load_node(cfg, setup, node, seed)
+    data = json.dumps(cfg.data.model_dump(mode="json", include={"dataset", "fake_samples", "fake_classes"}))
+    cache = LogitCache(cfg.nodes.cache_dir / "logits")
+    key = cache.key(node_path(cfg, node, seed), data, "train", cfg.teacher.dtype)
+    dtype = getattr(torch, cfg.teacher.dtype)
+    return cache.get_or_build(key, lambda: predict(model, setup.dataset.train_x).to(dtype))

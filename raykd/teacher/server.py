@@ -1,0 +1,159 @@
+"""TeacherServer: a Ray actor that loads frozen models once and serves batched logits to many students.
+
+Requests that arrive together are merged (dynamic batching: up to ``max_batch_rows`` rows, waiting
+at most ``batch_wait_ms`` for more) and run in one forward pass on a worker thread, so the actor
+keeps accepting requests while it computes. The actor is created with Ray's ``max_restarts`` and
+``max_task_retries``: after a crash it reloads its checkpoints and Ray re-sends the requests that
+were in flight, so every request gets exactly one answer and none is lost (inference is pure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from torch import Tensor
+
+from raykd.config import ModelSpec, TeacherConfig
+from raykd.engine import Batch, ReferenceLogits, References
+from raykd.models import build_model
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What the server needs to rebuild one frozen model: its key, checkpoint and architecture."""
+
+    key: str
+    checkpoint: str
+    spec: dict[str, Any]
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+
+@dataclass
+class _Request:
+    keys: tuple[str, ...]
+    x: Tensor
+    done: asyncio.Future
+    arrived: float
+
+
+class TeacherServer:
+    """Serves ``infer(keys, x) -> logits[len(keys), rows, classes]`` for the models it holds."""
+
+    def __init__(self, models: list[ServedModel], device: str, dtype: str, max_batch_rows: int, wait_ms: float) -> None:
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, dtype)
+        self.max_batch_rows, self.wait_s = max_batch_rows, wait_ms / 1000
+        self.models: dict[str, torch.nn.Module] = {}
+        for m in models:
+            model = build_model(ModelSpec(**m.spec), m.input_shape, m.num_classes)
+            model.load_state_dict(torch.load(m.checkpoint, weights_only=True, map_location="cpu")["state_dict"])
+            self.models[m.key] = model.eval().requires_grad_(False).to(self.device)
+        self.queue: asyncio.Queue[_Request] | None = None
+        self.counters = {"requests": 0, "rows": 0, "batches": 0, "max_batch_rows": 0, "wait_s": 0.0, "compute_s": 0.0}
+
+    async def infer(self, keys: tuple[str, ...], x: Tensor) -> Tensor:
+        if self.queue is None:  # the event loop exists only once a request arrives
+            self.queue = asyncio.Queue()
+            asyncio.get_running_loop().create_task(self._batch_forever())
+        done = asyncio.get_running_loop().create_future()
+        await self.queue.put(_Request(tuple(keys), x, done, time.perf_counter()))
+        return await done
+
+    async def _batch_forever(self) -> None:
+        assert self.queue is not None
+        while True:
+            group = [await self.queue.get()]
+            rows, deadline = len(group[0].x), time.perf_counter() + self.wait_s
+            while rows < self.max_batch_rows and (left := deadline - time.perf_counter()) > 0:
+                try:
+                    group.append(await asyncio.wait_for(self.queue.get(), timeout=left))
+                    rows += len(group[-1].x)
+                except TimeoutError:
+                    break
+            await self._answer(group)
+
+    async def _answer(self, group: list[_Request]) -> None:
+        """One forward per distinct model set over the merged rows, then split the answers back."""
+        started = time.perf_counter()
+        by_keys: dict[tuple[str, ...], list[_Request]] = {}
+        for request in group:
+            by_keys.setdefault(request.keys, []).append(request)
+        for keys, requests in by_keys.items():
+            try:
+                logits = await asyncio.to_thread(self._forward, keys, torch.cat([r.x for r in requests]))
+            except Exception as err:  # noqa: BLE001 - a bad request fails its callers, not the server
+                for r in requests:
+                    r.done.set_exception(err)
+                continue
+            offset = 0
+            for r in requests:
+                r.done.set_result(logits[:, offset : offset + len(r.x)].clone())
+                offset += len(r.x)
+        rows = sum(len(r.x) for r in group)
+        c = self.counters
+        c["requests"] += len(group)
+        c["rows"] += rows
+        c["batches"] += 1
+        c["max_batch_rows"] = max(c["max_batch_rows"], rows)
+        c["wait_s"] += sum(started - r.arrived for r in group)
+        c["compute_s"] += time.perf_counter() - started
+
+    @torch.no_grad()
+    def _forward(self, keys: tuple[str, ...], x: Tensor) -> Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return torch.stack([self.models[k](x) for k in keys]).to(self.dtype).cpu()
+
+    def stats(self) -> dict[str, float]:
+        """Requests served, merged batches and their sizes, and time spent waiting versus computing."""
+        c = dict(self.counters)
+        c["mean_batch_rows"] = c["rows"] / max(c["batches"], 1)
+        c["device"] = str(self.device)
+        return c
+
+
+def start_server(models: list[ServedModel], cfg: TeacherConfig, name: str | None = None) -> Any:
+    """Create the server actor with its resources, restart policy and (optionally) a name to look it up by."""
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and cfg.num_gpus > 0 and torch.cuda.is_available())
+    actor = ray.remote(TeacherServer).options(
+        name=name,
+        num_cpus=cfg.num_cpus,
+        num_gpus=cfg.num_gpus,
+        max_restarts=cfg.max_restarts,
+        max_task_retries=cfg.max_restarts,
+        max_concurrency=1000,
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(cfg.num_cpus)))}},
+    )
+    return actor.remote(models, "cuda" if use_cuda else "cpu", cfg.dtype, cfg.max_batch_rows, cfg.batch_wait_ms)
+
+
+class ServedReferences(References):
+    """Logits from a TeacherServer; with ``prefetch`` the next batch's request overlaps this step."""
+
+    def __init__(self, server: Any, teacher_keys: list[str], initial_key: str | None, prefetch: bool = True) -> None:
+        self.server, self.teacher_keys, self.initial_key = server, teacher_keys, initial_key
+        self.keys = tuple(teacher_keys + ([initial_key] if initial_key else []))
+        self.prefetching = prefetch
+        self.pending: dict[int, tuple[Batch, ray.ObjectRef]] = {}
+
+    def prefetch(self, batch: Batch) -> None:
+        if self.prefetching and self.keys:
+            self.pending[id(batch)] = (batch, self.server.infer.remote(self.keys, batch.x))
+
+    def __call__(self, batch: Batch) -> ReferenceLogits:
+        if not self.keys:
+            return [], None
+        _, ref = self.pending.pop(id(batch), (batch, None))
+        logits = ray.get(ref if ref is not None else self.server.infer.remote(self.keys, batch.x)).float()
+        teachers = list(logits[: len(self.teacher_keys)])
+        return teachers, (logits[-1] if self.initial_key else None)
+
+
+def served_model(key: str, checkpoint: Path, spec: ModelSpec, shape: tuple[int, ...], classes: int) -> ServedModel:
+    return ServedModel(key, str(checkpoint), spec.model_dump(), tuple(shape), classes)

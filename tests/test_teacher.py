@@ -1,0 +1,165 @@
+"""TeacherServer (a real Ray actor) and the offline logit cache: same logits as in-process, shared, robust."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from raykd.config import validate_config
+from raykd.engine import predict
+from raykd.experiment import run_trial
+from raykd.nodes import load_node, node_path, prepare
+from raykd.teacher.cache import LogitCache, file_digest, node_logits
+from raykd.teacher.server import ServedModel, served_model, start_server
+from raykd.tune import main
+from tests.conftest import tiny_raw
+
+
+@pytest.fixture(scope="module")
+def node_setup(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> tuple:
+    tmp = tmp_path_factory.mktemp("teacher")
+    cfg = validate_config(tiny_raw(tmp, cache_dir))
+    setup = prepare(cfg, 0)
+    teacher = load_node(cfg, setup, 1, 0)
+    return cfg, setup, teacher
+
+
+def _served(cfg, setup, node: int = 1) -> ServedModel:  # noqa: ANN001
+    path = node_path(cfg, node, 0)
+    return served_model(file_digest(path), path, cfg.nodes.model_of(node), setup.dataset.input_shape, 10)
+
+
+def test_server_matches_in_process_logits_for_concurrent_callers_and_merges_them(
+    ray_session, node_setup: tuple
+) -> None:
+    ray = ray_session
+    cfg, setup, teacher = node_setup
+    model = _served(cfg, setup)
+    server = start_server([model], cfg.teacher.model_copy(update={"num_cpus": 0.5, "batch_wait_ms": 20}))
+    chunks = [setup.dataset.train_x[i * 50 : (i + 1) * 50] for i in range(16)]
+    answers = ray.get([server.infer.remote((model.key,), x) for x in chunks])  # 16 callers at once
+    for x, logits in zip(chunks, answers, strict=True):
+        assert logits.shape == (1, 50, 10)
+        assert torch.allclose(logits[0], predict(teacher, x), atol=1e-5)
+    stats = ray.get(server.stats.remote())
+    assert stats["requests"] == 16 and stats["rows"] == 800
+    assert stats["batches"] < 16 and stats["max_batch_rows"] > 50  # requests were merged
+    assert stats["compute_s"] > 0
+    ray.kill(server)
+
+
+def test_server_float16_logits(ray_session, node_setup: tuple) -> None:
+    ray = ray_session
+    cfg, setup, teacher = node_setup
+    model = _served(cfg, setup)
+    server = start_server([model], cfg.teacher.model_copy(update={"num_cpus": 0.5, "dtype": "float16"}))
+    x = setup.dataset.train_x[:64]
+    logits = ray.get(server.infer.remote((model.key,), x))
+    assert logits.dtype == torch.float16
+    assert torch.allclose(logits[0].float(), predict(teacher, x), atol=2e-2)
+    ray.kill(server)
+
+
+def test_killed_server_restarts_and_answers_every_in_flight_request(ray_session, node_setup: tuple) -> None:
+    ray = ray_session
+    cfg, setup, teacher = node_setup
+    model = _served(cfg, setup)
+    server = start_server([model], cfg.teacher.model_copy(update={"num_cpus": 0.5, "max_restarts": 2}))
+    ray.get(server.infer.remote((model.key,), setup.dataset.train_x[:4]))  # up and serving
+    chunks = [setup.dataset.train_x[i * 100 : (i + 1) * 100] for i in range(30)]
+    refs = [server.infer.remote((model.key,), x) for x in chunks]
+    ray.kill(server, no_restart=False)  # crash with requests in flight
+    answers = ray.get(refs, timeout=120)
+    for x, logits in zip(chunks, answers, strict=True):
+        assert torch.allclose(logits[0], predict(teacher, x), atol=1e-5)
+    assert ray.get(server.stats.remote())["requests"] <= 30  # a fresh process answered the retried ones
+    ray.kill(server)
+
+
+def test_trial_in_server_and_cache_mode_equals_inline(ray_session, node_setup: tuple, tmp_path: Path) -> None:
+    ray = ray_session
+    cfg, setup, _ = node_setup
+    results = {}
+    for mode in ("inline", "cache", "server"):
+        c = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"mode": mode, "num_cpus": 0.5})})
+        server = start_server([_served(cfg, setup, n) for n in (0, 1)], c.teacher) if mode == "server" else None
+        results[mode] = run_trial(c, "kd", {"temperature": 4.0, "alpha": 0.5}, 0, server=server)
+        dpkd = c.model_copy(
+            update={
+                "methods": validate_config(tiny_raw(tmp_path, c.nodes.cache_dir, methods=[{"name": "dpkd"}])).methods
+            }
+        )
+        results[mode + "-dpkd"] = run_trial(dpkd, "dpkd", {"temperature": 4.0, "alpha": 0.5}, 0, server=server)
+        if server is not None:
+            ray.kill(server)
+    for method in ("", "-dpkd"):
+        for mode in ("cache", "server"):
+            assert results[mode + method]["test_acc"] == pytest.approx(
+                results["inline" + method]["test_acc"], abs=0.003
+            )
+            assert results[mode + method]["loss"] == pytest.approx(results["inline" + method]["loss"], rel=1e-3)
+
+
+def test_cache_hit_miss_invalidation_and_corruption(tmp_path: Path, node_setup: tuple) -> None:
+    cfg, setup, teacher = node_setup
+    cfg = cfg.model_copy(update={"nodes": cfg.nodes.model_copy(update={"cache_dir": tmp_path})})
+    calls = []
+
+    def compute() -> torch.Tensor:
+        calls.append(1)
+        return predict(teacher, setup.dataset.train_x)
+
+    cache = LogitCache(tmp_path / "logits")
+    checkpoint = tmp_path / "teacher.pt"
+    torch.save({"state_dict": teacher.state_dict()}, checkpoint)
+    key = cache.key(checkpoint, "mnist1d", "train", "float32")
+    first, built = cache.get_or_build(key, compute)
+    assert built and isinstance(first, np.memmap) and first.shape == (4000, 10)
+    again, built = cache.get_or_build(key, compute)
+    assert not built and len(calls) == 1 and np.array_equal(first, again)  # hit: no teacher pass
+    expected = np.array(first)  # a copy: the memory map would show the corruption below
+
+    other = load_node(cfg, setup, 0, 0)  # a different teacher checkpoint under the same file name
+    torch.save({"state_dict": other.state_dict()}, checkpoint)
+    assert cache.key(checkpoint, "mnist1d", "train", "float32") != key  # content-keyed: no stale reads
+    assert cache.key(checkpoint, "mnist1d", "val", "float32") != cache.key(checkpoint, "mnist1d", "train", "float32")
+
+    array_path = tmp_path / "logits" / f"{key}.npy"
+    data = bytearray(array_path.read_bytes())
+    data[-7] ^= 0xFF  # flip bits in the payload
+    array_path.write_bytes(bytes(data))
+    assert cache.load(key) is None
+    rebuilt, built = cache.get_or_build(key, compute)
+    assert built and np.array_equal(rebuilt, expected)
+    array_path.write_bytes(array_path.read_bytes()[:500])  # truncated
+    assert cache.load(key) is None
+    assert json.loads((tmp_path / "logits" / f"{key}.json").read_text())["shape"] == [4000, 10]
+
+
+def test_node_logits_follow_the_configured_dtype(tmp_path: Path, node_setup: tuple) -> None:
+    cfg, setup, teacher = node_setup
+    half = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"dtype": "float16"})})
+    logits, _ = node_logits(half, setup, 1, 0)
+    assert logits.dtype == np.float16
+    assert np.allclose(logits.astype(np.float32), predict(teacher, setup.dataset.train_x).numpy(), atol=2e-2)
+
+
+def test_sweep_of_concurrent_trials_sharing_one_server(
+    tmp_path: Path, cache_dir: Path, ray_session, capsys: pytest.CaptureFixture
+) -> None:
+    raw = tiny_raw(tmp_path, cache_dir)
+    raw["teacher"] = {"mode": "server", "num_cpus": 0.5}
+    raw["tune"] = {"cpus_per_trial": 0.5}
+    config = tmp_path / "experiment.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["--config", str(config)]) == 0
+    out = next((tmp_path / "runs").iterdir())
+    text = (out / "results.md").read_text()
+    assert "Teacher server (cpu):" in text and "teacher mode 'server'" in text
+    trials = __import__("pandas").read_csv(out / "trials.csv")
+    assert (trials["status"] == "ok").all() and len(trials) == 3
