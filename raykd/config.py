@@ -299,8 +299,30 @@ def parse_override(raw: dict[str, Any], assignment: str) -> None:
         node[last] = value
 
 
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` over ``base``: nested sections merge, everything else (lists included) is replaced."""
+    merged = dict(base)
+    for key, value in update.items():
+        both_dicts = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = deep_merge(merged[key], value) if both_dicts else value
+    return merged
+
+
 def load_config(path: Path, overrides: list[str] = ()) -> ExperimentConfig:  # type: ignore[assignment]
-    """Read a YAML experiment, apply overrides, validate; any problem is one ConfigError line."""
+    """Read a YAML experiment, apply overrides, validate; any problem is one ConfigError line.
+
+    A top-level ``extends: other.yaml`` (relative to this file) starts from that config.
+    """
+    raw = load_raw(path)
+    for assignment in overrides:
+        parse_override(raw, assignment)
+    return validate_config(raw)
+
+
+def load_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The YAML mapping of ``path`` with its ``extends`` chain merged in, not yet validated."""
+    if Path(path).resolve() in seen:
+        raise ConfigError(f"config {path}: 'extends' loops back to itself")
     try:
         raw = yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError:
@@ -313,9 +335,10 @@ def load_config(path: Path, overrides: list[str] = ()) -> ExperimentConfig:  # t
         raise ConfigError(f"config {path}: not valid YAML{where}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path}: expected a mapping of sections at the top level")
-    for assignment in overrides:
-        parse_override(raw, assignment)
-    return validate_config(raw)
+    if "extends" in raw:
+        base = load_raw(Path(path).parent / str(raw.pop("extends")), (*seen, Path(path).resolve()))
+        raw = deep_merge(base, raw)
+    return raw
 
 
 def validate_config(raw: dict[str, Any]) -> ExperimentConfig:

@@ -9,6 +9,7 @@ import pytest
 
 from raykd import report
 from raykd.config import load_config, parse_override, validate_config
+from raykd.errors import ConfigError
 from raykd.methods.kd import KnowledgeDistillation
 
 CONFIGS = sorted((Path(__file__).parents[1] / "tune_configs").glob("*.yaml"))
@@ -55,3 +56,13 @@ def test_summary_picks_the_best_setting_on_validation_never_on_test() -> None:
     best = report.summary(settings, ["temperature"], "val_acc")
     assert best.loc[0, "temperature"] == 1.0 and best.loc[0, "gain"] == pytest.approx(0.11)
     assert best.loc[0, "gain_std"] == pytest.approx(0.01) and best.loc[0, "settings_tried"] == 2
+
+
+def test_extends_merges_sections_and_replaces_lists(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text("seeds: [0, 1]\npartition: {num_nodes: 5, alpha: 0.3}\nmethods: [{name: ce}]\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nseeds: [7]\npartition: {alpha: 0.1}\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert cfg.seeds == [7] and cfg.partition.num_nodes == 5 and cfg.partition.alpha == 0.1
+    (tmp_path / "base.yaml").write_text("extends: child.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(tmp_path / "child.yaml")
