@@ -130,6 +130,14 @@ class TeacherConfig(Section):
     prefetch: bool = Field(True, description="request the next batch's logits while the student trains on this one")
 
 
+class LearnersConfig(Section):
+    """Student learners on Ray Train: each trial's transfer runs data-parallel (DDP) on this many workers."""
+
+    num_workers: int = Field(0, ge=0, description="0: train inside the Tune trial; N: N TorchTrainer workers (DDP)")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per learner worker")
+    use_gpu: bool = Field(False, description="one GPU per worker, NCCL backend (gloo on CPU)")
+
+
 class TuneConfig(Section):
     select_on: Literal["val_acc", "local_val_acc"] = Field(
         "val_acc", description="metric the best grid point is chosen on (never the test set)"
@@ -219,6 +227,7 @@ class ExperimentConfig(Section):
     nodes: NodesConfig = NodesConfig()
     transfer: TransferConfig = TransferConfig()
     teacher: TeacherConfig = TeacherConfig()
+    learners: LearnersConfig = LearnersConfig()
     methods: list[AnyMethodConfig] = Field(min_length=1, description="the table's rows; lists are grid axes")
     tune: TuneConfig = TuneConfig()
     ray: RayConfig = RayConfig()

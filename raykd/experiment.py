@@ -10,6 +10,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -55,6 +56,14 @@ def references_for(
     )
 
 
+def shard(index: np.ndarray, rank: int, world: int, seed: int) -> np.ndarray:
+    """Equal-sized, disjoint shards of a seeded shuffle: every data-parallel worker takes the same step count."""
+    if world == 1:
+        return index
+    per = len(index) // world
+    return np.sort(np.random.default_rng(seed).permutation(index)[rank * per : (rank + 1) * per])
+
+
 def run_trial(
     cfg: ExperimentConfig,
     label: str,
@@ -62,10 +71,16 @@ def run_trial(
     seed: int,
     report: Report = lambda m: None,
     server: Any = None,
+    rank: int = 0,
+    world: int = 1,
+    wrap: Callable[[nn.Module], nn.Module] = lambda model: model,
 ) -> dict[str, Any]:
     """Transfer into the student with method row ``label`` at ``setting``; report after every epoch.
 
-    ``server`` is a TeacherServer actor handle, used when ``teacher.mode`` is ``server``.
+    ``server`` is a TeacherServer actor handle, used when ``teacher.mode`` is ``server``. A
+    data-parallel learner passes its ``rank`` among ``world`` workers (it trains on its shard of
+    the transfer set) and ``wrap`` (e.g. DDP) for the trainable models; metrics are computed on
+    the full evaluation splits by every worker alike.
     """
     method = cfg.method(label).build(setting)
     setup = prepare(cfg, seed)
@@ -73,20 +88,20 @@ def run_trial(
     student = models[cfg.transfer.student]
     before = student_metrics(student, setup, cfg.transfer.student)
     if method.teachers == "peers":
-        trainable, references = [models[n] for n in cfg.node_ids()], References()
+        trainable, references = [wrap(models[n]) for n in cfg.node_ids()], References()
     else:
-        trainable, references = [student], references_for(cfg, setup, seed, method, models, server)
+        trainable, references = [wrap(student)], references_for(cfg, setup, seed, method, models, server)
 
     data, budget = setup.dataset, cfg.transfer.train
-    pool = setup.splits.pool if cfg.transfer.set != "local" else None
+    pool = shard(setup.splits.pool, rank, world, seed) if cfg.transfer.set != "local" else None
     batches = TransferBatches(
         data.train_x,
         data.train_y,
-        setup.nodes[cfg.transfer.student].train,
+        shard(setup.nodes[cfg.transfer.student].train, rank, world, seed),
         pool,
         budget.batch_size,
         distill_labelled=cfg.transfer.set != "pool",
-        seed=seed,
+        seed=seed + rank,
     )
     final: dict[str, Any] = {}
 

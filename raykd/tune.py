@@ -112,9 +112,21 @@ def start_ray(cfg: ExperimentConfig) -> None:
                 f"{cfg.tune.cpus_per_trial:g} exceed the cluster's {cpus:g}; "
                 f"allowed: up to {cpus - cfg.tune.cpus_per_trial:g}"
             )
-        gpus = ray.cluster_resources().get("GPU", 0)
-        if cfg.teacher.num_gpus > gpus:
-            raise ConfigError(f"teacher.num_gpus: {cfg.teacher.num_gpus:g} asked, the cluster has {gpus:g}")
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if cfg.teacher.mode == "server" and cfg.teacher.num_gpus > gpus:
+        raise ConfigError(f"teacher.num_gpus: {cfg.teacher.num_gpus:g} asked, the cluster has {gpus:g}")
+    learners = cfg.learners
+    free = cpus - (cfg.teacher.num_cpus if cfg.teacher.mode == "server" else 0)
+    if learners.num_workers and learners.num_workers * learners.cpus_per_worker > free:
+        raise ConfigError(
+            f"learners.num_workers: {learners.num_workers} workers x {learners.cpus_per_worker:g} CPUs do not fit "
+            f"in the cluster's {free:g} free CPUs; allowed: up to {int(free // learners.cpus_per_worker)}"
+        )
+    if learners.use_gpu and learners.num_workers > gpus:
+        raise ConfigError(
+            f"learners.use_gpu: {learners.num_workers} workers need {learners.num_workers} GPUs; "
+            f"the cluster has {gpus:g}"
+        )
 
 
 def _prepare_node(raw: dict[str, Any], node: int, seed: int) -> dict[str, Any]:
@@ -193,10 +205,33 @@ def _trainable(config: dict[str, Any], raw: dict[str, Any], server_name: str | N
     from raykd.experiment import run_trial
 
     cfg = ExperimentConfig.model_validate(raw)
-    torch.set_num_threads(max(1, int(cfg.tune.cpus_per_trial)))
     setting = {k: v for k, v in config["arm"].items() if k not in ("label", "method")}
+    label, seed = config["arm"]["label"], config["seed"]
+    if cfg.learners.num_workers:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from raykd.learners import run_on_learners
+
+        storage = Path(tune.get_context().get_trial_dir())
+        run_on_learners(cfg, label, setting, seed, storage, server_name, callbacks=[TuneReportCallback()])
+        return
+    torch.set_num_threads(max(1, int(cfg.tune.cpus_per_trial)))
     server = ray.get_actor(server_name) if server_name else None
-    run_trial(cfg, config["arm"]["label"], setting, config["seed"], report=tune.report, server=server)
+    run_trial(cfg, label, setting, seed, report=tune.report, server=server)
+
+
+def trial_resources(cfg: ExperimentConfig, cluster_cpus: float) -> tuple[dict[str, float], int | None]:
+    """What one trial reserves, and how many trials may run at once so that none waits forever.
+
+    With learners the trial is only a driver (no CPU of its own); its Ray Train workers get their own
+    placement group from the trainer, so concurrency is capped to the number of worker groups that
+    fit beside the teacher server.
+    """
+    if not cfg.learners.num_workers:
+        return {"cpu": cfg.tune.cpus_per_trial}, cfg.tune.max_concurrent_trials
+    free = cluster_cpus - (cfg.teacher.num_cpus if cfg.teacher.mode == "server" else 0)
+    fits = max(1, int(free // (cfg.learners.num_workers * cfg.learners.cpus_per_worker)))
+    return {"cpu": 0, "memory": 1}, min(fits, cfg.tune.max_concurrent_trials or fits)
 
 
 def _describe(config: dict[str, Any]) -> str:
@@ -253,6 +288,7 @@ def run_sweep(cfg: ExperimentConfig, uri: str) -> Path:
     print(f"sweep: {len(arms)} settings x {len(cfg.seeds)} seeds = {total} trials; output in {out}", flush=True)
     server_name = f"raykd-teacher-{run_name}" if cfg.teacher.mode == "server" else None
     server = start_teacher_server(cfg, server_name) if server_name else None
+    resources, concurrent = trial_resources(cfg, ray.cluster_resources().get("CPU", 0))
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(cfg.tracking.experiment)
@@ -260,11 +296,9 @@ def run_sweep(cfg: ExperimentConfig, uri: str) -> Path:
         mlflow.log_params({k: str(v)[:500] for k, v in flatten(raw).items()})
         mlflow.log_artifact(str(out / "config.yaml"))
         tuner = tune.Tuner(
-            tune.with_resources(
-                tune.with_parameters(_trainable, raw=raw, server_name=server_name), {"cpu": cfg.tune.cpus_per_trial}
-            ),
+            tune.with_resources(tune.with_parameters(_trainable, raw=raw, server_name=server_name), resources),
             param_space={"arm": tune.grid_search(arms), "seed": tune.grid_search(cfg.seeds)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=cfg.tune.max_concurrent_trials, reuse_actors=True),
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=not cfg.learners.num_workers),
             run_config=tune.RunConfig(
                 name="tune",
                 storage_path=str(out),

@@ -163,3 +163,23 @@ def test_sweep_of_concurrent_trials_sharing_one_server(
     assert "Teacher server (cpu):" in text and "teacher mode 'server'" in text
     trials = __import__("pandas").read_csv(out / "trials.csv")
     assert (trials["status"] == "ok").all() and len(trials) == 3
+
+
+@pytest.mark.slow
+def test_two_worker_torch_trainer_kd_run(ray_session, node_setup: tuple, tmp_path: Path) -> None:
+    """A real 2-worker TorchTrainer (DDP, gloo) distils from the cache; each worker trains on half the set."""
+    from raykd.learners import run_on_learners
+
+    cfg, _, _ = node_setup
+    cfg = cfg.model_copy(
+        update={
+            "teacher": cfg.teacher.model_copy(update={"mode": "cache"}),
+            "learners": cfg.learners.model_copy(update={"num_workers": 2}),
+        }
+    )
+    metrics = run_on_learners(cfg, "kd", {"temperature": 4.0, "alpha": 0.5}, 0, tmp_path)
+    single = run_trial(cfg, "kd", {"temperature": 4.0, "alpha": 0.5}, 0)
+    assert metrics["epoch"] == cfg.transfer.train.epochs
+    assert metrics["test_acc_before"] == single["test_acc_before"]  # same starting student
+    assert 0 < metrics["test_acc"] <= 1 and metrics["test_acc"] != metrics["test_acc_before"]  # it trained
+    assert list(tmp_path.glob("learners/checkpoint_*/student.pt"))  # the last report carried the weights

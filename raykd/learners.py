@@ -1,0 +1,79 @@
+"""Student learners on Ray Train: one trial's transfer run data-parallel on ``learners.num_workers`` workers.
+
+Each worker runs the same trial code as an in-process trial (``raykd.experiment.run_trial``) on its
+shard of the transfer set, with the student wrapped in DDP by ``ray.train.torch.prepare_model``
+(gloo on CPU, NCCL on GPU). Teacher logits come from the shared server or the logit cache as
+configured (inline mode runs the teacher on each worker). Every epoch's metrics are reported to
+Ray Train and, inside a Tune trial, forwarded to Tune; the last report carries the student's weights.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import Checkpoint, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from raykd.config import ExperimentConfig
+from raykd.experiment import run_trial
+
+
+def _worker(loop: dict[str, Any]) -> None:
+    """One learner: its shard of the trial, DDP-wrapped student, metrics to Ray Train every epoch."""
+    cfg = ExperimentConfig.model_validate(loop["raw"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(max(1, int(cfg.learners.cpus_per_worker)))
+    server = ray.get_actor(loop["server_name"]) if loop["server_name"] else None
+    trainable: list[torch.nn.Module] = []
+
+    def wrap(model: torch.nn.Module) -> torch.nn.Module:
+        trainable.append(ray.train.torch.prepare_model(model))
+        return trainable[-1]
+
+    def report(metrics: dict[str, Any]) -> None:
+        if metrics["epoch"] < cfg.transfer.train.epochs or rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as folder:  # the last report carries the student's weights
+            student = getattr(trainable[0], "module", trainable[0])
+            torch.save(student.state_dict(), Path(folder) / "student.pt")
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
+
+    run_trial(cfg, loop["label"], loop["setting"], loop["seed"], report, server, rank, world, wrap)
+
+
+def run_on_learners(
+    cfg: ExperimentConfig,
+    label: str,
+    setting: dict[str, Any],
+    seed: int,
+    storage: Path,
+    server_name: str | None = None,
+    callbacks: list[Any] | None = None,
+) -> dict[str, Any]:
+    """Run one trial on a TorchTrainer; returns the last epoch's metrics (as reported by rank 0)."""
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config={
+            "raw": cfg.model_dump(mode="json"),
+            "label": label,
+            "setting": setting,
+            "seed": seed,
+            "server_name": server_name,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.learners.num_workers,
+            use_gpu=cfg.learners.use_gpu,
+            resources_per_worker={"CPU": cfg.learners.cpus_per_worker},
+        ),
+        run_config=RunConfig(storage_path=str(storage), name="learners", callbacks=callbacks or []),
+    )
+    result = trainer.fit()
+    return dict(result.metrics or {})
