@@ -95,6 +95,11 @@ class TransferBatches:
     def __len__(self) -> int:
         return math.ceil(max(len(self.labelled), len(self.pool)) / self.batch_size)
 
+    @property
+    def rows_per_epoch(self) -> int:
+        """Rows the model sees per epoch (labelled and pool batches are both full-sized)."""
+        return len(self) * self.batch_size * ((len(self.labelled) > 0) + (len(self.pool) > 0))
+
     def __iter__(self) -> Iterator[Batch]:
         steps = len(self)
         for lab, unl in zip(self._chunks(self.labelled, steps), self._chunks(self.pool, steps), strict=True):

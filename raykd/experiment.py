@@ -7,6 +7,8 @@ Plain PyTorch; ``raykd.tune`` runs many of these as Ray Tune trials. Metrics are
 from __future__ import annotations
 
 import copy
+import resource
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +22,8 @@ from raykd.methods import Method
 from raykd.nodes import Setup, load_node, node_path, prepare
 
 Report = Callable[[dict[str, Any]], None]
+#: Metrics that measure the machine, not the method: they differ between identical runs.
+TIMING_METRICS = ("epoch_seconds", "samples_per_s", "peak_rss_mb")
 
 
 def student_metrics(model: torch.nn.Module, setup: Setup, student: int) -> dict[str, float]:
@@ -104,12 +108,17 @@ def run_trial(
         seed=seed + rank,
     )
     final: dict[str, Any] = {}
+    epoch_started = [time.perf_counter()]
 
     def on_epoch(epoch: int, losses: dict[str, float]) -> None:
+        seconds = time.perf_counter() - epoch_started[0]
         after = student_metrics(student, setup, cfg.transfer.student)
         final.clear()
         final.update(
             epoch=epoch + 1,
+            epoch_seconds=seconds,
+            samples_per_s=batches.rows_per_epoch / seconds,
+            peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             **after,
             **{f"{k}_before": v for k, v in before.items()},
             gain=after["test_acc"] - before["test_acc"],
@@ -117,6 +126,7 @@ def run_trial(
             **{f"loss_{k}" if k != "loss" else k: v for k, v in losses.items()},
         )
         report(dict(final))
+        epoch_started[0] = time.perf_counter()
 
     seed_everything(seed)
     fit(trainable, method, batches, budget.epochs, budget.lr, budget.weight_decay, references, on_epoch)

@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from raykd.experiment import TIMING_METRICS  # noqa: E402
+
 if TYPE_CHECKING:
     from raykd.config import ExperimentConfig
 
@@ -29,7 +31,7 @@ def trial_rows(results: list[tuple[dict[str, Any], dict[str, Any] | None, BaseEx
             {
                 **config["arm"],
                 "seed": config["seed"],
-                **{m: (metrics or {}).get(m) for m in METRICS},
+                **{m: (metrics or {}).get(m) for m in (*METRICS, *TIMING_METRICS)},
                 "status": "ok" if error is None else "failed",
                 "error": "" if error is None else str(error).strip().splitlines()[-1][:300],
             }

@@ -129,6 +129,16 @@ def start_ray(cfg: ExperimentConfig) -> None:
         )
 
 
+def logit_nodes(cfg: ExperimentConfig) -> list[int]:
+    """Nodes whose frozen logits some method row reads from the cache: teachers, and the initial student."""
+    if cfg.teacher.mode != "cache":
+        return []
+    methods = [m.build(m.grid()[0]) for m in cfg.methods]
+    frozen = cfg.transfer.teachers if any(m.teachers == "frozen" for m in methods) else []
+    initial = [cfg.transfer.student] if any(m.uses_initial_student for m in methods) else []
+    return initial + frozen
+
+
 def _prepare_node(raw: dict[str, Any], node: int, seed: int) -> dict[str, Any]:
     """Ray task: make sure a node's model (and, in cache mode, its logits) exists; say what it built."""
     import torch
@@ -141,7 +151,7 @@ def _prepare_node(raw: dict[str, Any], node: int, seed: int) -> dict[str, Any]:
     trained = read_node(node_path(cfg, node, seed)) is None
     load_node(cfg, setup, node, seed)
     built = False
-    if cfg.teacher.mode == "cache":
+    if node in logit_nodes(cfg):
         from raykd.teacher.cache import node_logits
 
         built = node_logits(cfg, setup, node, seed)[1]
@@ -157,7 +167,7 @@ def prepare_nodes(cfg: ExperimentConfig, raw: dict[str, Any]) -> None:
     from raykd.nodes import missing_nodes
 
     needed = [(n, s) for s in cfg.seeds for n in cfg.node_ids()]
-    todo = needed if cfg.teacher.mode == "cache" else missing_nodes(cfg)
+    todo = sorted(set(missing_nodes(cfg)) | {(n, s) for s in cfg.seeds for n in logit_nodes(cfg)})
     print(f"node models: {len(needed) - len(missing_nodes(cfg))} of {len(needed)} cached in {cfg.nodes.cache_dir}")
     if not todo:
         return
@@ -173,7 +183,8 @@ def prepare_nodes(cfg: ExperimentConfig, raw: dict[str, Any]) -> None:
             bar.set_postfix_str(f"node {node} seed {seed}: test acc {100 * result['test_acc']:.1f}%")
             bar.update()
     if cfg.teacher.mode == "cache":
-        print(f"teacher-logit cache: {built} teacher passes over the training split, {len(todo) - built} reused")
+        reused = len(cfg.seeds) * len(logit_nodes(cfg)) - built
+        print(f"teacher-logit cache: {built} forward passes over the training split, {reused} reused")
 
 
 def start_teacher_server(cfg: ExperimentConfig, name: str) -> Any:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from raykd.config import validate_config
-from raykd.experiment import run_trial
+from raykd.experiment import TIMING_METRICS, run_trial
 from raykd.nodes import load_node, missing_nodes, node_key, node_path, prepare
 from tests.conftest import tiny_raw
 
@@ -58,6 +58,8 @@ def test_same_config_and_seed_give_the_same_metrics(tmp_path: Path, cache_dir: P
     cfg = validate_config(tiny_raw(tmp_path, cache_dir))
     first = run_trial(cfg, "kd", {"temperature": 4.0, "alpha": 0.5}, 0)
     second = run_trial(cfg, "kd", {"temperature": 4.0, "alpha": 0.5}, 0)
+    for timing in TIMING_METRICS:
+        assert first.pop(timing) > 0 and second.pop(timing) > 0
     assert first == second and first["epoch"] == 2
 
 

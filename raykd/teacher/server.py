@@ -10,6 +10,7 @@ were in flight, so every request gets exactly one answer and none is lost (infer
 from __future__ import annotations
 
 import asyncio
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,7 @@ class TeacherServer:
         """Requests served, merged batches and their sizes, and time spent waiting versus computing."""
         c = dict(self.counters)
         c["mean_batch_rows"] = c["rows"] / max(c["batches"], 1)
+        c["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         c["device"] = str(self.device)
         return c
 

@@ -1,0 +1,68 @@
+"""The Flower ClientApp: one simulated node holding one raykd partition (``partition-id`` = node id).
+
+Handlers only unpack the message, call ``federated.task`` and pack the reply. FML's private model
+never leaves the client: it lives in the node's ``Context.state`` between rounds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from federated.task import client_accuracy, client_update, settings
+from raykd.config import ExperimentConfig
+from raykd.errors import ConfigError
+
+PRIVATE = "fml-private"
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose by ``federated.fail_client`` to exercise the server's failure handling."""
+
+
+def node_of(context: Context, cfg: ExperimentConfig) -> int:
+    """This client's partition; the federation must have one node per partition (``flwr run``'s num-supernodes)."""
+    nodes = int(context.node_config["num-partitions"])
+    if nodes != cfg.partition.num_nodes:
+        raise ConfigError(
+            f"partition.num_nodes: {cfg.partition.num_nodes} partitions but the federation has {nodes} nodes; "
+            f"set num-supernodes = {cfg.partition.num_nodes}"
+        )
+    return int(context.node_config["partition-id"])
+
+
+def build(raw: dict[str, Any] | None = None) -> ClientApp:
+    """A ClientApp for the experiment ``raw`` (the simulate CLI), or for pyproject's run config when None."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        cfg = settings(context.run_config, raw)
+        node, server_round = node_of(context, cfg), int(msg.content["config"]["server-round"])
+        f = cfg.federated
+        if node == f.fail_client and (not f.fail_rounds or server_round in f.fail_rounds):
+            raise InjectedFault(f"client {node}: injected fault in round {server_round} (federated.fail_client)")
+        torch.set_num_threads(max(1, int(f.client_cpus)))
+        private = context.state.array_records.get(PRIVATE)
+        sent, kept, metrics = client_update(cfg, node, server_round, msg.content["arrays"], private)
+        if kept is not None:
+            context.state[PRIVATE] = kept
+        reply = RecordDict({"arrays": sent, "metrics": MetricRecord({**metrics, "partition-id": node})})
+        return Message(reply, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        cfg = settings(context.run_config, raw)
+        node = node_of(context, cfg)
+        private = context.state.array_records.get(PRIVATE)
+        acc = client_accuracy(cfg, node, msg.content["arrays"], private)
+        metrics = MetricRecord({"acc": acc, "partition-id": node, "num-examples": 1})
+        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+    return app
+
+
+app = build()

@@ -1,0 +1,116 @@
+"""A simulation's records: a round table, an accuracy plot, a summary, and one MLflow run holding them all."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from federated.strategy import RoundLog  # noqa: E402
+from raykd.config import ExperimentConfig  # noqa: E402
+from raykd.tracking import flatten, resolve_uri  # noqa: E402
+
+
+def rounds_to_target(rounds: list[RoundLog], target: float) -> int | None:
+    """The first round whose global test accuracy reaches ``target`` (0: the start already does)."""
+    return next((r.round for r in rounds if r.test_acc is not None and r.test_acc >= target), None)
+
+
+def table(history: dict[str, list[RoundLog]]) -> pd.DataFrame:
+    """One row per (start point, round), accuracies in [0, 1], one column per client."""
+    rows = []
+    for start, rounds in history.items():
+        for r in rounds:
+            rows.append(
+                {
+                    "start": start or "-",
+                    "round": r.round,
+                    "test_acc": r.test_acc,
+                    "mean_client_acc": sum(r.client_acc.values()) / len(r.client_acc) if r.client_acc else None,
+                    "sampled": r.sampled,
+                    "succeeded": r.succeeded,
+                    "failed": r.failed,
+                    "skipped": r.skipped,
+                    "bytes_down": r.bytes_down,
+                    "bytes_up": r.bytes_up,
+                    "train_loss": r.train_loss,
+                    **{f"client{c}_acc": a for c, a in sorted(r.client_acc.items())},
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def summary(cfg: ExperimentConfig, history: dict[str, list[RoundLog]]) -> dict[str, Any]:
+    """Final and target-reaching numbers per start point; consolidation's round savings over a random start."""
+    target = cfg.federated.target_acc
+    out: dict[str, Any] = {"strategy": cfg.federated.strategy, "target_acc": target, "starts": {}}
+    for start, rounds in history.items():
+        out["starts"][start or "-"] = {
+            "start_test_acc": rounds[0].test_acc,
+            "final_test_acc": rounds[-1].test_acc,
+            "rounds_to_target": rounds_to_target(rounds, target),
+            "failed_clients": sum(r.failed for r in rounds),
+            "skipped_rounds": sum(r.skipped for r in rounds),
+            "total_bytes_down": sum(r.bytes_down for r in rounds),
+            "total_bytes_up": sum(r.bytes_up for r in rounds),
+        }
+    starts = out["starts"]
+    baseline = starts.get("random", {}).get("rounds_to_target")
+    for name in ("average", "distilled"):
+        reached = starts.get(name, {}).get("rounds_to_target")
+        if baseline and reached is not None:
+            starts[name]["fewer_rounds_than_random_pct"] = 100 * (baseline - reached) / baseline
+    return out
+
+
+def figure(rows: pd.DataFrame, cfg: ExperimentConfig) -> Figure:
+    """Global test accuracy against rounds, one line per start point, with the target accuracy."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for start, part in rows.groupby("start", sort=False):
+        ax.plot(
+            part["round"], 100 * part["test_acc"], marker="o", label=f"{cfg.federated.strategy} {start}".strip(" -")
+        )
+    ax.axhline(100 * cfg.federated.target_acc, color="grey", linestyle=":", label="target")
+    ax.set(xlabel="round", ylabel="global test accuracy (%)", title=f"{cfg.name}: {cfg.data.dataset}")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def record(cfg: ExperimentConfig, history: dict[str, list[RoundLog]]) -> Path:
+    """Write rounds.csv, summary.json and accuracy.png under ``output_dir`` and log them as one MLflow run."""
+    run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(cfg.output_dir) / run_name
+    out.mkdir(parents=True, exist_ok=True)
+    rows, info = table(history), summary(cfg, history)
+    rows.to_csv(out / "rounds.csv", index=False)
+    (out / "summary.json").write_text(json.dumps(info, indent=2))
+    fig = figure(rows, cfg)
+    fig.savefig(out / "accuracy.png", dpi=120)
+
+    mlflow.set_tracking_uri(resolve_uri(cfg.tracking.uri))
+    mlflow.set_experiment(cfg.tracking.experiment)
+    with mlflow.start_run(run_name=run_name, tags={"raykd.federated": cfg.federated.strategy}):
+        mlflow.log_params({k: str(v)[:500] for k, v in flatten(cfg.model_dump(mode="json")).items()})
+        for _, row in rows.iterrows():
+            prefix = "" if row["start"] == "-" else f"{row['start']}."
+            metrics = {k: float(v) for k, v in row.items() if k not in ("start", "round") and pd.notna(v)}
+            mlflow.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=int(row["round"]))
+        for start, numbers in info["starts"].items():
+            prefix = "" if start == "-" else f"{start}."
+            mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in numbers.items() if v is not None})
+        mlflow.log_figure(fig, "accuracy.png")
+        mlflow.log_artifact(str(out / "rounds.csv"))
+        mlflow.log_artifact(str(out / "summary.json"))
+    plt.close(fig)
+    print(f"\n{rows.drop(columns=['train_loss']).to_string(index=False)}\n\nrecords in {out}", flush=True)
+    return out

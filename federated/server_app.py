@@ -1,0 +1,69 @@
+"""The Flower ServerApp: start points, one strategy run per start point, then the records.
+
+Consolidation compares three starts (random, averaged, KD-consolidated node models) on the same
+clients within one Flower run, so the three FedAvg runs share one simulation and one Ray start.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.app import ArrayRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from federated.record import record
+from federated.strategy import FederatedStrategy, RoundLog, ServerStep
+from federated.task import (
+    check,
+    distil_on_pool,
+    from_arrays,
+    global_model,
+    settings,
+    setup_of,
+    starting_points,
+    to_arrays,
+)
+from raykd.config import ExperimentConfig
+
+
+def ensemble_distillation(cfg: ExperimentConfig) -> ServerStep:
+    """FedDF's server step: the clients' models, as an ensemble, teach their average on the unlabelled pool."""
+
+    def step(client_arrays: list[ArrayRecord], averaged: ArrayRecord) -> ArrayRecord:
+        setup = setup_of(cfg)
+        teachers = [from_arrays(global_model(cfg, setup), a) for a in client_arrays]
+        student = from_arrays(global_model(cfg, setup), averaged)
+        return to_arrays(distil_on_pool(cfg, student, teachers))
+
+    return step
+
+
+def run(grid: Grid, cfg: ExperimentConfig) -> dict[str, list[RoundLog]]:
+    """Every start point's rounds, in order; the records (files, MLflow) are written at the end."""
+    check(cfg)
+    step = ensemble_distillation(cfg) if cfg.federated.strategy == "feddf" else None
+    history: dict[str, list[RoundLog]] = {}
+    for start, arrays in starting_points(cfg).items():
+        if start:
+            print(f"start point: {start}", flush=True)
+        strategy = FederatedStrategy(cfg, step)
+        strategy.start(
+            grid=grid, initial_arrays=arrays, num_rounds=cfg.federated.rounds, evaluate_fn=strategy.evaluate_global
+        )
+        history[start] = [strategy.rounds[r] for r in sorted(strategy.rounds)]
+    record(cfg, history)
+    return history
+
+
+def build(raw: dict[str, Any] | None = None) -> ServerApp:
+    """A ServerApp for the experiment ``raw`` (the simulate CLI), or for pyproject's run config when None."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run(grid, settings(context.run_config, raw))
+
+    return app
+
+
+app = build()

@@ -1,0 +1,215 @@
+"""What clients and server compute, in raykd's terms: configs, models as Flower arrays, local updates.
+
+Flower only carries arrays between these functions; every training step is ``raykd.engine.fit`` with
+a raykd method, every partition is raykd's, and every model comes from raykd's model registry.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord
+from torch import nn
+
+from federated.fml import FederatedMutualLearning
+from raykd.config import ExperimentConfig, load_config
+from raykd.engine import InlineReferences, TransferBatches, accuracy, fit, seed_everything
+from raykd.errors import ConfigError
+from raykd.methods.ce import CrossEntropy
+from raykd.methods.kd import KnowledgeDistillation
+from raykd.models import build_model
+from raykd.nodes import Setup, load_node, new_model, prepare
+
+#: The Flower app's folder (this repository, or the unpacked FAB under ``flwr run``): relative paths start here.
+APP_DIR = Path(__file__).resolve().parents[1]
+
+#: Strategies whose server distils on the shared unlabelled pool.
+POOL_STRATEGIES = ("feddf", "consolidation")
+
+
+def settings(run_config: Mapping[str, Any], raw: dict[str, Any] | None) -> ExperimentConfig:
+    """The experiment: ``raw`` when the simulate CLI built the apps, else pyproject's run config (``flwr run``).
+
+    The run config names a YAML (``config``) and ``;``-separated ``--set`` overrides (``set``).
+    """
+    if raw is not None:
+        return ExperimentConfig.model_validate(raw)
+    overrides = [s.strip() for s in str(run_config.get("set", "")).split(";") if s.strip()]
+    return load_config(APP_DIR / str(run_config["config"]), overrides)
+
+
+def check(cfg: ExperimentConfig) -> None:
+    """Cross-field rules of the federated section; each failure is one line naming its field."""
+    f, nodes = cfg.federated, cfg.partition.num_nodes
+    if f.min_clients > nodes:
+        raise ConfigError(
+            f"federated.min_clients: {f.min_clients} clients per round but partition.num_nodes is {nodes}; "
+            f"allowed: 1..{nodes}"
+        )
+    sampled = max(int(nodes * f.fraction), f.min_clients)
+    if f.min_successful > sampled:
+        raise ConfigError(
+            f"federated.min_successful: {f.min_successful} but only {sampled} clients are sampled per round "
+            f"(fraction {f.fraction:g} of {nodes}, at least min_clients {f.min_clients}); allowed: 1..{sampled}"
+        )
+    if f.fail_client is not None and f.fail_client >= nodes:
+        raise ConfigError(f"federated.fail_client: client {f.fail_client} does not exist; allowed: 0..{nodes - 1}")
+    bad_round = next((r for r in f.fail_rounds if not 1 <= r <= f.rounds), None)
+    if bad_round is not None:
+        raise ConfigError(f"federated.fail_rounds: round {bad_round} does not exist; allowed: 1..{f.rounds}")
+    if cfg.nodes.models and f.strategy != "fml":
+        raise ConfigError(
+            f"nodes.models: per-node architectures need federated.strategy=fml (only its private models differ; "
+            f"{f.strategy} averages one architecture)"
+        )
+    if f.strategy in POOL_STRATEGIES and cfg.data.pool_fraction == 0:
+        raise ConfigError(f"data.pool_fraction: federated.strategy={f.strategy} distils on the pool; allowed: > 0")
+
+
+_SETUPS: dict[str, Setup] = {}
+
+
+def setup_of(cfg: ExperimentConfig) -> Setup:
+    """The first seed's data and partition, built once per process (clients are called every round)."""
+    key = cfg.model_dump_json(include={"data", "partition", "nodes", "seeds"})
+    if key not in _SETUPS:
+        _SETUPS[key] = prepare(cfg, cfg.seeds[0])
+    return _SETUPS[key]
+
+
+def global_model(cfg: ExperimentConfig, setup: Setup) -> nn.Module:
+    """The architecture every client shares (and FML's meme): ``nodes.model``."""
+    return build_model(cfg.nodes.model, setup.dataset.input_shape, setup.dataset.num_classes)
+
+
+def to_arrays(model: nn.Module) -> ArrayRecord:
+    return ArrayRecord(model.state_dict())
+
+
+def from_arrays(model: nn.Module, arrays: ArrayRecord) -> nn.Module:
+    model.load_state_dict(arrays.to_torch_state_dict())
+    return model
+
+
+def payload_bytes(arrays: ArrayRecord) -> int:
+    """Bytes of the tensors in ``arrays`` (what a round moves; serialisation headers not counted)."""
+    return sum(array.numpy().nbytes for array in arrays.values())
+
+
+def average(models: list[nn.Module], weights: list[float]) -> dict[str, torch.Tensor]:
+    """Weighted mean of same-architecture state dicts (FedAvg's aggregate)."""
+    total = sum(weights)
+    states = [m.state_dict() for m in models]
+    return {k: sum(w / total * s[k].float() for w, s in zip(weights, states, strict=True)) for k in states[0]}
+
+
+def _local_batches(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> TransferBatches:
+    data, budget = setup.dataset, cfg.federated.local
+    return TransferBatches(
+        data.train_x, data.train_y, setup.nodes[node].train, None, budget.batch_size, True, seed=seed
+    )
+
+
+def client_update(
+    cfg: ExperimentConfig, node: int, server_round: int, received: ArrayRecord, private: ArrayRecord | None
+) -> tuple[ArrayRecord, ArrayRecord | None, dict[str, float]]:
+    """One client's round: (arrays to send, FML private model to keep, metrics).
+
+    fedavg / feddf / consolidation: cross-entropy on the local partition. kd: the round's global model,
+    frozen, teaches the local student started from it: the only teacher that has seen every client's
+    classes (a peer's pre-trained node model has not, and on non-IID local data gave no gain in the
+    measurements of ../shared/RESEARCH.md), and it costs no extra communication. fml: private and meme
+    models learn mutually.
+    """
+    setup, f = setup_of(cfg), cfg.federated
+    seed = cfg.seeds[0] * 100_003 + server_round * 101 + node  # distinct per (seed, round, client)
+    seed_everything(seed)
+    batches = _local_batches(cfg, setup, node, seed)
+    losses: dict[str, float] = {}
+    model = from_arrays(global_model(cfg, setup), received)
+    kept: nn.Module | None = None
+    if f.strategy == "fml":
+        kept = new_model(cfg, setup, node)
+        if private is not None:
+            from_arrays(kept, private)
+        trainable, method, references = [kept, model], FederatedMutualLearning(f.fml_alpha, f.fml_beta), None
+    elif f.strategy == "kd":
+        teacher = copy.deepcopy(model)
+        trainable, method = [model], KnowledgeDistillation(f.temperature, f.kd_alpha)
+        references = InlineReferences([teacher])
+    else:
+        trainable, method, references = [model], CrossEntropy(), None
+    fit(
+        trainable,
+        method,
+        batches,
+        f.local.epochs,
+        f.local.lr,
+        f.local.weight_decay,
+        references,
+        on_epoch=lambda epoch, terms: losses.update(terms),
+    )
+    metrics = {"train_loss": losses["loss"], "num-examples": float(len(setup.nodes[node].train))}
+    return to_arrays(model), (to_arrays(kept) if kept is not None else None), metrics
+
+
+def client_accuracy(cfg: ExperimentConfig, node: int, received: ArrayRecord, private: ArrayRecord | None) -> float:
+    """Accuracy on the client's own validation split of the model it would use: FML's private one, else global."""
+    setup = setup_of(cfg)
+    if private is not None:
+        model = from_arrays(new_model(cfg, setup, node), private)
+    else:
+        model = from_arrays(global_model(cfg, setup), received)
+    data, local = setup.dataset, setup.nodes[node]
+    return accuracy(model, data.train_x[local.val], data.train_y[local.val])
+
+
+def global_test_accuracy(cfg: ExperimentConfig, arrays: ArrayRecord) -> float:
+    """The global model's accuracy on the global test set (the server's metric every round)."""
+    data = setup_of(cfg).dataset
+    return accuracy(from_arrays(global_model(cfg, setup_of(cfg)), arrays), data.test_x, data.test_y)
+
+
+def distil_on_pool(cfg: ExperimentConfig, student: nn.Module, teachers: list[nn.Module]) -> nn.Module:
+    """Server-side KD of the teachers' ensemble into ``student`` on the unlabelled pool (FedDF, consolidation).
+
+    The pool has no labels, so the loss is the KD term alone (alpha = 1) on the teachers' mean softened
+    probabilities.
+    """
+    setup, budget = setup_of(cfg), cfg.federated.server
+    data = setup.dataset
+    no_labelled = np.array([], dtype=np.int64)
+    batches = TransferBatches(
+        data.train_x, data.train_y, no_labelled, setup.splits.pool, budget.batch_size, False, seed=cfg.seeds[0]
+    )
+    method = KnowledgeDistillation(cfg.federated.temperature, alpha=1.0)
+    fit([student], method, batches, budget.epochs, budget.lr, budget.weight_decay, InlineReferences(teachers))
+    return student
+
+
+def starting_points(cfg: ExperimentConfig) -> dict[str, ArrayRecord]:
+    """Initial global models, by name: one random start, or consolidation's three starts to compare.
+
+    Consolidation loads raykd's pre-trained node models (trained on their partitions, cached) and
+    offers: ``random`` (a fresh model), ``average`` (their plain weighted parameter mean) and
+    ``distilled`` (their ensemble distilled on the shared pool into that average, as FedDF does; a
+    fresh student started lower, 38% against 50% on federated_consolidation.yaml, and needed as many
+    rounds as a random start).
+    """
+    setup, seed = setup_of(cfg), cfg.seeds[0]
+    seed_everything(seed)
+    random_start = global_model(cfg, setup)
+    if cfg.federated.strategy != "consolidation":
+        return {"": to_arrays(random_start)}
+    nodes = [load_node(cfg, setup, node, seed) for node in range(cfg.partition.num_nodes)]
+    sizes = [float(len(n.train)) for n in setup.nodes]
+    averaged = global_model(cfg, setup)
+    averaged.load_state_dict(average(nodes, sizes))
+    seed_everything(seed)
+    distilled = distil_on_pool(cfg, copy.deepcopy(averaged), nodes)
+    return {"random": to_arrays(random_start), "average": to_arrays(averaged), "distilled": to_arrays(distilled)}

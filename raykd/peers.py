@@ -1,0 +1,101 @@
+"""Deep mutual learning on Ray: K peers as K actors that exchange logits every step.
+
+Each actor holds one peer (the student node's model or a teacher node's), builds the same seeded
+batch sequence as the in-process trial, and keeps its own Adam. Every step the driver gathers all
+peers' logits and hands them to every peer; each peer minimises its own DML loss with the others'
+logits as constants. Adam is per parameter, so K optimizers equal the in-process joint one and the
+result matches ``raykd.experiment.run_trial`` for the same seed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+import torch
+from torch import Tensor
+
+from raykd.config import ExperimentConfig
+from raykd.engine import TransferBatches, seed_everything
+from raykd.experiment import Report, student_metrics
+from raykd.methods import StepLogits
+from raykd.nodes import load_node, prepare
+
+
+class Peer:
+    """One mutual-learning peer: its model, optimizer and the shared batch sequence."""
+
+    def __init__(self, raw: dict[str, Any], label: str, setting: dict[str, Any], seed: int, index: int) -> None:
+        torch.set_num_threads(1)
+        self.cfg = cfg = ExperimentConfig.model_validate(raw)
+        self.method, self.index = cfg.method(label).build(setting), index
+        self.setup = prepare(cfg, seed)
+        self.model = load_node(cfg, self.setup, cfg.node_ids()[index], seed)
+        budget, data = cfg.transfer.train, self.setup.dataset
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=budget.lr, weight_decay=budget.weight_decay)
+        self.batches = TransferBatches(
+            data.train_x,
+            data.train_y,
+            self.setup.nodes[cfg.transfer.student].train,
+            self.setup.splits.pool if cfg.transfer.set != "local" else None,
+            budget.batch_size,
+            distill_labelled=cfg.transfer.set != "pool",
+            seed=seed,
+        )
+        seed_everything(seed)
+        self.steps: list = []
+        self.logits: Tensor | None = None
+
+    def start_epoch(self) -> int:
+        self.model.train()
+        self.steps = list(self.batches)
+        return len(self.steps)
+
+    def forward(self, step: int) -> Tensor:
+        self.logits = self.model(self.steps[step].x)
+        return self.logits.detach()
+
+    def learn(self, step: int, everyone: list[Tensor]) -> dict[str, float]:
+        assert self.logits is not None, "forward must come before learn"
+        peers = [self.logits if k == self.index else z for k, z in enumerate(everyone)]
+        batch = self.steps[step]
+        terms = self.method.losses(StepLogits(peers, []), batch.targets, batch.distill)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()  # only this peer's own term has a gradient path to its weights
+        self.optimizer.step()
+        return {k: float(v.detach()) for k, v in terms.items()}
+
+    def evaluate(self) -> dict[str, float]:
+        return student_metrics(self.model, self.setup, self.cfg.transfer.student)
+
+
+def run_mutual_learning(
+    cfg: ExperimentConfig, label: str, setting: dict[str, Any], seed: int, report: Report = lambda m: None
+) -> dict[str, Any]:
+    """The DML trial with one actor per peer; reports the student's (peer 0's) metrics every epoch."""
+    raw = cfg.model_dump(mode="json")
+    peer = ray.remote(num_cpus=cfg.learners.cpus_per_worker)(Peer)
+    peers = [peer.remote(raw, label, setting, seed, k) for k in range(len(cfg.node_ids()))]
+    before = ray.get(peers[0].evaluate.remote())
+    final: dict[str, Any] = {}
+    for epoch in range(cfg.transfer.train.epochs):
+        steps = ray.get([p.start_epoch.remote() for p in peers])[0]
+        totals: dict[str, float] = {}
+        for step in range(steps):
+            everyone = ray.get([p.forward.remote(step) for p in peers])
+            terms = ray.get([p.learn.remote(step, everyone) for p in peers])[0]
+            for name, value in terms.items():
+                totals[name] = totals.get(name, 0.0) + value / steps
+        after = ray.get(peers[0].evaluate.remote())
+        final = {
+            "epoch": epoch + 1,
+            **after,
+            **{f"{k}_before": v for k, v in before.items()},
+            "gain": after["test_acc"] - before["test_acc"],
+            "val_gain": after["val_acc"] - before["val_acc"],
+            **{f"loss_{k}" if k != "loss" else k: v for k, v in totals.items()},
+        }
+        report(dict(final))
+    for p in peers:
+        ray.kill(p)
+    return final

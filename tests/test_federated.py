@@ -1,0 +1,350 @@
+"""Federated KD with Flower: losses, the server strategy, bad input, and real simulations on Ray.
+
+Simulations run ``python -m federated.simulate`` as a child process: it is its own Ray driver, so
+Flower's ``ray.shutdown()`` at the end never touches the test session's Ray (``ray_session``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from flwr.app import Error, Message, MessageType, Metadata, MetricRecord, RecordDict
+
+from federated.fml import FederatedMutualLearning
+from federated.simulate import main
+from federated.strategy import FederatedStrategy
+from federated.task import client_update, global_model, payload_bytes, setup_of, to_arrays
+from federated.tune import main as tune_main
+from raykd.config import ExperimentConfig, validate_config
+from raykd.methods.base import StepLogits
+from raykd.nodes import new_model
+from tests.conftest import tiny_raw
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fed_raw(tmp_path: Path, cache_dir: Path, **federated: Any) -> dict[str, Any]:
+    """A tiny simulation: 3 clients on MNIST-1D, 2 rounds of one local epoch, one client actor on 2 CPUs."""
+    settings = {
+        "rounds": 2,
+        "min_clients": 2,
+        "local": {"epochs": 1, "batch_size": 64, "lr": 0.01},
+        "server": {"epochs": 1, "batch_size": 128},
+        "client_cpus": 2,
+        **federated,
+    }
+    return tiny_raw(tmp_path, cache_dir, federated=settings, ray={"num_cpus": 2})
+
+
+def param_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+# ---------------------------------------------------------------- losses and client updates (no Ray)
+
+
+def test_fml_loss_is_the_papers_weighted_mutual_loss() -> None:
+    torch.manual_seed(0)
+    private, meme, targets = torch.randn(6, 10), torch.randn(6, 10), torch.randint(0, 10, (6,))
+    terms = FederatedMutualLearning(alpha=0.3, beta=0.8).losses(
+        StepLogits([private, meme], []), targets, torch.ones(6, dtype=torch.bool)
+    )
+
+    def kl(target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        p = F.softmax(target_logits, 1)
+        return (p * (p.log() - F.log_softmax(logits, 1))).sum(1).mean()
+
+    expected_private = 0.3 * F.cross_entropy(private, targets) + 0.7 * kl(meme, private)
+    expected_meme = 0.8 * F.cross_entropy(meme, targets) + 0.2 * kl(private, meme)
+    assert torch.allclose(terms["private_loss"], expected_private, atol=1e-6)
+    assert torch.allclose(terms["meme_loss"], expected_meme, atol=1e-6)
+    assert torch.allclose(terms["loss"], expected_private + expected_meme, atol=1e-6)
+
+
+def test_fml_client_sends_only_the_meme_and_keeps_its_private_model(tmp_path: Path, cache_dir: Path) -> None:
+    raw = fed_raw(tmp_path, cache_dir, strategy="fml")
+    raw["nodes"]["models"] = {1: {"name": "mlp", "width": 32}}
+    cfg = validate_config(raw)
+    setup = setup_of(cfg)
+    meme = global_model(cfg, setup)
+    sent, kept, metrics = client_update(cfg, 1, 1, to_arrays(meme), None)
+    assert sent.keys() == meme.state_dict().keys()  # the meme's architecture travels ...
+    assert kept is not None and kept.keys() == new_model(cfg, setup, 1).state_dict().keys()  # ... the mlp stays
+    assert kept.keys() != sent.keys()
+    assert payload_bytes(sent) == param_bytes(meme)
+    assert metrics["num-examples"] == len(setup.nodes[1].train)
+    again, kept_again, _ = client_update(cfg, 1, 2, sent, kept)  # round 2 continues the private model
+    assert not torch.equal(
+        next(iter(kept.to_torch_state_dict().values())), next(iter(kept_again.to_torch_state_dict().values()))
+    )
+
+
+def test_kd_client_is_held_near_the_global_model_it_distils(tmp_path: Path, cache_dir: Path) -> None:
+    """The KD teacher is the received global model: the more weight on its term, the less the update drifts."""
+
+    def drift(kd_alpha: float) -> float:
+        cfg = validate_config(fed_raw(tmp_path, cache_dir, strategy="kd", kd_alpha=kd_alpha))
+        received = to_arrays(global_model(cfg, setup_of(cfg)))
+        sent, kept, _ = client_update(cfg, 0, 1, received, None)
+        assert kept is None
+        start, end = received.to_torch_state_dict(), sent.to_torch_state_dict()
+        return sum(float((end[k].float() - start[k].float()).norm()) for k in start)
+
+    assert drift(0.9) < drift(0.0)
+
+
+# ---------------------------------------------------------------- the server strategy (real Flower code, no Ray)
+
+
+def _reply(node: int, content: RecordDict | Error) -> Message:
+    """A client's reply as the SuperLink would deliver it."""
+    metadata = Metadata(
+        run_id=1,
+        message_id=f"reply-{node}",
+        src_node_id=node,
+        dst_node_id=0,
+        reply_to_message_id=f"msg-{node}",
+        group_id="1",
+        created_at=time.time(),
+        ttl=60,
+        message_type=MessageType.TRAIN,
+    )
+    if isinstance(content, Error):
+        return Message(error=content, metadata=metadata)
+    return Message(content=content, metadata=metadata)
+
+
+def _strategy(tmp_path: Path, cache_dir: Path, **federated: Any) -> tuple[ExperimentConfig, FederatedStrategy]:
+    cfg = validate_config(fed_raw(tmp_path, cache_dir, **federated))
+    return cfg, FederatedStrategy(cfg)
+
+
+def test_fedavg_of_identical_models_is_identity_and_failures_are_counted(tmp_path: Path, cache_dir: Path) -> None:
+    cfg, strategy = _strategy(tmp_path, cache_dir)
+    model = global_model(cfg, setup_of(cfg))
+    ok = RecordDict({"arrays": to_arrays(model), "metrics": MetricRecord({"num-examples": 50, "train_loss": 1.0})})
+    replies = [_reply(1, ok), _reply(2, ok), _reply(3, Error(code=0, reason="client 2: injected fault"))]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert arrays is not None and metrics is not None
+    for name, tensor in arrays.to_torch_state_dict().items():
+        assert torch.allclose(tensor, model.state_dict()[name].float(), atol=1e-6), name
+    entry = strategy.rounds[1]
+    assert (entry.succeeded, entry.failed, entry.skipped) == (2, 1, False)
+    assert entry.bytes_up == 2 * param_bytes(model)
+
+
+def test_too_few_successes_skip_the_round_and_keep_the_model(tmp_path: Path, cache_dir: Path) -> None:
+    cfg, strategy = _strategy(tmp_path, cache_dir, min_successful=2)
+    model = global_model(cfg, setup_of(cfg))
+    ok = RecordDict({"arrays": to_arrays(model), "metrics": MetricRecord({"num-examples": 50, "train_loss": 1.0})})
+    arrays, metrics = strategy.aggregate_train(1, [_reply(1, ok), _reply(2, Error(code=0, reason="boom"))])
+    assert arrays is None and metrics is None  # Strategy.start keeps the previous global model
+    assert strategy.rounds[1].skipped and strategy.rounds[1].failed == 1
+
+
+# ---------------------------------------------------------------- bad input: one line, exit 2, nothing run
+
+BAD = [
+    (["federated.min_clients=4"], "federated.min_clients: 4 clients per round but partition.num_nodes is 3"),
+    (["federated.fraction=0"], "federated.fraction = 0: Input should be greater than 0"),
+    (["federated.fraction=1.5"], "federated.fraction = 1.5: Input should be less than or equal to 1"),
+    (["federated.rounds=0"], "federated.rounds = 0: Input should be greater than or equal to 1"),
+    (["federated.fml_alpha=1.5"], "federated.fml_alpha = 1.5: Input should be less than or equal to 1"),
+    (["federated.fml_beta=-0.1"], "federated.fml_beta = -0.1: Input should be greater than or equal to 0"),
+    (["federated.strategy=fedprox"], "federated.strategy = 'fedprox': Input should be 'fedavg', 'kd', 'fml'"),
+    (["federated.min_successful=4"], "federated.min_successful: 4 but only 3 clients are sampled per round"),
+    (["federated.fail_client=3"], "federated.fail_client: client 3 does not exist; allowed: 0..2"),
+    (["federated.fail_rounds=[5]"], "federated.fail_rounds: round 5 does not exist; allowed: 1..2"),
+    (["nodes.models={1: mlp}"], "nodes.models: per-node architectures need federated.strategy=fml"),
+    (["federated.strategy=feddf", "data.pool_fraction=0", "transfer.set=local"], "data.pool_fraction: federated"),
+    (["federated.client_cpus=3"], "federated.client_cpus: 3 CPUs per client but the largest Ray node has 2"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "expected"), BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, cache_dir: Path, overrides: list[str], expected: str, capsys: pytest.CaptureFixture
+) -> None:
+    config = tmp_path / "fed.yaml"
+    config.write_text(yaml.safe_dump(fed_raw(tmp_path, cache_dir)))
+    if "client_cpus" in overrides[0]:  # found only once Ray is up: run as its own driver process
+        done = _run(["--config", str(config), *(a for o in overrides for a in ("--set", o))])
+        rc, err = done.returncode, done.stderr.strip().splitlines()[-1]
+    else:
+        rc = main(["--config", str(config), *(a for o in overrides for a in ("--set", o))])
+        err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.startswith("raykd: error: ") and "\n" not in err and "Traceback" not in err
+    assert expected in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------- real simulations (Flower on Ray, child processes)
+
+
+def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run(
+        [sys.executable, "-m", "federated.simulate", *args],
+        cwd=REPO,
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def simulate(tmp_path: Path, raw: dict[str, Any], *args: str) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Run one simulation; its summary.json and rounds.csv."""
+    config = tmp_path / "fed.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    done = _run(["--config", str(config), *args])
+    assert done.returncode == 0, done.stderr[-3000:]
+    (out,) = (tmp_path / "runs").iterdir()
+    return json.loads((out / "summary.json").read_text()), pd.read_csv(out / "rounds.csv")
+
+
+def mlflow_run(tmp_path: Path) -> Any:
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    return client, run
+
+
+def test_feddf_finishes_rounds_with_a_faulty_client_and_tracks_them(tmp_path: Path, cache_dir: Path) -> None:
+    """FedDF = FedAvg + server ensemble distillation; client 1 fails in round 1, the others are aggregated."""
+    raw = fed_raw(tmp_path, cache_dir, strategy="feddf", fail_client=1, fail_rounds=[1], min_successful=2)
+    summary, rounds = simulate(tmp_path, raw)
+    r1, r2 = rounds.iloc[1], rounds.iloc[2]
+    assert (r1.sampled, r1.succeeded, r1.failed, bool(r1.skipped)) == (3, 2, 1, False)
+    assert (r2.succeeded, r2.failed) == (3, 0)
+    assert summary["starts"]["-"]["failed_clients"] == 1
+    cfg = validate_config(raw)
+    weights = param_bytes(global_model(cfg, setup_of(cfg)))
+    assert r1.bytes_up == 2 * weights and r2.bytes_up == 3 * weights  # only successful clients' models come back
+    assert r1.bytes_down == 6 * weights  # the global model to 3 clients for training and 3 for evaluation
+    assert not pd.isna(r2[["client0_acc", "client1_acc", "client2_acc"]]).any()
+    assert r2.test_acc > rounds.iloc[0].test_acc  # two rounds beat the random start
+
+    client, run = mlflow_run(tmp_path)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test_acc")] == [0, 1, 2]
+    assert client.get_metric_history(run.info.run_id, "failed")[1].value == 1
+    assert "accuracy.png" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert run.data.params["federated.strategy"] == "feddf"
+
+
+def test_consolidation_compares_three_starts(tmp_path: Path, cache_dir: Path) -> None:
+    raw = fed_raw(tmp_path, cache_dir, strategy="consolidation", rounds=1, target_acc=0.15)
+    raw["federated"]["server"]["epochs"] = 2
+    summary, rounds = simulate(tmp_path, raw)
+    starts = summary["starts"]
+    assert list(starts) == ["random", "average", "distilled"]
+    assert list(rounds.start.unique()) == ["random", "average", "distilled"]
+    # the node models' ensemble, distilled on the pool, is a better start than a random model
+    assert starts["distilled"]["start_test_acc"] > starts["random"]["start_test_acc"]
+    assert starts["distilled"]["rounds_to_target"] < starts["random"]["rounds_to_target"]
+
+
+def _wait_for_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"no Ray head on 127.0.0.1:{port} after {timeout}s")
+
+
+def test_fml_on_a_local_ray_head_node_sends_only_memes_and_skips_thin_rounds(tmp_path: Path, cache_dir: Path) -> None:
+    """FML with two private architectures, on a head started here on loopback and joined by address.
+
+    Client 0 fails in round 1 and every round needs all 3 clients, so round 1 keeps the global model.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # --block: the head lives as long as this child process, so ending it ends only this head (not `ray stop`,
+    # which ends every Ray on the machine). Its own --temp-dir keeps `ray start` from recording the head in
+    # /tmp/ray/ray_current_cluster, where every later plain ray.init() on the machine would try to join it.
+    temp_dir = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")  # short: Ray's socket paths are length-limited
+    head = subprocess.Popen(
+        [
+            "ray",
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            f"--temp-dir={temp_dir}",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_port(port)
+        raw = fed_raw(tmp_path, cache_dir, strategy="fml", fail_client=0, fail_rounds=[1], min_successful=3)
+        raw["nodes"]["models"] = {1: {"name": "mlp", "width": 32}}
+        _, rounds = simulate(tmp_path, raw, "--address", f"127.0.0.1:{port}")
+    finally:
+        head.terminate()
+        head.wait(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    cfg = validate_config(raw)
+    meme = param_bytes(global_model(cfg, setup_of(cfg)))
+    assert list(rounds.bytes_up[1:]) == [2 * meme, 3 * meme]  # memes of the successful clients, never private models
+    assert bool(rounds.iloc[1].skipped) and rounds.iloc[1].test_acc == rounds.iloc[0].test_acc
+    assert not rounds.iloc[2].skipped and rounds.iloc[2].test_acc > rounds.iloc[0].test_acc
+    assert not pd.isna(rounds.iloc[2][["client0_acc", "client1_acc", "client2_acc"]]).any()
+
+
+# ---------------------------------------------------------------- Ray Tune over simulations
+
+
+def test_tune_bad_grid_value_is_one_line_and_exit_2(
+    tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = tmp_path / "fed.yaml"
+    config.write_text(yaml.safe_dump(fed_raw(tmp_path, cache_dir, strategy="fml")))
+    assert tune_main(["--config", str(config), "--grid", "federated.fml_alpha=[0.5, 1.5]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "raykd: error: federated.fml_alpha = 1.5: Input should be less than or equal to 1"
+
+
+def test_tune_trials_are_simulations_in_child_drivers(tmp_path: Path, cache_dir: Path) -> None:
+    """Two trials, each a whole simulation started by the trial as a child driver joined to the cluster."""
+    raw = fed_raw(tmp_path, cache_dir, strategy="kd", rounds=1, client_cpus=0.6)  # the pool leaves the trial room
+    config = tmp_path / "fed.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    done = subprocess.run(
+        [sys.executable, "-m", "federated.tune", "--config", str(config), "--grid", "federated.kd_alpha=[0.2, 0.8]"],
+        cwd=REPO,
+        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (out,) = (tmp_path / "runs").glob("*-tune-*")
+    results = pd.read_csv(out / "results.csv")
+    assert sorted(results["federated.kd_alpha"]) == [0.2, 0.8]
+    assert results.error.isna().all() and (results.final_test_acc > 0.1).all()
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert sorted(r.data.params["federated.kd_alpha"] for r in runs) == ["0.2", "0.8"]  # one MLflow run each
