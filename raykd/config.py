@@ -136,6 +136,7 @@ class LearnersConfig(Section):
     num_workers: int = Field(0, ge=0, description="0: train inside the Tune trial; N: N TorchTrainer workers (DDP)")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per learner worker")
     use_gpu: bool = Field(False, description="one GPU per worker, NCCL backend (gloo on CPU)")
+    peer_actors: bool = Field(False, description="DML: run each peer as its own Ray actor (cpus_per_worker each)")
 
 
 class TuneConfig(Section):

@@ -218,6 +218,11 @@ def _trainable(config: dict[str, Any], raw: dict[str, Any], server_name: str | N
     cfg = ExperimentConfig.model_validate(raw)
     setting = {k: v for k, v in config["arm"].items() if k not in ("label", "method")}
     label, seed = config["arm"]["label"], config["seed"]
+    if cfg.learners.peer_actors and cfg.method(label).name == "dml":
+        from raykd.peers import run_mutual_learning
+
+        run_mutual_learning(cfg, label, setting, seed, report=tune.report)
+        return
     if cfg.learners.num_workers:
         from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -231,13 +236,19 @@ def _trainable(config: dict[str, Any], raw: dict[str, Any], server_name: str | N
     run_trial(cfg, label, setting, seed, report=tune.report, server=server)
 
 
-def trial_resources(cfg: ExperimentConfig, cluster_cpus: float) -> tuple[dict[str, float], int | None]:
+def trial_resources(cfg: ExperimentConfig, cluster_cpus: float) -> tuple[Any, int | None]:
     """What one trial reserves, and how many trials may run at once so that none waits forever.
 
+    DML with peer actors reserves a placement group: a sliver for the trial plus one bundle per peer.
     With learners the trial is only a driver (no CPU of its own); its Ray Train workers get their own
     placement group from the trainer, so concurrency is capped to the number of worker groups that
     fit beside the teacher server.
     """
+    from ray.tune import PlacementGroupFactory
+
+    if cfg.learners.peer_actors and any(m.name == "dml" for m in cfg.methods):
+        peers = [{"CPU": cfg.learners.cpus_per_worker}] * len(cfg.node_ids())  # the peers live in the trial's group
+        return PlacementGroupFactory([{"CPU": 0.01}, *peers]), cfg.tune.max_concurrent_trials
     if not cfg.learners.num_workers:
         return {"cpu": cfg.tune.cpus_per_trial}, cfg.tune.max_concurrent_trials
     free = cluster_cpus - (cfg.teacher.num_cpus if cfg.teacher.mode == "server" else 0)
