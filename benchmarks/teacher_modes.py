@@ -32,15 +32,18 @@ from raykd.teacher.server import served_model, start_server
 
 CACHE = Path(tempfile.gettempdir()) / "raykd-bench-cache"
 KD = {"temperature": 4.0, "alpha": 0.5}
+TEACHER_WIDTH = 128  # the sweep's teacher: a 1-D CNN about 24x the student's FLOPs
+SWEEP_EPOCHS = 30  # long enough that training, not Tune's fixed start-up, is what the sweep spends
 
 
 def experiment(teacher_width: int, **sections: Any) -> ExperimentConfig:
     raw = {
         "name": "bench",
         "seeds": [0],
+        "data": {"dataset": "mnist1d", "pool_fraction": 0.6},  # a big pool: many full 256-row steps per epoch
         "partition": {"num_nodes": 4, "alpha": 0.5, "min_samples": 50},
         "nodes": {"cache_dir": str(CACHE), "models": {1: {"name": "cnn1d", "width": teacher_width}}},
-        "transfer": {"set": "pool", "train": {"epochs": 4, "batch_size": 256, "lr": 0.003}},
+        "transfer": {"set": "pool", "train": {"epochs": 6, "batch_size": 256, "lr": 0.003}},
         "methods": [{"name": "kd", **KD}],
     }
     raw.update(sections)
@@ -60,8 +63,8 @@ def steady_rate(cfg: ExperimentConfig, server: Any = None) -> float:
     return statistics.mean(h["samples_per_s"] for h in history[1:])
 
 
-def throughput() -> dict[str, float]:
-    rows = {}
+def throughput(repeats: int = 3) -> None:
+    """Median samples/s over alternating repeats, so drift in machine load hits every variant alike."""
     for width in (25, 256):
         cfg = experiment(width)
         setup = prepare(cfg, 0)
@@ -69,34 +72,33 @@ def throughput() -> dict[str, float]:
             load_node(cfg, setup, n, 0)
         shape = dataset_of(cfg).input_shape
         ratio = flops(cfg.nodes.model_of(1), shape) / flops(cfg.nodes.model_of(0), shape)
-        torch.set_num_threads(1)
-        inline = steady_rate(cfg)
-        torch.set_num_threads(2)
-        inline_two = steady_rate(cfg)
-        torch.set_num_threads(1)
         served = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"mode": "server"})})
-        models = [
-            served_model(file_digest(node_path(cfg, 1, 0)), node_path(cfg, 1, 0), cfg.nodes.model_of(1), shape, 10)
-        ]
-        server = start_server(models, served.teacher)
-        with_prefetch = steady_rate(served, server)
-        no_prefetch = steady_rate(
-            served.model_copy(update={"teacher": served.teacher.model_copy(update={"prefetch": False})}), server
-        )
+        unfetched = served.model_copy(update={"teacher": served.teacher.model_copy(update={"prefetch": False})})
+        path = node_path(cfg, 1, 0)
+        server = start_server([served_model(file_digest(path), path, cfg.nodes.model_of(1), shape, 10)], served.teacher)
+        rates: dict[str, list[float]] = {"inline-1": [], "inline-2": [], "server": [], "server-no-prefetch": []}
+        for _ in range(repeats):
+            for name, run_cfg, threads, handle in (
+                ("inline-1", cfg, 1, None),
+                ("inline-2", cfg, 2, None),
+                ("server", served, 1, server),
+                ("server-no-prefetch", unfetched, 1, server),
+            ):
+                torch.set_num_threads(threads)
+                rates[name].append(steady_rate(run_cfg, handle))
         stats = ray.get(server.stats.remote())
         ray.kill(server)
+        median = {name: statistics.median(values) for name, values in rates.items()}
         print(
-            f"teacher width {width} ({ratio:.1f}x the student's FLOPs), batch 256, samples/s: "
-            f"inline 1 thread {inline:.0f}, inline 2 threads {inline_two:.0f}, "
-            f"server+prefetch {with_prefetch:.0f} ({with_prefetch / inline:.2f}x inline-1, "
-            f"{with_prefetch / inline_two:.2f}x inline-2), server no prefetch {no_prefetch:.0f} "
-            f"({no_prefetch / inline:.2f}x); server mean batch {stats['mean_batch_rows']:.0f} rows, "
-            f"compute {stats['compute_s']:.1f}s, queueing {stats['wait_s']:.1f}s, "
-            f"peak RSS {stats['peak_rss_mb']:.0f} MB",
+            f"teacher width {width} ({ratio:.1f}x the student's FLOPs), batch 256, median samples/s of {repeats}: "
+            + ", ".join(f"{name} {rate:.0f}" for name, rate in median.items())
+            + f"; server/inline-1 = {median['server'] / median['inline-1']:.2f}, "
+            f"server/inline-2 = {median['server'] / median['inline-2']:.2f}, "
+            f"no-prefetch/inline-1 = {median['server-no-prefetch'] / median['inline-1']:.2f}; "
+            f"server: mean batch {stats['mean_batch_rows']:.0f} rows, compute {stats['compute_s']:.1f}s, "
+            f"queueing {stats['wait_s']:.1f}s, peak RSS {stats['peak_rss_mb']:.0f} MB",
             flush=True,
         )
-        rows[f"w{width}"] = with_prefetch / inline
-    return rows
 
 
 def sweep() -> None:
@@ -105,12 +107,12 @@ def sweep() -> None:
     times = {}
     for mode in ("inline", "cache"):
         cfg = experiment(
-            64,
+            TEACHER_WIDTH,
             teacher={"mode": mode},
             methods=[{"name": "kd", "temperature": [1, 2, 4, 8], "alpha": [0.25, 0.75]}],
             tracking={"uri": f"sqlite:///{CACHE / 'bench-mlflow.db'}"},
             output_dir=str(CACHE / "runs"),
-            transfer={"set": "pool", "train": {"epochs": 4, "batch_size": 256}},
+            transfer={"set": "pool", "train": {"epochs": SWEEP_EPOCHS, "batch_size": 256}},
         )
         setup = prepare(cfg, 0)
         for n in cfg.node_ids():
@@ -119,19 +121,19 @@ def sweep() -> None:
             for f in (CACHE / "logits").glob("*"):
                 f.unlink()
         started = time.perf_counter()
-        out = run_sweep(cfg, f"sqlite:///{CACHE / 'bench-mlflow.db'}")
+        out, _ = run_sweep(cfg, f"sqlite:///{CACHE / 'bench-mlflow.db'}")
         times[mode] = time.perf_counter() - started
         trials = __import__("pandas").read_csv(out / "trials.csv")
-        steps = -(-len(setup.splits.pool) // 256)
+        steps = -(-len(setup.splits.pool) // 256)  # one teacher forward per step (on 256 labelled + 256 pool rows)
         passes = 8 * cfg.transfer.train.epochs * steps if mode == "inline" else 1
         print(
             f"sweep {mode}: {times[mode]:.1f}s wall for 8 trials; teacher forward passes: {passes} "
-            f"({'batches of 256' if mode == 'inline' else 'pass over the 4,000-row training split'}); "
+            f"({'batches of 512 rows' if mode == 'inline' else 'pass over the 4,000-row training split'}); "
             f"peak trial RSS {trials['peak_rss_mb'].max():.0f} MB",
             flush=True,
         )
     shape = (1, 40)
-    ratio = flops(ModelSpec(name="cnn1d", width=64), shape) / flops(ModelSpec(name="cnn1d"), shape)
+    ratio = flops(ModelSpec(name="cnn1d", width=TEACHER_WIDTH), shape) / flops(ModelSpec(name="cnn1d"), shape)
     print(
         f"sweep: cache is {times['inline'] / times['cache']:.2f}x faster than inline (teacher {ratio:.1f}x "
         "the student's FLOPs)",
