@@ -18,8 +18,9 @@ from torch import nn
 
 from federated.fml import FederatedMutualLearning
 from raykd.config import ExperimentConfig, load_config
-from raykd.engine import InlineReferences, TransferBatches, accuracy, fit, seed_everything
+from raykd.engine import InlineReferences, TransferBatches, accuracy, fit, method_context, seed_everything
 from raykd.errors import ConfigError
+from raykd.methods import Method
 from raykd.methods.ce import CrossEntropy
 from raykd.methods.kd import KnowledgeDistillation
 from raykd.models import build_model
@@ -115,6 +116,18 @@ def _local_batches(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) ->
     )
 
 
+def client_method(cfg: ExperimentConfig) -> Method:
+    """Strategy kd's client loss: the config's first method row (at its first grid point), so any registered
+    method that distils from frozen teachers, or from none, runs inside a client; a ``kd`` or ``ce`` row (the
+    schema's placeholder) or a peer method gives KD with ``federated.temperature`` and ``federated.kd_alpha``.
+    """
+    row, f = cfg.methods[0], cfg.federated
+    method = row.build(row.grid()[0])
+    if row.name in ("kd", "ce") or method.teachers == "peers":
+        return KnowledgeDistillation(f.temperature, f.kd_alpha)
+    return method
+
+
 def client_update(
     cfg: ExperimentConfig, node: int, server_round: int, received: ArrayRecord, private: ArrayRecord | None
 ) -> tuple[ArrayRecord, ArrayRecord | None, dict[str, float]]:
@@ -124,7 +137,8 @@ def client_update(
     frozen, teaches the local student started from it: the only teacher that has seen every client's
     classes (a peer's pre-trained node model has not, and on non-IID local data gave no gain in the
     measurements of ../shared/RESEARCH.md), and it costs no extra communication. fml: private and meme
-    models learn mutually.
+    models learn mutually. A method row other than kd can replace kd's loss (``client_method``); its
+    ``prepare`` sees the client's local data and the global model as the teacher.
     """
     setup, f = setup_of(cfg), cfg.federated
     seed = cfg.seeds[0] * 100_003 + server_round * 101 + node  # distinct per (seed, round, client)
@@ -140,8 +154,9 @@ def client_update(
         trainable, method, references = [kept, model], FederatedMutualLearning(f.fml_alpha, f.fml_beta), None
     elif f.strategy == "kd":
         teacher = copy.deepcopy(model)
-        trainable, method = [model], KnowledgeDistillation(f.temperature, f.kd_alpha)
-        references = InlineReferences([teacher])
+        trainable, method = [model], client_method(cfg)
+        references = InlineReferences([teacher], teacher if method.uses_initial_student else None)
+        method.prepare(method_context(batches, [teacher], setup.dataset.num_classes, seed))
     else:
         trainable, method, references = [model], CrossEntropy(), None
     fit(

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from raykd.methods.base import UNLABELLED, Method, StepLogits
+from raykd.methods.base import UNLABELLED, Context, Method, StepLogits
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,7 @@ def fit(
     params = [p for m in models for p in m.parameters()]
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     for epoch in range(epochs):
+        method.start_epoch(epoch, epochs)
         for model in models:
             model.train()
         totals: dict[str, float] = {}
@@ -147,7 +148,7 @@ def fit(
             if i + 1 < len(steps):
                 references.prefetch(steps[i + 1])
             teachers, initial = references(batch)
-            logits = StepLogits([m(batch.x) for m in models], teachers, initial)
+            logits = StepLogits([m(batch.x) for m in models], teachers, initial, batch.index)
             terms = method.losses(logits, batch.targets, batch.distill)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
@@ -159,6 +160,26 @@ def fit(
         if bad:
             raise NonFiniteLoss(f"epoch {epoch + 1}: loss term {bad[0]!r} is {means[bad[0]]} (try a lower lr)")
         on_epoch(epoch, means)
+
+
+def method_context(
+    batches: TransferBatches,
+    teachers: list[nn.Module],
+    num_classes: int,
+    seed: int,
+    teacher_logits: Callable[[], list[Tensor]] | None = None,
+) -> Context:
+    """What ``Method.prepare`` sees of a transfer run; teacher logits default to one forward pass each."""
+    return Context(
+        batches.x,
+        batches.y,
+        batches.labelled,
+        batches.pool,
+        num_classes,
+        teachers,
+        teacher_logits or (lambda: [predict(t, batches.x) for t in teachers]),
+        seed,
+    )
 
 
 @torch.no_grad()

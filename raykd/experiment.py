@@ -17,7 +17,15 @@ import torch
 from torch import nn
 
 from raykd.config import ExperimentConfig
-from raykd.engine import InlineReferences, References, TransferBatches, accuracy, fit, seed_everything
+from raykd.engine import (
+    InlineReferences,
+    References,
+    TransferBatches,
+    accuracy,
+    fit,
+    method_context,
+    seed_everything,
+)
 from raykd.methods import Method
 from raykd.nodes import Setup, load_node, node_path, prepare
 
@@ -58,6 +66,17 @@ def references_for(
     return InlineReferences(
         [models[n] for n in frozen], copy.deepcopy(models[initial]) if initial is not None else None
     )
+
+
+def cached_teacher_logits(cfg: ExperimentConfig, setup: Setup, seed: int) -> Callable[[], list[torch.Tensor]] | None:
+    """In cache mode, what ``Method.prepare`` reads as the teachers' logits on the training split: the cache."""
+    if cfg.teacher.mode != "cache":
+        return None
+    from raykd.teacher.cache import node_logits
+
+    return lambda: [
+        torch.from_numpy(np.array(node_logits(cfg, setup, n, seed)[0], dtype=np.float32)) for n in cfg.transfer.teachers
+    ]
 
 
 def shard(index: np.ndarray, rank: int, world: int, seed: int) -> np.ndarray:
@@ -107,6 +126,9 @@ def run_trial(
         distill_labelled=cfg.transfer.set != "pool",
         seed=seed + rank,
     )
+    teachers = [models[n] for n in cfg.transfer.teachers]
+    context = method_context(batches, teachers, data.num_classes, seed, cached_teacher_logits(cfg, setup, seed))
+    costs = {f"prepare_{k}": v for k, v in method.prepare(context).items()}
     final: dict[str, Any] = {}
     epoch_started = [time.perf_counter()]
 
@@ -124,6 +146,7 @@ def run_trial(
             gain=after["test_acc"] - before["test_acc"],
             val_gain=after["val_acc"] - before["val_acc"],
             **{f"loss_{k}" if k != "loss" else k: v for k, v in losses.items()},
+            **costs,
         )
         report(dict(final))
         epoch_started[0] = time.perf_counter()

@@ -2,6 +2,7 @@
 
 Every number is a mean and standard deviation over seeds. A method row with a grid is summarised
 by its best setting on the validation metric (``tune.select_on``); test accuracy never chooses.
+Wall time is Tune's ``time_total_s`` per trial (preparation and every epoch), averaged over seeds.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from raykd.experiment import TIMING_METRICS  # noqa: E402
 if TYPE_CHECKING:
     from raykd.config import ExperimentConfig
 
-METRICS = ["val_acc", "local_val_acc", "test_acc", "test_acc_before", "gain"]
+METRICS = ["val_acc", "local_val_acc", "test_acc", "test_acc_before", "gain", "wall_s"]
+#: Table columns read from a differently named trial metric.
+SOURCES = {"wall_s": "time_total_s"}
 
 
 def trial_rows(results: list[tuple[dict[str, Any], dict[str, Any] | None, BaseException | None]]) -> pd.DataFrame:
@@ -31,7 +34,7 @@ def trial_rows(results: list[tuple[dict[str, Any], dict[str, Any] | None, BaseEx
             {
                 **config["arm"],
                 "seed": config["seed"],
-                **{m: (metrics or {}).get(m) for m in (*METRICS, *TIMING_METRICS)},
+                **{m: (metrics or {}).get(SOURCES.get(m, m)) for m in (*METRICS, *TIMING_METRICS)},
                 "status": "ok" if error is None else "failed",
                 "error": "" if error is None else str(error).strip().splitlines()[-1][:300],
             }
@@ -40,10 +43,10 @@ def trial_rows(results: list[tuple[dict[str, Any], dict[str, Any] | None, BaseEx
 
 
 def per_setting(trials: pd.DataFrame, knobs: list[str]) -> pd.DataFrame:
-    """Mean and std over seeds of each metric, per (method row, setting); failed trials are left out."""
+    """Mean and std over seeds of each metric the trials carry, per (method row, setting); failed trials left out."""
     done = trials[trials["status"] == "ok"]
     keys = ["label", *knobs]
-    grouped = done.groupby(keys, dropna=False, sort=False)[METRICS]
+    grouped = done.groupby(keys, dropna=False, sort=False)[[m for m in METRICS if m in done]]
     table = grouped.mean().join(grouped.std(ddof=0).fillna(0.0), rsuffix="_std")
     table["seeds"] = grouped.size()
     return table.reset_index()
@@ -106,6 +109,7 @@ def summary_markdown(best: pd.DataFrame, knobs: list[str], select_on: str) -> st
             "val acc %": _pct(r["val_acc"], r["val_acc_std"]),
             "test acc %": _pct(r["test_acc"], r["test_acc_std"]),
             "test gain (pts)": _pct(r["gain"], r["gain_std"], signed=True),
+            "wall s/trial": f"{r['wall_s']:.1f}" if pd.notna(r.get("wall_s")) else "-",
         }
         for _, r in best.iterrows()
     ]
@@ -123,6 +127,7 @@ def gain_bars(best: pd.DataFrame) -> Figure:
         color=["tab:green" if g > 0 else "tab:red" for g in best["gain"]],
     )
     ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(best)), best["label"], rotation=30, ha="right")  # many rows' names stay legible
     ax.set_ylabel("test accuracy gain (points)")
     ax.set_title("Student gain over its starting point (mean ± std over seeds)")
     return fig

@@ -104,5 +104,5 @@ def test_dpkd_reduces_to_kd_when_teacher_always_wins_and_to_self_distillation_ot
 
 
 def test_registry_names_match_classes() -> None:
-    assert set(METHODS) == {"ce", "kd", "dml", "dpkd"}
+    assert {"ce", "kd", "dml", "dpkd"} <= set(METHODS)
     assert all(cls.name == name for name, cls in METHODS.items())

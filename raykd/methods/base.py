@@ -1,22 +1,29 @@
 """The method interface and the loss pieces every method shares.
 
-A method is a pure function of logits: it never sees models, data loaders or where the teacher
-logits came from (an in-process teacher, a server or a cache); the engine hands them over.
+In each step a method is a function of logits: it never sees models, data loaders or where the
+teacher logits came from (an in-process teacher, a server or a cache); the engine hands them over.
 
 Rows of a batch carry two labels of their own: ``targets`` (the class id, or ``UNLABELLED`` for
 rows from an unlabelled transfer pool) and ``distill`` (whether the distillation terms apply).
 Cross-entropy is averaged over labelled rows, distillation terms over ``distill`` rows.
+
+Some methods also learn something once before training (a class-similarity matrix, per-sample scores,
+an autoencoder) or follow the epoch (a temperature schedule): ``Method.prepare`` and
+``Method.start_epoch`` are their optional hooks. The knobs stay frozen dataclass fields (they are the
+YAML schema); what the hooks learn is per-run state kept beside them with ``Method.keep``.
 """
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 UNLABELLED = -1
 
@@ -27,12 +34,47 @@ class StepLogits:
 
     ``students`` are the trainable models' logits (one for KD, K peers for DML; gradients flow);
     ``teachers`` are frozen references; ``initial`` is a frozen copy of the student as it was
-    before transfer (only for methods that ask for it).
+    before transfer (only for methods that ask for it); ``index`` holds the rows' global training
+    indices, so a prepared method can look up per-sample values it computed in ``prepare``.
     """
 
     students: list[Tensor]
     teachers: list[Tensor]
     initial: Tensor | None = None
+    index: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a method may learn from once, before training (``Method.prepare``).
+
+    ``x``, ``y`` are the whole training split (``StepLogits.index`` points into it); ``labelled`` and
+    ``pool`` are the global indices of the transfer set's labelled and unlabelled rows; ``teachers``
+    are the frozen teacher models and ``teacher_logits()`` their logits on ``x``, read from the
+    offline logit cache when the run uses it, else computed by one forward pass.
+    """
+
+    x: Tensor
+    y: Tensor
+    labelled: Tensor
+    pool: Tensor
+    num_classes: int
+    teachers: list[nn.Module]
+    teacher_logits: Callable[[], list[Tensor]]
+    seed: int
+
+    def rows(self) -> tuple[Tensor, Tensor]:
+        """The transfer rows' global indices (labelled, then pool) and targets (``UNLABELLED`` on the pool)."""
+        unlabelled = torch.full((len(self.pool),), UNLABELLED, dtype=torch.int64)
+        return torch.cat([self.labelled, self.pool]), torch.cat([self.y[self.labelled], unlabelled])
+
+    def select(self, scores: Tensor, fraction: float) -> Tensor:
+        """A bool table over the training rows: the top ``fraction`` by score (in ``rows()`` order) of the
+        labelled rows and, separately, of the pool rows, so the fraction holds whichever rows are distilled."""
+        n, size = len(self.labelled), len(self.x)
+        return top_fraction(scores[:n], self.labelled, fraction, size) | top_fraction(
+            scores[n:], self.pool, fraction, size
+        )
 
 
 class Method(ABC):
@@ -52,6 +94,24 @@ class Method(ABC):
     @abstractmethod
     def losses(self, logits: StepLogits, targets: Tensor, distill: Tensor) -> dict[str, Tensor]:
         """Return named loss terms; ``"loss"`` is the one that is minimised."""
+
+    def prepare(self, context: Context) -> dict[str, float]:
+        """Called once before training; returns what preparing cost (recorded with the run's metrics)."""
+        return {}
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Called by the engine before each epoch (0-based) of ``epochs``; schedules override it."""
+
+    def keep(self, **state: Any) -> None:
+        """Store per-run state beside the frozen knobs: plain attributes, never dataclass fields (knobs)."""
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+
+    def kept(self, name: str) -> Any:
+        """Per-run state stored by ``keep``; a clear error when the hook that makes it was not called."""
+        if name not in self.__dict__:
+            raise RuntimeError(f"method {self.name!r} has no {name!r}: call prepare()/start_epoch() before losses()")
+        return self.__dict__[name]
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
@@ -80,3 +140,60 @@ def distillation_kl(target_probs: Tensor, student_logits: Tensor, temperature: f
     log_student = F.log_softmax(student_logits / temperature, dim=1)
     kl = F.kl_div(log_student, target_probs, reduction="none").sum(dim=1)
     return kl * temperature**2
+
+
+def pseudo_targets(targets: Tensor, teacher_probs: Tensor) -> Tensor:
+    """Class ids: the label where there is one, the teacher's top class on unlabelled rows."""
+    return torch.where(targets == UNLABELLED, teacher_probs.argmax(dim=1), targets)
+
+
+def top_fraction(scores: Tensor, index: Tensor, fraction: float, size: int) -> Tensor:
+    """A bool table over ``size`` global rows: True for the ``fraction`` of ``index`` with the highest scores."""
+    keep = index[scores.argsort(descending=True)[: round(fraction * len(index))]]
+    table = torch.zeros(size, dtype=torch.bool)
+    table[keep] = True
+    return table
+
+
+def train_helper(
+    build: Callable[[], nn.Module],
+    x: Tensor,
+    target: Tensor,
+    loss: Callable[[Tensor, Tensor], Tensor],
+    epochs: int,
+    seed: int,
+) -> tuple[nn.Module, float]:
+    """Build and briefly train a method's own helper model (an autoencoder, a reference model) with Adam.
+
+    Seeded by ``seed`` alone (initialisation and order), so a prepared method is the same in every run
+    with that seed, whatever ran before it. Returns the frozen model and its training seconds.
+    """
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = build()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(epochs):
+        for rows in torch.randperm(len(x), generator=generator).split(128):
+            optimizer.zero_grad(set_to_none=True)
+            loss(model(x[rows]), target[rows]).backward()
+            optimizer.step()
+    model.eval().requires_grad_(False)
+    return model, time.perf_counter() - started
+
+
+def kd_terms(
+    student: Tensor, target: Tensor, targets: Tensor, rows: Tensor, temperature: float, alpha: float
+) -> dict[str, Tensor]:
+    """KD's loss with any soft target: (1 - alpha) * CE + alpha * T^2 * KL(target || p_s^T), KL over ``rows``."""
+    ce = labelled_cross_entropy(student, targets)
+    kd = masked_mean(distillation_kl(target, student, temperature), rows)
+    return {"loss": (1 - alpha) * ce + alpha * kd, "ce": ce, "kd": kd}
+
+
+def per_row(table: Tensor, logits: StepLogits) -> Tensor:
+    """The rows' entries of a table over global training indices that a method built in ``prepare``."""
+    if logits.index is None:
+        raise ValueError("this method looks per-sample values up by the rows' global indices (StepLogits.index)")
+    return table[logits.index]
