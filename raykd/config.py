@@ -139,12 +139,24 @@ class LearnersConfig(Section):
     peer_actors: bool = Field(False, description="DML: run each peer as its own Ray actor (cpus_per_worker each)")
 
 
+class FaultConfig(Section):
+    """Fault injection, to rehearse failures: the chosen trials raise on their first ``times`` attempts."""
+
+    label: str = Field(description="method row whose trials fail (its label)")
+    seed: int = Field(description="seed of the failing trials (every grid point of the row at that seed)")
+    times: int = Field(1, ge=1, description="attempts that raise; with tune.max_failures >= times the trial recovers")
+
+
 class TuneConfig(Section):
     select_on: Literal["val_acc", "local_val_acc"] = Field(
         "val_acc", description="metric the best grid point is chosen on (never the test set)"
     )
     cpus_per_trial: float = Field(1.0, gt=0)
     max_concurrent_trials: int | None = Field(None, ge=1)
+    max_failures: int = Field(0, ge=0, description="retries of a trial that raises before it is recorded as failed")
+    fail: Union[FaultConfig, None] = Field(  # noqa: UP007 - typing.Union: _allowed_keys names its keys on a typo
+        None, description="fault injection: {label, seed, times}; those trials raise on their first attempts"
+    )
 
 
 class RayConfig(Section):

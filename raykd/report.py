@@ -181,7 +181,11 @@ def study(cfg: ExperimentConfig, run_name: str, trials: pd.DataFrame) -> tuple[s
     )
     failed = trials[trials["status"] == "failed"]
     if len(failed):
-        text += "\n## Failed trials\n\n" + markdown(failed[["label", "seed", "error"]].to_dict("records")) + "\n"
+        rows = [
+            {"method": r["label"], "setting": _setting(r, knobs), "seed": r["seed"], "error": r["error"]}
+            for _, r in failed.iterrows()
+        ]
+        text += "\n## Failed trials\n\n" + markdown(rows) + "\n"
     return text, figures(settings, best, knobs_of), best
 
 

@@ -2,15 +2,20 @@
 
 Every method row of the config, at every point of its grid and every seed, is one Tune trial.
 The sweep is one MLflow parent run; each trial is a child run with its params and per-epoch metrics.
+A sweep's output folder holds its config, its Tune state and ``sweep.json`` (MLflow store and parent
+run), which is all ``--resume`` needs to continue it after the driver died.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +25,37 @@ from raykd.config import ExperimentConfig, describe_schema, load_config
 from raykd.errors import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "tune_configs" / "default.yaml"
+#: Exit status of a sweep that completed but recorded failed trials (2 is bad input).
+EXIT_TRIALS_FAILED = 3
 log = logging.getLogger("raykd")
+
+
+class InjectedFault(RuntimeError):
+    """Raised by a trial chosen by ``tune.fail``: a rehearsal of a crash, not a bug."""
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Where a sweep lives; saved as ``sweep.json`` in its output folder so ``--resume`` can find it again."""
+
+    out: Path
+    uri: str
+    parent_run_id: str | None = None
+
+    @property
+    def resumed(self) -> bool:
+        return self.parent_run_id is not None
+
+    def save(self, parent_run_id: str) -> None:
+        write_atomic(self.out / "sweep.json", json.dumps({"uri": self.uri, "parent_run_id": parent_run_id}, indent=2))
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write then rename, so a crash never leaves a half-written file where a reader expects a whole one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         + "\n\nexample:\n  python -m raykd.tune --config tune_configs/dml.yaml --set seeds=[0,1] "
         "--set partition.alpha=0.1",
     )
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="experiment YAML (default: %(default)s)")
+    parser.add_argument("--config", type=Path, help=f"experiment YAML (default: {DEFAULT_CONFIG})")
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -47,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (same as --set tracking.uri=URI)")
     parser.add_argument("--address", help="join this Ray cluster (same as --set ray.address=ADDR)")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="PATH",
+        help="continue the interrupted sweep whose output folder is PATH (runs/<name>-<time>/); "
+        "finished trials are kept, the others run",
+    )
     return parser
 
 
@@ -57,15 +99,46 @@ def load(args: argparse.Namespace) -> ExperimentConfig:
         overrides.append(f"tracking.uri={args.tracking_uri}")
     if args.address:
         overrides.append(f"ray.address={args.address}")
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config or DEFAULT_CONFIG, overrides)
     update: dict[str, Any] = {"output_dir": cfg.output_dir.resolve()}
     nodes = cfg.nodes.model_copy(update={"cache_dir": cfg.nodes.cache_dir.resolve()})
     data = cfg.data.model_copy(update={"root": cfg.data.root.resolve() if cfg.data.root else None})
     return cfg.model_copy(update={**update, "nodes": nodes, "data": data})
 
 
-def preflight(cfg: ExperimentConfig) -> str:
-    """Everything that can be checked before Ray starts or MLflow is touched; returns the tracking URI.
+def open_sweep(args: argparse.Namespace) -> tuple[ExperimentConfig, Sweep]:
+    """The config and records of the interrupted sweep at ``--resume PATH``; every gap is one ConfigError line."""
+    path = args.resume.resolve()
+    if args.config or args.overrides or args.tracking_uri:
+        raise ConfigError(
+            f"--resume {path}: cannot be combined with --config, --set or --tracking-uri; "
+            f"a resumed sweep keeps its own config ({path / 'config.yaml'})"
+        )
+    expected = "expected a sweep's output folder runs/<name>-<time>/"
+    if not path.is_dir():
+        raise ConfigError(f"--resume {path}: no such folder; {expected}")
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(f"--resume {path}: holds no config.yaml; {expected}")
+    cfg = load_config(path / "config.yaml", [f"ray.address={args.address}"] if args.address else [])
+    anew = f"run it anew with --config {path / 'config.yaml'}"
+    if (path / "results.md").exists():
+        raise ConfigError(f"--resume {path}: this sweep already finished (results.md is there); nothing to resume")
+    try:
+        record = json.loads((path / "sweep.json").read_text())
+        sweep = Sweep(path, str(record["uri"]), str(record["parent_run_id"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(
+            f"--resume {path}: sweep.json is missing or unreadable (the sweep stopped before it started); {anew}"
+        ) from None
+    from ray import tune
+
+    if not tune.Tuner.can_restore(str(path / "tune")):
+        raise ConfigError(f"--resume {path}: no Ray Tune state in {path / 'tune'} (no trial had started); {anew}")
+    return cfg, sweep
+
+
+def preflight(cfg: ExperimentConfig, sweep: Sweep | None = None) -> str:
+    """Everything that can be checked before Ray starts or MLflow is written; returns the tracking URI.
 
     Loading the dataset here also fills the on-disk dataset cache before any worker needs it.
     """
@@ -73,13 +146,43 @@ def preflight(cfg: ExperimentConfig) -> str:
     from raykd.nodes import dataset_of
     from raykd.tracking import check_reachable, resolve_uri
 
+    check_fault(cfg)
     data = dataset_of(cfg)
     for node in cfg.node_ids():
         field = f"nodes.models.{node}" if node in cfg.nodes.models else "nodes.model"
         build_model(cfg.nodes.model_of(node), data.input_shape, data.num_classes, field)
-    uri = resolve_uri(cfg.tracking.uri)
+    uri = sweep.uri if sweep else resolve_uri(cfg.tracking.uri)
     check_reachable(uri)
+    if sweep:
+        check_parent_run(sweep)
     return uri
+
+
+def check_fault(cfg: ExperimentConfig) -> None:
+    """``tune.fail`` must pick a trial the sweep has, or the rehearsal would silently rehearse nothing."""
+    fault = cfg.tune.fail
+    if fault is None:
+        return
+    labels = [m.display() for m in cfg.methods]
+    if fault.label not in labels:
+        raise ConfigError(f"tune.fail.label: {fault.label!r} is not a method row; allowed: {', '.join(labels)}")
+    if fault.seed not in cfg.seeds:
+        raise ConfigError(f"tune.fail.seed: {fault.seed} is not one of the sweep's seeds {cfg.seeds}")
+
+
+def check_parent_run(sweep: Sweep) -> None:
+    """The resumed sweep's MLflow parent run must still exist; a missing sqlite store is not created."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    store = sweep.uri.removeprefix("sqlite:///")
+    missing = f"--resume {sweep.out}: MLflow run {sweep.parent_run_id} of this sweep is not in {sweep.uri}"
+    if sweep.uri.startswith("sqlite:///") and not Path(store).is_file():
+        raise ConfigError(f"{missing} (the store file is gone)")
+    try:
+        MlflowClient(sweep.uri).get_run(str(sweep.parent_run_id))
+    except MlflowException:
+        raise ConfigError(missing) from None
 
 
 def start_ray(cfg: ExperimentConfig) -> None:
@@ -87,6 +190,7 @@ def start_ray(cfg: ExperimentConfig) -> None:
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # raykd prints its own one line per trial
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # fresh Tune state: --resume reruns little
     if ray.is_initialized():
         pass  # a caller (a notebook, the test suite) already connected us to a cluster
     elif cfg.ray.address or os.environ.get("RAY_ADDRESS"):
@@ -208,14 +312,57 @@ def start_teacher_server(cfg: ExperimentConfig, name: str) -> Any:
     return start_server(models, cfg.teacher, name=name)
 
 
-def _trainable(config: dict[str, Any], raw: dict[str, Any], server_name: str | None) -> None:
+def _faults(cfg: ExperimentConfig, sweep_dir: str, label: str, seed: int) -> None:
+    """Raise what this trial must raise before it trains: an injected fault, or its earlier non-finite loss.
+
+    Attempts are counted in a file of the sweep's folder, keyed by trial id, so the count survives
+    Tune's retries (a fresh actor) and ``--resume`` (a fresh driver). A non-finite loss is deterministic:
+    a retry would only spend the same epochs to reach it again, so the recorded message is raised at once.
+    """
+    from raykd.engine import NonFiniteLoss
+
+    nonfinite = _trial_file(sweep_dir, "nonfinite")
+    if nonfinite.exists():
+        raise NonFiniteLoss(nonfinite.read_text())
+    fault = cfg.tune.fail
+    if fault is None or (fault.label, fault.seed) != (label, seed):
+        return
+    counter = _trial_file(sweep_dir, "attempts")
+    attempt = (int(counter.read_text()) if counter.exists() else 0) + 1
+    write_atomic(counter, str(attempt))
+    if attempt <= fault.times:
+        raise InjectedFault(f"tune.fail: injected fault, attempt {attempt} of the {fault.times} that fail")
+
+
+def _trainable(config: dict[str, Any], raw: dict[str, Any], server_name: str | None, sweep_dir: str) -> None:
+    """One Tune trial; a non-finite loss is recorded so that retries of this trial re-raise it at once."""
+    from raykd.engine import NonFiniteLoss
+
+    cfg = ExperimentConfig.model_validate(raw)
+    label, seed = config["arm"]["label"], config["seed"]
+    _faults(cfg, sweep_dir, label, seed)
+    try:
+        _transfer(cfg, config, server_name)
+    except NonFiniteLoss as err:
+        write_atomic(_trial_file(sweep_dir, "nonfinite"), str(err))
+        raise
+
+
+def _trial_file(sweep_dir: str, kind: str) -> Path:
+    """This trial's record in the sweep's faults/ folder (on the shared output filesystem, seen by every retry)."""
+    from ray import tune
+
+    return Path(sweep_dir) / "faults" / f"{tune.get_context().get_trial_id()}.{kind}"
+
+
+def _transfer(cfg: ExperimentConfig, config: dict[str, Any], server_name: str | None) -> None:
+    """Run the trial's transfer where the config says: peer actors, Ray Train learners, or in this process."""
     import ray
     import torch
     from ray import tune
 
     from raykd.experiment import run_trial
 
-    cfg = ExperimentConfig.model_validate(raw)
     setting = {k: v for k, v in config["arm"].items() if k not in ("label", "method")}
     label, seed = config["arm"]["label"], config["seed"]
     if cfg.learners.peer_actors and cfg.method(label).name == "dml":
@@ -262,14 +409,30 @@ def _describe(config: dict[str, Any]) -> str:
     return f"{arm['label']} {knobs} seed={config['seed']}".replace("  ", " ")
 
 
-def _progress_callback(total: int) -> Any:
+def _error_line(trial: Any) -> str:
+    """The last line of a trial's latest traceback (read where the driver just appended it, not the synced copy)."""
+    path = Path(trial.error_file or "")
+    lines = path.read_text().strip().splitlines() if path.is_file() else []
+    return lines[-1][:300] if lines else "unknown error"
+
+
+def _callbacks(total: int, uri: str, experiment: str, tags: dict[str, str]) -> list[Any]:
+    """Progress lines and MLflow child runs. Tune pickles them with the sweep and restores them on resume."""
+    from mlflow.tracking import MlflowClient
     from ray import tune
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
 
     class Progress(tune.Callback):
-        """One line per finished trial, so long sweeps show where they are."""
+        """One line per finished trial, so long sweeps show where they are; the count survives a resume."""
 
         def __init__(self) -> None:
             self.finished, self.started = 0, time.monotonic()
+
+        def get_state(self) -> dict[str, int]:
+            return {"finished": self.finished}
+
+        def set_state(self, state: dict[str, int]) -> None:
+            self.finished, self.started = state["finished"], time.monotonic()
 
         def _line(self, trial: Any, outcome: str) -> None:
             self.finished += 1
@@ -283,18 +446,54 @@ def _progress_callback(total: int) -> Any:
                 f"test {100 * r['test_acc']:.1f}% (gain {100 * r['gain']:+.1f} pts), val {100 * r['val_acc']:.1f}%",
             )
 
+        def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            print(f"retrying {_describe(trial.config)} after failure {trial.num_failures}: {_error_line(trial)}")
+
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._line(trial, "FAILED")
+            self._line(trial, f"FAILED: {_error_line(trial)}")
 
-    return Progress()
+    class TrialRuns(MLflowLoggerCallback):
+        """Child runs, plus a failed trial's error as a tag; a trial that starts again after its driver was
+        killed ends its older run as KILLED, so the store holds no zombie RUNNING runs and one run per trial."""
+
+        def setup(self, *args: Any, **kwargs: Any) -> None:
+            super().setup(*args, **kwargs)
+            self.client = MlflowClient(self.tracking_uri)
+
+        def log_trial_start(self, trial: Any) -> None:
+            new = trial not in self._trial_runs
+            super().log_trial_start(trial)
+            if new:
+                parent = self.tags["mlflow.parentRunId"]
+                older = self.client.search_runs(
+                    [self.mlflow_util.experiment_id],
+                    f"tags.`mlflow.parentRunId` = '{parent}' and tags.trial_name = '{trial}'",
+                )
+                for run in (r for r in older if r.info.run_id != self._trial_runs[trial]):
+                    self.client.set_tag(run.info.run_id, "raykd.note", "its driver stopped; trial rerun by --resume")
+                    self.client.set_terminated(run.info.run_id, "KILLED")
+
+        def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+            if failed:
+                self.client.set_tag(self._trial_runs[trial], "raykd.error", _error_line(trial))
+            super().log_trial_end(trial, failed)
+
+    return [Progress(), TrialRuns(tracking_uri=uri, experiment_name=experiment, tags=tags)]
 
 
-def run_sweep(cfg: ExperimentConfig, uri: str) -> Path:
-    """Run the whole study; returns the output folder holding tables, plots and Tune state."""
+def _failures_only(run_name: str, trials: Any) -> str:
+    """The report of a sweep in which no trial succeeded: what each one failed with."""
+    from raykd import report
+
+    failures = report.markdown(trials[["label", "seed", "error"]].to_dict("records"))
+    return f"# {run_name}\n\nNo trial succeeded.\n\n## Failed trials\n\n{failures}\n"
+
+
+def run_sweep(cfg: ExperimentConfig, uri: str, resume: Sweep | None = None) -> tuple[Path, int]:
+    """Run (or, given ``resume``, continue) the whole study; returns its output folder and failed-trial count."""
     import mlflow
     import ray
     from ray import tune
-    from ray.air.integrations.mlflow import MLflowLoggerCallback
 
     from raykd import report
     from raykd.tracking import flatten
@@ -303,73 +502,91 @@ def run_sweep(cfg: ExperimentConfig, uri: str) -> Path:
     prepare_nodes(cfg, raw)
     arms = [{"label": m.display(), "method": m.name, **s} for m in cfg.methods for s in m.grid()]
     total = len(arms) * len(cfg.seeds)
-    run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out = cfg.output_dir / run_name
-    (out / "plots").mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    print(f"sweep: {len(arms)} settings x {len(cfg.seeds)} seeds = {total} trials; output in {out}", flush=True)
+    sweep = resume or Sweep(cfg.output_dir / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}", uri)
+    out, run_name = sweep.out, sweep.out.name
+    if not sweep.resumed:
+        (out / "plots").mkdir(parents=True, exist_ok=True)
+        write_atomic(out / "config.yaml", yaml.safe_dump(raw, sort_keys=False))
+    verb = "resuming" if sweep.resumed else "sweep:"
+    print(f"{verb} {len(arms)} settings x {len(cfg.seeds)} seeds = {total} trials; output in {out}", flush=True)
     server_name = f"raykd-teacher-{run_name}" if cfg.teacher.mode == "server" else None
     server = start_teacher_server(cfg, server_name) if server_name else None
     resources, concurrent = trial_resources(cfg, ray.cluster_resources().get("CPU", 0))
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, raw=raw, server_name=server_name, sweep_dir=str(out)), resources
+    )
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(cfg.tracking.experiment)
-    with mlflow.start_run(run_name=run_name) as parent:
-        mlflow.log_params({k: str(v)[:500] for k, v in flatten(raw).items()})
-        mlflow.log_artifact(str(out / "config.yaml"))
-        tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(_trainable, raw=raw, server_name=server_name), resources),
-            param_space={"arm": tune.grid_search(arms), "seed": tune.grid_search(cfg.seeds)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=not cfg.learners.num_workers),
-            run_config=tune.RunConfig(
-                name="tune",
-                storage_path=str(out),
-                verbose=0,
-                callbacks=[
-                    _progress_callback(total),
-                    MLflowLoggerCallback(
-                        tracking_uri=uri,
-                        experiment_name=cfg.tracking.experiment,
-                        tags={"mlflow.parentRunId": parent.info.run_id, "raykd.sweep": run_name},
-                    ),
-                ],
-            ),
-        )
+    with mlflow.start_run(run_id=sweep.parent_run_id, run_name=None if sweep.resumed else run_name) as parent:
+        if sweep.resumed:
+            tuner = tune.Tuner.restore(str(out / "tune"), trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            mlflow.log_params({k: str(v)[:500] for k, v in flatten(raw).items()})
+            mlflow.log_artifact(str(out / "config.yaml"))
+            sweep.save(parent.info.run_id)
+            tags = {"mlflow.parentRunId": parent.info.run_id, "raykd.sweep": run_name}
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"arm": tune.grid_search(arms), "seed": tune.grid_search(cfg.seeds)},
+                tune_config=tune.TuneConfig(
+                    max_concurrent_trials=concurrent, reuse_actors=not cfg.learners.num_workers
+                ),
+                run_config=tune.RunConfig(
+                    name="tune",
+                    storage_path=str(out),
+                    verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
+                    callbacks=_callbacks(total, uri, cfg.tracking.experiment, tags),
+                ),
+            )
         results = tuner.fit()
         trials = report.trial_rows([(r.config, r.metrics, r.error) for r in results])
-        text, figures, best = report.study(cfg, run_name, trials)
+        write_atomic(out / "trials.csv", trials.to_csv(index=False))  # first: nothing below can lose the results
+        if (trials["status"] == "ok").any():
+            text, figures, best = report.study(cfg, run_name, trials)
+        else:  # report.study summarises successful trials and needs one
+            text, figures, best = _failures_only(run_name, trials), {}, trials.iloc[:0]
         if server is not None:
             stats = ray.get(server.stats.remote())
             ray.kill(server)
             mlflow.log_metrics({f"server.{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
             text += report.server_line(stats)
-        trials.to_csv(out / "trials.csv", index=False)
-        (out / "results.md").write_text(text)
+        write_atomic(out / "results.md", text)
         mlflow.log_artifact(str(out / "results.md"))
         mlflow.log_artifact(str(out / "trials.csv"))
         for name, fig in figures.items():
-            fig.savefig(out / "plots" / name, dpi=120)
+            png = io.BytesIO()
+            fig.savefig(png, format="png", dpi=120)
+            write_atomic(out / "plots" / name, png.getvalue())
             mlflow.log_figure(fig, f"plots/{name}")
         for _, row in best.iterrows():
             mlflow.log_metrics({f"{row['label']}.test_gain": row["gain"], f"{row['label']}.val_acc": row["val_acc"]})
-        mlflow.log_metric("failed_trials", int((trials["status"] == "failed").sum()))
+        failed = int((trials["status"] == "failed").sum())
+        mlflow.log_metric("failed_trials", failed)
     print("\n" + text, flush=True)
-    return out
+    return out, failed
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; bad input is one line on stderr and exit status 2."""
+    """CLI entry point: 0 when every trial succeeded, 2 for bad input (one line on stderr), 3 when trials failed.
+
+    Failed trials never cost the others: the sweep completes and its tables are written before exit 3.
+    """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     try:
-        cfg = load(args)
-        uri = preflight(cfg)
+        cfg, resume = open_sweep(args) if args.resume else (load(args), None)
+        uri = preflight(cfg, resume)
         start_ray(cfg)
     except ConfigError as err:
         print(f"raykd: error: {err}", file=sys.stderr)
         return 2
-    run_sweep(cfg, uri)
+    out, failed = run_sweep(cfg, uri, resume)
+    if failed:
+        print(f"raykd: {failed} trial(s) failed; see 'Failed trials' in {out / 'results.md'}", file=sys.stderr)
+        return EXIT_TRIALS_FAILED
     return 0
 
 

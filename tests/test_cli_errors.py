@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,12 @@ BAD_OVERRIDES = [
     (["tracking.uri=http://127.0.0.1:9"], "tracking.uri: cannot reach MLflow at http://127.0.0.1:9"),
     (["tracking.uri=ftp://x"], "tracking.uri: 'ftp://x' is not supported"),
     (["justtext"], "--set 'justtext': expected KEY=VALUE"),
+    (["tune.max_failures=-1"], "tune.max_failures = -1: Input should be greater than or equal to 0"),
+    (["tune.fail={label: fitnet, seed: 0}"], "tune.fail.label: 'fitnet' is not a method row; allowed: no-kd, kd"),
+    (["tune.fail={label: kd, seed: 7}"], "tune.fail.seed: 7 is not one of the sweep's seeds [0]"),
+    (["tune.fail={label: kd, seed: 0, times: 0}"], "tune.fail.times = 0: Input should be greater than or equal to 1"),
+    (["tune.fail={seed: 0}"], "tune.fail.label: Field required"),
+    (["tune.fail={label: kd, seed: 0, epoch: 2}"], "tune.fail.epoch: unknown key in tune.fail; allowed: label, seed"),
 ]
 
 
@@ -50,11 +57,11 @@ def _write(tmp_path: Path, raw: dict) -> Path:
     return path
 
 
-def _assert_one_clean_line(capsys: pytest.CaptureFixture, rc: int, expected: str) -> None:
+def _assert_one_clean_line(capsys: pytest.CaptureFixture, rc: int, *expected: str) -> None:
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert err.startswith("raykd: error: ") and "\n" not in err and "Traceback" not in err
-    assert expected in err, err
+    assert all(text in err for text in expected), err
 
 
 @pytest.mark.parametrize(("overrides", "expected"), BAD_OVERRIDES, ids=[o[0] for o, _ in BAD_OVERRIDES])
@@ -89,6 +96,64 @@ def test_bad_config_file(
     _assert_one_clean_line(capsys, rc, f"config {path}: {expected}")
 
 
+def _sweep_folder(tmp_path: Path, *parts: str) -> Path:
+    """A stand-in for an interrupted sweep's output folder holding only ``parts`` (config, records, Tune state)."""
+    folder = tmp_path / "runs" / "tiny-20260101-000000"
+    folder.mkdir(parents=True)
+    raw = tiny_raw(tmp_path, tmp_path / "cache")
+    files = {
+        "config.yaml": yaml.safe_dump(raw),
+        "broken config.yaml": "methods: [\n",
+        "sweep.json": json.dumps({"out": str(folder), "uri": raw["tracking"]["uri"], "parent_run_id": "0123abcd"}),
+        "broken sweep.json": "{not json",
+        "tune state": "",
+        "results.md": "# done\n",
+    }
+    for part in parts:
+        name = part.split()[-1] if part != "tune state" else "tune/tuner.pkl"
+        (folder / name).parent.mkdir(exist_ok=True)
+        (folder / name).write_text(files[part])
+    return folder
+
+
+# (what the folder holds, extra arguments, text the one-line message must contain)
+BAD_RESUMES = [
+    (None, [], "no such folder; expected a sweep's output folder runs/<name>-<time>/"),
+    ((), [], "holds no config.yaml; expected a sweep's output folder"),
+    (("broken config.yaml",), [], "config.yaml: not valid YAML at line 2"),
+    (("config.yaml",), [], "sweep.json is missing or unreadable (the sweep stopped before it started); run it anew"),
+    (("config.yaml", "broken sweep.json"), [], "sweep.json is missing or unreadable"),
+    (("config.yaml", "sweep.json"), [], "no Ray Tune state in"),
+    (("config.yaml", "sweep.json", "results.md"), [], "this sweep already finished (results.md is there)"),
+    (("config.yaml", "sweep.json", "tune state"), [], "MLflow run 0123abcd of this sweep is not in sqlite:///"),
+    (("config.yaml",), ["--set", "seeds=[1]"], "cannot be combined with --config, --set or --tracking-uri"),
+]
+
+
+@pytest.mark.parametrize(
+    ("holds", "extra", "expected"),
+    BAD_RESUMES,
+    ids=[
+        "missing",
+        "empty",
+        "broken-config",
+        "no-record",
+        "broken-record",
+        "no-state",
+        "finished",
+        "store-gone",
+        "set",
+    ],
+)
+def test_bad_resume_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture, holds: tuple[str, ...] | None, extra: list[str], expected: str
+) -> None:
+    folder = tmp_path / "nowhere" if holds is None else _sweep_folder(tmp_path, *holds)
+    rc = main(["--resume", str(folder), *extra])
+    _assert_one_clean_line(capsys, rc, expected, str(folder))
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_more_cpus_per_trial_than_the_cluster_has(
     tmp_path: Path, capsys: pytest.CaptureFixture, ray_session: object
 ) -> None:
@@ -115,3 +180,25 @@ def test_help_documents_every_section_and_method() -> None:
     assert done.returncode == 0
     for text in ("--set KEY=VALUE", "partition.alpha", "transfer.set", "tracking.uri", "kd: temperature=4.0", "dpkd"):
         assert text in done.stdout
+
+
+def test_corrupted_node_checkpoint_and_logit_cache_are_rebuilt(
+    tmp_path: Path, capsys: pytest.CaptureFixture, ray_session: object
+) -> None:
+    from raykd.config import validate_config
+    from raykd.nodes import load_node, node_path, prepare
+    from raykd.teacher.cache import node_logits
+
+    raw = tiny_raw(tmp_path, tmp_path / "cache", methods=[{"name": "kd", "temperature": 4}])
+    raw["teacher"] = {"mode": "cache"}
+    cfg = validate_config(raw)
+    setup = prepare(cfg, 0)
+    load_node(cfg, setup, 0, 0)  # a first run's files: the student's model, the teacher's model and logits
+    node_logits(cfg, setup, 1, 0)
+    checkpoint = node_path(cfg, 0, 0)
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])  # truncated, as by a crash mid-copy
+    for logits in (tmp_path / "cache" / "logits").glob("*.npy"):
+        logits.write_bytes(logits.read_bytes()[:-64])  # fails its checksum
+    assert main(["--config", str(_write(tmp_path, raw))]) == 0
+    printed = capsys.readouterr().out
+    assert "node models: 1 of 2 cached" in printed and "teacher-logit cache: 1 forward passes" in printed
