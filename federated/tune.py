@@ -138,7 +138,7 @@ def sweep(args: argparse.Namespace, cfg: ExperimentConfig, axes: dict[str, list[
         }
         for r in results
     ]
-    table = pd.DataFrame(rows).sort_values("final_test_acc", ascending=False)
+    table = pd.DataFrame(rows).sort_values(list(axes))  # grid order: test accuracy must not pick a winner
     table.to_csv(out / "results.csv", index=False)
     print(f"\n{table.to_string(index=False)}\n\nresults in {out}", flush=True)
     return out

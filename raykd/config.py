@@ -213,6 +213,10 @@ class FederatedConfig(Section):
         description="fedavg; kd: clients distil the global model into their update; fml: private + meme models; "
         "consolidation: FedAvg from random, averaged and KD-consolidated node models; feddf: server ensemble KD",
     )
+    grid: dict[str, list[Any]] = Field(
+        {},
+        description="Ray Tune grid over simulations, {dotted key: [values]}: python -m raykd.tune runs each point",
+    )
     rounds: int = Field(5, ge=1, description="federated rounds")
     fraction: float = Field(1.0, gt=0, le=1, description="fraction of clients sampled each round, in (0, 1]")
     min_clients: int = Field(2, ge=1, description="clients sampled each round at least (<= partition.num_nodes)")

@@ -568,6 +568,23 @@ def run_sweep(cfg: ExperimentConfig, uri: str, resume: Sweep | None = None) -> t
     return out, failed
 
 
+def federated_sweep(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
+    """A config with ``federated.grid`` searches over Flower simulations: one whole simulation per trial.
+
+    ``federated.tune`` runs each trial's simulation as a child driver joined to the cluster (Flower
+    shuts Ray down when it ends, which must not happen inside a trial's worker).
+    """
+    import json
+
+    from federated.tune import main as federated_tune
+
+    axes = [a for key, values in cfg.federated.grid.items() for a in ("--grid", f"{key}={json.dumps(values)}")]
+    overrides = [*args.overrides, *([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])]
+    sets = [a for s in overrides for a in ("--set", s)]
+    address = ["--address", cfg.ray.address] if cfg.ray.address else []
+    return federated_tune(["--config", str(args.config), *sets, *axes, *address])
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: 0 when every trial succeeded, 2 for bad input (one line on stderr), 3 when trials failed.
 
@@ -578,6 +595,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg, resume = open_sweep(args) if args.resume else (load(args), None)
+        if cfg.federated.grid and resume is None:
+            return federated_sweep(args, cfg)
         uri = preflight(cfg, resume)
         start_ray(cfg)
     except ConfigError as err:

@@ -328,12 +328,14 @@ def test_tune_bad_grid_value_is_one_line_and_exit_2(
 
 
 def test_tune_trials_are_simulations_in_child_drivers(tmp_path: Path, cache_dir: Path) -> None:
-    """Two trials, each a whole simulation started by the trial as a child driver joined to the cluster."""
+    """``python -m raykd.tune`` on a config with ``federated.grid``: two trials, each a whole simulation
+    started by the trial as a child driver joined to the cluster."""
     raw = fed_raw(tmp_path, cache_dir, strategy="kd", rounds=1, client_cpus=0.6)  # the pool leaves the trial room
+    raw["federated"]["grid"] = {"federated.kd_alpha": [0.2, 0.8]}
     config = tmp_path / "fed.yaml"
     config.write_text(yaml.safe_dump(raw))
     done = subprocess.run(
-        [sys.executable, "-m", "federated.tune", "--config", str(config), "--grid", "federated.kd_alpha=[0.2, 0.8]"],
+        [sys.executable, "-m", "raykd.tune", "--config", str(config)],
         cwd=REPO,
         env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
         capture_output=True,
