@@ -10,14 +10,13 @@ so callers start this module as a child process instead.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 from pathlib import Path
 
 import federated  # noqa: F401  (sets Flower's environment before flwr is imported)
 from raykd.config import ExperimentConfig, describe_schema
 from raykd.errors import ConfigError
+from raykd.tune import connect_ray
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "tune_configs" / "federated_kd.yaml"
 
@@ -62,16 +61,7 @@ def connect(cfg: ExperimentConfig) -> None:
 
     if ray.is_initialized():
         raise RuntimeError("federated.simulate must be its own Ray driver process (Flower shuts Ray down at the end)")
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=cfg.ray.address, log_to_driver=True, logging_level=logging.WARNING)
-    else:
-        ray.init(
-            num_cpus=cfg.ray.num_cpus,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            _node_ip_address="127.0.0.1",
-        )
+    connect_ray(cfg, log_to_driver=True)
 
 
 def check_capacity(cfg: ExperimentConfig) -> None:

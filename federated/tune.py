@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import yaml
 import federated  # noqa: F401  (sets Flower's environment for the child simulations)
 from raykd.config import ExperimentConfig, load_config
 from raykd.errors import ConfigError
+from raykd.tune import connect_ray
 
 #: CPU a trial reserves for itself: it only waits on its child simulation.
 TRIAL_CPUS = 0.01
@@ -155,12 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--grid: give at least one axis, e.g. --grid federated.kd_alpha=[0.1,0.5]")
         overrides = args.overrides + ([f"ray.address={args.address}"] if args.address else [])
         cfg = check_points(args.config, overrides, grid_points(axes))
-        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
-            ray.init(address=cfg.ray.address, logging_level=logging.WARNING)
-        else:
-            ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
+        connect_ray(cfg, log_to_driver=True)
         check_fit(cfg)
     except ConfigError as err:
         print(f"raykd: error: {err}", file=sys.stderr)

@@ -185,24 +185,31 @@ def check_parent_run(sweep: Sweep) -> None:
         raise ConfigError(missing) from None
 
 
+def connect_ray(cfg: ExperimentConfig, log_to_driver: bool = False) -> None:
+    """Join the configured cluster (``ray.address`` or RAY_ADDRESS), else start a local Ray on loopback."""
+    import ray
+
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=cfg.ray.address, log_to_driver=log_to_driver, logging_level=logging.WARNING)
+    else:
+        ray.init(
+            num_cpus=cfg.ray.num_cpus,
+            include_dashboard=False,
+            log_to_driver=log_to_driver,
+            logging_level=logging.WARNING,
+            _node_ip_address="127.0.0.1",
+        )
+
+
 def start_ray(cfg: ExperimentConfig) -> None:
     import ray
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # raykd prints its own one line per trial
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # fresh Tune state: --resume reruns little
-    if ray.is_initialized():
-        pass  # a caller (a notebook, the test suite) already connected us to a cluster
-    elif cfg.ray.address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=cfg.ray.address, log_to_driver=False, logging_level=logging.WARNING)
-    else:
-        ray.init(
-            num_cpus=cfg.ray.num_cpus,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-            _node_ip_address="127.0.0.1",
-        )
+    if not ray.is_initialized():  # else a caller (a notebook, the test suite) already connected us
+        connect_ray(cfg)
     cpus = ray.cluster_resources().get("CPU", 0)
     if cfg.tune.cpus_per_trial > cpus:
         raise ConfigError(
