@@ -102,16 +102,23 @@ def run_trial(config: dict[str, Any], base: list[str], address: str, out: str, c
     from ray import tune
 
     folder = Path(out) / "-".join(f"{k.split('.')[-1]}={v}" for k, v in config.items())
-    args = [sys.executable, "-m", "federated.simulate", *base, "--address", address]
-    args += [a for s in [*_assignments(config), f"output_dir={folder}"] for a in ("--set", s)]
-    env = {**os.environ, "RAY_ADDRESS": address}
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    sets = [a for s in _assignments(config) for a in ("--set", s)]
+    (start,) = simulate_child([*base, *sets], address, folder, cwd)["starts"].values()
+    tune.report({m: start[m] if start[m] is not None else float("nan") for m in METRICS})
+
+
+def simulate_child(args: list[str], address: str, folder: Path, cwd: str) -> dict[str, Any]:
+    """``python -m federated.simulate ARGS`` as a child driver joined to ``address``; its summary.json.
+
+    Its records go under ``folder``; a failed simulation raises with the last line it printed.
+    """
+    command = [sys.executable, "-m", "federated.simulate", *args, "--address", address, "--set", f"output_dir={folder}"]
+    done = subprocess.run(command, cwd=cwd, env={**os.environ, "RAY_ADDRESS": address}, capture_output=True, text=True)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"simulation exited with {done.returncode}: {last}")
     (run,) = folder.iterdir()
-    (start,) = json.loads((run / "summary.json").read_text())["starts"].values()
-    tune.report({m: start[m] if start[m] is not None else float("nan") for m in METRICS})
+    return json.loads((run / "summary.json").read_text())
 
 
 def sweep(args: argparse.Namespace, cfg: ExperimentConfig, axes: dict[str, list[Any]], address: str) -> Path:

@@ -6,8 +6,10 @@ axis; scalars are fixed values. Every error names the field and what it allows.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -27,6 +29,8 @@ from raykd.errors import ConfigError
 from raykd.methods import METHODS, Method
 
 DATASET_CLASSES = {"digits": 10, "mnist1d": 10, "cifar10": 10, "cifar100": 100}
+#: Config sections an ``axes`` variant may change: what the data, nodes and transfer are, not how the sweep runs.
+CELL_SECTIONS = ("data", "partition", "nodes", "transfer", "federated")
 DatasetName = Literal["digits", "mnist1d", "cifar10", "cifar100", "fake"]
 
 
@@ -234,6 +238,11 @@ class FederatedConfig(Section):
     client_gpus: float = Field(0.0, ge=0, description="GPUs reserved by each simulated client")
     fail_client: int | None = Field(None, ge=0, description="fault injection: this client raises during training")
     fail_rounds: list[int] = Field([], description="rounds in which fail_client raises (empty: every round)")
+    after_sweep: bool = Field(
+        False,
+        description="python -m raykd.tune: after the sweep, run this simulation for every seed and every distinct "
+        "partition of the study's cells, and add its rounds-to-target table to the report",
+    )
 
 
 class ExperimentConfig(Section):
@@ -251,6 +260,11 @@ class ExperimentConfig(Section):
     tracking: TrackingConfig = TrackingConfig()
     federated: FederatedConfig = FederatedConfig()
     output_dir: Path = Field(Path("runs"), description="where tables, plots and Tune state are written")
+    axes: dict[str, dict[str, dict[str, Any]]] = Field(
+        {},
+        description="study axes {axis: {variant: {dotted.key: value}}}: every method row runs in every combination "
+        f"(cell); keys may set {', '.join(CELL_SECTIONS)}",
+    )
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -285,11 +299,64 @@ class ExperimentConfig(Section):
             raise ValueError(f"methods: two rows are called {duplicate!r}; give each a distinct 'label'")
         return self
 
+    @field_validator("axes")
+    @classmethod
+    def _axes_have_variants(cls, axes: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
+        empty = next((axis for axis, variants in axes.items() if not variants), None)
+        if empty is not None:
+            raise ValueError(f"axis {empty!r} has no variants; give it at least one {{variant: {{dotted.key: value}}}}")
+        return axes
+
     def method(self, label: str) -> MethodConfig:
         return next(m for m in self.methods if m.display() == label)
 
     def node_ids(self) -> list[int]:
         return [self.transfer.student, *self.transfer.teachers]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One combination of the study's axes: the variant chosen on each axis, and the config it runs."""
+
+    variants: dict[str, str]
+    config: ExperimentConfig
+
+    @property
+    def key(self) -> str:
+        return cell_key(self.variants)
+
+
+def cell_key(variants: dict[str, str]) -> str:
+    """A cell's name, ``axis=variant,...`` ("" for a study without axes)."""
+    return ",".join(f"{axis}={variant}" for axis, variant in variants.items())
+
+
+def study_cells(cfg: ExperimentConfig) -> list[Cell]:
+    """Every combination of ``axes`` variants as its own validated config; without axes, the config itself.
+
+    Each problem is one ConfigError line naming the axis, the variant (or the cell) and the field.
+    """
+    if not cfg.axes:
+        return [Cell({}, cfg)]
+    raw = cfg.model_dump(mode="json", exclude={"axes"})
+    cells = []
+    for combo in itertools.product(*(variants.items() for variants in cfg.axes.values())):
+        cell_raw = copy.deepcopy(raw)
+        for axis, (variant, overrides) in zip(cfg.axes, combo, strict=True):
+            for key, value in overrides.items():
+                source = f"axes.{axis}.{variant}.{key}"
+                if key.split(".")[0] not in CELL_SECTIONS:
+                    raise ConfigError(
+                        f"{source}: cannot vary between cells; allowed sections: {', '.join(CELL_SECTIONS)}"
+                    )
+                set_dotted(cell_raw, key, value, source)
+        variants = {axis: variant for axis, (variant, _) in zip(cfg.axes, combo, strict=True)}
+        try:
+            cells.append(Cell(variants, ExperimentConfig.model_validate(cell_raw)))
+        except ValidationError as err:
+            where = ", ".join(f"{a}={v}" for a, v in variants.items())
+            raise ConfigError(f"axes (cell {where}): {describe_error(err)}") from None
+    return cells
 
 
 # ---------------------------------------------------------------- loading and overriding
@@ -304,22 +371,27 @@ def parse_override(raw: dict[str, Any], assignment: str) -> None:
         value = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({err.__class__.__name__})") from None
+    set_dotted(raw, key, value, f"--set {key}")
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any, source: str) -> None:
+    """Set ``dotted.key`` (list entries by index) in a raw config dict; ``source`` names the key in errors."""
     node: Any = raw
     parts = key.split(".")
     for depth, part in enumerate(parts[:-1]):
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
                 where = ".".join(parts[:depth])
-                raise ConfigError(f"--set {key}: {where} has {len(node)} entries; allowed index 0..{len(node) - 1}")
+                raise ConfigError(f"{source}: {where} has {len(node)} entries; allowed index 0..{len(node) - 1}")
             node = node[int(part)]
         else:
             node = node.setdefault(part, {})
         if not isinstance(node, (dict, list)):
-            raise ConfigError(f"--set {key}: {'.'.join(parts[: depth + 1])} is a value, not a section")
+            raise ConfigError(f"{source}: {'.'.join(parts[: depth + 1])} is a value, not a section")
     last = parts[-1]
     if isinstance(node, list):
         if not last.isdigit() or int(last) >= len(node):
-            raise ConfigError(f"--set {key}: allowed index 0..{len(node) - 1}")
+            raise ConfigError(f"{source}: allowed index 0..{len(node) - 1}")
         node[int(last)] = value
     else:
         node[last] = value

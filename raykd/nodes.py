@@ -123,8 +123,3 @@ def load_node(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> nn.M
     model = new_model(cfg, setup, node)
     model.load_state_dict(saved["state_dict"])
     return model
-
-
-def missing_nodes(cfg: ExperimentConfig) -> list[tuple[int, int]]:
-    """(node, seed) pairs whose models the sweep needs and the cache does not hold (readably)."""
-    return [(n, s) for s in cfg.seeds for n in cfg.node_ids() if read_node(node_path(cfg, n, s)) is None]

@@ -3,6 +3,7 @@
 Every number is a mean and standard deviation over seeds. A method row with a grid is summarised
 by its best setting on the validation metric (``tune.select_on``); test accuracy never chooses.
 Wall time is Tune's ``time_total_s`` per trial (preparation and every epoch), averaged over seeds.
+A study with ``axes`` is summarised per cell (one combination of axis variants), side by side.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def trial_rows(results: list[tuple[dict[str, Any], dict[str, Any] | None, BaseEx
     for config, metrics, error in results:
         rows.append(
             {
+                **config.get("cell", {}),
                 **config["arm"],
                 "seed": config["seed"],
                 **{m: (metrics or {}).get(SOURCES.get(m, m)) for m in (*METRICS, *TIMING_METRICS)},
@@ -42,22 +44,22 @@ def trial_rows(results: list[tuple[dict[str, Any], dict[str, Any] | None, BaseEx
     return pd.DataFrame(rows)
 
 
-def per_setting(trials: pd.DataFrame, knobs: list[str]) -> pd.DataFrame:
-    """Mean and std over seeds of each metric the trials carry, per (method row, setting); failed trials left out."""
+def per_setting(trials: pd.DataFrame, knobs: list[str], axes: list[str] = ()) -> pd.DataFrame:  # type: ignore[assignment]
+    """Mean and std over seeds of each metric, per (cell, method row, setting); failed trials left out."""
     done = trials[trials["status"] == "ok"]
-    keys = ["label", *knobs]
+    keys = [*axes, "label", *knobs]
     grouped = done.groupby(keys, dropna=False, sort=False)[[m for m in METRICS if m in done]]
     table = grouped.mean().join(grouped.std(ddof=0).fillna(0.0), rsuffix="_std")
     table["seeds"] = grouped.size()
     return table.reset_index()
 
 
-def summary(settings: pd.DataFrame, knobs: list[str], select_on: str) -> pd.DataFrame:
-    """One row per method row: its best setting by mean ``select_on`` (validation), with how many it tried."""
+def summary(settings: pd.DataFrame, knobs: list[str], select_on: str, axes: list[str] = ()) -> pd.DataFrame:  # type: ignore[assignment]
+    """One row per (cell, method row): its best setting by mean ``select_on`` (validation), and how many it tried."""
     rows = []
-    for label, group in settings.groupby("label", sort=False):
+    for _, group in settings.groupby([*axes, "label"], sort=False):
         best = group.loc[group[select_on].idxmax()]
-        rows.append({**best.to_dict(), "settings_tried": len(group), "tuned": len(group) > 1, "label": label})
+        rows.append({**best.to_dict(), "settings_tried": len(group), "tuned": len(group) > 1})
     return pd.DataFrame(rows)
 
 
@@ -133,42 +135,194 @@ def gain_bars(best: pd.DataFrame) -> Figure:
     return fig
 
 
-def heatmaps(settings: pd.DataFrame, label: str, rows: str, cols: str) -> Figure:
+def heatmaps(settings: pd.DataFrame, label: str, rows: str, cols: str, title: str = "") -> Figure:
     """Validation and test gain over a two-knob grid of one method row, side by side."""
     part = settings[settings["label"] == label]
+    title = title or label
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained")
-    for ax, metric, title in ((axes[0], "val_acc", "validation acc %"), (axes[1], "gain", "test gain (pts)")):
+    for ax, metric, name in ((axes[0], "val_acc", "validation acc %"), (axes[1], "gain", "test gain (pts)")):
         grid = part.pivot_table(index=rows, columns=cols, values=metric) * 100
         image = ax.imshow(grid.values, cmap="viridis", aspect="auto", origin="lower")
         ax.set_xticks(range(len(grid.columns)), [f"{c:g}" for c in grid.columns])
         ax.set_yticks(range(len(grid.index)), [f"{i:g}" for i in grid.index])
         ax.set_xlabel(cols)
         ax.set_ylabel(rows)
-        ax.set_title(f"{label}: {title}")
+        ax.set_title(f"{title}: {name}", fontsize=9)
         for (i, j), value in pd.DataFrame(grid.values).stack().items():
             ax.text(j, i, f"{value:.1f}", ha="center", va="center", color="white", fontsize=8)
         fig.colorbar(image, ax=ax)
     return fig
 
 
-def figures(settings: pd.DataFrame, best: pd.DataFrame, knobs_of: dict[str, list[str]]) -> dict[str, Figure]:
-    """Gain bars, plus a heatmap for every method row searched over exactly two knobs."""
-    out = {"gain_bars.png": gain_bars(best)}
-    for label, knobs in knobs_of.items():
-        part = settings[settings["label"] == label]
-        varied = [k for k in knobs if part[k].nunique() > 1]
-        if len(varied) == 2:
-            out[f"heatmap_{label}.png"] = heatmaps(settings, label, *varied)
+def cell_bars(best: pd.DataFrame, order: dict[str, list[str]]) -> Figure:
+    """Summary test gain per method row, grouped by the first axis' variants; one panel per later-axes combination."""
+    first, *rest = order
+    panels = list(_by_cell(best, rest))
+    labels = list(dict.fromkeys(best["label"]))
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(1.5 + 0.35 * len(labels) * len(order[first]) * len(panels), 3.8),
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
+    )
+    width = 0.8 / len(labels)
+    for ax, (cell, part) in zip(axes[0], panels, strict=True):
+        for i, label in enumerate(labels):
+            rows = part[part["label"] == label].set_index(first).reindex(order[first])
+            offsets = [x - 0.4 + (i + 0.5) * width for x in range(len(order[first]))]
+            ax.bar(offsets, 100 * rows["gain"], width, yerr=100 * rows["gain_std"], capsize=2, label=label)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(order[first])), order[first], rotation=20)
+        ax.set_xlabel(first)
+        ax.set_title(_cell_name(cell) or "all cells", fontsize=9)
+    axes[0][0].set_ylabel("test accuracy gain (points, mean ± std)")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return fig
+
+
+def _by_cell(frame: pd.DataFrame, axes: list[str]) -> list[tuple[dict[str, str], pd.DataFrame]]:
+    """(cell variants, its rows) per combination of ``axes`` present, in order of appearance."""
+    if not axes:
+        return [({}, frame)]
+    return [(dict(zip(axes, key, strict=True)), part) for key, part in frame.groupby(axes, sort=False)]
+
+
+def _cell_name(cell: dict[str, str]) -> str:
+    return ", ".join(f"{axis}={variant}" for axis, variant in cell.items())
+
+
+def figures(
+    settings: pd.DataFrame, best: pd.DataFrame, knobs_of: dict[str, list[str]], order: dict[str, list[str]]
+) -> dict[str, Figure]:
+    """Gain bars (per cell with axes), plus a heatmap per cell for every method row searched over two knobs."""
+    out = {"gain_by_cell.png": cell_bars(best, order)} if order else {"gain_bars.png": gain_bars(best)}
+    for cell, part in _by_cell(settings, list(order)):
+        suffix = "".join(f"_{axis}-{variant}" for axis, variant in cell.items())
+        for label, knobs in knobs_of.items():
+            rows = part[part["label"] == label]
+            varied = [k for k in knobs if rows[k].nunique() > 1]
+            if len(varied) == 2:
+                title = f"{label} ({_cell_name(cell)})" if cell else label
+                out[f"heatmap_{label}{suffix}.png"] = heatmaps(part, label, *varied, title=title)
     return out
 
 
+def cell_table(best: pd.DataFrame, order: dict[str, list[str]]) -> str:
+    """Summary test gain per method row: rows are the later axes and the method, columns the first axis' variants."""
+    first, *rest = order
+    rows = []
+    for cell, part in _by_cell(best, rest):
+        for label, group in part.groupby("label", sort=False):
+            gains = group.set_index(first)
+            rows.append(
+                {
+                    **cell,
+                    "method": label,
+                    **{
+                        v: _pct(gains.loc[v, "gain"], gains.loc[v, "gain_std"], signed=True)
+                        if v in gains.index
+                        else "-"
+                        for v in order[first]
+                    },
+                }
+            )
+    return markdown(rows)
+
+
+def tuning_table(best: pd.DataFrame, axes: list[str], knobs: list[str], baselines: set[str]) -> str:
+    """Per cell: the tuned rows' gain against the best untuned distillation row's (the paper's tuning benefit).
+
+    The best untuned row is the one with the highest mean test gain: the strongest competitor, so the
+    reported benefit of tuning is a lower bound. It is a comparison, not a selection: the tuned row's
+    own setting was chosen on validation. Rows in ``baselines`` (no distillation) are shown, not compared.
+    """
+    rows = []
+    for cell, part in _by_cell(best, axes):
+        untuned = part[~part["tuned"] & ~part["label"].isin(baselines)]
+        reference = part[part["label"].isin(baselines)]
+        for _, tuned in part[part["tuned"]].iterrows():
+            if untuned.empty:
+                continue
+            rival = untuned.loc[untuned["gain"].idxmax()]
+            benefit = (
+                f"{100 * (tuned['gain'] - rival['gain']) / rival['gain']:+.0f}%" if rival["gain"] > 0 else "n/a (≤ 0)"
+            )
+            rows.append(
+                {
+                    **cell,
+                    "tuned row": f"{tuned['label']} ({_setting(tuned, knobs)})",
+                    "tuned gain": _pct(tuned["gain"], tuned["gain_std"], signed=True),
+                    "best untuned": rival["label"],
+                    "its gain": _pct(rival["gain"], rival["gain_std"], signed=True),
+                    "no-KD gain": ", ".join(
+                        _pct(r["gain"], r["gain_std"], signed=True) for _, r in reference.iterrows()
+                    )
+                    or "-",
+                    "tuned vs untuned (pts)": f"{100 * (tuned['gain'] - rival['gain']):+.1f}",
+                    "tuning benefit": benefit,
+                }
+            )
+    return markdown(rows)
+
+
 def study(cfg: ExperimentConfig, run_name: str, trials: pd.DataFrame) -> tuple[str, dict[str, Figure], pd.DataFrame]:
-    """The sweep's Markdown report, its figures, and the summary rows (best setting per method row)."""
+    """The sweep's Markdown report, its figures, and the summary rows (best setting per cell and method row)."""
     knobs_of = {m.display(): m.knobs() for m in cfg.methods}
     knobs = list(dict.fromkeys(k for ks in knobs_of.values() for k in ks))
-    settings = per_setting(trials, knobs)
-    best = summary(settings, knobs, cfg.tune.select_on)
+    order = {axis: list(variants) for axis, variants in cfg.axes.items()}
+    settings = per_setting(trials, knobs, list(order))
+    best = summary(settings, knobs, cfg.tune.select_on, list(order))
+    text = (cells_report if order else single_report)(cfg, run_name, settings, best, knobs)
+    failed = trials[trials["status"] == "failed"]
+    if len(failed):
+        rows = [
+            {
+                **{a: r[a] for a in order},
+                "method": r["label"],
+                "setting": _setting(r, knobs),
+                "seed": r["seed"],
+                "error": r["error"],
+            }
+            for _, r in failed.iterrows()
+        ]
+        text += "\n## Failed trials\n\n" + markdown(rows) + "\n"
+    return text, figures(settings, best, knobs_of, order), best
+
+
+def cells_report(
+    cfg: ExperimentConfig, run_name: str, settings: pd.DataFrame, best: pd.DataFrame, knobs: list[str]
+) -> str:
+    """A study over axes: gain per cell side by side, the tuning benefit per cell, then each cell's summary."""
+    order = {axis: list(variants) for axis, variants in cfg.axes.items()}
+    variants = "; ".join(
+        f"{axis}: "
+        + ", ".join(f"{v} ({', '.join(f'{k}={x}' for k, x in o.items()) or 'base config'})" for v, o in vs.items())
+        for axis, vs in cfg.axes.items()
+    )
+    baselines = {m.display() for m in cfg.methods if m.name == "ce"}
     text = (
+        f"# {run_name}\n\nStudent node {cfg.transfer.student}, teachers {cfg.transfer.teachers}, {cfg.data.dataset}, "
+        f"{cfg.partition.num_nodes} nodes, teacher mode '{cfg.teacher.mode}', seeds {cfg.seeds}. Cells: {variants}. "
+        "Accuracies in %, mean ± std over seeds; tuned rows show their best setting on "
+        f"{cfg.tune.select_on}, never chosen on test.\n\n"
+        "## Test gain (points) per cell\n\n" + cell_table(best, order) + "\n\n"
+        "## Tuning benefit per cell\n\nTuned gain against the untuned distillation row with the highest test gain "
+        "(the strongest rival, so the benefit is a lower bound); 'n/a' when that rival does not gain at all.\n\n"
+        + tuning_table(best, list(order), knobs, baselines)
+        + "\n"
+    )
+    for cell, part in _by_cell(best, list(order)):
+        text += f"\n## {_cell_name(cell)}\n\n" + summary_markdown(part, knobs, cfg.tune.select_on) + "\n"
+    return text
+
+
+def single_report(
+    cfg: ExperimentConfig, run_name: str, settings: pd.DataFrame, best: pd.DataFrame, knobs: list[str]
+) -> str:
+    """A study of one cell: the summary, then every setting tried."""
+    return (
         f"# {run_name}\n\nStudent node {cfg.transfer.student}, teachers {cfg.transfer.teachers}, "
         f"{cfg.data.dataset}, {cfg.partition.scheme} partition over {cfg.partition.num_nodes} nodes, "
         f"transfer set '{cfg.transfer.set}', teacher mode '{cfg.teacher.mode}', seeds {cfg.seeds}. "
@@ -179,14 +333,61 @@ def study(cfg: ExperimentConfig, run_name: str, trials: pd.DataFrame) -> tuple[s
         + settings_markdown(settings, knobs, cfg.tune.select_on)
         + "\n"
     )
-    failed = trials[trials["status"] == "failed"]
+
+
+def federated_section(cfg: ExperimentConfig, rounds: pd.DataFrame, axes: list[str]) -> tuple[str, Figure]:
+    """The follow-up simulations (``federated.after_sweep``): rounds to target accuracy per start, over seeds.
+
+    Rounds are averaged over the seeds that reached the target; fewer-rounds percentages are paired per
+    seed (a start against the random start of the same seed), then averaged.
+    """
+    f = cfg.federated
+    ok = rounds[rounds["error"] == ""]
+    rows, bars = [], []
+    for cell, part in _by_cell(ok, axes):
+        for start, group in part.groupby("start", sort=False):
+            reached = group["rounds_to_target"].dropna()
+            saved = group.get("fewer_rounds_than_random_pct", pd.Series(dtype=float)).dropna()
+            rows.append(
+                {
+                    **cell,
+                    "start": start,
+                    "start acc %": _pct(group["start_test_acc"].mean(), group["start_test_acc"].std(ddof=0)),
+                    f"final acc % (round {f.rounds})": _pct(
+                        group["final_test_acc"].mean(), group["final_test_acc"].std(ddof=0)
+                    ),
+                    f"rounds to {100 * f.target_acc:.0f}%": f"{reached.mean():.1f} ± {reached.std(ddof=0):.1f}"
+                    if len(reached)
+                    else "-",
+                    "seeds reaching it": f"{len(reached)}/{len(group)}",
+                    "fewer rounds than random": f"{saved.mean():.1f}%" if len(saved) else "-",
+                }
+            )
+            bars.append((_cell_name(cell) or cfg.name, start, reached.mean() if len(reached) else float("nan")))
+    text = (
+        f"\n## Federated follow-up: {f.strategy}, {f.rounds} rounds, target {100 * f.target_acc:.0f}% test accuracy\n\n"
+        f"One Flower simulation per seed {cfg.seeds} and partition; rounds are means over the seeds that reached the "
+        "target, fewer-rounds percentages are paired per seed against the random start.\n\n" + markdown(rows) + "\n"
+    )
+    failed = rounds[rounds["error"] != ""]
     if len(failed):
-        rows = [
-            {"method": r["label"], "setting": _setting(r, knobs), "seed": r["seed"], "error": r["error"]}
-            for _, r in failed.iterrows()
-        ]
-        text += "\n## Failed trials\n\n" + markdown(rows) + "\n"
-    return text, figures(settings, best, knobs_of), best
+        text += "\nFailed simulations:\n\n" + markdown(failed[[*axes, "seed", "error"]].to_dict("records")) + "\n"
+    return text, _rounds_bars(pd.DataFrame(bars, columns=["cell", "start", "rounds"]), f.target_acc)
+
+
+def _rounds_bars(bars: pd.DataFrame, target: float) -> Figure:
+    """Rounds to the target accuracy per partition, one bar per start point (missing: never reached)."""
+    cells, starts = list(dict.fromkeys(bars["cell"])), list(dict.fromkeys(bars["start"]))
+    fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(cells) * max(1, len(starts)) / 2, 3.6), layout="constrained")
+    width = 0.8 / len(starts)
+    for i, start in enumerate(starts):
+        values = bars[bars["start"] == start].set_index("cell").reindex(cells)["rounds"]
+        ax.bar([x - 0.4 + (i + 0.5) * width for x in range(len(cells))], values, width, label=start)
+    ax.set_xticks(range(len(cells)), cells, rotation=20, ha="right")
+    ax.set_ylabel(f"rounds to {100 * target:.0f}% (mean over seeds)")
+    ax.set_title("Federated rounds to target by start point (no bar: never reached)", fontsize=9)
+    ax.legend(fontsize=7)
+    return fig
 
 
 def server_line(stats: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from raykd.config import ExperimentConfig, describe_schema, load_config
+from raykd.config import Cell, ExperimentConfig, cell_key, describe_schema, load_config, study_cells
 from raykd.errors import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "tune_configs" / "default.yaml"
@@ -147,10 +147,16 @@ def preflight(cfg: ExperimentConfig, sweep: Sweep | None = None) -> str:
     from raykd.tracking import check_reachable, resolve_uri
 
     check_fault(cfg)
-    data = dataset_of(cfg)
-    for node in cfg.node_ids():
-        field = f"nodes.models.{node}" if node in cfg.nodes.models else "nodes.model"
-        build_model(cfg.nodes.model_of(node), data.input_shape, data.num_classes, field)
+    for cell in study_cells(cfg):
+        data = dataset_of(cell.config)
+        for node in cell.config.node_ids():
+            field = f"nodes.models.{node}" if node in cell.config.nodes.models else "nodes.model"
+            build_model(cell.config.nodes.model_of(node), data.input_shape, data.num_classes, field)
+    if cfg.federated.after_sweep:
+        from federated.task import check
+
+        for cell in study_cells(cfg):
+            check(cell.config)
     uri = sweep.uri if sweep else resolve_uri(cfg.tracking.uri)
     check_reachable(uri)
     if sweep:
@@ -270,20 +276,38 @@ def _prepare_node(raw: dict[str, Any], node: int, seed: int) -> dict[str, Any]:
     return {"trained": trained, "logits_built": built, "test_acc": meta["test_acc"]}
 
 
-def prepare_nodes(cfg: ExperimentConfig, raw: dict[str, Any]) -> None:
+def node_jobs(cells: list[Cell]) -> list[tuple[ExperimentConfig, int, int]]:
+    """(cell config, node, seed) for every node model the study reads, once per model file.
+
+    The sweep needs its students and teachers; a federated follow-up needs every node of the partition.
+    """
+    from raykd.nodes import node_path
+
+    jobs: dict[Path, tuple[ExperimentConfig, int, int]] = {}
+    for cell in cells:
+        cfg = cell.config
+        nodes = range(cfg.partition.num_nodes) if cfg.federated.after_sweep else cfg.node_ids()
+        for seed in cfg.seeds:
+            for node in nodes:
+                jobs.setdefault(node_path(cfg, node, seed), (cfg, node, seed))
+    return list(jobs.values())
+
+
+def prepare_nodes(cells: list[Cell]) -> None:
     """Train the node models the cache lacks (and fill the logit cache in cache mode) as parallel Ray tasks."""
     import ray
     from tqdm import tqdm
 
-    from raykd.nodes import missing_nodes
+    from raykd.nodes import node_path, read_node
 
-    needed = [(n, s) for s in cfg.seeds for n in cfg.node_ids()]
-    todo = sorted(set(missing_nodes(cfg)) | {(n, s) for s in cfg.seeds for n in logit_nodes(cfg)})
-    print(f"node models: {len(needed) - len(missing_nodes(cfg))} of {len(needed)} cached in {cfg.nodes.cache_dir}")
+    jobs = node_jobs(cells)
+    missing = [(c, n, s) for c, n, s in jobs if read_node(node_path(c, n, s)) is None]
+    todo = [(c, n, s) for c, n, s in jobs if (c, n, s) in missing or n in logit_nodes(c)]
+    print(f"node models: {len(jobs) - len(missing)} of {len(jobs)} cached in {cells[0].config.nodes.cache_dir}")
     if not todo:
         return
     task = ray.remote(num_cpus=1)(_prepare_node)
-    pending = {task.remote(raw, node, seed): (node, seed) for node, seed in todo}
+    pending = {task.remote(c.model_dump(mode="json"), node, seed): (node, seed) for c, node, seed in todo}
     built = 0
     with tqdm(total=len(pending), desc="preparing node models", unit="model") as bar:
         while pending:
@@ -293,30 +317,26 @@ def prepare_nodes(cfg: ExperimentConfig, raw: dict[str, Any]) -> None:
             built += result["logits_built"]
             bar.set_postfix_str(f"node {node} seed {seed}: test acc {100 * result['test_acc']:.1f}%")
             bar.update()
-    if cfg.teacher.mode == "cache":
-        reused = len(cfg.seeds) * len(logit_nodes(cfg)) - built
-        print(f"teacher-logit cache: {built} forward passes over the training split, {reused} reused")
+    logits = sum(n in logit_nodes(c) for c, n, _ in jobs)
+    if logits:
+        print(f"teacher-logit cache: {built} forward passes over the training split, {logits - built} reused")
 
 
-def start_teacher_server(cfg: ExperimentConfig, name: str) -> Any:
-    """One TeacherServer for the sweep, holding every seed's node models; trials find it by name."""
+def start_teacher_server(cells: list[Cell], name: str) -> Any:
+    """One TeacherServer for the sweep, holding every cell's and seed's node models; trials find it by name."""
     from raykd.nodes import dataset_of, node_path
     from raykd.teacher.cache import file_digest
     from raykd.teacher.server import served_model, start_server
 
-    data = dataset_of(cfg)
-    models = [
-        served_model(
-            file_digest(node_path(cfg, n, s)),
-            node_path(cfg, n, s),
-            cfg.nodes.model_of(n),
-            data.input_shape,
-            data.num_classes,
-        )
-        for s in cfg.seeds
-        for n in cfg.node_ids()
-    ]
-    return start_server(models, cfg.teacher, name=name)
+    models = {}
+    for cell in cells:
+        cfg, data = cell.config, dataset_of(cell.config)
+        for seed in cfg.seeds:
+            for node in cfg.node_ids():
+                path = node_path(cfg, node, seed)
+                spec = cfg.nodes.model_of(node)
+                models[path] = served_model(file_digest(path), path, spec, data.input_shape, data.num_classes)
+    return start_server(list(models.values()), cells[0].config.teacher, name=name)
 
 
 def _faults(cfg: ExperimentConfig, sweep_dir: str, label: str, seed: int) -> None:
@@ -341,11 +361,13 @@ def _faults(cfg: ExperimentConfig, sweep_dir: str, label: str, seed: int) -> Non
         raise InjectedFault(f"tune.fail: injected fault, attempt {attempt} of the {fault.times} that fail")
 
 
-def _trainable(config: dict[str, Any], raw: dict[str, Any], server_name: str | None, sweep_dir: str) -> None:
-    """One Tune trial; a non-finite loss is recorded so that retries of this trial re-raise it at once."""
+def _trainable(
+    config: dict[str, Any], raws: dict[str, dict[str, Any]], server_name: str | None, sweep_dir: str
+) -> None:
+    """One Tune trial in its cell's config; a non-finite loss is recorded so that retries re-raise it at once."""
     from raykd.engine import NonFiniteLoss
 
-    cfg = ExperimentConfig.model_validate(raw)
+    cfg = ExperimentConfig.model_validate(raws[cell_key(config.get("cell", {}))])
     label, seed = config["arm"]["label"], config["seed"]
     _faults(cfg, sweep_dir, label, seed)
     try:
@@ -413,7 +435,8 @@ def trial_resources(cfg: ExperimentConfig, cluster_cpus: float) -> tuple[Any, in
 def _describe(config: dict[str, Any]) -> str:
     arm = config["arm"]
     knobs = " ".join(f"{k}={v:g}" for k, v in arm.items() if k not in ("label", "method"))
-    return f"{arm['label']} {knobs} seed={config['seed']}".replace("  ", " ")
+    cell = " ".join(f"{a}={v}" for a, v in config.get("cell", {}).items())
+    return f"{cell} {arm['label']} {knobs} seed={config['seed']}".replace("  ", " ").strip()
 
 
 def _error_line(trial: Any) -> str:
@@ -506,22 +529,28 @@ def run_sweep(cfg: ExperimentConfig, uri: str, resume: Sweep | None = None) -> t
     from raykd.tracking import flatten
 
     raw = cfg.model_dump(mode="json")
-    prepare_nodes(cfg, raw)
+    cells = study_cells(cfg)
+    prepare_nodes(cells)
     arms = [{"label": m.display(), "method": m.name, **s} for m in cfg.methods for s in m.grid()]
-    total = len(arms) * len(cfg.seeds)
+    total = len(arms) * len(cfg.seeds) * len(cells)
     sweep = resume or Sweep(cfg.output_dir / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}", uri)
     out, run_name = sweep.out, sweep.out.name
     if not sweep.resumed:
         (out / "plots").mkdir(parents=True, exist_ok=True)
         write_atomic(out / "config.yaml", yaml.safe_dump(raw, sort_keys=False))
     verb = "resuming" if sweep.resumed else "sweep:"
-    print(f"{verb} {len(arms)} settings x {len(cfg.seeds)} seeds = {total} trials; output in {out}", flush=True)
+    where = f"{len(cells)} cells x " if cfg.axes else ""
+    print(f"{verb} {where}{len(arms)} settings x {len(cfg.seeds)} seeds = {total} trials; output in {out}", flush=True)
     server_name = f"raykd-teacher-{run_name}" if cfg.teacher.mode == "server" else None
-    server = start_teacher_server(cfg, server_name) if server_name else None
+    server = start_teacher_server(cells, server_name) if server_name else None
     resources, concurrent = trial_resources(cfg, ray.cluster_resources().get("CPU", 0))
+    raws = {cell.key: cell.config.model_dump(mode="json") for cell in cells}
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, raw=raw, server_name=server_name, sweep_dir=str(out)), resources
+        tune.with_parameters(_trainable, raws=raws, server_name=server_name, sweep_dir=str(out)), resources
     )
+    space = {"arm": tune.grid_search(arms), "seed": tune.grid_search(cfg.seeds)}
+    if cfg.axes:
+        space["cell"] = tune.grid_search([cell.variants for cell in cells])
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(cfg.tracking.experiment)
@@ -535,7 +564,7 @@ def run_sweep(cfg: ExperimentConfig, uri: str, resume: Sweep | None = None) -> t
             tags = {"mlflow.parentRunId": parent.info.run_id, "raykd.sweep": run_name}
             tuner = tune.Tuner(
                 trainable,
-                param_space={"arm": tune.grid_search(arms), "seed": tune.grid_search(cfg.seeds)},
+                param_space=space,
                 tune_config=tune.TuneConfig(
                     max_concurrent_trials=concurrent, reuse_actors=not cfg.learners.num_workers
                 ),
@@ -559,6 +588,15 @@ def run_sweep(cfg: ExperimentConfig, uri: str, resume: Sweep | None = None) -> t
             ray.kill(server)
             mlflow.log_metrics({f"server.{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
             text += report.server_line(stats)
+        failed = int((trials["status"] == "failed").sum())
+        if cfg.federated.after_sweep:
+            rounds, shaping = federated_followup(cfg, cells, out, uri)
+            write_atomic(out / "federated.csv", rounds.to_csv(index=False))
+            mlflow.log_artifact(str(out / "federated.csv"))
+            section, figure = report.federated_section(cfg, rounds, shaping)
+            text += section
+            figures["federated_rounds.png"] = figure
+            failed += int((rounds["error"] != "").sum())
         write_atomic(out / "results.md", text)
         mlflow.log_artifact(str(out / "results.md"))
         mlflow.log_artifact(str(out / "trials.csv"))
@@ -569,10 +607,61 @@ def run_sweep(cfg: ExperimentConfig, uri: str, resume: Sweep | None = None) -> t
             mlflow.log_figure(fig, f"plots/{name}")
         for _, row in best.iterrows():
             mlflow.log_metrics({f"{row['label']}.test_gain": row["gain"], f"{row['label']}.val_acc": row["val_acc"]})
-        failed = int((trials["status"] == "failed").sum())
         mlflow.log_metric("failed_trials", failed)
     print("\n" + text, flush=True)
     return out, failed
+
+
+def federated_followup(cfg: ExperimentConfig, cells: list[Cell], out: Path, uri: str) -> Any:
+    """After the sweep: the configured Flower simulation per seed and distinct partition of the study's cells.
+
+    Cells that differ only in ``transfer.*`` share a partition, so they share one simulation. Each
+    simulation is a child driver joined to this cluster (Flower shuts Ray down when it ends); a failed
+    one is recorded with its error and the others still run. Returns one row per (cell, seed, start).
+    """
+    import pandas as pd
+    import ray
+
+    from federated.tune import simulate_child
+
+    shaping = [a for a, vs in cfg.axes.items() if any(not k.startswith("transfer.") for o in vs.values() for k in o)]
+    runs: dict[str, Cell] = {}
+    for cell in cells:
+        runs.setdefault(cell_key({a: cell.variants[a] for a in shaping}), cell)
+    wait_for_free_cpus()
+    address, rows, done = ray.get_runtime_context().gcs_address, [], 0
+    for name, cell in runs.items():
+        variants = {a: cell.variants[a] for a in shaping}
+        folder = out / "federated" / (name.replace(",", "_").replace("=", "-") or cfg.name)
+        write_atomic(folder / "config.yaml", yaml.safe_dump(cell.config.model_dump(mode="json"), sort_keys=False))
+        for seed in cfg.seeds:
+            args = ["--config", str(folder / "config.yaml"), "--set", f"seeds=[{seed}]", "--set", f"tracking.uri={uri}"]
+            done += 1
+            try:
+                starts = simulate_child(args, address, folder / f"seed{seed}", str(Path.cwd()))["starts"]
+            except RuntimeError as err:
+                rows.append({**variants, "seed": seed, "start": "-", "error": str(err)[:300]})
+                print(f"[federated {done}/{len(runs) * len(cfg.seeds)}] {name} seed={seed}: FAILED: {err}", flush=True)
+                continue
+            rows += [{**variants, "seed": seed, "start": k, **v, "error": ""} for k, v in starts.items()]
+            reached = ", ".join(f"{k} {v['rounds_to_target']}" for k, v in starts.items())
+            print(
+                f"[federated {done}/{len(runs) * len(cfg.seeds)}] {name or cfg.name} seed={seed}: rounds to "
+                f"{100 * cfg.federated.target_acc:.0f}%: {reached}",
+                flush=True,
+            )
+    return pd.DataFrame(rows), shaping
+
+
+def wait_for_free_cpus(timeout_s: float = 60) -> None:
+    """Wait until the finished sweep's actors have released their CPUs: Flower's pool needs all of them."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.5)
 
 
 def federated_sweep(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
@@ -611,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out, failed = run_sweep(cfg, uri, resume)
     if failed:
-        print(f"raykd: {failed} trial(s) failed; see 'Failed trials' in {out / 'results.md'}", file=sys.stderr)
+        print(f"raykd: {failed} trial(s) or simulation(s) failed; see {out / 'results.md'}", file=sys.stderr)
         return EXIT_TRIALS_FAILED
     return 0
 

@@ -6,10 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from raykd.config import validate_config
+from raykd.config import ExperimentConfig, validate_config
 from raykd.experiment import TIMING_METRICS, run_trial
-from raykd.nodes import load_node, missing_nodes, node_key, node_path, prepare
+from raykd.nodes import load_node, node_key, node_path, prepare, read_node
 from tests.conftest import tiny_raw
+
+
+def missing_nodes(cfg: ExperimentConfig) -> list[tuple[int, int]]:
+    """(node, seed) pairs of the experiment whose cached model is absent or unreadable."""
+    return [(n, s) for s in cfg.seeds for n in cfg.node_ids() if read_node(node_path(cfg, n, s)) is None]
 
 
 def test_node_model_is_trained_once_then_reused(tmp_path: Path) -> None:
