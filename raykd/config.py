@@ -304,7 +304,7 @@ class ExperimentConfig(Section):
     def _axes_have_variants(cls, axes: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
         empty = next((axis for axis, variants in axes.items() if not variants), None)
         if empty is not None:
-            raise ValueError(f"axis {empty!r} has no variants; give it at least one {{variant: {{dotted.key: value}}}}")
+            raise ValueError(f"axes.{empty}: has no variants; give it at least one {{variant: {{dotted.key: value}}}}")
         return axes
 
     def method(self, label: str) -> MethodConfig:

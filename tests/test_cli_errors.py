@@ -48,6 +48,11 @@ BAD_OVERRIDES = [
     (["tune.fail={label: kd, seed: 0, times: 0}"], "tune.fail.times = 0: Input should be greater than or equal to 1"),
     (["tune.fail={seed: 0}"], "tune.fail.label: Field required"),
     (["tune.fail={label: kd, seed: 0, epoch: 2}"], "tune.fail.epoch: unknown key in tune.fail; allowed: label, seed"),
+    (["axes={d: {a: {seeds: [1]}}}"], "axes.d.a.seeds: cannot vary between cells; allowed sections: data, partition"),
+    (["axes={d: {a: {partition.alhpa: 1}}}"], "axes (cell d=a): partition.alhpa: unknown key in partition; allowed:"),
+    (["axes={d: {a: {partition.alpha: 0}}}"], "axes (cell d=a): partition.alpha = 0: Input should be greater than 0"),
+    (["axes={d: {}}"], "axes.d: has no variants; give it at least one"),
+    (["axes={d: {a: {transfer.teachers: [0]}}}"], "axes (cell d=a): transfer.teachers: must not include the student"),
 ]
 
 
