@@ -143,12 +143,14 @@ def preflight(cfg: ExperimentConfig, sweep: Sweep | None = None) -> str:
     Loading the dataset here also fills the on-disk dataset cache before any worker needs it.
     """
     from raykd.models import build_model
-    from raykd.nodes import dataset_of
+    from raykd.nodes import dataset_of, prepare
     from raykd.tracking import check_reachable, resolve_uri
 
     check_fault(cfg)
     for cell in study_cells(cfg):
         data = dataset_of(cell.config)
+        for seed in cfg.seeds:  # every split and partition draws now, so one that cannot is a line, not a traceback
+            prepare(cell.config, seed)
         for node in cell.config.node_ids():
             field = f"nodes.models.{node}" if node in cell.config.nodes.models else "nodes.model"
             build_model(cell.config.nodes.model_of(node), data.input_shape, data.num_classes, field)

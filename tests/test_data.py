@@ -78,6 +78,14 @@ def test_pathological_gives_each_node_k_classes_and_covers_all(nodes: int, k: in
     assert len(np.unique(joined)) == len(joined) == len(LABELS)
 
 
+def test_pathological_with_fewer_slots_than_classes_leaves_the_rest_unheld() -> None:
+    parts = partition(LABELS, PartitionConfig(scheme="pathological", num_nodes=4, classes_per_node=2), seed=0)
+    held = [set(np.unique(LABELS[p]).tolist()) for p in parts]
+    assert all(len(h) == 2 for h in held) and len(set().union(*held)) == 8  # 4 nodes x 2 slots of 10 classes
+    joined = np.concatenate(parts)
+    assert len(np.unique(joined)) == len(joined) == np.isin(LABELS, list(set().union(*held))).sum()
+
+
 def test_node_split_into_local_train_and_validation() -> None:
     cfg = PartitionConfig(num_nodes=3, local_val_fraction=0.2)
     index = np.arange(100, 2100)

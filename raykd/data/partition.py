@@ -50,12 +50,15 @@ def dirichlet(
 
 def pathological(labels: np.ndarray, nodes: int, classes_per_node: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Each node holds ``classes_per_node`` classes; classes are dealt round-robin so all are covered
-    when nodes * classes_per_node >= classes, and each class's samples are shared evenly by its holders."""
+    when nodes * classes_per_node >= classes (else the classes left over belong to no node), and each
+    class's samples are shared evenly by its holders."""
     classes = rng.permutation(np.unique(labels))
     slots = np.resize(classes, nodes * classes_per_node).reshape(nodes, classes_per_node)
     parts: list[list[int]] = [[] for _ in range(nodes)]
     for c in classes:
         holders = np.flatnonzero((slots == c).any(axis=1))
+        if len(holders) == 0:
+            continue
         members = rng.permutation(np.flatnonzero(labels == c))
         for node, chunk in zip(holders, np.array_split(members, len(holders)), strict=True):
             parts[node].extend(chunk.tolist())
