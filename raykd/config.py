@@ -171,6 +171,9 @@ class RayConfig(Section):
 class TrackingConfig(Section):
     uri: str | None = Field(None, description="MLflow tracking URI; default: sqlite:///mlflow.db here")
     experiment: str = Field("raykd", min_length=1)
+    parent_run_id: str | None = Field(
+        None, description="MLflow run to nest this run under (raykd.tune sets it for its follow-up simulations)"
+    )
 
 
 class MethodConfig(Section):

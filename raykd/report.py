@@ -160,25 +160,26 @@ def cell_bars(best: pd.DataFrame, order: dict[str, list[str]]) -> Figure:
     panels = list(_by_cell(best, rest))
     labels = list(dict.fromkeys(best["label"]))
     fig, axes = plt.subplots(
-        1,
         len(panels),
-        figsize=(1.5 + 0.35 * len(labels) * len(order[first]) * len(panels), 3.8),
-        sharey=True,
+        1,
+        figsize=(2.5 + 0.3 * len(labels) * len(order[first]), 0.5 + 2.8 * len(panels)),
+        sharex=True,
         squeeze=False,
         layout="constrained",
     )
     width = 0.8 / len(labels)
-    for ax, (cell, part) in zip(axes[0], panels, strict=True):
+    for ax, (cell, part) in zip(axes[:, 0], panels, strict=True):
         for i, label in enumerate(labels):
             rows = part[part["label"] == label].set_index(first).reindex(order[first])
             offsets = [x - 0.4 + (i + 0.5) * width for x in range(len(order[first]))]
             ax.bar(offsets, 100 * rows["gain"], width, yerr=100 * rows["gain_std"], capsize=2, label=label)
         ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_xticks(range(len(order[first])), order[first], rotation=20)
-        ax.set_xlabel(first)
+        ax.set_ylabel("test gain (pts)")
         ax.set_title(_cell_name(cell) or "all cells", fontsize=9)
-    axes[0][0].set_ylabel("test accuracy gain (points, mean ± std)")
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    axes[-1, 0].set_xticks(range(len(order[first])), order[first])
+    axes[-1, 0].set_xlabel(first)
+    axes[0, 0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.suptitle("Student test-accuracy gain per cell (mean ± std over seeds)", fontsize=10)
     return fig
 
 

@@ -592,7 +592,7 @@ def run_sweep(cfg: ExperimentConfig, uri: str, resume: Sweep | None = None) -> t
             text += report.server_line(stats)
         failed = int((trials["status"] == "failed").sum())
         if cfg.federated.after_sweep:
-            rounds, shaping = federated_followup(cfg, cells, out, uri)
+            rounds, shaping = federated_followup(cfg, cells, out, uri, parent.info.run_id)
             write_atomic(out / "federated.csv", rounds.to_csv(index=False))
             mlflow.log_artifact(str(out / "federated.csv"))
             section, figure = report.federated_section(cfg, rounds, shaping)
@@ -614,12 +614,13 @@ def run_sweep(cfg: ExperimentConfig, uri: str, resume: Sweep | None = None) -> t
     return out, failed
 
 
-def federated_followup(cfg: ExperimentConfig, cells: list[Cell], out: Path, uri: str) -> Any:
+def federated_followup(cfg: ExperimentConfig, cells: list[Cell], out: Path, uri: str, parent_run_id: str) -> Any:
     """After the sweep: the configured Flower simulation per seed and distinct partition of the study's cells.
 
     Cells that differ only in ``transfer.*`` share a partition, so they share one simulation. Each
-    simulation is a child driver joined to this cluster (Flower shuts Ray down when it ends); a failed
-    one is recorded with its error and the others still run. Returns one row per (cell, seed, start).
+    simulation is a child driver joined to this cluster (Flower shuts Ray down when it ends) and its
+    MLflow run nests under the sweep's; a failed one is recorded with its error and the others still
+    run. Returns one row per (cell, seed, start), and the axes that shape the partitions.
     """
     import pandas as pd
     import ray
@@ -637,7 +638,8 @@ def federated_followup(cfg: ExperimentConfig, cells: list[Cell], out: Path, uri:
         folder = out / "federated" / (name.replace(",", "_").replace("=", "-") or cfg.name)
         write_atomic(folder / "config.yaml", yaml.safe_dump(cell.config.model_dump(mode="json"), sort_keys=False))
         for seed in cfg.seeds:
-            args = ["--config", str(folder / "config.yaml"), "--set", f"seeds=[{seed}]", "--set", f"tracking.uri={uri}"]
+            sets = [f"seeds=[{seed}]", f"tracking.uri={uri}", f"tracking.parent_run_id={parent_run_id}"]
+            args = ["--config", str(folder / "config.yaml"), *(a for s in sets for a in ("--set", s))]
             done += 1
             try:
                 starts = simulate_child(args, address, folder / f"seed{seed}", str(Path.cwd()))["starts"]
