@@ -81,16 +81,17 @@ class TransferBatches:
         self.batch_size, self.distill_labelled = batch_size, distill_labelled
         self.generator = torch.Generator().manual_seed(seed)
 
-    def _chunks(self, index: Tensor, steps: int) -> list[Tensor]:
+    def _chunks(self, index: Tensor, steps: int) -> Tensor:
+        """A (steps, batch) table of ``index``: shuffled passes, cycled until every step has a full batch."""
         if len(index) == 0:
-            return [index] * steps
+            return index.reshape(steps, 0)
         order = torch.cat(
             [
                 index[torch.randperm(len(index), generator=self.generator)]
                 for _ in range(math.ceil(steps * self.batch_size / len(index)))
             ]
         )
-        return [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(steps)]
+        return order[: steps * self.batch_size].view(steps, self.batch_size)
 
     def __len__(self) -> int:
         return math.ceil(max(len(self.labelled), len(self.pool)) / self.batch_size)
@@ -101,14 +102,15 @@ class TransferBatches:
         return len(self) * self.batch_size * ((len(self.labelled) > 0) + (len(self.pool) > 0))
 
     def __iter__(self) -> Iterator[Batch]:
+        # One table per epoch for indices, targets and masks (a few ops, not a few per step); each step
+        # gathers only its own inputs, so a batch sent to a teacher server carries just its rows.
         steps = len(self)
-        for lab, unl in zip(self._chunks(self.labelled, steps), self._chunks(self.pool, steps), strict=True):
-            index = torch.cat([lab, unl])
-            targets = torch.cat([self.y[lab], torch.full((len(unl),), UNLABELLED, dtype=torch.int64)])
-            distill = torch.cat(
-                [torch.full((len(lab),), self.distill_labelled), torch.ones(len(unl), dtype=torch.bool)]
-            )
-            yield Batch(self.x[index], targets, distill, index)
+        lab, unl = self._chunks(self.labelled, steps), self._chunks(self.pool, steps)
+        index = torch.cat([lab, unl], dim=1)
+        targets = torch.cat([self.y[lab], torch.full(unl.shape, UNLABELLED, dtype=torch.int64)], dim=1)
+        distill = torch.cat([torch.full(lab.shape, self.distill_labelled), torch.ones(unl.shape, dtype=torch.bool)], 1)
+        for i in range(steps):
+            yield Batch(self.x[index[i]], targets[i], distill[i], index[i])
 
 
 class InlineReferences(References):
