@@ -193,7 +193,10 @@ def kd_terms(
 
 
 def per_row(table: Tensor, logits: StepLogits) -> Tensor:
-    """The rows' entries of a table over global training indices that a method built in ``prepare``."""
+    """The rows' entries of a table over global training indices that a method built in ``prepare``.
+
+    Tables live where ``prepare`` built them (the CPU); the entries move to the students' device.
+    """
     if logits.index is None:
         raise ValueError("this method looks per-sample values up by the rows' global indices (StepLogits.index)")
-    return table[logits.index]
+    return table[logits.index.to(table.device)].to(logits.students[0].device)

@@ -89,5 +89,6 @@ class ReffAKD(Method):
         }
 
     def losses(self, logits: StepLogits, targets: Tensor, distill: Tensor) -> dict[str, Tensor]:
-        target = self.kept("soft")[per_row(self.kept("class_of"), logits)]
+        classes = per_row(self.kept("class_of"), logits)
+        target = self.kept("soft").to(classes.device)[classes]  # each row's class soft label (a K x K table)
         return kd_terms(logits.students[0], target, targets, distill, self.temperature, self.alpha)
