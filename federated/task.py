@@ -18,7 +18,15 @@ from torch import nn
 
 from federated.fml import FederatedMutualLearning
 from raykd.config import ExperimentConfig, load_config
-from raykd.engine import InlineReferences, TransferBatches, accuracy, fit, method_context, seed_everything
+from raykd.engine import (
+    InlineReferences,
+    TransferBatches,
+    accuracy,
+    fit,
+    method_context,
+    pick_device,
+    seed_everything,
+)
 from raykd.errors import ConfigError
 from raykd.methods import Method
 from raykd.methods.ce import CrossEntropy
@@ -89,7 +97,7 @@ def global_model(cfg: ExperimentConfig, setup: Setup) -> nn.Module:
 
 
 def to_arrays(model: nn.Module) -> ArrayRecord:
-    return ArrayRecord(model.state_dict())
+    return ArrayRecord({name: value.cpu() for name, value in model.state_dict().items()})
 
 
 def from_arrays(model: nn.Module, arrays: ArrayRecord) -> nn.Module:
@@ -141,16 +149,18 @@ def client_update(
     ``prepare`` sees the client's local data and the global model as the teacher.
     """
     setup, f = setup_of(cfg), cfg.federated
+    device = pick_device(f.client_gpus)  # CUDA when the client reserved GPUs
     seed = cfg.seeds[0] * 100_003 + server_round * 101 + node  # distinct per (seed, round, client)
     seed_everything(seed)
     batches = _local_batches(cfg, setup, node, seed)
     losses: dict[str, float] = {}
-    model = from_arrays(global_model(cfg, setup), received)
+    model = from_arrays(global_model(cfg, setup), received).to(device)
     kept: nn.Module | None = None
     if f.strategy == "fml":
         kept = new_model(cfg, setup, node)
         if private is not None:
             from_arrays(kept, private)
+        kept = kept.to(device)
         trainable, method, references = [kept, model], FederatedMutualLearning(f.fml_alpha, f.fml_beta), None
     elif f.strategy == "kd":
         teacher = copy.deepcopy(model)

@@ -155,7 +155,10 @@ class TuneConfig(Section):
     select_on: Literal["val_acc", "local_val_acc"] = Field(
         "val_acc", description="metric the best grid point is chosen on (never the test set)"
     )
-    cpus_per_trial: float = Field(1.0, gt=0)
+    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs each trial (and each node pre-training task) reserves")
+    gpus_per_trial: float = Field(
+        0.0, ge=0, description="GPUs each trial and node pre-training task reserves (fractions share a GPU); > 0: CUDA"
+    )
     max_concurrent_trials: int | None = Field(None, ge=1)
     max_failures: int = Field(0, ge=0, description="retries of a trial that raises before it is recorded as failed")
     fail: Union[FaultConfig, None] = Field(  # noqa: UP007 - typing.Union: _allowed_keys names its keys on a typo

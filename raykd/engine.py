@@ -3,6 +3,7 @@
 ``fit`` trains a list of models (one student, or K mutual-learning peers) with one method's loss,
 asking a ``references`` callable for frozen logits (teachers, initial student) for each batch;
 whether those come from an in-process teacher, a server or a cache is the caller's business.
+Batches are built on the CPU (where the data lives) and moved to the models' device per step.
 """
 
 from __future__ import annotations
@@ -123,7 +124,19 @@ class InlineReferences(References):
 
     @torch.no_grad()
     def __call__(self, batch: Batch) -> ReferenceLogits:
-        return [t(batch.x) for t in self.teachers], (self.initial(batch.x) if self.initial else None)
+        frozen = [*self.teachers, *([self.initial] if self.initial else [])]
+        x = batch.x.to(device_of(frozen[0])) if frozen else batch.x
+        return [t(x) for t in self.teachers], (self.initial(x) if self.initial else None)
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """Where a model's weights are (the CPU for a model without any)."""
+    return next(model.parameters(), torch.empty(0)).device
+
+
+def pick_device(gpus: float) -> torch.device:
+    """CUDA when the caller reserved GPUs (``gpus`` > 0) and this process sees one, else the CPU."""
+    return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
 
 
 def fit(
@@ -138,6 +151,7 @@ def fit(
 ) -> None:
     """Train ``models`` jointly on ``method``'s loss; ``on_epoch`` gets each epoch's mean loss terms."""
     references = references or References()
+    device = device_of(models[0])
     params = [p for m in models for p in m.parameters()]
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     for epoch in range(epochs):
@@ -150,8 +164,14 @@ def fit(
             if i + 1 < len(steps):
                 references.prefetch(steps[i + 1])
             teachers, initial = references(batch)
-            logits = StepLogits([m(batch.x) for m in models], teachers, initial, batch.index)
-            terms = method.losses(logits, batch.targets, batch.distill)
+            x = batch.x.to(device, non_blocking=True)
+            logits = StepLogits(
+                [m(x) for m in models],
+                [t.to(device) for t in teachers],
+                initial.to(device) if initial is not None else None,
+                batch.index,
+            )
+            terms = method.losses(logits, batch.targets.to(device), batch.distill.to(device))
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()
@@ -186,9 +206,10 @@ def method_context(
 
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
-    """Logits of ``model`` on ``x``, in eval mode, batched."""
+    """Logits of ``model`` on ``x`` (on the CPU, whatever the model's device), in eval mode, batched."""
     model.eval()
-    return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    device = device_of(model)
+    return torch.cat([model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
 
 
 def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:

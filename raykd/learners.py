@@ -46,7 +46,8 @@ def _worker(loop: dict[str, Any]) -> None:
             torch.save(student.state_dict(), Path(folder) / "student.pt")
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
 
-    run_trial(cfg, loop["label"], loop["setting"], loop["seed"], report, server, rank, world, wrap)
+    device = ray.train.torch.get_device()  # this worker's GPU when learners.use_gpu, else the CPU
+    run_trial(cfg, loop["label"], loop["setting"], loop["seed"], report, server, rank, world, wrap, device)
 
 
 def run_on_learners(

@@ -21,7 +21,7 @@ from torch import nn
 
 from raykd.config import DataConfig, ExperimentConfig
 from raykd.data import Dataset, NodeData, Splits, load_dataset, make_splits, split_nodes
-from raykd.engine import TransferBatches, accuracy, fit, seed_everything
+from raykd.engine import TransferBatches, accuracy, fit, pick_device, seed_everything
 from raykd.methods.ce import CrossEntropy
 from raykd.models import build_model
 
@@ -79,9 +79,12 @@ def new_model(cfg: ExperimentConfig, setup: Setup, node: int) -> nn.Module:
 
 
 def train_node(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> dict[str, float]:
-    """Train node ``node`` on its local data with cross-entropy and write it to the cache atomically."""
+    """Train node ``node`` on its local data with cross-entropy and write it to the cache atomically.
+
+    It trains on CUDA when the sweep reserves GPUs (``tune.gpus_per_trial``); the file holds CPU tensors.
+    """
     seed_everything(seed * 1000 + node)
-    model = new_model(cfg, setup, node)
+    model = new_model(cfg, setup, node).to(pick_device(cfg.tune.gpus_per_trial))
     data, local, budget = setup.dataset, setup.nodes[node], cfg.nodes.train
     started = time.perf_counter()
     batches = TransferBatches(data.train_x, data.train_y, local.train, None, budget.batch_size, False, seed + node)
@@ -97,7 +100,7 @@ def train_node(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> dic
     path = node_path(cfg, node, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
+    torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "meta": meta}, tmp)
     os.replace(tmp, path)
     return meta
 

@@ -232,6 +232,11 @@ def start_ray(cfg: ExperimentConfig) -> None:
                 f"allowed: up to {cpus - cfg.tune.cpus_per_trial:g}"
             )
     gpus = ray.cluster_resources().get("GPU", 0)
+    if cfg.tune.gpus_per_trial > gpus:
+        raise ConfigError(
+            f"tune.gpus_per_trial: {cfg.tune.gpus_per_trial:g} GPUs per trial but the Ray cluster has {gpus:g}; "
+            f"allowed: up to {gpus:g}"
+        )
     if cfg.teacher.mode == "server" and cfg.teacher.num_gpus > gpus:
         raise ConfigError(f"teacher.num_gpus: {cfg.teacher.num_gpus:g} asked, the cluster has {gpus:g}")
     learners = cfg.learners
@@ -308,7 +313,8 @@ def prepare_nodes(cells: list[Cell]) -> None:
     print(f"node models: {len(jobs) - len(missing)} of {len(jobs)} cached in {cells[0].config.nodes.cache_dir}")
     if not todo:
         return
-    task = ray.remote(num_cpus=1)(_prepare_node)
+    gpus = cells[0].config.tune.gpus_per_trial
+    task = ray.remote(num_cpus=1, num_gpus=gpus)(_prepare_node)
     pending = {task.remote(c.model_dump(mode="json"), node, seed): (node, seed) for c, node, seed in todo}
     built = 0
     with tqdm(total=len(pending), desc="preparing node models", unit="model") as bar:
@@ -428,7 +434,7 @@ def trial_resources(cfg: ExperimentConfig, cluster_cpus: float) -> tuple[Any, in
         peers = [{"CPU": cfg.learners.cpus_per_worker}] * len(cfg.node_ids())  # the peers live in the trial's group
         return PlacementGroupFactory([{"CPU": 0.01}, *peers]), cfg.tune.max_concurrent_trials
     if not cfg.learners.num_workers:
-        return {"cpu": cfg.tune.cpus_per_trial}, cfg.tune.max_concurrent_trials
+        return {"cpu": cfg.tune.cpus_per_trial, "gpu": cfg.tune.gpus_per_trial}, cfg.tune.max_concurrent_trials
     free = cluster_cpus - (cfg.teacher.num_cpus if cfg.teacher.mode == "server" else 0)
     fits = max(1, int(free // (cfg.learners.num_workers * cfg.learners.cpus_per_worker)))
     return {"cpu": 0, "memory": 1}, min(fits, cfg.tune.max_concurrent_trials or fits)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from raykd.config import ExperimentConfig
-from raykd.engine import Batch, ReferenceLogits, References, predict
+from raykd.engine import Batch, ReferenceLogits, References, pick_device, predict
 from raykd.nodes import Setup, load_node, node_path
 
 TRANSFORM = "none"
@@ -102,7 +102,7 @@ class CachedReferences(References):
 
 def node_logits(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> tuple[np.ndarray, bool]:
     """A pre-trained node model's logits on the whole training split, from the cache or built once."""
-    model = load_node(cfg, setup, node, seed)
+    model = load_node(cfg, setup, node, seed).to(pick_device(cfg.tune.gpus_per_trial))
     data = json.dumps(cfg.data.model_dump(mode="json", include={"dataset", "fake_samples", "fake_classes"}))
     cache = LogitCache(cfg.nodes.cache_dir / "logits")
     key = cache.key(node_path(cfg, node, seed), data, "train", cfg.teacher.dtype)
