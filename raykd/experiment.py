@@ -24,6 +24,7 @@ from raykd.engine import (
     accuracy,
     fit,
     method_context,
+    pick_device,
     seed_everything,
 )
 from raykd.methods import Method
@@ -31,7 +32,7 @@ from raykd.nodes import Setup, load_node, node_path, prepare
 
 Report = Callable[[dict[str, Any]], None]
 #: Metrics that measure the machine, not the method: they differ between identical runs.
-TIMING_METRICS = ("epoch_seconds", "samples_per_s", "peak_rss_mb")
+TIMING_METRICS = ("epoch_seconds", "eval_seconds", "samples_per_s", "peak_rss_mb")
 
 
 def student_metrics(model: torch.nn.Module, setup: Setup, student: int) -> dict[str, float]:
@@ -97,17 +98,20 @@ def run_trial(
     rank: int = 0,
     world: int = 1,
     wrap: Callable[[nn.Module], nn.Module] = lambda model: model,
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
     """Transfer into the student with method row ``label`` at ``setting``; report after every epoch.
 
     ``server`` is a TeacherServer actor handle, used when ``teacher.mode`` is ``server``. A
     data-parallel learner passes its ``rank`` among ``world`` workers (it trains on its shard of
     the transfer set) and ``wrap`` (e.g. DDP) for the trainable models; metrics are computed on
-    the full evaluation splits by every worker alike.
+    the full evaluation splits by every worker alike. Models train on ``device`` (default: CUDA when
+    ``tune.gpus_per_trial`` reserves GPUs, else the CPU); data and cached logits stay on the CPU.
     """
     method = cfg.method(label).build(setting)
     setup = prepare(cfg, seed)
-    models = {n: load_node(cfg, setup, n, seed) for n in cfg.node_ids()}
+    device = device or pick_device(cfg.tune.gpus_per_trial)
+    models = {n: load_node(cfg, setup, n, seed).to(device) for n in cfg.node_ids()}
     student = models[cfg.transfer.student]
     before = student_metrics(student, setup, cfg.transfer.student)
     if method.teachers == "peers":
@@ -135,10 +139,12 @@ def run_trial(
     def on_epoch(epoch: int, losses: dict[str, float]) -> None:
         seconds = time.perf_counter() - epoch_started[0]
         after = student_metrics(student, setup, cfg.transfer.student)
+        evaluated = time.perf_counter() - epoch_started[0] - seconds
         final.clear()
         final.update(
             epoch=epoch + 1,
             epoch_seconds=seconds,
+            eval_seconds=evaluated,
             samples_per_s=batches.rows_per_epoch / seconds,
             peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             **after,
