@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from raykd.methods import METHODS
-from raykd.methods.base import UNLABELLED, StepLogits, masked_mean
+from raykd.methods.base import UNLABELLED, StepLogits, labelled_cross_entropy, masked_mean, soft_probabilities
 from raykd.methods.dml import DeepMutualLearning
 from raykd.methods.dpkd import DataPartitioningKD, teacher_mask
 from raykd.methods.kd import KnowledgeDistillation
@@ -57,6 +57,35 @@ def test_unlabelled_rows_get_only_distillation_and_never_nan() -> None:
     assert out["ce"] == 0 and torch.isfinite(out["loss"]) and out["kd"] > 0
     none = torch.zeros(N, dtype=torch.bool)
     assert masked_mean(torch.ones(N), none) == 0
+
+
+def test_labelled_cross_entropy_ignores_unlabelled_rows_in_value_and_gradient() -> None:
+    targets = TARGETS.clone()
+    targets[::3] = UNLABELLED
+    labelled = targets != UNLABELLED
+    student = STUDENT.clone().requires_grad_()
+    labelled_cross_entropy(student, targets).backward()
+    rows = STUDENT[labelled].clone().requires_grad_()
+    F.cross_entropy(rows, targets[labelled]).backward()
+    assert torch.allclose(student.grad[labelled], rows.grad) and not student.grad[~labelled].any()
+    none = STUDENT.clone().requires_grad_()
+    ce = labelled_cross_entropy(none, torch.full((N,), UNLABELLED))
+    ce.backward()
+    assert ce == 0 and not none.grad.any()
+
+
+def test_masked_mean_is_the_mean_of_the_selected_rows_with_its_gradient() -> None:
+    values, mask = torch.randn(N, requires_grad=True), torch.arange(N) % 3 == 0
+    out = masked_mean(values, mask)
+    out.backward()
+    assert torch.allclose(out, values[mask].mean())
+    assert torch.allclose(values.grad, mask.float() / mask.sum())
+
+
+def test_one_teacher_probabilities_equal_the_same_teacher_as_an_ensemble() -> None:
+    one = soft_probabilities([TEACHER], 3.0)
+    assert torch.equal(one, F.softmax(TEACHER / 3.0, 1))
+    assert torch.equal(one, soft_probabilities([TEACHER, TEACHER], 3.0))
 
 
 def test_dml_two_peers_is_symmetric() -> None:

@@ -16,14 +16,7 @@ from typing import Annotated
 from pydantic import Field
 from torch import Tensor
 
-from raykd.methods.base import (
-    Method,
-    StepLogits,
-    distillation_kl,
-    labelled_cross_entropy,
-    masked_mean,
-    soft_probabilities,
-)
+from raykd.methods.base import Method, StepLogits, kd_terms, soft_probabilities
 
 
 @dataclass(frozen=True)
@@ -35,8 +28,5 @@ class KnowledgeDistillation(Method):
     alpha: Annotated[float, Field(ge=0, le=1, description="weight of the KD term, in [0, 1]")] = 0.5
 
     def losses(self, logits: StepLogits, targets: Tensor, distill: Tensor) -> dict[str, Tensor]:
-        student = logits.students[0]
-        ce = labelled_cross_entropy(student, targets)
         target = soft_probabilities(logits.teachers, self.temperature)
-        kd = masked_mean(distillation_kl(target, student, self.temperature), distill)
-        return {"loss": (1 - self.alpha) * ce + self.alpha * kd, "ce": ce, "kd": kd}
+        return kd_terms(logits.students[0], target, targets, distill, self.temperature, self.alpha)
