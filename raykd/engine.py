@@ -158,7 +158,7 @@ def fit(
         method.start_epoch(epoch, epochs)
         for model in models:
             model.train()
-        totals: dict[str, float] = {}
+        totals: dict[str, Tensor] = {}  # summed on the device: no host sync per step, one per epoch
         steps = list(batches)
         for i, batch in enumerate(steps):
             if i + 1 < len(steps):
@@ -176,8 +176,8 @@ def fit(
             terms["loss"].backward()
             optimizer.step()
             for name, value in terms.items():
-                totals[name] = totals.get(name, 0.0) + float(value.detach())
-        means = {name: total / len(batches) for name, total in totals.items()}
+                totals[name] = totals[name] + value.detach() if name in totals else value.detach()
+        means = {name: float(total) / len(batches) for name, total in totals.items()}
         bad = [name for name, value in means.items() if not math.isfinite(value)]
         if bad:
             raise NonFiniteLoss(f"epoch {epoch + 1}: loss term {bad[0]!r} is {means[bad[0]]} (try a lower lr)")
