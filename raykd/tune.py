@@ -710,7 +710,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out, failed = run_sweep(cfg, uri, resume)
     if failed:
-        print(f"raykd: {failed} trial(s) or simulation(s) failed; see {out / 'results.md'}", file=sys.stderr)
+        what = "trial(s) or simulation(s)" if cfg.federated.after_sweep else "trial(s)"
+        print(f"raykd: {failed} {what} failed; see 'Failed trials' in {out / 'results.md'}", file=sys.stderr)
         return EXIT_TRIALS_FAILED
     return 0
 
