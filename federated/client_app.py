@@ -1,11 +1,14 @@
 """The Flower ClientApp: one simulated node holding one raykd partition (``partition-id`` = node id).
 
 Handlers only unpack the message, call ``federated.task`` and pack the reply. FML's private model
-never leaves the client: it lives in the node's ``Context.state`` between rounds.
+never leaves the client: it lives in the node's ``Context.state`` between rounds. A training reply
+carries the client's own wall and CPU seconds in ``client_update`` (``train_s``, ``train_cpu_s``), so
+the server can tell Flower's per-round overhead from the clients' compute.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -47,10 +50,12 @@ def build(raw: dict[str, Any] | None = None) -> ClientApp:
             raise InjectedFault(f"client {node}: injected fault in round {server_round} (federated.fail_client)")
         torch.set_num_threads(max(1, int(f.client_cpus)))
         private = context.state.array_records.get(PRIVATE)
+        wall, cpu = time.perf_counter(), time.process_time()
         sent, kept, metrics = client_update(cfg, node, server_round, msg.content["arrays"], private)
+        timing = {"train_s": time.perf_counter() - wall, "train_cpu_s": time.process_time() - cpu}
         if kept is not None:
             context.state[PRIVATE] = kept
-        reply = RecordDict({"arrays": sent, "metrics": MetricRecord({**metrics, "partition-id": node})})
+        reply = RecordDict({"arrays": sent, "metrics": MetricRecord({**metrics, **timing, "partition-id": node})})
         return Message(reply, reply_to=msg)
 
     @app.evaluate()

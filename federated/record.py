@@ -25,8 +25,18 @@ def rounds_to_target(rounds: list[RoundLog], target: float) -> int | None:
     return next((r.round for r in rounds if r.test_acc is not None and r.test_acc >= target), None)
 
 
+def spread(name: str, per_client: dict[int, float]) -> dict[str, float | None]:
+    """Max (the round's critical path) and sum (the CPU work to share out) of one per-client timing."""
+    values = list(per_client.values())
+    return {f"{name}_max": max(values, default=None), f"{name}_sum": sum(values) if values else None}
+
+
 def table(history: dict[str, list[RoundLog]]) -> pd.DataFrame:
-    """One row per (start point, round), accuracies in [0, 1], one column per client."""
+    """One row per (start point, round), accuracies in [0, 1], one column per client.
+
+    Timing columns (seconds): the round's server-side phases, and the max and sum over clients of the
+    local training time each client measured (wall and CPU).
+    """
     rows = []
     for start, rounds in history.items():
         for r in rounds:
@@ -43,6 +53,11 @@ def table(history: dict[str, list[RoundLog]]) -> pd.DataFrame:
                     "bytes_down": r.bytes_down,
                     "bytes_up": r.bytes_up,
                     "train_loss": r.train_loss,
+                    "round_s": r.round_s,
+                    "train_phase_s": r.train_phase_s,
+                    "server_eval_s": r.server_eval_s,
+                    **spread("client_train_s", r.client_train_s),
+                    **spread("client_train_cpu_s", r.client_train_cpu_s),
                     **{f"client{c}_acc": a for c, a in sorted(r.client_acc.items())},
                 }
             )
@@ -99,7 +114,8 @@ def record(cfg: ExperimentConfig, history: dict[str, list[RoundLog]]) -> Path:
 
     mlflow.set_tracking_uri(resolve_uri(cfg.tracking.uri))
     mlflow.set_experiment(cfg.tracking.experiment)
-    with mlflow.start_run(run_name=run_name, tags={"raykd.federated": cfg.federated.strategy}):
+    nested = {"mlflow.parentRunId": cfg.tracking.parent_run_id} if cfg.tracking.parent_run_id else {}
+    with mlflow.start_run(run_name=run_name, tags={"raykd.federated": cfg.federated.strategy, **nested}):
         mlflow.log_params({k: str(v)[:500] for k, v in flatten(cfg.model_dump(mode="json")).items()})
         for _, row in rows.iterrows():
             prefix = "" if row["start"] == "-" else f"{row['start']}."
@@ -112,5 +128,6 @@ def record(cfg: ExperimentConfig, history: dict[str, list[RoundLog]]) -> Path:
         mlflow.log_artifact(str(out / "rounds.csv"))
         mlflow.log_artifact(str(out / "summary.json"))
     plt.close(fig)
-    print(f"\n{rows.drop(columns=['train_loss']).to_string(index=False)}\n\nrecords in {out}", flush=True)
+    timings = [c for c in rows.columns if c.endswith(("_s", "_s_max", "_s_sum"))]
+    print(f"\n{rows.drop(columns=['train_loss', *timings]).to_string(index=False)}\n\nrecords in {out}", flush=True)
     return out

@@ -7,6 +7,7 @@ where the rounds start (``task.starting_points``) and, for FedDF, a server step 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -25,7 +26,13 @@ ServerStep = Callable[[list[ArrayRecord], ArrayRecord], ArrayRecord]
 
 @dataclass
 class RoundLog:
-    """What the server saw in one round (round 0: the starting model's test accuracy only)."""
+    """What the server saw in one round (round 0: the starting model's test accuracy only).
+
+    Timings are wall seconds on the server: ``round_s`` from configuring training to the end of the
+    global evaluation, ``train_phase_s`` until every training reply is in (Flower's fan-out and the
+    clients' work), ``server_eval_s`` the global evaluation alone. ``client_train_s`` and
+    ``client_train_cpu_s`` are what each successful client measured of its own local training.
+    """
 
     round: int
     sampled: int = 0
@@ -37,6 +44,11 @@ class RoundLog:
     train_loss: float | None = None
     test_acc: float | None = None
     client_acc: dict[int, float] = field(default_factory=dict)
+    round_s: float | None = None
+    train_phase_s: float | None = None
+    server_eval_s: float | None = None
+    client_train_s: dict[int, float] = field(default_factory=dict)
+    client_train_cpu_s: dict[int, float] = field(default_factory=dict)
 
 
 class FederatedStrategy(FedAvg):
@@ -58,6 +70,7 @@ class FederatedStrategy(FedAvg):
         )
         self.cfg, self.server_step = cfg, server_step
         self.rounds: dict[int, RoundLog] = {}
+        self._started: dict[int, float] = {}
 
     def _round(self, server_round: int) -> RoundLog:
         return self.rounds.setdefault(server_round, RoundLog(server_round))
@@ -81,6 +94,7 @@ class FederatedStrategy(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        self._started[server_round] = time.perf_counter()
         messages = self._sent(server_round, super().configure_train(server_round, arrays, config, grid))
         self._round(server_round).sampled = len(messages)
         return messages
@@ -89,8 +103,16 @@ class FederatedStrategy(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        ok = self._split(server_round, replies, "training")
         entry = self._round(server_round)
+        if server_round in self._started:
+            entry.train_phase_s = time.perf_counter() - self._started[server_round]
+        ok = self._split(server_round, replies, "training")
+        for reply in ok:
+            metrics = reply.content["metrics"]
+            if "train_s" in metrics:
+                node = int(metrics["partition-id"])
+                entry.client_train_s[node] = float(metrics["train_s"])
+                entry.client_train_cpu_s[node] = float(metrics["train_cpu_s"])
         entry.succeeded, entry.failed = len(ok), len(replies) - len(ok)
         entry.bytes_up += sum(payload_bytes(m.content[self.arrayrecord_key]) for m in ok)
         if len(ok) < self.cfg.federated.min_successful:
@@ -125,7 +147,11 @@ class FederatedStrategy(FedAvg):
     def evaluate_global(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Server-side test accuracy of the global model; called before round 1 and after every round."""
         entry = self._round(server_round)
+        started = time.perf_counter()
         entry.test_acc = global_test_accuracy(self.cfg, arrays)
+        entry.server_eval_s = time.perf_counter() - started
+        if server_round in self._started:
+            entry.round_s = time.perf_counter() - self._started[server_round]
         if server_round > 0:
             clients = " ".join(f"{c}:{100 * a:.1f}" for c, a in sorted(entry.client_acc.items()))
             print(

@@ -31,7 +31,9 @@ from raykd.methods import Method
 from raykd.nodes import Setup, load_node, node_path, prepare
 
 Report = Callable[[dict[str, Any]], None]
-#: Metrics that measure the machine, not the method: they differ between identical runs.
+#: Metrics that measure the machine, not the method: they differ between identical runs. ``epoch_seconds`` is the
+#: epoch's training alone and ``eval_seconds`` the evaluation after it, so a trial's time outside both (Tune's
+#: reporting, set-up) can be told apart (benchmarks/sweep_concurrency.py).
 TIMING_METRICS = ("epoch_seconds", "eval_seconds", "samples_per_s", "peak_rss_mb")
 
 

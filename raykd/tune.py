@@ -456,9 +456,11 @@ def _error_line(trial: Any) -> str:
 
 def _callbacks(total: int, uri: str, experiment: str, tags: dict[str, str]) -> list[Any]:
     """Progress lines and MLflow child runs. Tune pickles them with the sweep and restores them on resume."""
+    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
     from ray import tune
     from ray.air.integrations.mlflow import MLflowLoggerCallback
+    from ray.tune.utils import flatten_dict
 
     class Progress(tune.Callback):
         """One line per finished trial, so long sweeps show where they are; the count survives a resume."""
@@ -510,6 +512,14 @@ def _callbacks(total: int, uri: str, experiment: str, tags: dict[str, str]) -> l
                 for run in (r for r in older if r.info.run_id != self._trial_runs[trial]):
                     self.client.set_tag(run.info.run_id, "raykd.note", "its driver stopped; trial rerun by --resume")
                     self.client.set_terminated(run.info.run_id, "KILLED")
+
+        def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
+            """A result's metrics in one MLflow write. The base class writes each alone (27 per epoch, 0.10-0.19 s
+            on 2 cores) while the trial waits in ``tune.report``; one log_batch takes 0.01-0.02 s."""
+            step = result.get("timesteps_total") or result["training_iteration"]
+            now = int(time.time() * 1000)
+            numbers = self.mlflow_util._parse_dict(flatten_dict(result))  # the base class's float conversion
+            self.client.log_batch(self._trial_runs[trial], [Metric(k, v, now, step) for k, v in numbers.items()])
 
         def log_trial_end(self, trial: Any, failed: bool = False) -> None:
             if failed:
