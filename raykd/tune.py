@@ -17,12 +17,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from raykd.config import Cell, ExperimentConfig, cell_key, describe_schema, load_config, study_cells
 from raykd.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "tune_configs" / "default.yaml"
 #: Exit status of a sweep that completed but recorded failed trials (2 is bad input).
@@ -630,7 +633,9 @@ def run_sweep(cfg: ExperimentConfig, uri: str, resume: Sweep | None = None) -> t
     return out, failed
 
 
-def federated_followup(cfg: ExperimentConfig, cells: list[Cell], out: Path, uri: str, parent_run_id: str) -> Any:
+def federated_followup(
+    cfg: ExperimentConfig, cells: list[Cell], out: Path, uri: str, parent_run_id: str
+) -> tuple[pd.DataFrame, list[str]]:
     """After the sweep: the configured Flower simulation per seed and distinct partition of the study's cells.
 
     Cells that differ only in ``transfer.*`` share a partition, so they share one simulation. Each
@@ -648,7 +653,7 @@ def federated_followup(cfg: ExperimentConfig, cells: list[Cell], out: Path, uri:
     for cell in cells:
         runs.setdefault(cell_key({a: cell.variants[a] for a in shaping}), cell)
     wait_for_free_cpus()
-    address, rows, done = ray.get_runtime_context().gcs_address, [], 0
+    address, rows, done, total = ray.get_runtime_context().gcs_address, [], 0, len(runs) * len(cfg.seeds)
     for name, cell in runs.items():
         variants = {a: cell.variants[a] for a in shaping}
         folder = out / "federated" / (name.replace(",", "_").replace("=", "-") or cfg.name)
@@ -661,12 +666,13 @@ def federated_followup(cfg: ExperimentConfig, cells: list[Cell], out: Path, uri:
                 starts = simulate_child(args, address, folder / f"seed{seed}", str(Path.cwd()))["starts"]
             except RuntimeError as err:
                 rows.append({**variants, "seed": seed, "start": "-", "error": str(err)[:300]})
-                print(f"[federated {done}/{len(runs) * len(cfg.seeds)}] {name} seed={seed}: FAILED: {err}", flush=True)
+                print(f"[federated {done}/{total}] {name or cfg.name} seed={seed}: FAILED: {err}", flush=True)
                 continue
             rows += [{**variants, "seed": seed, "start": k, **v, "error": ""} for k, v in starts.items()]
-            reached = ", ".join(f"{k} {v['rounds_to_target']}" for k, v in starts.items())
+            rounds = {k: "never" if v["rounds_to_target"] is None else v["rounds_to_target"] for k, v in starts.items()}
+            reached = ", ".join(f"{k} {n}" for k, n in rounds.items())
             print(
-                f"[federated {done}/{len(runs) * len(cfg.seeds)}] {name or cfg.name} seed={seed}: rounds to "
+                f"[federated {done}/{total}] {name or cfg.name} seed={seed}: rounds to "
                 f"{100 * cfg.federated.target_acc:.0f}%: {reached}",
                 flush=True,
             )
