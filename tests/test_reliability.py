@@ -142,7 +142,7 @@ def test_sigkilled_sweep_resumes_to_the_uninterrupted_table(
         "tune": {"max_concurrent_trials": 1},
     }
     reference = tiny_raw(tmp_path / "reference", cache_dir, **grid)
-    reference["transfer"]["train"]["epochs"] = 8  # trials of a few seconds: the kill lands inside the second
+    reference["transfer"]["train"]["epochs"] = 40  # trials of a few seconds: the kill lands inside the second
     (tmp_path / "reference").mkdir()
     assert _sweep(tmp_path / "reference", reference) == 0  # in this process; also trains the node models
 
