@@ -8,6 +8,7 @@ A study with ``axes`` is summarised per cell (one combination of axis variants),
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import matplotlib
@@ -44,7 +45,7 @@ def trial_rows(results: list[tuple[dict[str, Any], dict[str, Any] | None, BaseEx
     return pd.DataFrame(rows)
 
 
-def per_setting(trials: pd.DataFrame, knobs: list[str], axes: list[str] = ()) -> pd.DataFrame:  # type: ignore[assignment]
+def per_setting(trials: pd.DataFrame, knobs: list[str], axes: Sequence[str] = ()) -> pd.DataFrame:
     """Mean and std over seeds of each metric, per (cell, method row, setting); failed trials left out."""
     done = trials[trials["status"] == "ok"]
     keys = [*axes, "label", *knobs]
@@ -54,7 +55,7 @@ def per_setting(trials: pd.DataFrame, knobs: list[str], axes: list[str] = ()) ->
     return table.reset_index()
 
 
-def summary(settings: pd.DataFrame, knobs: list[str], select_on: str, axes: list[str] = ()) -> pd.DataFrame:  # type: ignore[assignment]
+def summary(settings: pd.DataFrame, knobs: list[str], select_on: str, axes: Sequence[str] = ()) -> pd.DataFrame:
     """One row per (cell, method row): its best setting by mean ``select_on`` (validation), and how many it tried."""
     rows = []
     for _, group in settings.groupby([*axes, "label"], sort=False):
