@@ -150,18 +150,17 @@ def preflight(cfg: ExperimentConfig, sweep: Sweep | None = None) -> str:
     from raykd.tracking import check_reachable, resolve_uri
 
     check_fault(cfg)
+    if cfg.federated.after_sweep:
+        from federated.task import check
     for cell in study_cells(cfg):
+        if cfg.federated.after_sweep:
+            check(cell.config)
         data = dataset_of(cell.config)
         for seed in cfg.seeds:  # every split and partition draws now, so one that cannot is a line, not a traceback
             prepare(cell.config, seed)
         for node in cell.config.node_ids():
             field = f"nodes.models.{node}" if node in cell.config.nodes.models else "nodes.model"
             build_model(cell.config.nodes.model_of(node), data.input_shape, data.num_classes, field)
-    if cfg.federated.after_sweep:
-        from federated.task import check
-
-        for cell in study_cells(cfg):
-            check(cell.config)
     uri = sweep.uri if sweep else resolve_uri(cfg.tracking.uri)
     check_reachable(uri)
     if sweep:
@@ -289,14 +288,15 @@ def _prepare_node(raw: dict[str, Any], node: int, seed: int) -> dict[str, Any]:
 def node_jobs(cells: list[Cell]) -> list[tuple[ExperimentConfig, int, int]]:
     """(cell config, node, seed) for every node model the study reads, once per model file.
 
-    The sweep needs its students and teachers; a federated follow-up needs every node of the partition.
+    The sweep needs its students and teachers; a KD-consolidation follow-up needs every node of the partition.
     """
     from raykd.nodes import node_path
 
     jobs: dict[Path, tuple[ExperimentConfig, int, int]] = {}
     for cell in cells:
         cfg = cell.config
-        nodes = range(cfg.partition.num_nodes) if cfg.federated.after_sweep else cfg.node_ids()
+        consolidates = cfg.federated.after_sweep and cfg.federated.strategy == "consolidation"
+        nodes = range(cfg.partition.num_nodes) if consolidates else cfg.node_ids()
         for seed in cfg.seeds:
             for node in nodes:
                 jobs.setdefault(node_path(cfg, node, seed), (cfg, node, seed))
@@ -311,9 +311,9 @@ def prepare_nodes(cells: list[Cell]) -> None:
     from raykd.nodes import node_path, read_node
 
     jobs = node_jobs(cells)
-    missing = [(c, n, s) for c, n, s in jobs if read_node(node_path(c, n, s)) is None]
-    todo = [(c, n, s) for c, n, s in jobs if (c, n, s) in missing or n in logit_nodes(c)]
-    print(f"node models: {len(jobs) - len(missing)} of {len(jobs)} cached in {cells[0].config.nodes.cache_dir}")
+    missing = [read_node(node_path(c, n, s)) is None for c, n, s in jobs]
+    todo = [(c, n, s) for (c, n, s), absent in zip(jobs, missing, strict=True) if absent or n in logit_nodes(c)]
+    print(f"node models: {len(jobs) - sum(missing)} of {len(jobs)} cached in {cells[0].config.nodes.cache_dir}")
     if not todo:
         return
     gpus = cells[0].config.tune.gpus_per_trial
