@@ -186,12 +186,16 @@ def fit(
 
 def method_context(
     batches: TransferBatches,
-    teachers: list[nn.Module],
+    teachers: Callable[[], list[nn.Module]],
     num_classes: int,
     seed: int,
     teacher_logits: Callable[[], list[Tensor]] | None = None,
 ) -> Context:
-    """What ``Method.prepare`` sees of a transfer run; teacher logits default to one forward pass each."""
+    """What ``Method.prepare`` sees of a transfer run; teacher logits default to one forward pass each.
+
+    ``teachers`` is called only by a method that needs the models themselves, so a run whose logits
+    are cached loads no teacher for the methods that read logits alone.
+    """
     return Context(
         batches.x,
         batches.y,
@@ -199,7 +203,7 @@ def method_context(
         batches.pool,
         num_classes,
         teachers,
-        teacher_logits or (lambda: [predict(t, batches.x) for t in teachers]),
+        teacher_logits or (lambda: [predict(t, batches.x) for t in teachers()]),
         seed,
     )
 
