@@ -119,6 +119,29 @@ def transfer_batches(cfg: ExperimentConfig, setup: Setup, seed: int, rank: int =
     )
 
 
+class EpochReports:
+    """``fit``'s per-epoch hook: times the epoch, evaluates the student, reports; keeps the last report."""
+
+    def __init__(self, student: nn.Module, setup: Setup, student_id: int, rows: int, costs: dict, report: Report):
+        self.student, self.setup, self.student_id, self.rows = student, setup, student_id, rows
+        self.before = student_metrics(student, setup, student_id)
+        self.costs, self.report = costs, report
+        self.final: dict[str, Any] = {}
+        self.started = time.perf_counter()
+
+    def __call__(self, epoch: int, losses: dict[str, float]) -> None:
+        seconds = time.perf_counter() - self.started
+        after = student_metrics(self.student, self.setup, self.student_id)
+        timing = {
+            "epoch_seconds": seconds,
+            "eval_seconds": time.perf_counter() - self.started - seconds,
+            "samples_per_s": self.rows / seconds,
+        }
+        self.final = {**epoch_metrics(epoch, self.before, after, losses, timing), **self.costs}
+        self.report(dict(self.final))
+        self.started = time.perf_counter()
+
+
 def run_trial(
     cfg: ExperimentConfig,
     label: str,
@@ -144,17 +167,15 @@ def run_trial(
     source = source or InlineLogits(setup)
     device = device or pick_device(cfg.tune.gpus_per_trial)
     load: LoadNode = cache(lambda node: load_node(cfg, setup, node, seed).to(device))
-    student_id = cfg.transfer.student
+    student_id, teachers = cfg.transfer.student, cfg.transfer.teachers
     student = load(student_id)
-    before = student_metrics(student, setup, student_id)
     if method.teachers == "peers":
         trainable, references = [wrap(load(n)) for n in cfg.node_ids()], References()
     else:
-        frozen = cfg.transfer.teachers if method.teachers == "frozen" else []
+        frozen = teachers if method.teachers == "frozen" else []
         initial = student_id if method.uses_initial_student else None
         trainable, references = [wrap(student)], source.references(frozen, initial, load)
     batches = transfer_batches(cfg, setup, seed, rank, world)
-    teachers = cfg.transfer.teachers
     context = method_context(
         batches,
         lambda: [load(n) for n in teachers],
@@ -163,31 +184,8 @@ def run_trial(
         lambda: source.train_logits(teachers, load),
     )
     costs = {f"prepare_{k}": v for k, v in method.prepare(context).items()}
-    final: dict[str, Any] = {}
-    started = [time.perf_counter()]
-
-    def on_epoch(epoch: int, losses: dict[str, float]) -> None:
-        seconds = time.perf_counter() - started[0]
-        after = student_metrics(student, setup, student_id)
-        timing = {
-            "epoch_seconds": seconds,
-            "eval_seconds": time.perf_counter() - started[0] - seconds,
-            "samples_per_s": batches.rows_per_epoch / seconds,
-        }
-        final.clear()
-        final.update(epoch_metrics(epoch, before, after, losses, timing), **costs)
-        report(dict(final))
-        started[0] = time.perf_counter()
-
+    epochs = EpochReports(student, setup, student_id, batches.rows_per_epoch, costs, report)
     seed_everything(seed)
-    fit(
-        trainable,
-        method,
-        batches,
-        cfg.transfer.train.epochs,
-        cfg.transfer.train.lr,
-        cfg.transfer.train.weight_decay,
-        references,
-        on_epoch,
-    )
-    return final
+    budget = cfg.transfer.train
+    fit(trainable, method, batches, budget.epochs, budget.lr, budget.weight_decay, references, epochs)
+    return epochs.final
