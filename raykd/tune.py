@@ -145,6 +145,7 @@ def preflight(cfg: ExperimentConfig, sweep: Sweep | None = None) -> str:
 
     Loading the dataset here also fills the on-disk dataset cache before any worker needs it.
     """
+    from raykd.data.checks import check_dataset
     from raykd.models import build_model
     from raykd.nodes import dataset_of, prepare
     from raykd.tracking import check_reachable, resolve_uri
@@ -156,6 +157,7 @@ def preflight(cfg: ExperimentConfig, sweep: Sweep | None = None) -> str:
         if cfg.federated.after_sweep:
             check(cell.config)
         data = dataset_of(cell.config)
+        check_dataset(cell.config, data)
         for seed in cfg.seeds:  # every split and partition draws now, so one that cannot is a line, not a traceback
             prepare(cell.config, seed)
         for node in cell.config.node_ids():
