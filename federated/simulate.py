@@ -38,12 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
 def preflight(cfg: ExperimentConfig) -> None:
     """Everything checkable before Ray starts: cross-field rules, architectures, the MLflow store."""
     # The core and MLflow load here, after parsing: --help never pays for torch or mlflow.
+    from raykd.data import check_dataset
     from raykd.models import build_model
     from raykd.nodes import dataset_of
     from raykd.tracking import check_reachable, resolve_uri
 
     check_federated(cfg)
     data = dataset_of(cfg)
+    check_dataset(cfg, data)
     build_model(cfg.nodes.model, data.input_shape, data.num_classes)
     for node, spec in cfg.nodes.models.items():
         build_model(spec, data.input_shape, data.num_classes, f"nodes.models.{node}")

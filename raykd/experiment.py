@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from raykd.config import ExperimentConfig
+from raykd.data import build_augment
 from raykd.engine import (
     InlineReferences,
     References,
@@ -105,7 +106,8 @@ def shard(index: np.ndarray, rank: int, world: int, seed: int) -> np.ndarray:
 
 
 def transfer_batches(cfg: ExperimentConfig, setup: Setup, seed: int, rank: int = 0, world: int = 1) -> TransferBatches:
-    """The transfer set's batches (the student's labelled share, and the pool where ``transfer.set`` uses it)."""
+    """The transfer set's batches (the student's labelled share, and the pool where ``transfer.set`` uses it),
+    augmented as ``data.augment`` says."""
     data, budget = setup.dataset, cfg.transfer.train
     pool = shard(setup.splits.pool, rank, world, seed) if cfg.transfer.set != "local" else None
     return TransferBatches(
@@ -116,6 +118,7 @@ def transfer_batches(cfg: ExperimentConfig, setup: Setup, seed: int, rank: int =
         budget.batch_size,
         distill_labelled=cfg.transfer.set != "pool",
         seed=seed + rank,
+        augment=build_augment(cfg.data.augment, seed + rank),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from raykd.config import ExperimentConfig, study_cells
+from raykd.data import check_dataset
 from raykd.errors import ConfigError
 from raykd.federated_checks import check_federated
 from raykd.models import build_model
@@ -21,6 +22,7 @@ def preflight(cfg: ExperimentConfig, sweep: Sweep | None = None) -> str:
         if cfg.federated.after_sweep:
             check_federated(cell.config)
         data = dataset_of(cell.config)
+        check_dataset(cell.config, data)
         for seed in cfg.seeds:  # every split and partition draws now, so one that cannot is a line, not a traceback
             prepare(cell.config, seed)
         for node in cell.config.node_ids():
