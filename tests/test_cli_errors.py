@@ -207,3 +207,10 @@ def test_corrupted_node_checkpoint_and_logit_cache_are_rebuilt(
     assert main(["--config", str(_write(tmp_path, raw))]) == 0
     printed = capsys.readouterr().out
     assert "node models: 1 of 2 cached" in printed and "teacher-logit cache: 1 forward passes" in printed
+
+
+def test_federated_grid_without_config_uses_the_default_config(capfd: pytest.CaptureFixture) -> None:
+    """A federated grid set with --set alone searches the default config (it used to pass ``--config None``)."""
+    assert main(["--set", "federated.grid={federated.rounds: [0]}"]) == 2
+    err = capfd.readouterr().err.strip()
+    assert err == "raykd: error: federated.rounds = 0: Input should be greater than or equal to 1"
