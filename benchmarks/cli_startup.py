@@ -55,9 +55,8 @@ def main() -> None:
     print("| command | baseline s | this checkout s | baseline / this |\n|---|---|---|---|")
     for name in COMMANDS:
         before, after = (statistics.median(times[name, label]) for label in ("baseline", "this"))
-        print(
-            f"| `python -m raykd.tune {' '.join(COMMANDS[name][2:])}` | {before:.2f} | {after:.2f} | {before / after:.2f} |"
-        )
+        command = " ".join(COMMANDS[name][2:])
+        print(f"| `python -m raykd.tune {command}` | {before:.2f} | {after:.2f} | {before / after:.2f} |")
 
 
 if __name__ == "__main__":
