@@ -121,7 +121,7 @@ def sweep() -> None:
             for f in (CACHE / "logits").glob("*"):
                 f.unlink()
         started = time.perf_counter()
-        out, _ = run_sweep(cfg, f"sqlite:///{CACHE / 'bench-mlflow.db'}")
+        out = run_sweep(cfg, f"sqlite:///{CACHE / 'bench-mlflow.db'}").out
         times[mode] = time.perf_counter() - started
         trials = __import__("pandas").read_csv(out / "trials.csv")
         steps = -(-len(setup.splits.pool) // 256)  # one teacher forward per step (on 256 labelled + 256 pool rows)

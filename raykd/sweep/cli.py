@@ -3,7 +3,7 @@
 Exit status: 0 when every trial succeeded, 2 for bad input (one line on stderr, nothing ran),
 3 when trials failed (the sweep completed and its tables were written first), 130 on Ctrl-C.
 This module imports only the config on its way to ``--help``; Ray, Tune and MLflow load when a
-sweep actually starts (see ``_sweep``).
+sweep actually starts (``raykd.api.run``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from raykd.api import run
 from raykd.cli import add_run_arguments, config_from_args, overrides_of, run_command
 from raykd.config import ExperimentConfig, describe_schema
 from raykd.errors import ConfigError
@@ -57,32 +58,37 @@ def federated_grid(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    # Ray, Tune and MLflow are imported here, not at the top: --help and config errors never pay for them.
-    from raykd.cluster import Capacity, check_sweep, ensure_ray
-    from raykd.sweep.preflight import preflight
-    from raykd.sweep.run import run_sweep
-    from raykd.sweep.state import open_sweep
-
+    """The command: the Python API's ``raykd.run`` with the command line's config, and an exit status."""
     if args.resume:
         if args.config or args.overrides or args.tracking_uri:
             raise ConfigError(
                 f"--resume {args.resume}: cannot be combined with --config, --set or --tracking-uri; "
                 f"a resumed sweep keeps its own config ({args.resume / 'config.yaml'})"
             )
-        cfg, resume = open_sweep(args.resume, args.address)
+        study = run(None, resume=args.resume, address=args.address)
     else:
-        cfg, resume = config_from_args(args, DEFAULT_CONFIG), None
+        cfg = config_from_args(args, DEFAULT_CONFIG)
         if cfg.federated.grid:
             return federated_grid(args, cfg)
-    uri = preflight(cfg, resume)
-    ensure_ray(cfg)
-    check_sweep(cfg, Capacity.now())
-    out, failed = run_sweep(cfg, uri, resume)
-    if failed:
-        what = "trial(s) or simulation(s)" if cfg.federated.after_sweep else "trial(s)"
-        print(f"raykd: {failed} {what} failed; see 'Failed trials' in {out / 'results.md'}", file=sys.stderr)
+        study = run(cfg)
+    if study.failed:
+        print(
+            f"raykd: {study.failed} trial(s) or simulation(s) failed; see 'Failed trials' in "
+            f"{study.out / 'results.md'}",
+            file=sys.stderr,
+        )
         return EXIT_TRIALS_FAILED
+    print_students(study.students)
     return 0
+
+
+def print_students(students: dict[str, list[Path]]) -> None:
+    """Say where the product of the sweep is, and how to load it."""
+    if not students:
+        return
+    print("distilled students (chosen setting per row; load with raykd.load_student(path)):")
+    for label, paths in students.items():
+        print(f"  {label}: {paths[0].parent}/ ({len(paths)} seeds)")
 
 
 def main(argv: list[str] | None = None) -> int:

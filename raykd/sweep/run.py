@@ -7,9 +7,11 @@ The trials' table is written first, so nothing after it can lose the results.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import ray
 import yaml
 from ray import tune
@@ -21,6 +23,7 @@ from raykd.sweep.followup import federated_followup
 from raykd.sweep.prepare import prepare_nodes, start_teacher_server
 from raykd.sweep.progress import Progress
 from raykd.sweep.state import Sweep, new_sweep
+from raykd.sweep.students import keep_chosen
 from raykd.sweep.trial import trainable, trial_resources
 from raykd.tracking import ParentRun, parent_run, trial_runs
 
@@ -30,8 +33,19 @@ def arms_of(cfg: ExperimentConfig) -> list[dict[str, Any]]:
     return [{"label": m.display(), "method": m.name, **s} for m in cfg.methods for s in m.grid()]
 
 
-def run_sweep(cfg: ExperimentConfig, uri: str, resume: Sweep | None = None) -> tuple[Path, int]:
-    """Run (or, given ``resume``, continue) the whole study; returns its output folder and failed-trial count."""
+@dataclass(frozen=True)
+class SweepResult:
+    """What a finished sweep leaves: its folder, its tables, and the distilled students of the chosen settings."""
+
+    out: Path
+    trials: pd.DataFrame
+    summary: pd.DataFrame
+    students: dict[str, list[Path]]
+    failed: int
+
+
+def run_sweep(cfg: ExperimentConfig, uri: str, resume: Sweep | None = None) -> SweepResult:
+    """Run (or, given ``resume``, continue) the whole study."""
     cells = study_cells(cfg)
     prepare_nodes(cells)
     sweep = resume or new_sweep(cfg, uri)
@@ -56,8 +70,7 @@ def run_sweep(cfg: ExperimentConfig, uri: str, resume: Sweep | None = None) -> t
         results = tuner.fit()
         trials = report.trial_rows([(r.config, r.metrics, r.error) for r in results])
         write_atomic(sweep.out / "trials.csv", trials.to_csv(index=False))  # first: nothing below can lose them
-        failed = write_report(cfg, cells, sweep, trials, server, parent)
-    return sweep.out, failed
+        return write_report(cfg, cells, sweep, trials, server, parent)
 
 
 def build_tuner(
@@ -95,9 +108,9 @@ def callbacks(cfg: ExperimentConfig, sweep: Sweep, total: int, parent_id: str) -
 
 
 def write_report(
-    cfg: ExperimentConfig, cells: list[Cell], sweep: Sweep, trials: Any, server: Any, parent: ParentRun
-) -> int:
-    """Tables, figures, the server's statistics and the federated follow-up; returns the failure count."""
+    cfg: ExperimentConfig, cells: list[Cell], sweep: Sweep, trials: pd.DataFrame, server: Any, parent: ParentRun
+) -> SweepResult:
+    """Tables, figures, the chosen students, the server's statistics and the federated follow-up."""
     out = sweep.out
     if (trials["status"] == "ok").any():
         text, figures, best = report.study(cfg, sweep.name, trials)
@@ -123,5 +136,6 @@ def write_report(
     for _, row in best.iterrows():
         parent.log_metrics({f"{row['label']}.test_gain": row["gain"], f"{row['label']}.val_acc": row["val_acc"]})
     parent.log_metrics({"failed_trials": failed})
+    students = keep_chosen(cfg, out, best)
     print("\n" + text, flush=True)
-    return failed
+    return SweepResult(out, trials, best, students, failed)

@@ -1,0 +1,141 @@
+"""The Python API the command lines wrap: load a config, run the sweep, run a simulation, load a student.
+
+    import raykd
+    cfg = raykd.load_config("tune_configs/default.yaml", overrides=["seeds=[0]"])
+    study = raykd.run(cfg)                 # the sweep `python -m raykd.tune` runs
+    study.summary                          # one row per method row: its chosen setting and metrics
+    model = raykd.load_student(study.students["kd-tuned"][0])
+
+Bad input raises the same one-line ``ConfigError`` the command lines print. Ray, Tune, MLflow and torch
+load only when a function needs them, so ``import raykd`` stays light.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from raykd.cli import absolute_paths
+from raykd.config import ExperimentConfig, parse_override, validate_config
+from raykd.config import load_config as load_yaml
+from raykd.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from torch import nn
+
+
+def load_config(source: str | Path | dict[str, Any], overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """A validated config from a YAML path or a mapping, with ``dotted.key=value`` overrides applied."""
+    if isinstance(source, dict):
+        raw = json.loads(json.dumps(source, default=str))  # a copy: overrides never change the caller's dict
+        for assignment in overrides:
+            parse_override(raw, assignment)
+        return absolute_paths(validate_config(raw))
+    return absolute_paths(load_yaml(Path(source), list(overrides)))
+
+
+@dataclass(frozen=True)
+class Study:
+    """A finished sweep: its folder, its tables, each row's chosen setting and distilled students."""
+
+    out: Path
+    summary: pd.DataFrame
+    trials: pd.DataFrame
+    chosen: dict[str, dict[str, Any]]
+    students: dict[str, list[Path]]
+    failed: int
+
+
+def run(
+    cfg: ExperimentConfig | str | Path | dict[str, Any] | None,
+    resume: str | Path | None = None,
+    address: str | None = None,
+) -> Study:
+    """Run the sweep of ``cfg`` (or continue the interrupted sweep in folder ``resume``) and return its results.
+
+    A resumed sweep keeps its own config (pass ``cfg=None``); ``address`` names the cluster it joins.
+    """
+    # The Ray shell loads here, not at import: `import raykd` and config errors never pay for Ray or MLflow.
+    from raykd.cluster import Capacity, check_sweep, ensure_ray
+    from raykd.sweep.preflight import preflight
+    from raykd.sweep.run import run_sweep
+    from raykd.sweep.state import open_sweep
+
+    sweep = None
+    if resume is not None:
+        cfg, sweep = open_sweep(Path(resume), address)
+    elif cfg is None:
+        raise ConfigError("raykd.run: give a config (a path, a mapping or an ExperimentConfig) or resume=PATH")
+    elif not isinstance(cfg, ExperimentConfig):
+        cfg = load_config(cfg)
+    if cfg.federated.grid:
+        raise ConfigError("federated.grid: searches over simulations run with `python -m federated.tune`")
+    uri = preflight(cfg, sweep)
+    ensure_ray(cfg)
+    check_sweep(cfg, Capacity.now())
+    result = run_sweep(cfg, uri, sweep)
+    return Study(
+        result.out, result.summary, result.trials, chosen_settings(cfg, result.summary), result.students, result.failed
+    )
+
+
+def chosen_settings(cfg: ExperimentConfig, summary: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Each ``[cell/]row``'s setting as the summary reports it (chosen on validation, never on test)."""
+    chosen = {}
+    for _, row in summary.iterrows():
+        cell = ",".join(f"{a}={row[a]}" for a in cfg.axes)
+        label = f"{cell}/{row['label']}" if cell else str(row["label"])
+        chosen[label] = {k: row[k] for k in cfg.method(str(row["label"])).knobs()}
+    return chosen
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """A finished Flower simulation: its folder, per-round table, summary and saved global model."""
+
+    out: Path
+    rounds: pd.DataFrame
+    summary: dict[str, Any]
+
+
+def simulate(cfg: ExperimentConfig | str | Path | dict[str, Any]) -> Simulation:
+    """Run one Flower simulation of ``cfg`` as its own Ray driver process (Flower shuts Ray down at its end).
+
+    When this process is already connected to Ray (a notebook, a sweep), the simulation joins that cluster.
+    """
+    import pandas as pd  # the tables' library, loaded with the first simulation
+    import ray
+
+    cfg = cfg if isinstance(cfg, ExperimentConfig) else load_config(cfg)
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cfg.output_dir) as folder:
+        config = Path(folder) / "config.yaml"
+        config.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        before = set(cfg.output_dir.iterdir())
+        address = ["--address", ray.get_runtime_context().gcs_address] if ray.is_initialized() else []
+        done = subprocess.run(
+            [sys.executable, "-m", "federated.simulate", "--config", str(config), *address],
+            capture_output=True,
+            text=True,
+        )
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or ["no output"]
+        raise (ConfigError if done.returncode == 2 else RuntimeError)(lines[-1].removeprefix("raykd: error: "))
+    (out,) = [p for p in set(cfg.output_dir.iterdir()) - before if (p / "summary.json").is_file()]
+    return Simulation(out, pd.read_csv(out / "rounds.csv"), json.loads((out / "summary.json").read_text()))
+
+
+def load_student(path: str | Path) -> nn.Module:
+    """The distilled student saved at ``path``, rebuilt in eval mode (see ``raykd.students``)."""
+    from raykd.students import load_student as load  # torch loads with the first student
+
+    return load(Path(path))

@@ -1,0 +1,59 @@
+"""The sweep's product: the distilled students of the settings the summary table reports.
+
+Every trial saves its final student under ``students/.trials/``; once the report has chosen each method
+row's setting (on validation), that setting's students move to ``students/[<cell>/]<row>/seed<S>.pt``
+and the students of the settings that were not chosen are deleted, so disk use stays bounded.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from raykd.config import ExperimentConfig, cell_key
+
+TRIALS = ".trials"
+
+
+def safe_name(text: str) -> str:
+    """``text`` as one harmless path component: no separators, no dot-dot, at most 100 characters."""
+    cleaned = re.sub(r"[^A-Za-z0-9._=+-]", "_", text).strip(".") or "_"
+    return cleaned[:100]
+
+
+def setting_name(setting: dict[str, Any]) -> str:
+    return "-".join(f"{k}={v:g}" for k, v in setting.items()) or "default"
+
+
+def trial_student(out: Path, cell: dict[str, str], label: str, setting: dict[str, Any], seed: int) -> Path:
+    """Where a trial saves its final student (resumed sweeps find finished trials' students there)."""
+    folder = out / "students" / TRIALS / safe_name(cell_key(cell) or "-") / safe_name(label)
+    return folder / safe_name(setting_name(setting)) / f"seed{seed}.pt"
+
+
+def chosen_student(out: Path, cell: dict[str, str], label: str, seed: int) -> Path:
+    where = [safe_name(cell_key(cell))] if cell else []
+    return out.joinpath("students", *where, safe_name(label), f"seed{seed}.pt")
+
+
+def keep_chosen(cfg: ExperimentConfig, out: Path, best: pd.DataFrame) -> dict[str, list[Path]]:
+    """Move the chosen settings' students into place, drop the rest; returns the files per ``[cell/]row``."""
+    axes = list(cfg.axes)
+    kept: dict[str, list[Path]] = {}
+    for _, row in best.iterrows():
+        cell = {a: str(row[a]) for a in axes}
+        label = str(row["label"])
+        setting = {k: row[k] for k in cfg.method(label).knobs()}
+        for seed in cfg.seeds:
+            source = trial_student(out, cell, label, setting, seed)
+            if source.is_file():
+                target = chosen_student(out, cell, label, seed)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source.replace(target)
+                kept.setdefault(f"{cell_key(cell)}/{label}" if cell else label, []).append(target)
+    shutil.rmtree(out / "students" / TRIALS, ignore_errors=True)
+    return kept
