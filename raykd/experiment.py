@@ -13,6 +13,7 @@ import resource
 import time
 from collections.abc import Callable
 from functools import cache
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -33,6 +34,7 @@ from raykd.engine import (
     seed_everything,
 )
 from raykd.nodes import Setup, load_node, prepare
+from raykd.students import save_student
 
 Report = Callable[[dict[str, Any]], None]
 LoadNode = Callable[[int], nn.Module]
@@ -40,6 +42,8 @@ LoadNode = Callable[[int], nn.Module]
 #: epoch's training alone and ``eval_seconds`` the evaluation after it, so a trial's time outside both (Tune's
 #: reporting, set-up) can be told apart (benchmarks/sweep_concurrency.py).
 TIMING_METRICS = ("epoch_seconds", "eval_seconds", "samples_per_s", "peak_rss_mb")
+#: What a saved student file records of its trial's last epoch.
+STUDENT_METRICS = ("val_acc", "local_val_acc", "test_acc", "test_acc_before", "gain")
 
 
 class LogitSource(Protocol):
@@ -156,6 +160,7 @@ def run_trial(
     world: int = 1,
     wrap: Callable[[nn.Module], nn.Module] = lambda model: model,
     device: torch.device | None = None,
+    save_to: Path | None = None,
 ) -> dict[str, Any]:
     """Transfer into the student with method row ``label`` at ``setting``; report after every epoch.
 
@@ -163,7 +168,8 @@ def run_trial(
     passes its ``rank`` among ``world`` workers (it trains on its shard of the transfer set) and
     ``wrap`` (e.g. DDP) for the trainable models; metrics are computed on the full evaluation splits
     by every worker alike. Models train on ``device`` (default: CUDA when ``tune.gpus_per_trial``
-    reserves GPUs, else the CPU); data and cached logits stay on the CPU. Returns the last report.
+    reserves GPUs, else the CPU); data and cached logits stay on the CPU. With ``save_to`` the final
+    student is saved there (by rank 0) as a student file (``raykd.students``). Returns the last report.
     """
     method = cfg.method(label).build(setting)
     setup = prepare(cfg, seed)
@@ -191,4 +197,25 @@ def run_trial(
     seed_everything(seed)
     budget = cfg.transfer.train
     fit(trainable, method, batches, budget.epochs, budget.lr, budget.weight_decay, references, epochs)
+    if save_to is not None and rank == 0:
+        save_trial_student(save_to, student, cfg, setup, label, setting, seed, epochs.final)
     return epochs.final
+
+
+def save_trial_student(
+    path: Path,
+    model: nn.Module,
+    cfg: ExperimentConfig,
+    setup: Setup,
+    label: str,
+    setting: dict[str, Any],
+    seed: int,
+    metrics: dict[str, Any],
+) -> None:
+    """The trial's product as a file ``raykd.load_student`` reads: weights, architecture, setting, seed, metrics."""
+    data = setup.dataset
+    kept = {k: metrics[k] for k in STUDENT_METRICS}
+    spec = cfg.nodes.model_of(cfg.transfer.student)
+    save_student(
+        path, model, spec, data.input_shape, data.num_classes, label=label, setting=setting, seed=seed, metrics=kept
+    )

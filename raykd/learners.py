@@ -49,7 +49,9 @@ def _worker(loop: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
 
     device = ray.train.torch.get_device()  # this worker's GPU when learners.use_gpu, else the CPU
-    run_trial(cfg, loop["label"], loop["setting"], loop["seed"], report, source, rank, world, wrap, device)
+    run_trial(
+        cfg, loop["label"], loop["setting"], loop["seed"], report, source, rank, world, wrap, device, loop["save_to"]
+    )
 
 
 def run_on_learners(
@@ -60,6 +62,7 @@ def run_on_learners(
     storage: Path,
     server_name: str | None = None,
     callbacks: list[Any] | None = None,
+    save_to: Path | None = None,
 ) -> dict[str, Any]:
     """Run one trial on a TorchTrainer; returns the last epoch's metrics (as reported by rank 0)."""
     trainer = TorchTrainer(
@@ -70,6 +73,7 @@ def run_on_learners(
             "setting": setting,
             "seed": seed,
             "server_name": server_name,
+            "save_to": save_to,
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.learners.num_workers,

@@ -10,6 +10,7 @@ result matches ``raykd.experiment.run_trial`` for the same seed.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -18,7 +19,7 @@ from torch import Tensor
 
 from raykd.config import ExperimentConfig
 from raykd.engine import seed_everything
-from raykd.experiment import Report, epoch_metrics, student_metrics, transfer_batches
+from raykd.experiment import Report, epoch_metrics, save_trial_student, student_metrics, transfer_batches
 from raykd.methods.base import StepLogits
 from raykd.nodes import load_node, prepare
 
@@ -58,6 +59,9 @@ class Peer:
         self.optimizer.step()
         return {k: float(v.detach()) for k, v in terms.items()}
 
+    def save(self, path: Path, label: str, setting: dict[str, Any], seed: int, metrics: dict[str, Any]) -> None:
+        save_trial_student(path, self.model, self.cfg, self.setup, label, setting, seed, metrics)
+
     def rows_per_epoch(self) -> int:
         return self.batches.rows_per_epoch
 
@@ -66,9 +70,15 @@ class Peer:
 
 
 def run_mutual_learning(
-    cfg: ExperimentConfig, label: str, setting: dict[str, Any], seed: int, report: Report = lambda m: None
+    cfg: ExperimentConfig,
+    label: str,
+    setting: dict[str, Any],
+    seed: int,
+    report: Report = lambda m: None,
+    save_to: Path | None = None,
 ) -> dict[str, Any]:
-    """The DML trial with one actor per peer; reports the student's (peer 0's) metrics every epoch."""
+    """The DML trial with one actor per peer; reports the student's (peer 0's) metrics every epoch and, with
+    ``save_to``, saves the student (peer 0) there."""
     peer = ray.remote(num_cpus=cfg.learners.cpus_per_worker)(Peer)
     peers = [peer.remote(cfg, label, setting, seed, k) for k in range(len(cfg.node_ids()))]
     before = ray.get(peers[0].evaluate.remote())
@@ -91,6 +101,8 @@ def run_mutual_learning(
         }
         final = epoch_metrics(epoch, before, after, totals, timing)
         report(dict(final))
+    if save_to is not None:
+        ray.get(peers[0].save.remote(save_to, label, setting, seed, final))
     for p in peers:
         ray.kill(p)
     return final

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.pytorch
+import torch
 from matplotlib.figure import Figure
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
@@ -27,6 +29,7 @@ from ray.tune.utils import flatten_dict
 
 from raykd.errors import ConfigError
 from raykd.files import last_line, write_atomic
+from raykd.students import load_student, read_student
 
 DEFAULT_STORE = "mlflow.db"
 
@@ -102,6 +105,11 @@ class ParentRun:
     def log_metrics(self, metrics: dict[str, float]) -> None:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
 
+    def log_students(self, best: dict[str, Path]) -> None:
+        """Each method row's best student (over seeds, on validation) as an MLflow model in the parent run."""
+        for name, path in best.items():
+            log_student_model(name, path)
+
     def log_figures(self, figures: dict[str, Figure], folder: Path) -> None:
         """Each figure as a PNG in ``folder`` and under ``plots/`` in the run."""
         for name, fig in figures.items():
@@ -109,6 +117,16 @@ class ParentRun:
             fig.savefig(png, format="png", dpi=120)
             write_atomic(folder / name, png.getvalue())
             mlflow.log_figure(fig, f"plots/{name}")
+
+
+def log_student_model(name: str, path: Path) -> None:
+    """A student file as an MLflow PyTorch model (with an input example, so its signature is recorded) and as
+    the file itself; ``mlflow.pytorch.load_model`` then loads it (a custom model's module must be importable)."""
+    model, info = load_student(path), read_student(path)
+    example = torch.zeros(1, *info["input_shape"]).numpy()
+    requirements = [f"torch=={torch.__version__.split('+')[0]}"]  # inferring them would import the model anew
+    mlflow.pytorch.log_model(model, name=name, input_example=example, pip_requirements=requirements)
+    mlflow.log_artifact(str(path), artifact_path=f"students/{name}")
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from raykd.config import ExperimentConfig, cell_key
+from raykd.students import read_student
 
 TRIALS = ".trials"
 
@@ -57,3 +58,8 @@ def keep_chosen(cfg: ExperimentConfig, out: Path, best: pd.DataFrame) -> dict[st
                 kept.setdefault(f"{cell_key(cell)}/{label}" if cell else label, []).append(target)
     shutil.rmtree(out / "students" / TRIALS, ignore_errors=True)
     return kept
+
+
+def best_of(paths: list[Path]) -> Path:
+    """The student with the highest validation accuracy among one row's seeds (never chosen on test)."""
+    return max(paths, key=lambda path: read_student(path)["info"]["metrics"]["val_acc"])

@@ -24,6 +24,7 @@ from raykd.files import write_atomic
 from raykd.learners import run_on_learners
 from raykd.nodes import prepare
 from raykd.peers import run_mutual_learning
+from raykd.sweep.students import trial_student
 from raykd.teacher_server import logit_source
 
 
@@ -35,7 +36,7 @@ def trainable(
     label, seed = config["arm"]["label"], config["seed"]
     raise_planned_faults(cfg, sweep_dir, label, seed)
     try:
-        transfer(cfg, config, server_name)
+        transfer(cfg, config, server_name, sweep_dir)
     except NonFiniteLoss as err:
         write_atomic(trial_file(sweep_dir, "nonfinite"), str(err))
         raise
@@ -66,20 +67,22 @@ def trial_file(sweep_dir: str, kind: str) -> Path:
     return Path(sweep_dir) / "faults" / f"{tune.get_context().get_trial_id()}.{kind}"
 
 
-def transfer(cfg: ExperimentConfig, config: dict[str, Any], server_name: str | None) -> None:
-    """Run the trial's transfer where the config says: peer actors, Ray Train learners, or in this process."""
+def transfer(cfg: ExperimentConfig, config: dict[str, Any], server_name: str | None, sweep_dir: str) -> None:
+    """Run the trial's transfer where the config says: peer actors, Ray Train learners, or in this process;
+    its final student is saved in the sweep's folder."""
     setting = {k: v for k, v in config["arm"].items() if k not in ("label", "method")}
     label, seed = config["arm"]["label"], config["seed"]
+    student = trial_student(Path(sweep_dir), config.get("cell", {}), label, setting, seed)
     if cfg.learners.peer_actors and cfg.method(label).name == "dml":
-        run_mutual_learning(cfg, label, setting, seed, report=tune.report)
+        run_mutual_learning(cfg, label, setting, seed, report=tune.report, save_to=student)
         return
     if cfg.learners.num_workers:
         storage = Path(tune.get_context().get_trial_dir())
-        run_on_learners(cfg, label, setting, seed, storage, server_name, callbacks=[TuneReportCallback()])
+        run_on_learners(cfg, label, setting, seed, storage, server_name, [TuneReportCallback()], student)
         return
     torch.set_num_threads(max(1, int(cfg.tune.cpus_per_trial)))
     source = logit_source(cfg, prepare(cfg, seed), seed, server_name)
-    run_trial(cfg, label, setting, seed, report=tune.report, source=source)
+    run_trial(cfg, label, setting, seed, report=tune.report, source=source, save_to=student)
 
 
 def trial_resources(cfg: ExperimentConfig, cluster_cpus: float) -> tuple[Any, int | None]:
