@@ -70,7 +70,7 @@ class ModelSpec(Section):
     @classmethod
     def _existing_file(cls, path: Path | None) -> Path | None:
         if path is not None and not path.is_file():
-            raise ValueError(f"no such file {str(path)!r} (a state_dict, node or student file saved by torch.save)")
+            raise ValueError("no such file (expected a state_dict, node or student file saved by torch.save)")
         return path.resolve() if path is not None else None  # absolute: Ray workers run in other folders
 
     @model_validator(mode="after")

