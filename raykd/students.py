@@ -51,19 +51,22 @@ def _plain(value: Any) -> Any:
 
 def read_student(path: Path) -> dict[str, Any]:
     """Everything in a student file but its weights: ``model`` (spec), ``input_shape``, ``num_classes``, ``info``."""
-    record = _read(Path(path), f"student file {path}")
-    if not isinstance(record, dict) or record.get("format") != STUDENT_FORMAT:
-        raise ConfigError(f"student file {path}: not a raykd student file (no {STUDENT_FORMAT!r} format tag)")
-    return {k: v for k, v in record.items() if k != "state_dict"}
+    return {k: v for k, v in _student(Path(path)).items() if k != "state_dict"}
 
 
 def load_student(path: Path) -> nn.Module:
     """The student rebuilt from its file, in eval mode (a custom model's module must be importable)."""
-    about = read_student(path)
-    field = f"student file {path}"
-    model = build_model(ModelSpec(**about["model"]), tuple(about["input_shape"]), about["num_classes"], field)
-    fit_weights(model, read_weights(path, field), path, field)
+    record, field = _student(Path(path)), f"student file {path}"
+    model = build_model(ModelSpec(**record["model"]), tuple(record["input_shape"]), record["num_classes"], field)
+    fit_weights(model, record["state_dict"], Path(path), field)
     return model.eval()
+
+
+def _student(path: Path) -> dict[str, Any]:
+    record = _read(path, f"student file {path}")
+    if not isinstance(record, dict) or record.get("format") != STUDENT_FORMAT:
+        raise ConfigError(f"student file {path}: not a raykd student file (no {STUDENT_FORMAT!r} format tag)")
+    return record
 
 
 def read_weights(path: Path, field: str) -> dict[str, Tensor]:
