@@ -112,8 +112,11 @@ class TrainConfig(Section):
 
 
 class NodesConfig(Section):
-    model: ModelSpec = Field(ModelSpec(name="cnn1d"), description="architecture of every node")
-    models: dict[int, ModelSpec] = Field({}, description="per-node architecture overrides, by node id")
+    model: ModelSpec = Field(
+        ModelSpec(name="cnn1d"),
+        description="every node's model: {name, width, depth, kwargs, checkpoint: PATH (not trained), init: PATH}",
+    )
+    models: dict[int, ModelSpec] = Field({}, description="per-node overrides of nodes.model, by node id")
     train: TrainConfig = TrainConfig()
     cache_dir: Path = Field(Path(".raykd_cache"), description="where node models and datasets are cached")
 
