@@ -52,25 +52,39 @@ def _as_list(value: Any) -> Any:
 
 
 class ModelSpec(Section):
-    """An architecture from the model registry (or any torchvision classification model name)."""
+    """An architecture (registry, torchvision or ``package.module:callable``), optionally with weights to start from.
 
-    name: str = Field(description="registry name: mlp, cnn1d, cnn2d, resnet, or a torchvision model")
+    Names are checked when the model is built (raykd.models), so this schema imports no torch.
+    """
+
+    name: str = Field(
+        description="registry name (mlp, cnn1d, cnn2d, resnet), a torchvision model, or package.module:callable"
+    )
     width: int | None = Field(None, gt=0, description="channels / hidden units (model default if unset)")
     depth: int | None = Field(None, gt=0, description="layers (mlp) or ResNet depth 6n+2 (resnet)")
+    kwargs: dict[str, Any] = Field(
+        {}, description="keyword arguments of a package.module:callable or torchvision model"
+    )
+    checkpoint: Path | None = Field(None, description="pre-trained weights: the node's model is this file, not trained")
+    init: Path | None = Field(None, description="weights to start from; the node is then trained (fine-tuned)")
 
     @model_validator(mode="before")
     @classmethod
     def _from_name(cls, value: Any) -> Any:
         return {"name": value} if isinstance(value, str) else value
 
-    @field_validator("name")
+    @field_validator("checkpoint", "init")
     @classmethod
-    def _known(cls, name: str) -> str:
-        from raykd.models import model_names
+    def _existing_file(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError("no such file (expected a state_dict, node or student file saved by torch.save)")
+        return path.resolve() if path is not None else None  # absolute: Ray workers run in other folders
 
-        if name not in model_names():
-            raise ValueError(f"unknown model {name!r}; allowed: {', '.join(model_names()[:8])}, ...")
-        return name
+    @model_validator(mode="after")
+    def _one_start(self) -> ModelSpec:
+        if self.checkpoint is not None and self.init is not None:
+            raise ValueError("give checkpoint (use the weights as they are) or init (train from them), not both")
+        return self
 
 
 class AugmentSpec(Section):
@@ -135,8 +149,11 @@ class TrainConfig(Section):
 
 
 class NodesConfig(Section):
-    model: ModelSpec = Field(ModelSpec(name="cnn1d"), description="architecture of every node")
-    models: dict[int, ModelSpec] = Field({}, description="per-node architecture overrides, by node id")
+    model: ModelSpec = Field(
+        ModelSpec(name="cnn1d"),
+        description="every node's model: {name, width, depth, kwargs, checkpoint: PATH (not trained), init: PATH}",
+    )
+    models: dict[int, ModelSpec] = Field({}, description="per-node overrides of nodes.model, by node id")
     train: TrainConfig = TrainConfig()
     cache_dir: Path = Field(Path(".raykd_cache"), description="where node models and datasets are cached")
 

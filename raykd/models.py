@@ -1,7 +1,8 @@
-"""Model registry: small models for embedded data, CIFAR ResNets, and any torchvision classifier.
+"""Model registry: small models for embedded data, CIFAR ResNets, any torchvision classifier, user callables.
 
 Every builder takes the dataset's per-sample input shape and class count, so teacher and student
-may be different architectures on the same data.
+may be different architectures on the same data. ``build_model`` is the one place a model is made:
+it checks the name, the input rank and the output shape, so every caller gets the same one-line errors.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from torchvision.models.resnet import BasicBlock
 
 from raykd.config import ModelSpec
 from raykd.errors import ConfigError
+from raykd.files import last_line
+from raykd.references import is_reference, resolve
 
 InputShape = tuple[int, ...]
 Builder = Callable[[InputShape, int, int | None, int | None], nn.Module]
@@ -102,14 +105,74 @@ def model_names() -> list[str]:
 
 
 def build_model(spec: ModelSpec, shape: InputShape, classes: int, field: str = "nodes.model") -> nn.Module:
-    """Build ``spec`` for inputs of ``shape``; a shape the model cannot take is a ConfigError on ``field``."""
-    builder, rank = REGISTRY.get(spec.name, (None, 3))
+    """Build ``spec`` for inputs of ``shape`` and check it on a dummy batch; any problem is a ConfigError on ``field``.
+
+    Only the architecture: weights named by ``checkpoint``/``init`` are loaded by raykd.nodes.
+    """
+    if is_reference(spec.name):
+        model = _user_model(spec, shape, classes, field)
+    elif spec.name in REGISTRY:
+        model = _registry_model(spec, shape, classes, field)
+    elif spec.name in model_names():
+        _check_rank(spec.name, 3, shape, field)
+        model = torchvision.models.get_model(spec.name, weights=None, num_classes=classes, **spec.kwargs)
+    else:
+        raise ConfigError(
+            f"{field}.name = {spec.name!r}: unknown model {spec.name!r}; allowed: {', '.join(REGISTRY)}, "
+            "a torchvision model name, or package.module:callable"
+        )
+    _check_output(model, spec.name, shape, classes, field)
+    return model
+
+
+def _check_rank(name: str, rank: int | None, shape: InputShape, field: str) -> None:
     if rank is not None and len(shape) != rank:
         kind = {2: "1-D signals (C, L)", 3: "images (C, H, W)"}[rank]
         fits = [n for n, (_, r) in REGISTRY.items() if r in (None, len(shape))]
         raise ConfigError(
-            f"{field}: model {spec.name!r} needs {kind} but the data has shape {shape}; allowed: {', '.join(fits)}"
+            f"{field}: model {name!r} needs {kind} but the data has shape {shape}; allowed: {', '.join(fits)}"
         )
-    if builder is None:
-        return torchvision.models.get_model(spec.name, weights=None, num_classes=classes)
+
+
+def _registry_model(spec: ModelSpec, shape: InputShape, classes: int, field: str) -> nn.Module:
+    builder, rank = REGISTRY[spec.name]
+    _check_rank(spec.name, rank, shape, field)
+    if spec.kwargs:
+        raise ConfigError(f"{field}.kwargs: registry model {spec.name!r} takes width and depth, not kwargs")
     return builder(shape, classes, spec.width, spec.depth)
+
+
+def _user_model(spec: ModelSpec, shape: InputShape, classes: int, field: str) -> nn.Module:
+    """Call the user's ``package.module:callable`` with the data's shape, the class count and ``kwargs``."""
+    if spec.width is not None or spec.depth is not None:
+        raise ConfigError(f"{field}: width/depth are for registry models; pass {spec.name!r} its arguments in kwargs")
+    build = resolve(spec.name, f"{field}.name")
+    try:
+        model = build(num_classes=classes, input_shape=tuple(shape), **spec.kwargs)
+    except Exception as err:  # noqa: BLE001 - user code may fail in any way; report it in one line
+        raise ConfigError(f"{field}: {spec.name!r} raised {_one_line(err)}") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{field}: {spec.name!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _one_line(err: Exception) -> str:
+    return last_line(f"{type(err).__name__}: {err}")
+
+
+def _check_output(model: nn.Module, name: str, shape: InputShape, classes: int, field: str) -> None:
+    """One forward pass on a batch of 2 (eval mode, no grad): logits must be (2, classes)."""
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, *shape))
+    except Exception as err:  # noqa: BLE001 - any failure on the data's shape is the model's, in one line
+        raise ConfigError(
+            f"{field}: model {name!r} fails on a batch of shape {(2, *shape)}: {_one_line(err)}"
+        ) from None
+    finally:
+        model.train(training)
+    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if got != (2, classes):
+        raise ConfigError(f"{field}: model {name!r} gave output {got} for a batch of 2; expected (2, {classes}) logits")

@@ -3,13 +3,16 @@
 The cache key covers everything that shapes the model: dataset settings, partition, seed, node,
 architecture and training budget (plus a format version), so changing any of them trains anew,
 and every trial and later run with the same settings reuses the file.
+
+A node may arrive pre-trained: ``checkpoint`` (its model is that file, only evaluated) or ``init``
+(trained from those weights). Either way the cache entry is written in raykd's format, keyed by the
+file's content hash, so the teacher server and the logit cache read every node the same way.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from functools import cache
@@ -19,13 +22,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from raykd.config import DataConfig, ExperimentConfig
+from raykd.config import DataConfig, ExperimentConfig, ModelSpec
 from raykd.data import Dataset, NodeData, Splits, load_dataset, make_splits, split_nodes
 from raykd.engine import TransferBatches, accuracy, fit, pick_device, seed_everything
+from raykd.files import file_digest, write_atomic
 from raykd.methods.ce import CrossEntropy
-from raykd.models import build_model
+from raykd.models import InputShape, build_model
+from raykd.students import fit_weights, read_weights
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+#: A file changed this recently may change again within the clock's resolution: hash it every time.
+RACY_SECONDS = 2.0
+_digests: dict[tuple[str, int, int, int], str] = {}
 
 
 @dataclass(frozen=True)
@@ -56,39 +64,97 @@ def prepare(cfg: ExperimentConfig, seed: int) -> Setup:
 
 
 def node_key(cfg: ExperimentConfig, node: int, seed: int) -> str:
-    """Content key of a node model: any change to what shapes it gives a new key."""
+    """Content key of a node model: any change to what shapes it gives a new key.
+
+    A node from a ``checkpoint`` is keyed by the file's content instead of a training budget; one
+    fine-tuned from ``init`` by both. Paths are left out: a moved file is the same model.
+    """
+    spec = cfg.nodes.model_of(node)
+    start, path = weights_start(spec)
     fields: dict[str, Any] = {
         "format": CACHE_FORMAT,
         "data": cfg.data.model_dump(mode="json", exclude={"root"}),
         "partition": cfg.partition.model_dump(mode="json"),
         "seed": seed,
         "node": node,
-        "model": cfg.nodes.model_of(node).model_dump(mode="json"),
-        "train": cfg.nodes.train.model_dump(mode="json"),
+        "model": spec.model_dump(mode="json", exclude={"checkpoint", "init"}),
+        "weights": [start, weights_digest(path) if path else None],
+        "train": None if start == "checkpoint" else cfg.nodes.train.model_dump(mode="json"),
     }
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def weights_start(spec: ModelSpec) -> tuple[str, Path | None]:
+    """Where a node's weights start: ("checkpoint", file), ("init", file) or ("scratch", None)."""
+    if spec.checkpoint is not None:
+        return "checkpoint", spec.checkpoint
+    return ("init", spec.init) if spec.init is not None else ("scratch", None)
+
+
+def weights_digest(path: Path) -> str:
+    """The file's SHA-256, remembered per (path, size, mtime, inode) so keys stay cheap for large files.
+
+    As in git's "racy clean" rule, a digest taken within RACY_SECONDS of the file's mtime is not
+    remembered: an edit inside the clock's resolution would keep the same mtime.
+    """
+    stat = path.stat()
+    stamp = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if stamp in _digests:
+        return _digests[stamp]
+    digest = file_digest(path)
+    if time.time() - stat.st_mtime > RACY_SECONDS:
+        _digests[stamp] = digest
+    return digest
 
 
 def node_path(cfg: ExperimentConfig, node: int, seed: int) -> Path:
     return cfg.nodes.cache_dir / "nodes" / f"node{node}-seed{seed}-{node_key(cfg, node, seed)}.pt"
 
 
+def node_field(cfg: ExperimentConfig, node: int) -> str:
+    """The config key that describes ``node``'s model (for error lines)."""
+    return f"nodes.models.{node}" if node in cfg.nodes.models else "nodes.model"
+
+
 def new_model(cfg: ExperimentConfig, setup: Setup, node: int) -> nn.Module:
-    field = f"nodes.models.{node}" if node in cfg.nodes.models else "nodes.model"
-    return build_model(cfg.nodes.model_of(node), setup.dataset.input_shape, setup.dataset.num_classes, field)
+    """The node's architecture with fresh weights (no checkpoint or init applied)."""
+    return build_model(
+        cfg.nodes.model_of(node), setup.dataset.input_shape, setup.dataset.num_classes, node_field(cfg, node)
+    )
 
 
-def train_node(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> dict[str, float]:
+def start_model(spec: ModelSpec, shape: InputShape, classes: int, field: str) -> nn.Module:
+    """``spec`` built, with its checkpoint or init weights loaded; a file that does not fit is one line."""
+    model = build_model(spec, shape, classes, field)
+    start, path = weights_start(spec)
+    if path is not None:
+        fit_weights(model, read_weights(path, f"{field}.{start}"), path, f"{field}.{start}")
+    return model
+
+
+def check_checkpoints(cfg: ExperimentConfig, input_shape: InputShape, num_classes: int) -> None:
+    """Preflight: every node's checkpoint or init file is readable and fits its architecture."""
+    fields = {node_field(cfg, node): cfg.nodes.model_of(node) for node in range(cfg.partition.num_nodes)}
+    for field, spec in fields.items():
+        if weights_start(spec)[1] is not None:
+            start_model(spec, input_shape, num_classes, field)
+
+
+def train_node(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> dict[str, Any]:
     """Train node ``node`` on its local data with cross-entropy and write it to the cache atomically.
 
-    It trains on CUDA when the sweep reserves GPUs (``tune.gpus_per_trial``); the file holds CPU tensors.
+    A ``checkpoint`` node is only evaluated; an ``init`` node trains from its file's weights. It
+    trains on CUDA when the sweep reserves GPUs (``tune.gpus_per_trial``); the file holds CPU tensors.
     """
     seed_everything(seed * 1000 + node)
-    model = new_model(cfg, setup, node).to(pick_device(cfg.tune.gpus_per_trial))
-    data, local, budget = setup.dataset, setup.nodes[node], cfg.nodes.train
+    spec, data, local, budget = cfg.nodes.model_of(node), setup.dataset, setup.nodes[node], cfg.nodes.train
+    model = start_model(spec, data.input_shape, data.num_classes, node_field(cfg, node))
+    model = model.to(pick_device(cfg.tune.gpus_per_trial))
+    start, path = weights_start(spec)
     started = time.perf_counter()
-    batches = TransferBatches(data.train_x, data.train_y, local.train, None, budget.batch_size, False, seed + node)
-    fit([model], CrossEntropy(), batches, budget.epochs, budget.lr, budget.weight_decay)
+    if start != "checkpoint":
+        batches = TransferBatches(data.train_x, data.train_y, local.train, None, budget.batch_size, False, seed + node)
+        fit([model], CrossEntropy(), batches, budget.epochs, budget.lr, budget.weight_decay)
     meta = {
         "node": node,
         "seed": seed,
@@ -96,12 +162,12 @@ def train_node(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> dic
         "local_val_acc": accuracy(model, data.train_x[local.val], data.train_y[local.val]),
         "test_acc": accuracy(model, data.test_x, data.test_y),
         "train_seconds": time.perf_counter() - started,
+        "weights_from": start,
+        "weights_file": str(path) if path else None,
+        "weights_digest": weights_digest(path) if path else None,
     }
-    path = node_path(cfg, node, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "meta": meta}, tmp)
-    os.replace(tmp, path)
+    record = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "meta": meta}
+    write_atomic(node_path(cfg, node, seed), lambda tmp: torch.save(record, tmp))
     return meta
 
 
