@@ -40,7 +40,7 @@ def preflight(cfg: ExperimentConfig) -> None:
     # The core and MLflow load here, after parsing: --help never pays for torch or mlflow.
     from raykd.data import check_dataset
     from raykd.models import build_model
-    from raykd.nodes import dataset_of
+    from raykd.nodes import check_checkpoints, dataset_of
     from raykd.tracking import check_reachable, resolve_uri
 
     check_federated(cfg)
@@ -49,6 +49,7 @@ def preflight(cfg: ExperimentConfig) -> None:
     build_model(cfg.nodes.model, data.input_shape, data.num_classes)
     for node, spec in cfg.nodes.models.items():
         build_model(spec, data.input_shape, data.num_classes, f"nodes.models.{node}")
+    check_checkpoints(cfg, data.input_shape, data.num_classes)
     check_reachable(resolve_uri(cfg.tracking.uri))
 
 

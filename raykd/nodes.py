@@ -50,6 +50,24 @@ def _dataset(data: DataConfig, cache_dir: Path) -> Dataset:
     return load_dataset(data, cache_dir)
 
 
+#: Datasets whose content is fixed by their name and settings (the user's own are keyed by their content).
+FIXED_DATASETS = ("digits", "mnist1d", "mnist", "fake", "cifar10", "cifar100")
+
+
+@cache
+def _content_digest(data: DataConfig, cache_dir: Path) -> str:
+    digest = hashlib.sha256()
+    dataset = _dataset(data, cache_dir)
+    for tensor in (dataset.train_x, dataset.train_y, dataset.test_x, dataset.test_y):
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def data_digest(cfg: ExperimentConfig) -> str | None:
+    """The content of a user's dataset (an .npz, an image folder, a callable's arrays): editing it retrains."""
+    return None if cfg.data.dataset in FIXED_DATASETS else _content_digest(cfg.data, cfg.nodes.cache_dir)
+
+
 def dataset_of(cfg: ExperimentConfig) -> Dataset:
     """The experiment's dataset, loaded once per process."""
     return _dataset(cfg.data, cfg.nodes.cache_dir)
@@ -74,6 +92,7 @@ def node_key(cfg: ExperimentConfig, node: int, seed: int) -> str:
     fields: dict[str, Any] = {
         "format": CACHE_FORMAT,
         "data": cfg.data.model_dump(mode="json", exclude={"root"}),
+        "data_content": data_digest(cfg),
         "partition": cfg.partition.model_dump(mode="json"),
         "seed": seed,
         "node": node,

@@ -162,7 +162,8 @@ class ServedReferences(References):
 
 
 def served_model(key: str, checkpoint: Path, spec: ModelSpec, shape: tuple[int, ...], classes: int) -> ServedModel:
-    return ServedModel(key, str(checkpoint), spec.model_dump(), tuple(shape), classes)
+    # The weights come from the node cache file; the spec's own checkpoint/init files are not needed (or re-checked).
+    return ServedModel(key, str(checkpoint), spec.model_dump(exclude={"checkpoint", "init"}), tuple(shape), classes)
 
 
 class ServedLogits(InlineLogits):

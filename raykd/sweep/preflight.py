@@ -7,7 +7,7 @@ from raykd.data import check_dataset
 from raykd.errors import ConfigError
 from raykd.federated_checks import check_federated
 from raykd.models import build_model
-from raykd.nodes import dataset_of, prepare
+from raykd.nodes import check_checkpoints, dataset_of, node_field, prepare
 from raykd.sweep.state import Sweep
 from raykd.tracking import check_reachable, check_run_exists, resolve_uri
 
@@ -26,8 +26,10 @@ def preflight(cfg: ExperimentConfig, sweep: Sweep | None = None) -> str:
         for seed in cfg.seeds:  # every split and partition draws now, so one that cannot is a line, not a traceback
             prepare(cell.config, seed)
         for node in cell.config.node_ids():
-            field = f"nodes.models.{node}" if node in cell.config.nodes.models else "nodes.model"
-            build_model(cell.config.nodes.model_of(node), data.input_shape, data.num_classes, field)
+            build_model(
+                cell.config.nodes.model_of(node), data.input_shape, data.num_classes, node_field(cell.config, node)
+            )
+        check_checkpoints(cell.config, data.input_shape, data.num_classes)
     uri = sweep.uri if sweep else resolve_uri(cfg.tracking.uri)
     check_reachable(uri)
     if sweep:
