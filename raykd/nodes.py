@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from raykd.config import DataConfig, ExperimentConfig, ModelSpec
-from raykd.data import Dataset, NodeData, Splits, load_dataset, make_splits, split_nodes
+from raykd.data import Dataset, NodeData, Splits, build_augment, load_dataset, make_splits, split_nodes
 from raykd.engine import TransferBatches, accuracy, fit, pick_device, seed_everything
 from raykd.files import file_digest, write_atomic
 from raykd.methods.ce import CrossEntropy
@@ -172,7 +172,10 @@ def train_node(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> dic
     start, path = weights_start(spec)
     started = time.perf_counter()
     if start != "checkpoint":
-        batches = TransferBatches(data.train_x, data.train_y, local.train, None, budget.batch_size, False, seed + node)
+        augment = build_augment(cfg.data.augment, seed + node)
+        batches = TransferBatches(
+            data.train_x, data.train_y, local.train, None, budget.batch_size, False, seed + node, augment
+        )
         fit([model], CrossEntropy(), batches, budget.epochs, budget.lr, budget.weight_decay)
     meta = {
         "node": node,
