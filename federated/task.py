@@ -28,7 +28,7 @@ from raykd.engine import (
     seed_everything,
 )
 from raykd.errors import ConfigError
-from raykd.methods import Method
+from raykd.methods.base import Method
 from raykd.methods.ce import CrossEntropy
 from raykd.methods.kd import KnowledgeDistillation
 from raykd.models import build_model

@@ -7,26 +7,35 @@ axis; scalars are fixed values. Every error names the field and what it allows.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    ModelWrapValidatorHandler,
+    SerializeAsAny,
+    Tag,
     ValidationError,
     create_model,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from raykd.errors import ConfigError
-from raykd.methods import METHODS, Method
+from raykd.methods import METHODS, method_class
+from raykd.methods.knobs import MethodKnobs, from_class, from_source
+from raykd.references import is_reference
+
+if TYPE_CHECKING:
+    from raykd.methods.base import Method
 
 DATASET_CLASSES = {"digits": 10, "mnist1d": 10, "cifar10": 10, "cifar100": 100}
 #: Config sections an ``axes`` variant may change: what the data, nodes and transfer are, not how the sweep runs.
@@ -196,23 +205,78 @@ class MethodConfig(Section):
         return [dict(zip(names, v, strict=True)) for v in itertools.product(*(getattr(self, n) for n in names))]
 
     def build(self, setting: dict[str, Any]) -> Method:
-        return METHODS[self.name](**setting)  # type: ignore[attr-defined]
+        """The method at one grid point; its class is imported only now (it brings torch)."""
+        return method_class(self.name)(**setting)  # type: ignore[attr-defined]
 
 
-def _method_config(cls: type[Method]) -> type[MethodConfig]:
-    """Derive a method's YAML schema from its dataclass: each knob becomes a list (grid axis)."""
-    fields: dict[str, Any] = {"name": (Literal[cls.name], ...)}  # type: ignore[valid-type]
-    hints = get_type_hints(cls, include_extras=True)
-    for f in dataclasses.fields(cls):
-        fields[f.name] = (
-            Annotated[list[hints[f.name]], BeforeValidator(_as_list), Field(min_length=1)],  # type: ignore[misc]
-            [f.default],
+def _method_config(name: str, method: MethodKnobs) -> type[MethodConfig]:
+    """A method's YAML schema from its knobs: each knob becomes a list (grid axis) of its annotated type."""
+    fields: dict[str, Any] = {"name": (Literal[name], ...)}  # type: ignore[valid-type]
+    for knob in method.knobs:
+        fields[knob.name] = (
+            Annotated[list[knob.annotation], BeforeValidator(_as_list), Field(min_length=1)],  # type: ignore[misc]
+            [knob.default],
         )
-    return create_model(f"{cls.__name__}Config", __base__=MethodConfig, **fields)
+    return create_model(f"{name}-config", __base__=MethodConfig, **fields)
 
 
-METHOD_CONFIGS = {name: _method_config(cls) for name, cls in METHODS.items()}
-AnyMethodConfig = Annotated[Union[tuple(METHOD_CONFIGS.values())], Field(discriminator="name")]  # noqa: UP007
+#: Built-in methods' knobs, read from their sources (no torch), and the schema of each.
+METHOD_KNOBS = {name: from_source(reference) for name, reference in METHODS.items()}
+METHOD_CONFIGS = {name: _method_config(name, knobs) for name, knobs in METHOD_KNOBS.items()}
+#: User method configs built so far, by reference (error messages look their keys up here).
+USER_METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
+#: The discriminator tag of a row naming a user's method class.
+USER_METHOD = "reference"
+
+
+class UserMethodConfig(MethodConfig):
+    """A row whose name is ``"package.module:Class"``: the class is imported and its dataclass fields are its knobs."""
+
+    name: str
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _as_its_class(cls, data: Any, handler: ModelWrapValidatorHandler[MethodConfig]) -> MethodConfig:
+        if isinstance(data, MethodConfig):
+            return data
+        reference = data["name"]
+        try:
+            return _user_method_config(reference).model_validate(data)
+        except ValidationError as err:  # located under the reference, so an unknown key lists the class's knobs
+            errors = [
+                {"type": PydanticCustomError(e["type"], "{msg}", {"msg": e["msg"]}), "loc": (reference, *e["loc"])}
+                | {"input": e["input"]}
+                for e in err.errors()
+            ]
+            raise ValidationError.from_exception_data(err.title, errors) from None  # type: ignore[arg-type]
+
+
+def _user_method_config(reference: str) -> type[MethodConfig]:
+    """The schema of a user's method class, built once per reference; a bad reference is one error."""
+    if reference not in USER_METHOD_CONFIGS:
+        try:
+            knobs = from_class(method_class(reference, "name"))
+        except (ConfigError, TypeError) as err:
+            reason = str(err).removeprefix("name: ")
+            raise PydanticCustomError("method_reference", "{reason}", {"reason": reason}) from None
+        USER_METHOD_CONFIGS[reference] = _method_config(reference, knobs)
+    return USER_METHOD_CONFIGS[reference]
+
+
+def _method_tag(row: Any) -> str | None:
+    """Which schema validates a row: a built-in method's name, ``USER_METHOD`` for a reference."""
+    name = row.get("name") if isinstance(row, dict) else getattr(row, "name", None)
+    return USER_METHOD if isinstance(name, str) and is_reference(name) else name
+
+
+AnyMethodConfig = SerializeAsAny[  # the runtime class (a user method's own config) dumps its knobs
+    Annotated[
+        Union[  # noqa: UP007
+            tuple(Annotated[c, Tag(n)] for n, c in {**METHOD_CONFIGS, USER_METHOD: UserMethodConfig}.items())
+        ],
+        Discriminator(_method_tag),
+    ]
+]
 
 
 class FederatedConfig(Section):
@@ -455,12 +519,14 @@ def validate_config(raw: dict[str, Any]) -> ExperimentConfig:
 def describe_error(err: ValidationError) -> str:
     """The first validation error as one line: ``field.path = value: what is allowed``."""
     first = err.errors()[0]
-    loc = [p for p in first["loc"] if p not in METHOD_CONFIGS]  # drop the discriminator tag
+    loc = [p for p in first["loc"] if not _is_method_tag(p)]
     if loc[:1] == ["methods"] and len(loc) > 3 and isinstance(loc[-1], int):
         loc = loc[:-1]  # a knob's grid position: the value shown identifies it
     field = ""
     for part in loc:
         field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
+    if first["type"] == "method_reference":
+        return f"{field}.name: {first['ctx']['reason']}"
     if first["type"] == "union_tag_invalid":
         return f"{field}.name = {first['ctx']['tag']!r}: unknown method; allowed: {', '.join(METHODS)}"
     if first["type"] == "extra_forbidden":
@@ -480,8 +546,8 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     for part in loc:
         if isinstance(part, int):
             continue
-        if part in METHOD_CONFIGS:
-            model = METHOD_CONFIGS[part]
+        if _is_method_tag(part):
+            model = {**METHOD_CONFIGS, **USER_METHOD_CONFIGS}.get(part, model)
             continue
         annotation = model.model_fields[part].annotation
         while get_origin(annotation) in (list, dict, Union) or (get_origin(annotation) is Annotated):
@@ -489,6 +555,11 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
             annotation = args[0] if args else get_args(annotation)[-1]
         model = annotation
     return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
+def _is_method_tag(part: Any) -> bool:
+    """Whether a location part is a method row's discriminator tag (a built-in name or a user reference)."""
+    return part in METHOD_CONFIGS or part == USER_METHOD or part in USER_METHOD_CONFIGS
 
 
 def describe_schema() -> str:
@@ -507,20 +578,11 @@ def describe_schema() -> str:
 
     walk(ExperimentConfig, None, "")
     lines.append("  methods[i].name, methods[i].label, and per method (list values are grid axes):")
-    for name, config in METHOD_CONFIGS.items():
-        cls = METHODS[name]
-        knobs = ", ".join(
-            f"{knob}={config.model_fields[knob].default[0]} ({_knob_description(cls, knob)})"
-            for knob in config.model_fields
-            if knob not in ("name", "label")
-        )
-        lines.append(f"    {name}: {knobs or 'no knobs'}; {(cls.__doc__ or '').strip().splitlines()[0]}")
+    for name, method in METHOD_KNOBS.items():
+        knobs = ", ".join(f"{knob.name}={knob.default} ({knob.description})" for knob in method.knobs)
+        lines.append(f"    {name}: {knobs or 'no knobs'}; {method.summary}")
+    lines.append('    "package.module:Class": your own Method subclass; its dataclass fields are its knobs')
     return "\n".join(lines)
-
-
-def _knob_description(cls: type[Method], knob: str) -> str:
-    metadata = getattr(get_type_hints(cls, include_extras=True)[knob], "__metadata__", ())
-    return next((m.description for m in metadata if getattr(m, "description", None)), "")
 
 
 def _show(value: Any) -> str:

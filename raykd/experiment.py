@@ -27,7 +27,7 @@ from raykd.engine import (
     pick_device,
     seed_everything,
 )
-from raykd.methods import Method
+from raykd.methods.base import Method
 from raykd.nodes import Setup, load_node, node_path, prepare
 
 Report = Callable[[dict[str, Any]], None]

@@ -18,7 +18,7 @@ from torch import Tensor
 from raykd.config import ExperimentConfig
 from raykd.engine import TransferBatches, seed_everything
 from raykd.experiment import Report, student_metrics
-from raykd.methods import StepLogits
+from raykd.methods.base import StepLogits
 from raykd.nodes import load_node, prepare
 
 
