@@ -10,32 +10,21 @@ import copy
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
-    Discriminator,
     Field,
-    ModelWrapValidatorHandler,
-    SerializeAsAny,
-    Tag,
     ValidationError,
-    create_model,
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
 from raykd.errors import ConfigError
-from raykd.methods import METHODS, method_class
-from raykd.methods.knobs import MethodKnobs, from_class, from_source
-from raykd.references import is_reference
-
-if TYPE_CHECKING:
-    from raykd.methods.base import Method
+from raykd.methods import METHODS
+from raykd.methods.schema import METHOD_KNOBS, AnyMethodConfig, MethodConfig, is_method_tag, method_config_of
 
 DATASET_CLASSES = {"digits": 10, "mnist1d": 10, "cifar10": 10, "cifar100": 100}
 #: Config sections an ``axes`` variant may change: what the data, nodes and transfer are, not how the sweep runs.
@@ -188,95 +177,19 @@ class TrackingConfig(Section):
     )
 
 
-class MethodConfig(Section):
-    """Base of the generated per-method configs: knob fields hold lists (grid axes)."""
-
-    label: str | None = Field(None, description="row name in the results table (default: method name)")
-
-    def display(self) -> str:
-        return self.label or self.name  # type: ignore[attr-defined]
-
-    def knobs(self) -> list[str]:
-        return [f for f in type(self).model_fields if f not in ("name", "label")]
-
-    def grid(self) -> list[dict[str, Any]]:
-        """Every concrete setting: the product of the knob lists."""
-        names = self.knobs()
-        return [dict(zip(names, v, strict=True)) for v in itertools.product(*(getattr(self, n) for n in names))]
-
-    def build(self, setting: dict[str, Any]) -> Method:
-        """The method at one grid point; its class is imported only now (it brings torch)."""
-        return method_class(self.name)(**setting)  # type: ignore[attr-defined]
-
-
-def _method_config(name: str, method: MethodKnobs) -> type[MethodConfig]:
-    """A method's YAML schema from its knobs: each knob becomes a list (grid axis) of its annotated type."""
-    fields: dict[str, Any] = {"name": (Literal[name], ...)}  # type: ignore[valid-type]
-    for knob in method.knobs:
-        fields[knob.name] = (
-            Annotated[list[knob.annotation], BeforeValidator(_as_list), Field(min_length=1)],  # type: ignore[misc]
-            [knob.default],
-        )
-    return create_model(f"{name}-config", __base__=MethodConfig, **fields)
-
-
-#: Built-in methods' knobs, read from their sources (no torch), and the schema of each.
-METHOD_KNOBS = {name: from_source(reference) for name, reference in METHODS.items()}
-METHOD_CONFIGS = {name: _method_config(name, knobs) for name, knobs in METHOD_KNOBS.items()}
-#: User method configs built so far, by reference (error messages look their keys up here).
-USER_METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
-#: The discriminator tag of a row naming a user's method class.
-USER_METHOD = "reference"
-
-
-class UserMethodConfig(MethodConfig):
-    """A row whose name is ``"package.module:Class"``: the class is imported and its dataclass fields are its knobs."""
-
-    name: str
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _as_its_class(cls, data: Any, handler: ModelWrapValidatorHandler[MethodConfig]) -> MethodConfig:
-        if isinstance(data, MethodConfig):
-            return data
-        reference = data["name"]
-        try:
-            return _user_method_config(reference).model_validate(data)
-        except ValidationError as err:  # located under the reference, so an unknown key lists the class's knobs
-            errors = [
-                {"type": PydanticCustomError(e["type"], "{msg}", {"msg": e["msg"]}), "loc": (reference, *e["loc"])}
-                | {"input": e["input"]}
-                for e in err.errors()
-            ]
-            raise ValidationError.from_exception_data(err.title, errors) from None  # type: ignore[arg-type]
-
-
-def _user_method_config(reference: str) -> type[MethodConfig]:
-    """The schema of a user's method class, built once per reference; a bad reference is one error."""
-    if reference not in USER_METHOD_CONFIGS:
-        try:
-            knobs = from_class(method_class(reference, "name"))
-        except (ConfigError, TypeError) as err:
-            reason = str(err).removeprefix("name: ")
-            raise PydanticCustomError("method_reference", "{reason}", {"reason": reason}) from None
-        USER_METHOD_CONFIGS[reference] = _method_config(reference, knobs)
-    return USER_METHOD_CONFIGS[reference]
-
-
-def _method_tag(row: Any) -> str | None:
-    """Which schema validates a row: a built-in method's name, ``USER_METHOD`` for a reference."""
-    name = row.get("name") if isinstance(row, dict) else getattr(row, "name", None)
-    return USER_METHOD if isinstance(name, str) and is_reference(name) else name
-
-
-AnyMethodConfig = SerializeAsAny[  # the runtime class (a user method's own config) dumps its knobs
-    Annotated[
-        Union[  # noqa: UP007
-            tuple(Annotated[c, Tag(n)] for n, c in {**METHOD_CONFIGS, USER_METHOD: UserMethodConfig}.items())
-        ],
-        Discriminator(_method_tag),
-    ]
-]
+#: KD temperature of the server's pool distillation when no method row has a ``temperature`` knob.
+SERVER_TEMPERATURE = 4.0
+_KD_ROW, _FML_ROW = (
+    "{name: kd, temperature: 4, alpha: 0.5}",
+    "{name: 'federated.fml:FederatedMutualLearning', alpha: 0.5, beta: 0.5}",
+)
+#: Former federated knobs and (their method-row knob, an example row): each knob has one home, the method row.
+MOVED_FEDERATED_KEYS = {
+    "temperature": ("temperature", _KD_ROW),
+    "kd_alpha": ("alpha", _KD_ROW),
+    "fml_alpha": ("alpha", _FML_ROW),
+    "fml_beta": ("beta", _FML_ROW),
+}
 
 
 class FederatedConfig(Section):
@@ -298,11 +211,11 @@ class FederatedConfig(Section):
         1, ge=1, description="successful clients a round needs to aggregate, else it is skipped"
     )
     local: TrainConfig = Field(TrainConfig(epochs=1, lr=3e-3), description="each client's local training per round")
-    temperature: float = Field(4.0, gt=0, description="KD temperature (kd, feddf, consolidation)")
-    kd_alpha: float = Field(0.5, ge=0, le=1, description="kd: weight of the KD term from the global model, in [0, 1]")
-    fml_alpha: float = Field(0.5, ge=0, le=1, description="fml: private model's CE weight (1 - alpha on KL), [0, 1]")
-    fml_beta: float = Field(0.5, ge=0, le=1, description="fml: meme model's CE weight (1 - beta on KL), in [0, 1]")
-    server: TrainConfig = Field(TrainConfig(epochs=3, lr=3e-3), description="server-side KD on the shared pool")
+    server: TrainConfig = Field(
+        TrainConfig(epochs=3, lr=3e-3),
+        description="server-side KD on the shared pool (feddf, consolidation), at the temperature of the first "
+        f"method row that has one, else {SERVER_TEMPERATURE:g}",
+    )
     target_acc: float = Field(0.6, gt=0, le=1, description="test accuracy whose first round is reported")
     client_cpus: float = Field(1.0, gt=0, description="CPUs reserved by each simulated client")
     client_gpus: float = Field(0.0, ge=0, description="GPUs reserved by each simulated client")
@@ -313,6 +226,22 @@ class FederatedConfig(Section):
         description="python -m raykd.tune: after the sweep, run this simulation for every seed and every distinct "
         "partition of the study's cells, and add its rounds-to-target table to the report",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, value: Any) -> Any:
+        """Keys that moved to the method row: one line naming the new home, not 'unknown key'."""
+        if not isinstance(value, dict):
+            return value
+        grid = value.get("grid")
+        axes = [str(k).removeprefix("federated.") for k in grid if str(k).startswith("federated.")] if grid else []
+        for key in (*value, *axes):
+            if key in MOVED_FEDERATED_KEYS:
+                knob, example = MOVED_FEDERATED_KEYS[key]
+                raise ValueError(
+                    f"federated.{key}: moved to the method row; set methods.0.{knob} (e.g. methods: [{example}])"
+                )
+        return value
 
 
 class ExperimentConfig(Section):
@@ -519,7 +448,7 @@ def validate_config(raw: dict[str, Any]) -> ExperimentConfig:
 def describe_error(err: ValidationError) -> str:
     """The first validation error as one line: ``field.path = value: what is allowed``."""
     first = err.errors()[0]
-    loc = [p for p in first["loc"] if not _is_method_tag(p)]
+    loc = [p for p in first["loc"] if not is_method_tag(p)]
     if loc[:1] == ["methods"] and len(loc) > 3 and isinstance(loc[-1], int):
         loc = loc[:-1]  # a knob's grid position: the value shown identifies it
     field = ""
@@ -546,8 +475,8 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     for part in loc:
         if isinstance(part, int):
             continue
-        if _is_method_tag(part):
-            model = {**METHOD_CONFIGS, **USER_METHOD_CONFIGS}.get(part, model)
+        if is_method_tag(part):
+            model = method_config_of(part, model)
             continue
         annotation = model.model_fields[part].annotation
         while get_origin(annotation) in (list, dict, Union) or (get_origin(annotation) is Annotated):
@@ -555,11 +484,6 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
             annotation = args[0] if args else get_args(annotation)[-1]
         model = annotation
     return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
-
-
-def _is_method_tag(part: Any) -> bool:
-    """Whether a location part is a method row's discriminator tag (a built-in name or a user reference)."""
-    return part in METHOD_CONFIGS or part == USER_METHOD or part in USER_METHOD_CONFIGS
 
 
 def describe_schema() -> str:
