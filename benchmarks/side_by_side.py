@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from raykd.teacher.cache import CachedReferences, LogitCache
 from torch import Tensor, nn
 
 from raykd.config import ModelSpec, validate_config
@@ -56,7 +57,6 @@ from raykd.methods.ce import CrossEntropy
 from raykd.methods.kd import KnowledgeDistillation
 from raykd.models import build_model
 from raykd.nodes import prepare
-from raykd.teacher.cache import CachedReferences, LogitCache
 
 CACHE = Path(tempfile.gettempdir()) / "raykd-side-by-side"
 THREADS = 1  # one core per run: the other core absorbs whatever else the machine is doing

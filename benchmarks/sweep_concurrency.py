@@ -98,12 +98,21 @@ def child(argv: list[str], record: Path) -> int:
     from ray.air.integrations.mlflow import MLflowLoggerCallback
     from ray.tune.execution.tune_controller import TuneController
 
+    import raykd.cluster
+    import raykd.sweep.preflight
+    import raykd.sweep.run
     import raykd.tune as rt
 
     timers = Timers()
     timers.marks["imported"] = time.time()
-    for name in ("preflight", "start_ray", "prepare_nodes", "run_sweep"):
-        timers.stage(rt, name, name)
+    stages = {
+        "preflight": raykd.sweep.preflight,
+        "ensure_ray": raykd.cluster,
+        "prepare_nodes": raykd.sweep.run,
+        "run_sweep": raykd.sweep.run,
+    }
+    for name, owner in stages.items():
+        timers.stage(owner, name, name)
     timers.stage(ray.tune.Tuner, "fit", "fit")
     timers.accumulate(TuneController, "_on_training_result", "driver_result_processing")
     timers.accumulate(TuneController, "checkpoint", "experiment_state_checkpoint")
@@ -122,7 +131,7 @@ def child(argv: list[str], record: Path) -> int:
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             seen[trial.trial_id]["end"] = time.time()
 
-    callbacks = rt._callbacks
+    callbacks = raykd.sweep.run.callbacks
 
     def with_timers(*args: Any) -> list[Any]:
         """raykd's callbacks, their MLflow logger's methods timed, and the Recorder."""
@@ -132,7 +141,7 @@ def child(argv: list[str], record: Path) -> int:
                 timers.accumulate(type(logger), name, f"mlflow_{name}")
         return [*made, Recorder()]
 
-    rt._callbacks = with_timers  # type: ignore[assignment]
+    raykd.sweep.run.callbacks = with_timers  # type: ignore[assignment]
     rc = rt.main(argv)
     timers.marks["shutdown.start"] = time.time()
     ray.shutdown()
@@ -204,7 +213,7 @@ def breakdown(info: dict[str, Any], concurrency: int) -> dict[str, float]:
         "wall": info["exited"] - info["spawned"],
         "process start + imports": m["imported"] - info["spawned"],
         "preflight (dataset, models, MLflow check)": m["preflight.end"] - m["preflight.start"],
-        "Ray start-up": m["start_ray.end"] - m["start_ray.start"],
+        "Ray start-up": m["ensure_ray.end"] - m["ensure_ray.start"],
         "node prep (all cached)": m["prepare_nodes.end"] - m["prepare_nodes.start"],
         "MLflow parent run + Tuner set-up": m["fit.start"] - m["prepare_nodes.end"],
         "Tune start-up (fit -> first trial started)": first - m["fit.start"],

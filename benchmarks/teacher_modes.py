@@ -25,10 +25,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from raykd.config import ExperimentConfig, ModelSpec, validate_config
 from raykd.experiment import run_trial
+from raykd.files import file_digest
 from raykd.models import build_model
 from raykd.nodes import dataset_of, load_node, node_path, prepare
-from raykd.teacher.cache import file_digest
-from raykd.teacher.server import served_model, start_server
+from raykd.teacher_server import logit_source, served_model, start_server
 
 CACHE = Path(tempfile.gettempdir()) / "raykd-bench-cache"
 KD = {"temperature": 4.0, "alpha": 0.5}
@@ -59,7 +59,7 @@ def flops(spec: ModelSpec, shape: tuple[int, ...]) -> int:
 def steady_rate(cfg: ExperimentConfig, server: Any = None) -> float:
     """Mean student samples/s over epochs 2.. (epoch 1 warms up)."""
     history: list[dict[str, Any]] = []
-    run_trial(cfg, "kd", KD, 0, report=history.append, server=server)
+    run_trial(cfg, "kd", KD, 0, report=history.append, source=logit_source(cfg, prepare(cfg, 0), 0, server))
     return statistics.mean(h["samples_per_s"] for h in history[1:])
 
 
@@ -102,7 +102,7 @@ def throughput(repeats: int = 3) -> None:
 
 
 def sweep() -> None:
-    from raykd.tune import run_sweep
+    from raykd.sweep.run import run_sweep
 
     times = {}
     for mode in ("inline", "cache"):

@@ -17,13 +17,9 @@ from flwr.clientapp import ClientApp
 
 from federated.task import client_accuracy, client_update, settings
 from raykd.config import ExperimentConfig
-from raykd.errors import ConfigError
+from raykd.errors import ConfigError, InjectedFault
 
 PRIVATE = "fml-private"
-
-
-class InjectedFault(RuntimeError):
-    """Raised on purpose by ``federated.fail_client`` to exercise the server's failure handling."""
 
 
 def node_of(context: Context, cfg: ExperimentConfig) -> int:

@@ -11,13 +11,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from federated.strategy import RoundLog  # noqa: E402
 from raykd.config import ExperimentConfig  # noqa: E402
-from raykd.tracking import flatten, resolve_uri  # noqa: E402
+from raykd.files import write_atomic  # noqa: E402
+from raykd.tracking import log_simulation, resolve_uri  # noqa: E402
 
 
 def rounds_to_target(rounds: list[RoundLog], target: float) -> int | None:
@@ -101,32 +101,46 @@ def figure(rows: pd.DataFrame, cfg: ExperimentConfig) -> Figure:
     return fig
 
 
+def _round_metrics(rows: pd.DataFrame) -> list[tuple[int, dict[str, float]]]:
+    """Each round's numbers as MLflow metrics, prefixed by the start point when there are several."""
+    steps = []
+    for _, row in rows.iterrows():
+        prefix = "" if row["start"] == "-" else f"{row['start']}."
+        metrics = {f"{prefix}{k}": float(v) for k, v in row.items() if k not in ("start", "round") and pd.notna(v)}
+        steps.append((int(row["round"]), metrics))
+    return steps
+
+
+def _summary_metrics(info: dict[str, Any]) -> dict[str, float]:
+    return {
+        f"{'' if start == '-' else f'{start}.'}{k}": float(v)
+        for start, numbers in info["starts"].items()
+        for k, v in numbers.items()
+        if v is not None
+    }
+
+
 def record(cfg: ExperimentConfig, history: dict[str, list[RoundLog]]) -> Path:
     """Write rounds.csv, summary.json and accuracy.png under ``output_dir`` and log them as one MLflow run."""
     run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(cfg.output_dir) / run_name
-    out.mkdir(parents=True, exist_ok=True)
     rows, info = table(history), summary(cfg, history)
-    rows.to_csv(out / "rounds.csv", index=False)
-    (out / "summary.json").write_text(json.dumps(info, indent=2))
+    write_atomic(out / "rounds.csv", rows.to_csv(index=False))
+    write_atomic(out / "summary.json", json.dumps(info, indent=2))
     fig = figure(rows, cfg)
-    fig.savefig(out / "accuracy.png", dpi=120)
-
-    mlflow.set_tracking_uri(resolve_uri(cfg.tracking.uri))
-    mlflow.set_experiment(cfg.tracking.experiment)
+    write_atomic(out / "accuracy.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     nested = {"mlflow.parentRunId": cfg.tracking.parent_run_id} if cfg.tracking.parent_run_id else {}
-    with mlflow.start_run(run_name=run_name, tags={"raykd.federated": cfg.federated.strategy, **nested}):
-        mlflow.log_params({k: str(v)[:500] for k, v in flatten(cfg.model_dump(mode="json")).items()})
-        for _, row in rows.iterrows():
-            prefix = "" if row["start"] == "-" else f"{row['start']}."
-            metrics = {k: float(v) for k, v in row.items() if k not in ("start", "round") and pd.notna(v)}
-            mlflow.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=int(row["round"]))
-        for start, numbers in info["starts"].items():
-            prefix = "" if start == "-" else f"{start}."
-            mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in numbers.items() if v is not None})
-        mlflow.log_figure(fig, "accuracy.png")
-        mlflow.log_artifact(str(out / "rounds.csv"))
-        mlflow.log_artifact(str(out / "summary.json"))
+    log_simulation(
+        resolve_uri(cfg.tracking.uri),
+        cfg.tracking.experiment,
+        run_name,
+        cfg.model_dump(mode="json"),
+        {"raykd.federated": cfg.federated.strategy, **nested},
+        _round_metrics(rows),
+        _summary_metrics(info),
+        fig,
+        [out / "rounds.csv", out / "summary.json"],
+    )
     plt.close(fig)
     timings = [c for c in rows.columns if c.endswith(("_s", "_s_max", "_s_sum"))]
     print(f"\n{rows.drop(columns=['train_loss', *timings]).to_string(index=False)}\n\nrecords in {out}", flush=True)

@@ -14,7 +14,6 @@ from flwr.serverapp import Grid, ServerApp
 from federated.record import record
 from federated.strategy import FederatedStrategy, RoundLog, ServerStep
 from federated.task import (
-    check,
     distil_on_pool,
     from_arrays,
     global_model,
@@ -24,6 +23,7 @@ from federated.task import (
     to_arrays,
 )
 from raykd.config import ExperimentConfig
+from raykd.federated_checks import check_federated
 
 
 def ensemble_distillation(cfg: ExperimentConfig) -> ServerStep:
@@ -40,7 +40,7 @@ def ensemble_distillation(cfg: ExperimentConfig) -> ServerStep:
 
 def run(grid: Grid, cfg: ExperimentConfig) -> dict[str, list[RoundLog]]:
     """Every start point's rounds, in order; the records (files, MLflow) are written at the end."""
-    check(cfg)
+    check_federated(cfg)
     step = ensemble_distillation(cfg) if cfg.federated.strategy == "feddf" else None
     history: dict[str, list[RoundLog]] = {}
     for start, arrays in starting_points(cfg).items():

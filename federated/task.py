@@ -16,7 +16,6 @@ import torch
 from flwr.app import ArrayRecord
 from torch import nn
 
-from federated.fml import FederatedMutualLearning
 from raykd.config import SERVER_TEMPERATURE, ExperimentConfig, load_config
 from raykd.engine import (
     InlineReferences,
@@ -27,7 +26,6 @@ from raykd.engine import (
     pick_device,
     seed_everything,
 )
-from raykd.errors import ConfigError
 from raykd.methods.base import Method
 from raykd.methods.ce import CrossEntropy
 from raykd.methods.kd import KnowledgeDistillation
@@ -36,9 +34,6 @@ from raykd.nodes import Setup, load_node, new_model, prepare
 
 #: The Flower app's folder (this repository, or the unpacked FAB under ``flwr run``): relative paths start here.
 APP_DIR = Path(__file__).resolve().parents[1]
-
-#: Strategies whose server distils on the shared unlabelled pool.
-POOL_STRATEGIES = ("feddf", "consolidation")
 
 
 def settings(run_config: Mapping[str, Any], raw: dict[str, Any] | None) -> ExperimentConfig:
@@ -50,51 +45,6 @@ def settings(run_config: Mapping[str, Any], raw: dict[str, Any] | None) -> Exper
         return ExperimentConfig.model_validate(raw)
     overrides = [s.strip() for s in str(run_config.get("set", "")).split(";") if s.strip()]
     return load_config(APP_DIR / str(run_config["config"]), overrides)
-
-
-def check(cfg: ExperimentConfig) -> None:
-    """Cross-field rules of the federated section; each failure is one line naming its field."""
-    f, nodes = cfg.federated, cfg.partition.num_nodes
-    if f.min_clients > nodes:
-        raise ConfigError(
-            f"federated.min_clients: {f.min_clients} clients per round but partition.num_nodes is {nodes}; "
-            f"allowed: 1..{nodes}"
-        )
-    sampled = max(int(nodes * f.fraction), f.min_clients)
-    if f.min_successful > sampled:
-        raise ConfigError(
-            f"federated.min_successful: {f.min_successful} but only {sampled} clients are sampled per round "
-            f"(fraction {f.fraction:g} of {nodes}, at least min_clients {f.min_clients}); allowed: 1..{sampled}"
-        )
-    if f.fail_client is not None and f.fail_client >= nodes:
-        raise ConfigError(f"federated.fail_client: client {f.fail_client} does not exist; allowed: 0..{nodes - 1}")
-    bad_round = next((r for r in f.fail_rounds if not 1 <= r <= f.rounds), None)
-    if bad_round is not None:
-        raise ConfigError(f"federated.fail_rounds: round {bad_round} does not exist; allowed: 1..{f.rounds}")
-    if cfg.nodes.models and f.strategy != "fml":
-        raise ConfigError(
-            f"nodes.models: per-node architectures need federated.strategy=fml (only its private models differ; "
-            f"{f.strategy} averages one architecture)"
-        )
-    if f.strategy in POOL_STRATEGIES and cfg.data.pool_fraction == 0:
-        raise ConfigError(f"data.pool_fraction: federated.strategy={f.strategy} distils on the pool; allowed: > 0")
-    if f.strategy in ("kd", "fml"):
-        _check_client_method(cfg)
-
-
-def _check_client_method(cfg: ExperimentConfig) -> None:
-    """The first method row must be a loss the strategy's clients can train with."""
-    method, strategy = client_method(cfg), cfg.federated.strategy
-    if strategy == "fml" and not isinstance(method, FederatedMutualLearning):
-        raise ConfigError(
-            f"methods[0].name: federated.strategy=fml trains with the first method row, {cfg.methods[0].name!r} is "
-            "not FML; e.g. methods: [{name: 'federated.fml:FederatedMutualLearning', alpha: 0.5, beta: 0.5}]"
-        )
-    if strategy == "kd" and method.teachers == "peers":
-        raise ConfigError(
-            f"methods[0].name: federated.strategy=kd distils the frozen global model into each client; "
-            f"{cfg.methods[0].name!r} trains peers (FML is strategy fml); e.g. methods: [{{name: kd, alpha: 0.5}}]"
-        )
 
 
 _SETUPS: dict[str, Setup] = {}
@@ -189,7 +139,7 @@ def client_update(
         teacher = copy.deepcopy(model)
         trainable, method = [model], client_method(cfg)
         references = InlineReferences([teacher], teacher if method.uses_initial_student else None)
-        method.prepare(method_context(batches, [teacher], setup.dataset.num_classes, seed))
+        method.prepare(method_context(batches, lambda: [teacher], setup.dataset.num_classes, seed))
     else:
         trainable, method, references = [model], CrossEntropy(), None
     fit(

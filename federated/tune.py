@@ -13,7 +13,6 @@ import argparse
 import itertools
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,12 +21,12 @@ from typing import Any
 import yaml
 
 import federated  # noqa: F401  (sets Flower's environment for the child simulations)
+from raykd.cli import add_run_arguments, overrides_of, run_command
 from raykd.config import ExperimentConfig, load_config
 from raykd.errors import ConfigError
-from raykd.tune import connect_ray
+from raykd.federated_checks import check_federated
+from raykd.files import last_line
 
-#: CPU a trial reserves for itself: it only waits on its child simulation.
-TRIAL_CPUS = 0.01
 METRICS = ("final_test_acc", "rounds_to_target", "failed_clients")
 
 
@@ -39,12 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--grid federated.kd_alpha=[0.25,0.5,0.75] --grid federated.temperature=[2,4] --set federated.client_cpus=0.6",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", type=Path, required=True, help="experiment YAML")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
-    )
+    add_run_arguments(parser, None)
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=[V1,V2]", help="a grid axis (repeatable)")
-    parser.add_argument("--address", help="join this Ray cluster (same as --set ray.address=ADDR)")
     return parser
 
 
@@ -71,29 +66,13 @@ def _assignments(point: dict[str, Any]) -> list[str]:
 
 def check_points(config: Path, overrides: list[str], points: list[dict[str, Any]]) -> ExperimentConfig:
     """Validate every grid point before Ray starts; returns the first point's config."""
-    from federated.task import check
-
     configs = [load_config(config, overrides + _assignments(p)) for p in points]
     for cfg in configs:
-        check(cfg)
+        check_federated(cfg)
     return configs[0]
 
 
-def check_fit(cfg: ExperimentConfig) -> None:
-    """A trial's child simulation must be able to place Flower's whole pool beside the trial's sliver."""
-    import ray
-
-    cpus = ray.cluster_resources().get("CPU", 0)
-    pool = int(cpus / cfg.federated.client_cpus) * cfg.federated.client_cpus
-    if pool + TRIAL_CPUS > cpus:
-        raise ConfigError(
-            f"federated.client_cpus: {cfg.federated.client_cpus:g} makes Flower's pool take {pool:g} of the "
-            f"cluster's {cpus:g} CPUs, leaving no room for the trial ({TRIAL_CPUS} CPU); pick a value that does "
-            f"not divide {cpus:g} exactly, e.g. 0.6"
-        )
-
-
-def run_trial(config: dict[str, Any], base: list[str], address: str, out: str, cwd: str) -> None:
+def run_trial(config: dict[str, Any], base: list[str], out: str, cwd: str) -> None:
     """One trial: a child simulation joined to the cluster; reports its summary numbers.
 
     The child runs in the sweep's working folder, so relative paths (node cache, MLflow store) mean
@@ -101,37 +80,27 @@ def run_trial(config: dict[str, Any], base: list[str], address: str, out: str, c
     """
     from ray import tune
 
+    from raykd.cluster import run_simulation_child
+
     folder = Path(out) / "-".join(f"{k.split('.')[-1]}={v}" for k, v in config.items())
     sets = [a for s in _assignments(config) for a in ("--set", s)]
-    (start,) = simulate_child([*base, *sets], address, folder, cwd)["starts"].values()
+    (start,) = run_simulation_child([*base, *sets], folder, cwd)["starts"].values()
     tune.report({m: start[m] if start[m] is not None else float("nan") for m in METRICS})
 
 
-def simulate_child(args: list[str], address: str, folder: Path, cwd: str) -> dict[str, Any]:
-    """``python -m federated.simulate ARGS`` as a child driver joined to ``address``; its summary.json.
-
-    Its records go under ``folder``; a failed simulation raises with the last line it printed.
-    """
-    command = [sys.executable, "-m", "federated.simulate", *args, "--address", address, "--set", f"output_dir={folder}"]
-    done = subprocess.run(command, cwd=cwd, env={**os.environ, "RAY_ADDRESS": address}, capture_output=True, text=True)
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"simulation exited with {done.returncode}: {last}")
-    (run,) = folder.iterdir()
-    return json.loads((run / "summary.json").read_text())
-
-
-def sweep(args: argparse.Namespace, cfg: ExperimentConfig, axes: dict[str, list[Any]], address: str) -> Path:
+def sweep(args: argparse.Namespace, cfg: ExperimentConfig, axes: dict[str, list[Any]]) -> Path:
     """Run every grid point as a trial, one at a time; write and print the results table."""
     import pandas as pd
     from ray import tune
 
+    from raykd.cluster import WAITER_CPUS
+
     out = Path(cfg.output_dir).resolve() / f"{cfg.name}-tune-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     base = ["--config", str(args.config.resolve()), *(a for s in args.overrides for a in ("--set", s))]
-    trainable = tune.with_parameters(run_trial, base=base, address=address, out=str(out), cwd=str(Path.cwd()))
+    trainable = tune.with_parameters(run_trial, base=base, out=str(out), cwd=str(Path.cwd()))
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": TRIAL_CPUS}),
+        tune.with_resources(trainable, {"cpu": WAITER_CPUS}),
         param_space={key: tune.grid_search(values) for key, values in axes.items()},
         tune_config=tune.TuneConfig(max_concurrent_trials=1),
         run_config=tune.RunConfig(name="tune", storage_path=str(out), verbose=0),
@@ -141,7 +110,7 @@ def sweep(args: argparse.Namespace, cfg: ExperimentConfig, axes: dict[str, list[
         {
             **r.config,
             **{m: (r.metrics or {}).get(m) for m in METRICS},
-            "error": "" if r.error is None else str(r.error).strip().splitlines()[-1][:200],
+            "error": "" if r.error is None else last_line(str(r.error), 200),
         }
         for r in results
     ]
@@ -151,25 +120,27 @@ def sweep(args: argparse.Namespace, cfg: ExperimentConfig, axes: dict[str, list[
     return out
 
 
+def _search(args: argparse.Namespace) -> int:
+    # Ray loads here, after parsing and validation: --help and bad grids never pay for it.
+    from raykd.cluster import WAITER_CPUS, Capacity, check_flower_pool, connect_ray
+
+    axes = grid_axes(args.grid)
+    if not axes:
+        raise ConfigError("--grid: give at least one axis, e.g. --grid federated.rounds=[3,5]")
+    overrides = overrides_of(args)
+    cfg = check_points(args.config, overrides, grid_points(axes))
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    connect_ray(cfg, log_to_driver=True)
+    check_flower_pool(cfg, Capacity.now(), beside=WAITER_CPUS)
+    args.overrides = overrides
+    sweep(args, cfg, axes)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; bad input is one line on stderr and exit status 2."""
-    import ray
-
     args = build_parser().parse_args(argv)
-    try:
-        axes = grid_axes(args.grid)
-        if not axes:
-            raise ConfigError("--grid: give at least one axis, e.g. --grid federated.kd_alpha=[0.1,0.5]")
-        overrides = args.overrides + ([f"ray.address={args.address}"] if args.address else [])
-        cfg = check_points(args.config, overrides, grid_points(axes))
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        connect_ray(cfg, log_to_driver=True)
-        check_fit(cfg)
-    except ConfigError as err:
-        print(f"raykd: error: {err}", file=sys.stderr)
-        return 2
-    sweep(args, cfg, axes, ray.get_runtime_context().gcs_address)
-    return 0
+    return run_command(lambda: _search(args))
 
 
 if __name__ == "__main__":

@@ -25,11 +25,18 @@ from pydantic import (
 from raykd.errors import ConfigError
 from raykd.methods import METHODS
 from raykd.methods.schema import METHOD_KNOBS, AnyMethodConfig, MethodConfig, is_method_tag, method_config_of
+from raykd.references import is_reference
 
-DATASET_CLASSES = {"digits": 10, "mnist1d": 10, "cifar10": 10, "cifar100": 100}
+#: Datasets read from ``data.root``, and what the path must be.
+DATASET_ROOTS = {
+    "cifar10": "a local folder",
+    "cifar100": "a local folder",
+    "npz": "a .npz file",
+    "imagefolder": "a folder",
+}
 #: Config sections an ``axes`` variant may change: what the data, nodes and transfer are, not how the sweep runs.
 CELL_SECTIONS = ("data", "partition", "nodes", "transfer", "federated")
-DatasetName = Literal["digits", "mnist1d", "cifar10", "cifar100", "fake"]
+DatasetName = Literal["digits", "mnist1d", "mnist", "fake", "cifar10", "cifar100", "npz", "imagefolder"]
 
 
 class Section(BaseModel):
@@ -64,17 +71,47 @@ class ModelSpec(Section):
         return name
 
 
+class AugmentSpec(Section):
+    """One train-time image transform of ``data.augment`` (a bare name means its defaults)."""
+
+    name: Literal["random_crop", "horizontal_flip"] = Field(
+        description="random_crop: zero-pad then crop back to size at a random offset; horizontal_flip: p=0.5"
+    )
+    padding: int = Field(4, ge=1, description="random_crop: pixels of zero padding on each side")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
 class DataConfig(Section):
-    dataset: DatasetName = Field("mnist1d", description="embedded: digits, mnist1d, fake; local: cifar10, cifar100")
-    root: Path | None = Field(None, description="folder holding the CIFAR python batches")
+    dataset: str = Field(
+        "mnist1d",
+        description="embedded: digits, mnist1d, mnist, fake; from data.root: cifar10, cifar100, npz, imagefolder; "
+        "or a callable 'package.module:function' returning x, y, x_test, y_test",
+    )
+    root: Path | None = Field(None, description="CIFAR folder, .npz file (x, y, x_test, y_test) or image folder")
+    kwargs: dict[str, Any] = Field({}, description="keyword arguments of a 'package.module:function' dataset")
+    image_size: int = Field(32, ge=1, description="imagefolder: images are resized to image_size x image_size")
+    augment: list[AugmentSpec] = Field(
+        [], description="train-time image transforms: random_crop (padding, default 4), horizontal_flip"
+    )
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="global validation split held out of train")
     pool_fraction: float = Field(0.25, ge=0, lt=0.9, description="unlabelled shared pool set aside before partitioning")
     fake_samples: int = Field(1000, ge=100, description="training samples of the 'fake' dataset")
     fake_classes: int = Field(10, ge=2, description="classes of the 'fake' dataset")
 
-    @property
-    def num_classes(self) -> int:
-        return self.fake_classes if self.dataset == "fake" else DATASET_CLASSES[self.dataset]
+    def __hash__(self) -> int:  # kwargs and augment are mutable containers; the loaded dataset is cached by config
+        return hash(self.model_dump_json())
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        if name not in get_args(DatasetName) and not is_reference(name):
+            allowed = ", ".join(repr(n) for n in get_args(DatasetName))
+            raise ValueError(f"Input should be {allowed} or a reference 'package.module:function'")
+        return name
 
 
 class PartitionConfig(Section):
@@ -280,16 +317,17 @@ class ExperimentConfig(Section):
                 raise ValueError(f"{field}: node {bad[0]} does not exist; allowed: 0..{nodes - 1}")
         if self.transfer.student in self.transfer.teachers:
             raise ValueError("transfer.teachers: must not include the student node")
-        if self.partition.scheme == "pathological" and self.partition.classes_per_node > self.data.num_classes:
-            raise ValueError(
-                f"partition.classes_per_node: {self.partition.classes_per_node} is more than the "
-                f"{self.data.num_classes} classes of {self.data.dataset}; allowed: 1..{self.data.num_classes}"
-            )
         bad_nodes = [n for n in self.nodes.models if not 0 <= n < nodes]
         if bad_nodes:
             raise ValueError(f"nodes.models: node {bad_nodes[0]} does not exist; allowed: 0..{nodes - 1}")
-        if self.data.dataset.startswith("cifar") and self.data.root is None:
-            raise ValueError(f"data.root: {self.data.dataset} needs a local folder (data.root=PATH)")
+        if self.data.dataset in DATASET_ROOTS and self.data.root is None:
+            needs = DATASET_ROOTS[self.data.dataset]
+            raise ValueError(f"data.root: {self.data.dataset} needs {needs} (data.root=PATH)")
+        if self.data.augment and self.teacher.mode == "cache":
+            raise ValueError(
+                "data.augment: teacher.mode=cache holds logits of un-augmented inputs, so the student would distil "
+                "views the teacher never saw; use teacher.mode inline or server with augmentation"
+            )
         if self.transfer.set != "local" and self.data.pool_fraction == 0:
             raise ValueError(f"data.pool_fraction: transfer.set={self.transfer.set} needs a pool; allowed: > 0")
         labels = [m.display() for m in self.methods]

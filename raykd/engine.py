@@ -63,7 +63,8 @@ class TransferBatches:
 
     With a pool, each step pairs a labelled batch with a pool batch (the smaller set cycles) and an
     epoch is one pass over the larger. ``distill_labelled`` says whether distillation terms also
-    apply to the labelled rows (pool rows always get them).
+    apply to the labelled rows (pool rows always get them). ``augment`` (e.g. ``build_augment``)
+    transforms each batch's inputs, so a teacher handed ``Batch.x`` sees the student's augmented view.
     """
 
     def __init__(
@@ -75,8 +76,9 @@ class TransferBatches:
         batch_size: int,
         distill_labelled: bool,
         seed: int,
+        augment: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
-        self.x, self.y = x, y
+        self.x, self.y, self.augment = x, y, augment
         self.labelled = torch.as_tensor(labelled, dtype=torch.int64)
         self.pool = torch.as_tensor(pool if pool is not None else [], dtype=torch.int64)
         self.batch_size, self.distill_labelled = batch_size, distill_labelled
@@ -111,7 +113,8 @@ class TransferBatches:
         targets = torch.cat([self.y[lab], torch.full(unl.shape, UNLABELLED, dtype=torch.int64)], dim=1)
         distill = torch.cat([torch.full(lab.shape, self.distill_labelled), torch.ones(unl.shape, dtype=torch.bool)], 1)
         for i in range(steps):
-            yield Batch(self.x[index[i]], targets[i], distill[i], index[i])
+            x = self.x[index[i]]
+            yield Batch(self.augment(x) if self.augment else x, targets[i], distill[i], index[i])
 
 
 class InlineReferences(References):
@@ -186,12 +189,16 @@ def fit(
 
 def method_context(
     batches: TransferBatches,
-    teachers: list[nn.Module],
+    teachers: Callable[[], list[nn.Module]],
     num_classes: int,
     seed: int,
     teacher_logits: Callable[[], list[Tensor]] | None = None,
 ) -> Context:
-    """What ``Method.prepare`` sees of a transfer run; teacher logits default to one forward pass each."""
+    """What ``Method.prepare`` sees of a transfer run; teacher logits default to one forward pass each.
+
+    ``teachers`` is called only by a method that needs the models themselves, so a run whose logits
+    are cached loads no teacher for the methods that read logits alone.
+    """
     return Context(
         batches.x,
         batches.y,
@@ -199,7 +206,7 @@ def method_context(
         batches.pool,
         num_classes,
         teachers,
-        teacher_logits or (lambda: [predict(t, batches.x) for t in teachers]),
+        teacher_logits or (lambda: [predict(t, batches.x) for t in teachers()]),
         seed,
     )
 

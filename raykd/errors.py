@@ -3,3 +3,7 @@
 
 class ConfigError(ValueError):
     """Bad user input (config, override, data folder, checkpoint); the CLI prints it and exits 2."""
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose (``tune.fail``, ``federated.fail_client``) to rehearse a crash: not a bug."""

@@ -22,15 +22,17 @@ from ray.train.torch import TorchTrainer
 
 from raykd.config import ExperimentConfig
 from raykd.experiment import run_trial
+from raykd.nodes import prepare
+from raykd.teacher_server import logit_source
 
 
 def _worker(loop: dict[str, Any]) -> None:
     """One learner: its shard of the trial, DDP-wrapped student, metrics to Ray Train every epoch."""
-    cfg = ExperimentConfig.model_validate(loop["raw"])
+    cfg: ExperimentConfig = loop["cfg"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(max(1, int(cfg.learners.cpus_per_worker)))
-    server = ray.get_actor(loop["server_name"]) if loop["server_name"] else None
+    source = logit_source(cfg, prepare(cfg, loop["seed"]), loop["seed"], loop["server_name"])
     trainable: list[torch.nn.Module] = []
 
     def wrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -47,7 +49,7 @@ def _worker(loop: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
 
     device = ray.train.torch.get_device()  # this worker's GPU when learners.use_gpu, else the CPU
-    run_trial(cfg, loop["label"], loop["setting"], loop["seed"], report, server, rank, world, wrap, device)
+    run_trial(cfg, loop["label"], loop["setting"], loop["seed"], report, source, rank, world, wrap, device)
 
 
 def run_on_learners(
@@ -63,7 +65,7 @@ def run_on_learners(
     trainer = TorchTrainer(
         _worker,
         train_loop_config={
-            "raw": cfg.model_dump(mode="json"),
+            "cfg": cfg,
             "label": label,
             "setting": setting,
             "seed": seed,

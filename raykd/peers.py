@@ -9,6 +9,7 @@ result matches ``raykd.experiment.run_trial`` for the same seed.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import ray
@@ -16,8 +17,8 @@ import torch
 from torch import Tensor
 
 from raykd.config import ExperimentConfig
-from raykd.engine import TransferBatches, seed_everything
-from raykd.experiment import Report, student_metrics
+from raykd.engine import seed_everything
+from raykd.experiment import Report, epoch_metrics, student_metrics, transfer_batches
 from raykd.methods.base import StepLogits
 from raykd.nodes import load_node, prepare
 
@@ -25,23 +26,15 @@ from raykd.nodes import load_node, prepare
 class Peer:
     """One mutual-learning peer: its model, optimizer and the shared batch sequence."""
 
-    def __init__(self, raw: dict[str, Any], label: str, setting: dict[str, Any], seed: int, index: int) -> None:
+    def __init__(self, cfg: ExperimentConfig, label: str, setting: dict[str, Any], seed: int, index: int) -> None:
         torch.set_num_threads(1)
-        self.cfg = cfg = ExperimentConfig.model_validate(raw)
+        self.cfg = cfg
         self.method, self.index = cfg.method(label).build(setting), index
         self.setup = prepare(cfg, seed)
         self.model = load_node(cfg, self.setup, cfg.node_ids()[index], seed)
-        budget, data = cfg.transfer.train, self.setup.dataset
+        budget = cfg.transfer.train
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=budget.lr, weight_decay=budget.weight_decay)
-        self.batches = TransferBatches(
-            data.train_x,
-            data.train_y,
-            self.setup.nodes[cfg.transfer.student].train,
-            self.setup.splits.pool if cfg.transfer.set != "local" else None,
-            budget.batch_size,
-            distill_labelled=cfg.transfer.set != "pool",
-            seed=seed,
-        )
+        self.batches = transfer_batches(cfg, self.setup, seed)
         seed_everything(seed)
         self.steps: list = []
         self.logits: Tensor | None = None
@@ -65,6 +58,9 @@ class Peer:
         self.optimizer.step()
         return {k: float(v.detach()) for k, v in terms.items()}
 
+    def rows_per_epoch(self) -> int:
+        return self.batches.rows_per_epoch
+
     def evaluate(self) -> dict[str, float]:
         return student_metrics(self.model, self.setup, self.cfg.transfer.student)
 
@@ -73,12 +69,12 @@ def run_mutual_learning(
     cfg: ExperimentConfig, label: str, setting: dict[str, Any], seed: int, report: Report = lambda m: None
 ) -> dict[str, Any]:
     """The DML trial with one actor per peer; reports the student's (peer 0's) metrics every epoch."""
-    raw = cfg.model_dump(mode="json")
     peer = ray.remote(num_cpus=cfg.learners.cpus_per_worker)(Peer)
-    peers = [peer.remote(raw, label, setting, seed, k) for k in range(len(cfg.node_ids()))]
+    peers = [peer.remote(cfg, label, setting, seed, k) for k in range(len(cfg.node_ids()))]
     before = ray.get(peers[0].evaluate.remote())
     final: dict[str, Any] = {}
     for epoch in range(cfg.transfer.train.epochs):
+        started = time.perf_counter()
         steps = ray.get([p.start_epoch.remote() for p in peers])[0]
         totals: dict[str, float] = {}
         for step in range(steps):
@@ -86,15 +82,14 @@ def run_mutual_learning(
             terms = ray.get([p.learn.remote(step, everyone) for p in peers])[0]
             for name, value in terms.items():
                 totals[name] = totals.get(name, 0.0) + value / steps
+        seconds = time.perf_counter() - started
         after = ray.get(peers[0].evaluate.remote())
-        final = {
-            "epoch": epoch + 1,
-            **after,
-            **{f"{k}_before": v for k, v in before.items()},
-            "gain": after["test_acc"] - before["test_acc"],
-            "val_gain": after["val_acc"] - before["val_acc"],
-            **{f"loss_{k}" if k != "loss" else k: v for k, v in totals.items()},
+        timing = {
+            "epoch_seconds": seconds,
+            "eval_seconds": time.perf_counter() - started - seconds,
+            "samples_per_s": ray.get(peers[0].rows_per_epoch.remote()) / seconds,
         }
+        final = epoch_metrics(epoch, before, after, totals, timing)
         report(dict(final))
     for p in peers:
         ray.kill(p)

@@ -19,6 +19,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from raykd.experiment import TIMING_METRICS  # noqa: E402
+from raykd.files import last_line  # noqa: E402
 
 if TYPE_CHECKING:
     from raykd.config import ExperimentConfig
@@ -39,10 +40,16 @@ def trial_rows(results: list[tuple[dict[str, Any], dict[str, Any] | None, BaseEx
                 "seed": config["seed"],
                 **{m: (metrics or {}).get(SOURCES.get(m, m)) for m in (*METRICS, *TIMING_METRICS)},
                 "status": "ok" if error is None else "failed",
-                "error": "" if error is None else str(error).strip().splitlines()[-1][:300],
+                "error": "" if error is None else last_line(str(error)),
             }
         )
     return pd.DataFrame(rows)
+
+
+def failures_only(run_name: str, trials: pd.DataFrame) -> str:
+    """The report of a sweep in which no trial succeeded: what each one failed with."""
+    failures = markdown(trials[["label", "seed", "error"]].to_dict("records"))
+    return f"# {run_name}\n\nNo trial succeeded.\n\n## Failed trials\n\n{failures}\n"
 
 
 def per_setting(trials: pd.DataFrame, knobs: list[str], axes: Sequence[str] = ()) -> pd.DataFrame:

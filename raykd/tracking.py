@@ -1,14 +1,32 @@
-"""MLflow: an embedded sqlite store by default, a real tracking server when a URI is given."""
+"""MLflow, and only here: an embedded sqlite store by default, a real tracking server when a URI is given.
+
+The sweep's parent run (config, params, tables, figures, best metrics, distilled students), its trial
+child runs (one per Tune trial, written from the driver by a Tune callback) and the Flower simulations'
+runs are all opened and written by this module; no other module imports mlflow.
+"""
 
 from __future__ import annotations
 
+import io
 import os
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import mlflow
+from matplotlib.figure import Figure
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from ray.air.integrations.mlflow import MLflowLoggerCallback
+from ray.tune.utils import flatten_dict
+
 from raykd.errors import ConfigError
+from raykd.files import last_line, write_atomic
 
 DEFAULT_STORE = "mlflow.db"
 
@@ -40,6 +58,17 @@ def check_reachable(uri: str) -> None:
         raise ConfigError(f"tracking.uri: {uri!r} is not supported; allowed: sqlite:///PATH or http(s)://HOST:PORT")
 
 
+def check_run_exists(uri: str, run_id: str, what: str) -> None:
+    """A run to continue (``--resume``) must still be in its store; a missing sqlite store is not created."""
+    missing = f"{what}: MLflow run {run_id} of this sweep is not in {uri}"
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ConfigError(f"{missing} (the store file is gone)")
+    try:
+        MlflowClient(uri).get_run(run_id)
+    except MlflowException:
+        raise ConfigError(missing) from None
+
+
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested config -> ``{"section.key": value}`` for MLflow params."""
     flat: dict[str, Any] = {}
@@ -50,3 +79,119 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def _params(raw: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v)[:500] for k, v in flatten(raw).items()}
+
+
+class ParentRun:
+    """The sweep's MLflow run, open while the sweep runs: what the driver records beside its files."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+
+    def log_config(self, raw: dict[str, Any], config_file: Path) -> None:
+        mlflow.log_params(_params(raw))
+        mlflow.log_artifact(str(config_file))
+
+    def log_files(self, *paths: Path) -> None:
+        for path in paths:
+            mlflow.log_artifact(str(path))
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+
+    def log_figures(self, figures: dict[str, Figure], folder: Path) -> None:
+        """Each figure as a PNG in ``folder`` and under ``plots/`` in the run."""
+        for name, fig in figures.items():
+            png = io.BytesIO()
+            fig.savefig(png, format="png", dpi=120)
+            write_atomic(folder / name, png.getvalue())
+            mlflow.log_figure(fig, f"plots/{name}")
+
+
+@contextmanager
+def parent_run(uri: str, experiment: str, run_name: str, run_id: str | None = None) -> Iterator[ParentRun]:
+    """Open (or, given ``run_id``, reopen) the sweep's parent run for the ``with`` block."""
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name) as run:
+        yield ParentRun(run.info.run_id)
+
+
+def trial_error(trial: Any) -> str:
+    """The last line of a trial's latest traceback (read where the driver just appended it, not the synced copy)."""
+    path = Path(trial.error_file or "")
+    return last_line(path.read_text()) if path.is_file() else "unknown error"
+
+
+class TrialRuns(MLflowLoggerCallback):
+    """A Tune callback writing one MLflow child run per trial, nested under the sweep's parent run.
+
+    A failed trial's error becomes a tag; a trial that starts again after its driver was killed ends
+    its older run as KILLED, so the store holds no zombie RUNNING runs and one run per trial.
+    Tune pickles this callback with the sweep and restores it on ``--resume``.
+    """
+
+    def setup(self, *args: Any, **kwargs: Any) -> None:
+        super().setup(*args, **kwargs)
+        self.client = MlflowClient(self.tracking_uri)
+
+    def log_trial_start(self, trial: Any) -> None:
+        new = trial not in self._trial_runs
+        super().log_trial_start(trial)
+        if new:
+            parent = self.tags["mlflow.parentRunId"]
+            older = self.client.search_runs(
+                [self.mlflow_util.experiment_id],
+                f"tags.`mlflow.parentRunId` = '{parent}' and tags.trial_name = '{trial}'",
+            )
+            for run in (r for r in older if r.info.run_id != self._trial_runs[trial]):
+                self.client.set_tag(run.info.run_id, "raykd.note", "its driver stopped; trial rerun by --resume")
+                self.client.set_terminated(run.info.run_id, "KILLED")
+
+    def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
+        """A result's metrics in one MLflow write. The base class writes each alone (27 per epoch, 0.10-0.19 s
+        on 2 cores) while the trial waits in ``tune.report``; one log_batch takes 0.01-0.02 s."""
+        step = result.get("timesteps_total") or result["training_iteration"]
+        now = int(time.time() * 1000)
+        numbers = self.mlflow_util._parse_dict(flatten_dict(result))  # the base class's float conversion
+        self.client.log_batch(self._trial_runs[trial], [Metric(k, v, now, step) for k, v in numbers.items()])
+
+    def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+        if failed:
+            self.client.set_tag(self._trial_runs[trial], "raykd.error", trial_error(trial))
+        super().log_trial_end(trial, failed)
+
+
+def trial_runs(uri: str, experiment: str, parent_run_id: str, sweep_name: str) -> TrialRuns:
+    return TrialRuns(
+        tracking_uri=uri,
+        experiment_name=experiment,
+        tags={"mlflow.parentRunId": parent_run_id, "raykd.sweep": sweep_name},
+    )
+
+
+def log_simulation(
+    uri: str,
+    experiment: str,
+    run_name: str,
+    raw: dict[str, Any],
+    tags: dict[str, str],
+    steps: list[tuple[int, dict[str, float]]],
+    summary: dict[str, float],
+    figure: Figure,
+    files: list[Path],
+) -> None:
+    """One Flower simulation as one MLflow run: its config, per-round metrics, summary, plot and files."""
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=run_name, tags=tags):
+        mlflow.log_params(_params(raw))
+        for step, metrics in steps:
+            mlflow.log_metrics(metrics, step=step)
+        mlflow.log_metrics(summary)
+        mlflow.log_figure(figure, "accuracy.png")
+        for path in files:
+            mlflow.log_artifact(str(path))

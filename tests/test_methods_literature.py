@@ -36,7 +36,7 @@ def context(x: torch.Tensor, y: torch.Tensor, pool: int, teachers: list[nn.Modul
     """A Context from the real engine: the first ``len(y) - pool`` rows labelled, the rest an unlabelled pool."""
     labelled, unlabelled = torch.arange(len(y) - pool).numpy(), torch.arange(len(y) - pool, len(y)).numpy()
     batches = TransferBatches(x, y, labelled, unlabelled, 8, distill_labelled=True, seed=0)
-    return method_context(batches, teachers, int(y.max()) + 1, 0, **kw)
+    return method_context(batches, lambda: teachers, int(y.max()) + 1, 0, **kw)
 
 
 # ---------------------------------------------------------------- Continuation-KD / Annealing-KD

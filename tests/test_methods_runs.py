@@ -14,12 +14,12 @@ from mlflow.tracking import MlflowClient
 from federated.task import client_method, client_update, global_model, server_temperature, setup_of, to_arrays
 from raykd.config import SERVER_TEMPERATURE, load_config, load_raw, validate_config
 from raykd.experiment import run_trial
+from raykd.files import file_digest
 from raykd.methods import METHODS
 from raykd.methods.ce import CrossEntropy
 from raykd.methods.kd import KnowledgeDistillation
 from raykd.nodes import node_path, prepare
-from raykd.teacher.cache import file_digest
-from raykd.teacher.server import served_model, start_server
+from raykd.teacher_server import logit_source, served_model, start_server
 from raykd.tune import main
 from tests.conftest import tiny_raw
 
@@ -48,7 +48,7 @@ def test_every_new_method_runs_central_trials_alike_in_inline_cache_and_server_m
             served = [served_model(file_digest(p), p, cfg.nodes.model, shape, 10) for p in paths]
             server = start_server(served, c.teacher)
         for name in names:
-            results[mode, name] = run_trial(c, name, {}, 0, server=server)
+            results[mode, name] = run_trial(c, name, {}, 0, source=logit_source(c, prepare(c, 0), 0, server))
         if server is not None:
             ray_session.kill(server)
     for name in NEW:

@@ -13,9 +13,10 @@ import yaml
 from raykd.config import validate_config
 from raykd.engine import predict
 from raykd.experiment import run_trial
+from raykd.files import file_digest
+from raykd.logit_cache import LogitCache, node_logits
 from raykd.nodes import load_node, node_path, prepare
-from raykd.teacher.cache import LogitCache, file_digest, node_logits
-from raykd.teacher.server import ServedModel, served_model, start_server
+from raykd.teacher_server import ServedModel, logit_source, served_model, start_server
 from raykd.tune import main
 from tests.conftest import tiny_raw
 
@@ -88,13 +89,17 @@ def test_trial_in_server_and_cache_mode_equals_inline(ray_session, node_setup: t
     for mode in ("inline", "cache", "server"):
         c = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"mode": mode, "num_cpus": 0.5})})
         server = start_server([_served(cfg, setup, n) for n in (0, 1)], c.teacher) if mode == "server" else None
-        results[mode] = run_trial(c, "kd", {"temperature": 4.0, "alpha": 0.5}, 0, server=server)
+        results[mode] = run_trial(
+            c, "kd", {"temperature": 4.0, "alpha": 0.5}, 0, source=logit_source(c, prepare(c, 0), 0, server)
+        )
         dpkd = c.model_copy(
             update={
                 "methods": validate_config(tiny_raw(tmp_path, c.nodes.cache_dir, methods=[{"name": "dpkd"}])).methods
             }
         )
-        results[mode + "-dpkd"] = run_trial(dpkd, "dpkd", {"temperature": 4.0, "alpha": 0.5}, 0, server=server)
+        results[mode + "-dpkd"] = run_trial(
+            dpkd, "dpkd", {"temperature": 4.0, "alpha": 0.5}, 0, source=logit_source(dpkd, prepare(dpkd, 0), 0, server)
+        )
         if server is not None:
             ray.kill(server)
     for method in ("", "-dpkd"):

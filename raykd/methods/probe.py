@@ -86,11 +86,12 @@ class ClassSimilarityProbe(ProbeTeacher):
     temperature: Annotated[float, Field(gt=0, description="softmax temperature tau over cosine similarities")] = 0.2
 
     def prepare(self, context: Context) -> dict[str, float]:
-        if not context.teachers:
+        teachers = context.teacher_models()
+        if not teachers:
             raise ValueError("class-similarity probe needs a teacher model (its final-layer weights)")
         matrices = [
             class_similarity(final_layer(t, context.num_classes).weight.detach().float(), self.temperature)
-            for t in context.teachers
+            for t in teachers
         ]
         self.keep(similarity=torch.stack(matrices).mean(0))
         return {}

@@ -85,7 +85,7 @@ class ReffAKD(Method):
         return {
             "ae_seconds": seconds,
             "ae_params": float(sum(p.numel() for p in model.parameters())),
-            "teacher_params": float(sum(p.numel() for t in context.teachers for p in t.parameters())),
+            "teacher_params": float(sum(p.numel() for t in context.teacher_models() for p in t.parameters())),
         }
 
     def losses(self, logits: StepLogits, targets: Tensor, distill: Tensor) -> dict[str, Tensor]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,18 +24,11 @@ from torch import Tensor
 
 from raykd.config import ExperimentConfig
 from raykd.engine import Batch, ReferenceLogits, References, pick_device, predict
-from raykd.nodes import Setup, load_node, node_path
+from raykd.experiment import LoadNode
+from raykd.files import file_digest, write_atomic
+from raykd.nodes import Setup, load_node, node_path, read_node
 
 TRANSFORM = "none"
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes: the identity of a checkpoint, whatever its name."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class LogitCache:
@@ -66,15 +58,10 @@ class LogitCache:
 
     def store(self, key: str, logits: np.ndarray) -> np.ndarray:
         """Write atomically (array, then its checksum sidecar) and return the memory-mapped copy."""
-        self.folder.mkdir(parents=True, exist_ok=True)
         array_path, meta_path = self._paths(key)
-        tmp = array_path.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, logits)
-        meta = {"sha256": file_digest(tmp), "shape": list(logits.shape), "dtype": str(logits.dtype)}
-        os.replace(tmp, array_path)
-        tmp_meta = meta_path.with_suffix(f".{os.getpid()}.tmp")
-        tmp_meta.write_text(json.dumps(meta))
-        os.replace(tmp_meta, meta_path)
+        write_atomic(array_path, lambda tmp: np.save(tmp, logits))
+        meta = {"sha256": file_digest(array_path), "shape": list(logits.shape), "dtype": str(logits.dtype)}
+        write_atomic(meta_path, json.dumps(meta))
         return np.load(array_path, mmap_mode="r")
 
     def get_or_build(self, key: str, compute: Callable[[], Tensor]) -> tuple[np.ndarray, bool]:
@@ -101,10 +88,37 @@ class CachedReferences(References):
 
 
 def node_logits(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> tuple[np.ndarray, bool]:
-    """A pre-trained node model's logits on the whole training split, from the cache or built once."""
-    model = load_node(cfg, setup, node, seed).to(pick_device(cfg.tune.gpus_per_trial))
+    """A pre-trained node model's logits on the whole training split, from the cache or built once.
+
+    The model is loaded only on a miss: a cached run reads no teacher checkpoint.
+    """
+    if read_node(node_path(cfg, node, seed)) is None:
+        load_node(cfg, setup, node, seed)  # trains and caches it: the key is over the checkpoint's content
     data = json.dumps(cfg.data.model_dump(mode="json", include={"dataset", "fake_samples", "fake_classes"}))
     cache = LogitCache(cfg.nodes.cache_dir / "logits")
     key = cache.key(node_path(cfg, node, seed), data, "train", cfg.teacher.dtype)
     dtype = getattr(torch, cfg.teacher.dtype)
-    return cache.get_or_build(key, lambda: predict(model, setup.dataset.train_x).to(dtype))
+
+    def compute() -> Tensor:
+        model = load_node(cfg, setup, node, seed).to(pick_device(cfg.tune.gpus_per_trial))
+        return predict(model, setup.dataset.train_x).to(dtype)
+
+    return cache.get_or_build(key, compute)
+
+
+class CachedLogits:
+    """A trial's frozen logits from the offline cache (a ``raykd.experiment.LogitSource``)."""
+
+    def __init__(self, cfg: ExperimentConfig, setup: Setup, seed: int) -> None:
+        self.cfg, self.setup, self.seed = cfg, setup, seed
+
+    def _logits(self, node: int) -> np.ndarray:
+        return node_logits(self.cfg, self.setup, node, self.seed)[0]
+
+    def references(self, frozen: list[int], initial: int | None, load: LoadNode) -> References:
+        return CachedReferences(
+            [self._logits(n) for n in frozen], self._logits(initial) if initial is not None else None
+        )
+
+    def train_logits(self, nodes: list[int], load: LoadNode) -> list[Tensor]:
+        return [torch.from_numpy(np.array(self._logits(n), dtype=np.float32)) for n in nodes]

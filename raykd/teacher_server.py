@@ -20,9 +20,13 @@ import ray
 import torch
 from torch import Tensor
 
-from raykd.config import ModelSpec, TeacherConfig
+from raykd.config import ExperimentConfig, ModelSpec, TeacherConfig
 from raykd.engine import Batch, ReferenceLogits, References
+from raykd.experiment import InlineLogits, LoadNode, LogitSource
+from raykd.files import file_digest
+from raykd.logit_cache import CachedLogits
 from raykd.models import build_model
+from raykd.nodes import Setup, node_path
 
 
 @dataclass(frozen=True)
@@ -159,3 +163,31 @@ class ServedReferences(References):
 
 def served_model(key: str, checkpoint: Path, spec: ModelSpec, shape: tuple[int, ...], classes: int) -> ServedModel:
     return ServedModel(key, str(checkpoint), spec.model_dump(), tuple(shape), classes)
+
+
+class ServedLogits(InlineLogits):
+    """A trial's per-batch frozen logits from the sweep's TeacherServer, found by checkpoint content.
+
+    ``Method.prepare``'s one pass over the training split still runs in the trial (as inline).
+    """
+
+    def __init__(self, cfg: ExperimentConfig, setup: Setup, seed: int, server: Any) -> None:
+        super().__init__(setup)
+        self.cfg, self.seed, self.server = cfg, seed, server
+
+    def _key(self, node: int) -> str:
+        return file_digest(node_path(self.cfg, node, self.seed))
+
+    def references(self, frozen: list[int], initial: int | None, load: LoadNode) -> References:
+        initial_key = self._key(initial) if initial is not None else None
+        return ServedReferences(self.server, [self._key(n) for n in frozen], initial_key, self.cfg.teacher.prefetch)
+
+
+def logit_source(cfg: ExperimentConfig, setup: Setup, seed: int, server: Any = None) -> LogitSource:
+    """Where ``teacher.mode`` says a trial's frozen logits come from (``server``: the TeacherServer actor, or the
+    name it was started under): the one place that switches on the mode."""
+    if cfg.teacher.mode == "cache":
+        return CachedLogits(cfg, setup, seed)
+    if cfg.teacher.mode == "server":
+        return ServedLogits(cfg, setup, seed, ray.get_actor(server) if isinstance(server, str) else server)
+    return InlineLogits(setup)

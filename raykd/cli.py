@@ -1,0 +1,73 @@
+"""What every command line shares: the run arguments, reading the config from them, and one error handler.
+
+``python -m raykd.tune``, ``python -m federated.simulate`` and ``python -m federated.tune`` all build
+their parsers and their configs here and exit through ``run_command``: bad input is one line on
+stderr and exit status 2; Ctrl-C stops cleanly with exit status 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from raykd.config import ExperimentConfig, load_config
+from raykd.errors import ConfigError
+
+#: Exit status of bad input (nothing ran); a sweep whose trials failed exits with 3.
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, default_config: Path | None) -> None:
+    """``--config``, ``--set``, ``--tracking-uri`` and ``--address``, the same in every command."""
+    default = f" (default: {default_config})" if default_config else ""
+    parser.add_argument("--config", type=Path, required=default_config is None, help=f"experiment YAML{default}")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key; VALUE is YAML, so lists make grid axes (repeatable)",
+    )
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (same as --set tracking.uri=URI)")
+    parser.add_argument("--address", help="join this Ray cluster (same as --set ray.address=ADDR)")
+
+
+def overrides_of(args: argparse.Namespace) -> list[str]:
+    """The ``--set`` overrides, with ``--tracking-uri`` and ``--address`` as the keys they stand for."""
+    overrides = list(args.overrides)
+    if getattr(args, "tracking_uri", None):
+        overrides.append(f"tracking.uri={args.tracking_uri}")
+    if getattr(args, "address", None):
+        overrides.append(f"ray.address={args.address}")
+    return overrides
+
+
+def config_from_args(args: argparse.Namespace, default_config: Path | None = None) -> ExperimentConfig:
+    """The config the command line names, with paths made absolute (Ray workers run elsewhere)."""
+    cfg = load_config(args.config or default_config, overrides_of(args))
+    return absolute_paths(cfg)
+
+
+def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
+    nodes = cfg.nodes.model_copy(update={"cache_dir": cfg.nodes.cache_dir.resolve()})
+    data = cfg.data.model_copy(update={"root": cfg.data.root.resolve() if cfg.data.root else None})
+    return cfg.model_copy(update={"output_dir": cfg.output_dir.resolve(), "nodes": nodes, "data": data})
+
+
+def run_command(body: Callable[[], int]) -> int:
+    """Run a command's body: a ConfigError is one line and exit 2, Ctrl-C a clean stop and exit 130."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    try:
+        return body()
+    except ConfigError as err:
+        print(f"raykd: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("raykd: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,111 @@
+"""The four arrays every dataset source yields, their validation, and their checksummed on-disk cache.
+
+Sources (built-in, ``.npz``, image folders, user callables) all end in ``check_arrays`` before
+anything is cached or trained, so a bad input is one ConfigError line and never a cache entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from raykd.errors import ConfigError
+from raykd.files import file_digest, write_atomic
+
+
+class Arrays(NamedTuple):
+    """Train inputs and labels, test inputs and labels; inputs are (N, *shape), labels (N,)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def as_array(value: Any) -> np.ndarray:
+    """A NumPy view of an array-like (tensors on any device, with or without gradients)."""
+    return np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value)
+
+
+def _check_inputs(x: np.ndarray, x_test: np.ndarray, where: str) -> None:
+    for name, value in (("x", x), ("x_test", x_test)):
+        if value.ndim < 2 or len(value) == 0:
+            raise ConfigError(f"{where} {name} of shape {value.shape}; expected (N, *sample_shape) with N >= 1")
+        if not (np.issubdtype(value.dtype, np.number) or value.dtype == bool):
+            raise ConfigError(f"{where} {name} of dtype {value.dtype}; expected numbers")
+        if not np.isfinite(value).all():
+            raise ConfigError(f"{where} {name} with non-finite values (NaN or inf)")
+    if x.shape[1:] != x_test.shape[1:]:
+        raise ConfigError(f"{where} x of per-sample shape {x.shape[1:]} but x_test of {x_test.shape[1:]}")
+
+
+def _check_labels(y: np.ndarray, y_test: np.ndarray, where: str) -> None:
+    for name, value in (("y", y), ("y_test", y_test)):
+        if value.ndim != 1:
+            raise ConfigError(f"{where} {name} of shape {value.shape}; expected one integer label per row (N,)")
+        if not np.issubdtype(value.dtype, np.integer):
+            raise ConfigError(f"{where} {name} of dtype {value.dtype}; expected integer class labels 0..C-1")
+    if y.min() < 0:
+        raise ConfigError(f"{where} y with label {y.min()}; expected class labels 0..C-1")
+    classes = int(y.max()) + 1
+    if classes < 2:
+        raise ConfigError(f"{where} y with a single class; expected at least 2 classes")
+    missing = np.flatnonzero(np.bincount(y, minlength=classes) == 0)
+    if len(missing):
+        raise ConfigError(
+            f"{where} y with no sample of class {missing[0]} (labels span 0..{classes - 1}); "
+            "expected every class 0..C-1 in the training split"
+        )
+    outside = y_test[(y_test < 0) | (y_test >= classes)]
+    if len(outside):
+        raise ConfigError(f"{where} y_test with label {outside[0]} outside the classes 0..{classes - 1} of y")
+
+
+def check_arrays(arrays: Arrays, where: str) -> Arrays:
+    """Validated float32 inputs and int64 labels; ``where`` starts each error (``data.dataset: X returned``)."""
+    x, y, x_test, y_test = (as_array(a) for a in arrays)
+    _check_inputs(x, x_test, where)
+    for inputs, labels, split in ((x, y, ""), (x_test, y_test, "_test")):
+        if len(inputs) != len(labels):
+            raise ConfigError(f"{where} x{split} with {len(inputs)} rows but y{split} with {len(labels)}")
+    _check_labels(y, y_test, where)
+    inputs, labels = (x.astype(np.float32, copy=False), x_test.astype(np.float32, copy=False)), (y, y_test)
+    return Arrays(inputs[0], labels[0].astype(np.int64, copy=False), inputs[1], labels[1].astype(np.int64, copy=False))
+
+
+def num_classes(arrays: Arrays) -> int:
+    """Classes of a checked dataset: its training labels span 0..C-1."""
+    return int(arrays.y.max()) + 1
+
+
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(f"{path.name}.sha256")
+
+
+def _read_cached(path: Path) -> Arrays | None:
+    """The arrays at ``path`` if its recorded checksum matches its bytes; None for missing or corrupted."""
+    try:
+        if _checksum_path(path).read_text().strip() != file_digest(path):
+            return None
+        with np.load(path, allow_pickle=False) as saved:
+            return Arrays(*(saved[name] for name in Arrays._fields))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def cached_arrays(path: Path, build: Callable[[], Arrays]) -> Arrays:
+    """Arrays read from ``path``, or built (already checked by ``build``) and written there atomically.
+
+    A checksum file beside the cache entry makes a truncated or corrupted entry a rebuild, not a crash.
+    """
+    saved = _read_cached(path)
+    if saved is not None:
+        return saved
+    arrays = build()
+    write_atomic(path, lambda tmp: np.savez(tmp, **arrays._asdict()))
+    write_atomic(_checksum_path(path), file_digest(path))
+    return arrays

@@ -1,0 +1,70 @@
+"""Every check that needs the loaded data as well as the config: one ConfigError line each.
+
+The config alone cannot know a user's class count or input shape, so these run where the data is
+first loaded (``raykd.tune`` preflight, before Ray starts), not at config validation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from raykd.config import ExperimentConfig
+from raykd.data.arrays import Arrays, check_arrays
+from raykd.data.datasets import Dataset, make_splits
+from raykd.data.partition import partition
+from raykd.errors import ConfigError
+
+
+def _check_splits(cfg: ExperimentConfig, labels: np.ndarray) -> None:
+    """The seeded stratified validation and pool splits can be drawn for every seed."""
+    counts = np.bincount(labels)
+    fewest = f"fewest: {counts.min()} of class {counts.argmin()}"
+    val_only = cfg.data.model_copy(update={"pool_fraction": 0.0})
+    stages = (("data.val_fraction", val_only), ("data.pool_fraction", cfg.data))
+    for field, data in stages:
+        for seed in cfg.seeds:
+            try:
+                make_splits(labels, data, seed)
+            except ValueError as err:
+                raise ConfigError(
+                    f"{field}: {len(labels)} training samples in {len(counts)} classes ({fewest}) are too few "
+                    f"for a stratified split ({err}); allowed: more samples per class or another fraction"
+                ) from None
+
+
+def _check_partition(cfg: ExperimentConfig, labels: np.ndarray, classes: int) -> None:
+    """Every scheme leaves each node ``partition.min_samples`` (Dirichlet redraws and raises on its own)."""
+    part = cfg.partition
+    if part.scheme == "pathological" and part.classes_per_node > classes:
+        raise ConfigError(
+            f"partition.classes_per_node: {part.classes_per_node} is more than the {classes} classes of "
+            f"{cfg.data.dataset}; allowed: 1..{classes}"
+        )
+    for seed in cfg.seeds:
+        sizes = [len(p) for p in partition(labels[make_splits(labels, cfg.data, seed).partitioned], part, seed)]
+        if min(sizes) < part.min_samples:
+            raise ConfigError(
+                f"partition.min_samples: {part.scheme} gives node {int(np.argmin(sizes))} only {min(sizes)} "
+                f"training samples at seed {seed}, fewer than {part.min_samples}; "
+                "allowed: a lower min_samples, fewer nodes or more data"
+            )
+
+
+def _check_augment(cfg: ExperimentConfig, data: Dataset) -> None:
+    if cfg.data.augment and len(data.input_shape) != 3:
+        names = ", ".join(spec.name for spec in cfg.data.augment)
+        raise ConfigError(
+            f"data.augment: {names} needs images (C, H, W) but {cfg.data.dataset} has inputs of shape "
+            f"{data.input_shape}; allowed: [] for non-image data"
+        )
+
+
+def check_dataset(cfg: ExperimentConfig, data: Dataset) -> None:
+    """Refuse, in one line naming the field, a config that ``data`` cannot serve (before any training)."""
+    check_arrays(
+        Arrays(data.train_x.numpy(), data.train_y.numpy(), data.test_x.numpy(), data.test_y.numpy()),
+        f"data.dataset: {cfg.data.dataset} gave",
+    )
+    _check_splits(cfg, data.train_y.numpy())
+    _check_partition(cfg, data.train_y.numpy(), data.num_classes)
+    _check_augment(cfg, data)

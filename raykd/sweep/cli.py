@@ -1,0 +1,91 @@
+"""``python -m raykd.tune``: an experiment config -> node models -> Ray Tune sweep -> tables, plots, MLflow.
+
+Exit status: 0 when every trial succeeded, 2 for bad input (one line on stderr, nothing ran),
+3 when trials failed (the sweep completed and its tables were written first), 130 on Ctrl-C.
+This module imports only the config on its way to ``--help``; Ray, Tune and MLflow load when a
+sweep actually starts (see ``_sweep``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from raykd.cli import add_run_arguments, config_from_args, overrides_of, run_command
+from raykd.config import ExperimentConfig, describe_schema
+from raykd.errors import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "tune_configs" / "default.yaml"
+#: Exit status of a sweep that completed but recorded failed trials (2 is bad input).
+EXIT_TRIALS_FAILED = 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m raykd.tune",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Search distillation knobs between pre-trained nodes with Ray Tune and record every run in MLflow.\n"
+            "With no arguments it runs tune_configs/default.yaml on embedded MNIST-1D data."
+        ),
+        epilog="config keys (YAML sections; any can be overridden with --set):\n"
+        + describe_schema()
+        + "\n\nexample:\n  python -m raykd.tune --config tune_configs/dml.yaml --set seeds=[0,1] "
+        "--set partition.alpha=0.1",
+    )
+    add_run_arguments(parser, DEFAULT_CONFIG)
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="PATH",
+        help="continue the interrupted sweep whose output folder is PATH (runs/<name>-<time>/); "
+        "finished trials are kept, the others run",
+    )
+    return parser
+
+
+def federated_grid(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
+    """A config with ``federated.grid`` searches over Flower simulations: ``python -m federated.tune``,
+    one whole simulation per trial, run as its own command (the sweep shell never imports the Flower one)."""
+    axes = [a for key, values in cfg.federated.grid.items() for a in ("--grid", f"{key}={json.dumps(values)}")]
+    sets = [a for s in overrides_of(args) for a in ("--set", s)]
+    config = str(args.config or DEFAULT_CONFIG)
+    return subprocess.call([sys.executable, "-m", "federated.tune", "--config", config, *sets, *axes])
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    # Ray, Tune and MLflow are imported here, not at the top: --help and config errors never pay for them.
+    from raykd.cluster import Capacity, check_sweep, ensure_ray
+    from raykd.sweep.preflight import preflight
+    from raykd.sweep.run import run_sweep
+    from raykd.sweep.state import open_sweep
+
+    if args.resume:
+        if args.config or args.overrides or args.tracking_uri:
+            raise ConfigError(
+                f"--resume {args.resume}: cannot be combined with --config, --set or --tracking-uri; "
+                f"a resumed sweep keeps its own config ({args.resume / 'config.yaml'})"
+            )
+        cfg, resume = open_sweep(args.resume, args.address)
+    else:
+        cfg, resume = config_from_args(args, DEFAULT_CONFIG), None
+        if cfg.federated.grid:
+            return federated_grid(args, cfg)
+    uri = preflight(cfg, resume)
+    ensure_ray(cfg)
+    check_sweep(cfg, Capacity.now())
+    out, failed = run_sweep(cfg, uri, resume)
+    if failed:
+        what = "trial(s) or simulation(s)" if cfg.federated.after_sweep else "trial(s)"
+        print(f"raykd: {failed} {what} failed; see 'Failed trials' in {out / 'results.md'}", file=sys.stderr)
+        return EXIT_TRIALS_FAILED
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point (see the module docstring for exit codes)."""
+    args = build_parser().parse_args(argv)
+    return run_command(lambda: _sweep(args))

@@ -1,0 +1,48 @@
+"""One line per finished (or failed, or retried) trial, so a long sweep shows where it is."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ray import tune
+
+from raykd.tracking import trial_error
+
+
+def describe(config: dict[str, Any]) -> str:
+    """A trial as its cell, row label, knob values and seed."""
+    arm = config["arm"]
+    knobs = " ".join(f"{k}={v:g}" for k, v in arm.items() if k not in ("label", "method"))
+    cell = " ".join(f"{a}={v}" for a, v in config.get("cell", {}).items())
+    return f"{cell} {arm['label']} {knobs} seed={config['seed']}".replace("  ", " ").strip()
+
+
+class Progress(tune.Callback):
+    """Counts finished trials out of ``total``; the count survives a resume (Tune pickles callbacks)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.finished, self.started = total, 0, time.monotonic()
+
+    def get_state(self) -> dict[str, int]:
+        return {"finished": self.finished}
+
+    def set_state(self, state: dict[str, int]) -> None:
+        self.finished, self.started = state["finished"], time.monotonic()
+
+    def _line(self, trial: Any, outcome: str) -> None:
+        self.finished += 1
+        elapsed = time.monotonic() - self.started
+        print(f"[{self.finished}/{self.total} {elapsed:5.0f}s] {describe(trial.config)}: {outcome}", flush=True)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        r = trial.last_result
+        self._line(
+            trial, f"test {100 * r['test_acc']:.1f}% (gain {100 * r['gain']:+.1f} pts), val {100 * r['val_acc']:.1f}%"
+        )
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        print(f"retrying {describe(trial.config)} after failure {trial.num_failures}: {trial_error(trial)}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._line(trial, f"FAILED: {trial_error(trial)}")

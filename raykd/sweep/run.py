@@ -1,0 +1,127 @@
+"""The sweep: every method row, at every point of its grid and every seed (and cell), as one Ray Tune trial.
+
+The sweep is one MLflow parent run; each trial is a child run with its params and per-epoch metrics.
+The trials' table is written first, so nothing after it can lose the results.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+from ray import tune
+
+from raykd import report
+from raykd.config import Cell, ExperimentConfig, study_cells
+from raykd.files import write_atomic
+from raykd.sweep.followup import federated_followup
+from raykd.sweep.prepare import prepare_nodes, start_teacher_server
+from raykd.sweep.progress import Progress
+from raykd.sweep.state import Sweep, new_sweep
+from raykd.sweep.trial import trainable, trial_resources
+from raykd.tracking import ParentRun, parent_run, trial_runs
+
+
+def arms_of(cfg: ExperimentConfig) -> list[dict[str, Any]]:
+    """Every (method row, setting) of the config: the sweep's first grid axis, in the config's order."""
+    return [{"label": m.display(), "method": m.name, **s} for m in cfg.methods for s in m.grid()]
+
+
+def run_sweep(cfg: ExperimentConfig, uri: str, resume: Sweep | None = None) -> tuple[Path, int]:
+    """Run (or, given ``resume``, continue) the whole study; returns its output folder and failed-trial count."""
+    cells = study_cells(cfg)
+    prepare_nodes(cells)
+    sweep = resume or new_sweep(cfg, uri)
+    raw = cfg.model_dump(mode="json")
+    if not sweep.resumed:
+        write_atomic(sweep.out / "config.yaml", yaml.safe_dump(raw, sort_keys=False))
+    arms = arms_of(cfg)
+    total = len(arms) * len(cfg.seeds) * len(cells)
+    verb = "resuming" if sweep.resumed else "sweep:"
+    where = f"{len(cells)} cells x " if cfg.axes else ""
+    print(
+        f"{verb} {where}{len(arms)} settings x {len(cfg.seeds)} seeds = {total} trials; output in {sweep.out}",
+        flush=True,
+    )
+    server_name = f"raykd-teacher-{sweep.name}" if cfg.teacher.mode == "server" else None
+    server = start_teacher_server(cells, server_name) if server_name else None
+    with parent_run(uri, cfg.tracking.experiment, sweep.name, sweep.parent_run_id) as parent:
+        if not sweep.resumed:
+            parent.log_config(raw, sweep.out / "config.yaml")
+            sweep.save(parent.run_id)
+        tuner = build_tuner(cfg, cells, sweep, server_name, total, parent.run_id)
+        results = tuner.fit()
+        trials = report.trial_rows([(r.config, r.metrics, r.error) for r in results])
+        write_atomic(sweep.out / "trials.csv", trials.to_csv(index=False))  # first: nothing below can lose them
+        failed = write_report(cfg, cells, sweep, trials, server, parent)
+    return sweep.out, failed
+
+
+def build_tuner(
+    cfg: ExperimentConfig, cells: list[Cell], sweep: Sweep, server_name: str | None, total: int, parent_id: str
+) -> tune.Tuner:
+    """A new Tuner over the sweep's grid, or the interrupted one restored from the sweep's folder."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # raykd prints its own one line per trial
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # fresh Tune state: --resume reruns little
+    resources, concurrent = trial_resources(cfg, ray.cluster_resources().get("CPU", 0))
+    configs = {cell.key: cell.config for cell in cells}
+    run = tune.with_parameters(trainable, cells=configs, server_name=server_name, sweep_dir=str(sweep.out))
+    run = tune.with_resources(run, resources)
+    if sweep.resumed:
+        return tune.Tuner.restore(str(sweep.out / "tune"), run, resume_unfinished=True, resume_errored=True)
+    space = {"arm": tune.grid_search(arms_of(cfg)), "seed": tune.grid_search(cfg.seeds)}
+    if cfg.axes:
+        space["cell"] = tune.grid_search([cell.variants for cell in cells])
+    return tune.Tuner(
+        run,
+        param_space=space,
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=not cfg.learners.num_workers),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=str(sweep.out),
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
+            callbacks=callbacks(cfg, sweep, total, parent_id),
+        ),
+    )
+
+
+def callbacks(cfg: ExperimentConfig, sweep: Sweep, total: int, parent_id: str) -> list[tune.Callback]:
+    """The driver's per-trial work: a progress line, and the trial's MLflow child run."""
+    return [Progress(total), trial_runs(sweep.uri, cfg.tracking.experiment, parent_id, sweep.name)]
+
+
+def write_report(
+    cfg: ExperimentConfig, cells: list[Cell], sweep: Sweep, trials: Any, server: Any, parent: ParentRun
+) -> int:
+    """Tables, figures, the server's statistics and the federated follow-up; returns the failure count."""
+    out = sweep.out
+    if (trials["status"] == "ok").any():
+        text, figures, best = report.study(cfg, sweep.name, trials)
+    else:  # report.study summarises successful trials and needs one
+        text, figures, best = report.failures_only(sweep.name, trials), {}, trials.iloc[:0]
+    if server is not None:
+        stats = ray.get(server.stats.remote())
+        ray.kill(server)
+        parent.log_metrics({f"server.{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
+        text += report.server_line(stats)
+    failed = int((trials["status"] == "failed").sum())
+    if cfg.federated.after_sweep:
+        rounds, shaping = federated_followup(cfg, cells, out, sweep.uri, parent.run_id)
+        write_atomic(out / "federated.csv", rounds.to_csv(index=False))
+        parent.log_files(out / "federated.csv")
+        section, figure = report.federated_section(cfg, rounds, shaping)
+        text += section
+        figures["federated_rounds.png"] = figure
+        failed += int((rounds["error"] != "").sum())
+    write_atomic(out / "results.md", text)
+    parent.log_files(out / "results.md", out / "trials.csv")
+    parent.log_figures(figures, out / "plots")
+    for _, row in best.iterrows():
+        parent.log_metrics({f"{row['label']}.test_gain": row["gain"], f"{row['label']}.val_acc": row["val_acc"]})
+    parent.log_metrics({"failed_trials": failed})
+    print("\n" + text, flush=True)
+    return failed

@@ -1,0 +1,100 @@
+"""One Ray Tune trial: a method row at one grid point and seed, in one cell of the study.
+
+The trainable receives each cell's validated config (``tune.with_parameters``), raises what the
+rehearsal or an earlier non-finite loss says it must, then runs the transfer where the config says:
+DML peer actors, Ray Train learners, or in the trial's own process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+from ray.tune import PlacementGroupFactory
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from raykd.cluster import WAITER_CPUS
+from raykd.config import ExperimentConfig, cell_key
+from raykd.engine import NonFiniteLoss
+from raykd.errors import InjectedFault
+from raykd.experiment import run_trial
+from raykd.files import write_atomic
+from raykd.learners import run_on_learners
+from raykd.nodes import prepare
+from raykd.peers import run_mutual_learning
+from raykd.teacher_server import logit_source
+
+
+def trainable(
+    config: dict[str, Any], cells: dict[str, ExperimentConfig], server_name: str | None, sweep_dir: str
+) -> None:
+    """One Tune trial in its cell's config; a non-finite loss is recorded so that retries re-raise it at once."""
+    cfg = cells[cell_key(config.get("cell", {}))]
+    label, seed = config["arm"]["label"], config["seed"]
+    raise_planned_faults(cfg, sweep_dir, label, seed)
+    try:
+        transfer(cfg, config, server_name)
+    except NonFiniteLoss as err:
+        write_atomic(trial_file(sweep_dir, "nonfinite"), str(err))
+        raise
+
+
+def raise_planned_faults(cfg: ExperimentConfig, sweep_dir: str, label: str, seed: int) -> None:
+    """Raise what this trial must raise before it trains: an injected fault, or its earlier non-finite loss.
+
+    Attempts are counted in a file of the sweep's folder, keyed by trial id, so the count survives
+    Tune's retries (a fresh actor) and ``--resume`` (a fresh driver). A non-finite loss is deterministic:
+    a retry would only spend the same epochs to reach it again, so the recorded message is raised at once.
+    """
+    nonfinite = trial_file(sweep_dir, "nonfinite")
+    if nonfinite.exists():
+        raise NonFiniteLoss(nonfinite.read_text())
+    fault = cfg.tune.fail
+    if fault is None or (fault.label, fault.seed) != (label, seed):
+        return
+    counter = trial_file(sweep_dir, "attempts")
+    attempt = (int(counter.read_text()) if counter.exists() else 0) + 1
+    write_atomic(counter, str(attempt))
+    if attempt <= fault.times:
+        raise InjectedFault(f"tune.fail: injected fault, attempt {attempt} of the {fault.times} that fail")
+
+
+def trial_file(sweep_dir: str, kind: str) -> Path:
+    """This trial's record in the sweep's faults/ folder (on the shared output filesystem, seen by every retry)."""
+    return Path(sweep_dir) / "faults" / f"{tune.get_context().get_trial_id()}.{kind}"
+
+
+def transfer(cfg: ExperimentConfig, config: dict[str, Any], server_name: str | None) -> None:
+    """Run the trial's transfer where the config says: peer actors, Ray Train learners, or in this process."""
+    setting = {k: v for k, v in config["arm"].items() if k not in ("label", "method")}
+    label, seed = config["arm"]["label"], config["seed"]
+    if cfg.learners.peer_actors and cfg.method(label).name == "dml":
+        run_mutual_learning(cfg, label, setting, seed, report=tune.report)
+        return
+    if cfg.learners.num_workers:
+        storage = Path(tune.get_context().get_trial_dir())
+        run_on_learners(cfg, label, setting, seed, storage, server_name, callbacks=[TuneReportCallback()])
+        return
+    torch.set_num_threads(max(1, int(cfg.tune.cpus_per_trial)))
+    source = logit_source(cfg, prepare(cfg, seed), seed, server_name)
+    run_trial(cfg, label, setting, seed, report=tune.report, source=source)
+
+
+def trial_resources(cfg: ExperimentConfig, cluster_cpus: float) -> tuple[Any, int | None]:
+    """What one trial reserves, and how many trials may run at once so that none waits forever.
+
+    DML with peer actors reserves a placement group: a sliver for the trial plus one bundle per peer.
+    With learners the trial is only a driver (no CPU of its own); its Ray Train workers get their own
+    placement group from the trainer, so concurrency is capped to the number of worker groups that
+    fit beside the teacher server.
+    """
+    if cfg.learners.peer_actors and any(m.name == "dml" for m in cfg.methods):
+        peers = [{"CPU": cfg.learners.cpus_per_worker}] * len(cfg.node_ids())  # the peers live in the trial's group
+        return PlacementGroupFactory([{"CPU": WAITER_CPUS}, *peers]), cfg.tune.max_concurrent_trials
+    if not cfg.learners.num_workers:
+        return {"cpu": cfg.tune.cpus_per_trial, "gpu": cfg.tune.gpus_per_trial}, cfg.tune.max_concurrent_trials
+    free = cluster_cpus - (cfg.teacher.num_cpus if cfg.teacher.mode == "server" else 0)
+    fits = max(1, int(free // (cfg.learners.num_workers * cfg.learners.cpus_per_worker)))
+    return {"cpu": 0, "memory": 1}, min(fits, cfg.tune.max_concurrent_trials or fits)

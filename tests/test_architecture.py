@@ -1,0 +1,101 @@
+"""The shape the code must keep: a core without shells, no import circles, modules and functions of a readable size."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("raykd", "federated")
+#: The plain-PyTorch core: importable and usable without Ray, Flower or MLflow.
+CORE = [
+    "raykd.config",
+    "raykd.data",
+    "raykd.models",
+    "raykd.methods",
+    "raykd.engine",
+    "raykd.nodes",
+    "raykd.experiment",
+    "raykd.logit_cache",
+    "raykd.files",
+    "raykd.references",
+    "raykd.errors",
+    "raykd.federated_checks",
+]
+SHELLS = ("ray", "flwr", "mlflow")
+
+
+def modules() -> dict[str, Path]:
+    """Every module of the packages, by dotted name."""
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def test_the_core_imports_no_shell() -> None:
+    """Importing every core module (and every built-in method) leaves Ray, Flower and MLflow unloaded."""
+    code = (
+        "import sys, importlib\n"
+        f"for name in {CORE!r}: importlib.import_module(name)\n"
+        "from raykd.methods import METHODS\n"
+        "from raykd.methods import method_class\n"
+        "[method_class(name) for name in METHODS]\n"
+        f"print(sorted(m for m in {SHELLS!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
+def _module_imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """The package modules ``name`` imports at module level (imports inside functions are lazy by design)."""
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+    for node in tree.body:
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            base = node.module if node.level == 0 else ".".join([*name.split(".")[: -node.level], node.module])
+            targets = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+        found |= {t for t in targets if t in known and t != name}
+    return found
+
+
+def test_no_import_circles() -> None:
+    known = modules()
+    graph = {name: _module_imports(name, path, known) for name, path in known.items()}
+    state: dict[str, str] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        state[name] = "open"
+        for target in sorted(graph[name]):
+            if state.get(target) == "open":
+                pytest.fail("import circle: " + " -> ".join([*trail[trail.index(target) :], target]))
+            if target not in state:
+                visit(target, [*trail, target])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+
+
+def test_modules_and_functions_fit_on_a_screen() -> None:
+    """No module over 400 lines, no function over 60."""
+    too_long = []
+    for name, path in modules().items():
+        source = path.read_text()
+        if source.count("\n") > 400:
+            too_long.append(f"{name}: {source.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
+                too_long.append(f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not too_long, too_long
