@@ -5,7 +5,8 @@ from the other (detached):
   L_private = alpha * CE(private) + (1 - alpha) * T^2 KL(p_meme^T || p_private^T)
   L_meme    = beta  * CE(meme)    + (1 - beta)  * T^2 KL(p_private^T || p_meme^T)
 The paper's formula is T = 1. Summing both and stepping once updates each peer by its own loss, as
-in raykd's DML. Not registered in ``raykd.methods.METHODS``: it only makes sense inside a federation.
+in raykd's DML. Not registered in ``raykd.methods.METHODS`` (it only makes sense inside a federation):
+strategy fml's first method row names it, ``{name: "federated.fml:FederatedMutualLearning", alpha, beta}``.
 """
 
 from __future__ import annotations

@@ -16,8 +16,7 @@ import torch
 from flwr.app import ArrayRecord
 from torch import nn
 
-from federated.fml import FederatedMutualLearning
-from raykd.config import ExperimentConfig, load_config
+from raykd.config import SERVER_TEMPERATURE, ExperimentConfig, load_config
 from raykd.engine import (
     InlineReferences,
     TransferBatches,
@@ -27,7 +26,7 @@ from raykd.engine import (
     pick_device,
     seed_everything,
 )
-from raykd.methods import Method
+from raykd.methods.base import Method
 from raykd.methods.ce import CrossEntropy
 from raykd.methods.kd import KnowledgeDistillation
 from raykd.models import build_model
@@ -35,6 +34,7 @@ from raykd.nodes import Setup, load_node, new_model, prepare
 
 #: The Flower app's folder (this repository, or the unpacked FAB under ``flwr run``): relative paths start here.
 APP_DIR = Path(__file__).resolve().parents[1]
+
 
 def settings(run_config: Mapping[str, Any], raw: dict[str, Any] | None) -> ExperimentConfig:
     """The experiment: ``raw`` when the simulate CLI built the apps, else pyproject's run config (``flwr run``).
@@ -92,15 +92,21 @@ def _local_batches(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) ->
 
 
 def client_method(cfg: ExperimentConfig) -> Method:
-    """Strategy kd's client loss: the config's first method row (at its first grid point), so any registered
-    method that distils from frozen teachers, or from none, runs inside a client; a ``kd`` or ``ce`` row (the
-    schema's placeholder) or a peer method gives KD with ``federated.temperature`` and ``federated.kd_alpha``.
+    """The clients' loss for strategies kd and fml: the first method row at its first grid point.
+
+    One home for every knob: kd accepts any method that distils from frozen teachers (the global model)
+    or from none; fml needs a ``federated.fml:FederatedMutualLearning`` row (its alpha, beta, temperature).
     """
-    row, f = cfg.methods[0], cfg.federated
-    method = row.build(row.grid()[0])
-    if row.name in ("kd", "ce") or method.teachers == "peers":
-        return KnowledgeDistillation(f.temperature, f.kd_alpha)
-    return method
+    row = cfg.methods[0]
+    return row.build(row.grid()[0])
+
+
+def server_temperature(cfg: ExperimentConfig) -> float:
+    """The pool KD temperature (feddf, consolidation): the first method row with a ``temperature`` knob (at its
+    first grid point), else ``SERVER_TEMPERATURE``."""
+    return next(
+        (row.grid()[0]["temperature"] for row in cfg.methods if "temperature" in row.knobs()), SERVER_TEMPERATURE
+    )
 
 
 def client_update(
@@ -112,8 +118,8 @@ def client_update(
     frozen, teaches the local student started from it: the only teacher that has seen every client's
     classes (a peer's pre-trained node model has not, and on non-IID local data gave no gain in the
     measurements of ../shared/RESEARCH.md), and it costs no extra communication. fml: private and meme
-    models learn mutually. A method row other than kd can replace kd's loss (``client_method``); its
-    ``prepare`` sees the client's local data and the global model as the teacher.
+    models learn mutually. kd and fml train with the first method row (``client_method``); its ``prepare``
+    sees the client's local data and, for kd, the global model as the teacher.
     """
     setup, f = setup_of(cfg), cfg.federated
     device = pick_device(f.client_gpus)  # CUDA when the client reserved GPUs
@@ -128,7 +134,7 @@ def client_update(
         if private is not None:
             from_arrays(kept, private)
         kept = kept.to(device)
-        trainable, method, references = [kept, model], FederatedMutualLearning(f.fml_alpha, f.fml_beta), None
+        trainable, method, references = [kept, model], client_method(cfg), None
     elif f.strategy == "kd":
         teacher = copy.deepcopy(model)
         trainable, method = [model], client_method(cfg)
@@ -179,7 +185,7 @@ def distil_on_pool(cfg: ExperimentConfig, student: nn.Module, teachers: list[nn.
     batches = TransferBatches(
         data.train_x, data.train_y, no_labelled, setup.splits.pool, budget.batch_size, False, seed=cfg.seeds[0]
     )
-    method = KnowledgeDistillation(cfg.federated.temperature, alpha=1.0)
+    method = KnowledgeDistillation(server_temperature(cfg), alpha=1.0)
     fit([student], method, batches, budget.epochs, budget.lr, budget.weight_decay, InlineReferences(teachers))
     return student
 

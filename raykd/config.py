@@ -7,26 +7,24 @@ axis; scalars are fixed values. Every error names the field and what it allows.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
-    create_model,
     field_validator,
     model_validator,
 )
 
 from raykd.errors import ConfigError
-from raykd.methods import METHODS, Method
+from raykd.methods import METHODS
+from raykd.methods.schema import METHOD_KNOBS, AnyMethodConfig, MethodConfig, is_method_tag, method_config_of
 from raykd.references import is_reference
 
 #: Datasets read from ``data.root``, and what the path must be.
@@ -233,40 +231,19 @@ class TrackingConfig(Section):
     )
 
 
-class MethodConfig(Section):
-    """Base of the generated per-method configs: knob fields hold lists (grid axes)."""
-
-    label: str | None = Field(None, description="row name in the results table (default: method name)")
-
-    def display(self) -> str:
-        return self.label or self.name  # type: ignore[attr-defined]
-
-    def knobs(self) -> list[str]:
-        return [f for f in type(self).model_fields if f not in ("name", "label")]
-
-    def grid(self) -> list[dict[str, Any]]:
-        """Every concrete setting: the product of the knob lists."""
-        names = self.knobs()
-        return [dict(zip(names, v, strict=True)) for v in itertools.product(*(getattr(self, n) for n in names))]
-
-    def build(self, setting: dict[str, Any]) -> Method:
-        return METHODS[self.name](**setting)  # type: ignore[attr-defined]
-
-
-def _method_config(cls: type[Method]) -> type[MethodConfig]:
-    """Derive a method's YAML schema from its dataclass: each knob becomes a list (grid axis)."""
-    fields: dict[str, Any] = {"name": (Literal[cls.name], ...)}  # type: ignore[valid-type]
-    hints = get_type_hints(cls, include_extras=True)
-    for f in dataclasses.fields(cls):
-        fields[f.name] = (
-            Annotated[list[hints[f.name]], BeforeValidator(_as_list), Field(min_length=1)],  # type: ignore[misc]
-            [f.default],
-        )
-    return create_model(f"{cls.__name__}Config", __base__=MethodConfig, **fields)
-
-
-METHOD_CONFIGS = {name: _method_config(cls) for name, cls in METHODS.items()}
-AnyMethodConfig = Annotated[Union[tuple(METHOD_CONFIGS.values())], Field(discriminator="name")]  # noqa: UP007
+#: KD temperature of the server's pool distillation when no method row has a ``temperature`` knob.
+SERVER_TEMPERATURE = 4.0
+_KD_ROW, _FML_ROW = (
+    "{name: kd, temperature: 4, alpha: 0.5}",
+    "{name: 'federated.fml:FederatedMutualLearning', alpha: 0.5, beta: 0.5}",
+)
+#: Former federated knobs and (their method-row knob, an example row): each knob has one home, the method row.
+MOVED_FEDERATED_KEYS = {
+    "temperature": ("temperature", _KD_ROW),
+    "kd_alpha": ("alpha", _KD_ROW),
+    "fml_alpha": ("alpha", _FML_ROW),
+    "fml_beta": ("beta", _FML_ROW),
+}
 
 
 class FederatedConfig(Section):
@@ -288,11 +265,11 @@ class FederatedConfig(Section):
         1, ge=1, description="successful clients a round needs to aggregate, else it is skipped"
     )
     local: TrainConfig = Field(TrainConfig(epochs=1, lr=3e-3), description="each client's local training per round")
-    temperature: float = Field(4.0, gt=0, description="KD temperature (kd, feddf, consolidation)")
-    kd_alpha: float = Field(0.5, ge=0, le=1, description="kd: weight of the KD term from the global model, in [0, 1]")
-    fml_alpha: float = Field(0.5, ge=0, le=1, description="fml: private model's CE weight (1 - alpha on KL), [0, 1]")
-    fml_beta: float = Field(0.5, ge=0, le=1, description="fml: meme model's CE weight (1 - beta on KL), in [0, 1]")
-    server: TrainConfig = Field(TrainConfig(epochs=3, lr=3e-3), description="server-side KD on the shared pool")
+    server: TrainConfig = Field(
+        TrainConfig(epochs=3, lr=3e-3),
+        description="server-side KD on the shared pool (feddf, consolidation), at the temperature of the first "
+        f"method row that has one, else {SERVER_TEMPERATURE:g}",
+    )
     target_acc: float = Field(0.6, gt=0, le=1, description="test accuracy whose first round is reported")
     client_cpus: float = Field(1.0, gt=0, description="CPUs reserved by each simulated client")
     client_gpus: float = Field(0.0, ge=0, description="GPUs reserved by each simulated client")
@@ -303,6 +280,22 @@ class FederatedConfig(Section):
         description="python -m raykd.tune: after the sweep, run this simulation for every seed and every distinct "
         "partition of the study's cells, and add its rounds-to-target table to the report",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, value: Any) -> Any:
+        """Keys that moved to the method row: one line naming the new home, not 'unknown key'."""
+        if not isinstance(value, dict):
+            return value
+        grid = value.get("grid")
+        axes = [str(k).removeprefix("federated.") for k in grid if str(k).startswith("federated.")] if grid else []
+        for key in (*value, *axes):
+            if key in MOVED_FEDERATED_KEYS:
+                knob, example = MOVED_FEDERATED_KEYS[key]
+                raise ValueError(
+                    f"federated.{key}: moved to the method row; set methods.0.{knob} (e.g. methods: [{example}])"
+                )
+        return value
 
 
 class ExperimentConfig(Section):
@@ -510,12 +503,14 @@ def validate_config(raw: dict[str, Any]) -> ExperimentConfig:
 def describe_error(err: ValidationError) -> str:
     """The first validation error as one line: ``field.path = value: what is allowed``."""
     first = err.errors()[0]
-    loc = [p for p in first["loc"] if p not in METHOD_CONFIGS]  # drop the discriminator tag
+    loc = [p for p in first["loc"] if not is_method_tag(p)]
     if loc[:1] == ["methods"] and len(loc) > 3 and isinstance(loc[-1], int):
         loc = loc[:-1]  # a knob's grid position: the value shown identifies it
     field = ""
     for part in loc:
         field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
+    if first["type"] == "method_reference":
+        return f"{field}.name: {first['ctx']['reason']}"
     if first["type"] == "union_tag_invalid":
         return f"{field}.name = {first['ctx']['tag']!r}: unknown method; allowed: {', '.join(METHODS)}"
     if first["type"] == "extra_forbidden":
@@ -535,8 +530,8 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     for part in loc:
         if isinstance(part, int):
             continue
-        if part in METHOD_CONFIGS:
-            model = METHOD_CONFIGS[part]
+        if is_method_tag(part):
+            model = method_config_of(part, model)
             continue
         annotation = model.model_fields[part].annotation
         while get_origin(annotation) in (list, dict, Union) or (get_origin(annotation) is Annotated):
@@ -562,20 +557,11 @@ def describe_schema() -> str:
 
     walk(ExperimentConfig, None, "")
     lines.append("  methods[i].name, methods[i].label, and per method (list values are grid axes):")
-    for name, config in METHOD_CONFIGS.items():
-        cls = METHODS[name]
-        knobs = ", ".join(
-            f"{knob}={config.model_fields[knob].default[0]} ({_knob_description(cls, knob)})"
-            for knob in config.model_fields
-            if knob not in ("name", "label")
-        )
-        lines.append(f"    {name}: {knobs or 'no knobs'}; {(cls.__doc__ or '').strip().splitlines()[0]}")
+    for name, method in METHOD_KNOBS.items():
+        knobs = ", ".join(f"{knob.name}={knob.default} ({knob.description})" for knob in method.knobs)
+        lines.append(f"    {name}: {knobs or 'no knobs'}; {method.summary}")
+    lines.append('    "package.module:Class": your own Method subclass; its dataclass fields are its knobs')
     return "\n".join(lines)
-
-
-def _knob_description(cls: type[Method], knob: str) -> str:
-    metadata = getattr(get_type_hints(cls, include_extras=True)[knob], "__metadata__", ())
-    return next((m.description for m in metadata if getattr(m, "description", None)), "")
 
 
 def _show(value: Any) -> str:

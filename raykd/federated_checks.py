@@ -11,6 +11,8 @@ from raykd.errors import ConfigError
 
 #: Strategies whose server distils on the shared unlabelled pool.
 POOL_STRATEGIES = ("feddf", "consolidation")
+#: The method row strategy fml's clients train with (a method class of the federated app, named by reference).
+FML_METHOD = "federated.fml:FederatedMutualLearning"
 
 
 def check_federated(cfg: ExperimentConfig) -> None:
@@ -39,3 +41,19 @@ def check_federated(cfg: ExperimentConfig) -> None:
         )
     if f.strategy in POOL_STRATEGIES and cfg.data.pool_fraction == 0:
         raise ConfigError(f"data.pool_fraction: federated.strategy={f.strategy} distils on the pool; allowed: > 0")
+    _check_client_method(cfg)
+
+
+def _check_client_method(cfg: ExperimentConfig) -> None:
+    """Strategies kd and fml train with the first method row: it must be a loss their clients can run."""
+    strategy, row = cfg.federated.strategy, cfg.methods[0]
+    if strategy == "fml" and row.name != FML_METHOD:
+        raise ConfigError(
+            f"methods[0].name: federated.strategy=fml trains with the first method row, {row.name!r} is not FML; "
+            f"e.g. methods: [{{name: '{FML_METHOD}', alpha: 0.5, beta: 0.5}}]"
+        )
+    if strategy == "kd" and row.build(row.grid()[0]).teachers == "peers":
+        raise ConfigError(
+            f"methods[0].name: federated.strategy=kd distils the frozen global model into each client; "
+            f"{row.name!r} trains peers (FML is strategy fml); e.g. methods: [{{name: kd, alpha: 0.5}}]"
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -66,3 +67,48 @@ def test_extends_merges_sections_and_replaces_lists(tmp_path: Path) -> None:
     (tmp_path / "base.yaml").write_text("extends: child.yaml\n")
     with pytest.raises(ConfigError, match="loops back"):
         load_config(tmp_path / "child.yaml")
+
+
+USER_METHOD = '''
+from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import Field
+
+from raykd.methods.kd import KnowledgeDistillation
+
+
+@dataclass(frozen=True)
+class MarginKD(KnowledgeDistillation):
+    """KD with a margin."""
+
+    name = "margin-kd"
+    margin: Annotated[float, Field(ge=0, description="a margin")] = 1.0
+
+
+class Plain:
+    pass
+'''
+
+
+def test_a_user_method_class_is_a_row_whose_dataclass_fields_are_its_knobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "my_methods.py").write_text(USER_METHOD)
+    monkeypatch.chdir(tmp_path)
+    cfg = validate_config({"methods": [{"name": "my_methods:MarginKD", "margin": [0, 2], "alpha": 0.3}]})
+    (row,) = cfg.methods
+    assert row.grid() == [{"temperature": 4.0, "alpha": 0.3, "margin": m} for m in (0.0, 2.0)]
+    assert row.build(row.grid()[1]).margin == 2.0
+    assert validate_config(cfg.model_dump(mode="json")).methods[0].grid() == row.grid()  # cells re-validate dumps
+    problems = {
+        "my_methods:Plain": "methods[0].name: 'my_methods:Plain' is not a method; expected a frozen dataclass",
+        "my_methods:Gone": "methods[0].name: module 'my_methods' has no 'Gone'",
+    }
+    for name, message in problems.items():
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+            validate_config({"methods": [{"name": name}]})
+    with pytest.raises(ConfigError, match=r"^methods\[0\].margin = -1: Input should be greater than or equal to 0$"):
+        validate_config({"methods": [{"name": "my_methods:MarginKD", "margin": -1}]})
+    with pytest.raises(ConfigError, match=r"methods.0; allowed: label, name, temperature, alpha, margin$"):
+        validate_config({"methods": [{"name": "my_methods:MarginKD", "beta": 1}]})

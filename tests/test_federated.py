@@ -38,8 +38,20 @@ from tests.conftest import tiny_raw
 REPO = Path(__file__).resolve().parents[1]
 
 
-def fed_raw(tmp_path: Path, cache_dir: Path, **federated: Any) -> dict[str, Any]:
-    """A tiny simulation: 3 clients on MNIST-1D, 2 rounds of one local epoch, one client actor on 2 CPUs."""
+#: The clients' loss rows of strategies kd and fml (their first method row).
+CLIENT_ROWS = {
+    "kd": [{"name": "kd", "temperature": 4, "alpha": 0.5}],
+    "fml": [{"name": "federated.fml:FederatedMutualLearning", "alpha": 0.5, "beta": 0.5}],
+}
+
+
+def fed_raw(
+    tmp_path: Path, cache_dir: Path, methods: list[dict[str, Any]] | None = None, **federated: Any
+) -> dict[str, Any]:
+    """A tiny simulation: 3 clients on MNIST-1D, 2 rounds of one local epoch, one client actor on 2 CPUs.
+
+    Strategies kd and fml train with their ``CLIENT_ROWS`` unless ``methods`` are given.
+    """
     settings = {
         "rounds": 2,
         "min_clients": 2,
@@ -48,7 +60,8 @@ def fed_raw(tmp_path: Path, cache_dir: Path, **federated: Any) -> dict[str, Any]
         "client_cpus": 2,
         **federated,
     }
-    return tiny_raw(tmp_path, cache_dir, federated=settings, ray={"num_cpus": 2})
+    rows = methods or CLIENT_ROWS.get(str(federated.get("strategy")))
+    return tiny_raw(tmp_path, cache_dir, federated=settings, ray={"num_cpus": 2}, **({"methods": rows} if rows else {}))
 
 
 def param_bytes(model: torch.nn.Module) -> int:
@@ -97,8 +110,8 @@ def test_fml_client_sends_only_the_meme_and_keeps_its_private_model(tmp_path: Pa
 def test_kd_client_is_held_near_the_global_model_it_distils(tmp_path: Path, cache_dir: Path) -> None:
     """The KD teacher is the received global model: the more weight on its term, the less the update drifts."""
 
-    def drift(kd_alpha: float) -> float:
-        cfg = validate_config(fed_raw(tmp_path, cache_dir, strategy="kd", kd_alpha=kd_alpha))
+    def drift(alpha: float) -> float:
+        cfg = validate_config(fed_raw(tmp_path, cache_dir, [{"name": "kd", "alpha": alpha}], strategy="kd"))
         received = to_arrays(global_model(cfg, setup_of(cfg)))
         sent, kept, _ = client_update(cfg, 0, 1, received, None)
         assert kept is None
@@ -164,8 +177,14 @@ BAD = [
     (["federated.fraction=0"], "federated.fraction = 0: Input should be greater than 0"),
     (["federated.fraction=1.5"], "federated.fraction = 1.5: Input should be less than or equal to 1"),
     (["federated.rounds=0"], "federated.rounds = 0: Input should be greater than or equal to 1"),
-    (["federated.fml_alpha=1.5"], "federated.fml_alpha = 1.5: Input should be less than or equal to 1"),
-    (["federated.fml_beta=-0.1"], "federated.fml_beta = -0.1: Input should be greater than or equal to 0"),
+    (
+        ["federated.kd_alpha=0.3"],
+        "federated.kd_alpha: moved to the method row; set methods.0.alpha (e.g. methods: [{name: kd, temperature: 4,",
+    ),
+    (["federated.fml_beta=0.2"], "federated.fml_beta: moved to the method row; set methods.0.beta (e.g. methods:"),
+    (["federated.grid={federated.temperature: [2, 4]}"], "federated.temperature: moved to the method row"),
+    (["federated.strategy=fml"], "methods[0].name: federated.strategy=fml trains with the first method row, 'ce' is"),
+    (["federated.strategy=kd", "methods.0={name: dml}"], "methods[0].name: federated.strategy=kd distils the frozen"),
     (["federated.strategy=fedprox"], "federated.strategy = 'fedprox': Input should be 'fedavg', 'kd', 'fml'"),
     (["federated.min_successful=4"], "federated.min_successful: 4 but only 3 clients are sampled per round"),
     (["federated.fail_client=3"], "federated.fail_client: client 3 does not exist; allowed: 0..2"),
@@ -322,16 +341,16 @@ def test_tune_bad_grid_value_is_one_line_and_exit_2(
 ) -> None:
     config = tmp_path / "fed.yaml"
     config.write_text(yaml.safe_dump(fed_raw(tmp_path, cache_dir, strategy="fml")))
-    assert tune_main(["--config", str(config), "--grid", "federated.fml_alpha=[0.5, 1.5]"]) == 2
+    assert tune_main(["--config", str(config), "--grid", "methods.0.alpha=[0.5, 1.5]"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "raykd: error: federated.fml_alpha = 1.5: Input should be less than or equal to 1"
+    assert err == "raykd: error: methods[0].alpha = 1.5: Input should be less than or equal to 1"
 
 
 def test_tune_trials_are_simulations_in_child_drivers(tmp_path: Path, cache_dir: Path) -> None:
     """``python -m raykd.tune`` on a config with ``federated.grid``: two trials, each a whole simulation
     started by the trial as a child driver joined to the cluster."""
     raw = fed_raw(tmp_path, cache_dir, strategy="kd", rounds=1, client_cpus=0.6)  # the pool leaves the trial room
-    raw["federated"]["grid"] = {"federated.kd_alpha": [0.2, 0.8]}
+    raw["federated"]["grid"] = {"methods.0.alpha": [0.2, 0.8]}
     config = tmp_path / "fed.yaml"
     config.write_text(yaml.safe_dump(raw))
     done = subprocess.run(
@@ -345,8 +364,8 @@ def test_tune_trials_are_simulations_in_child_drivers(tmp_path: Path, cache_dir:
     assert done.returncode == 0, done.stderr[-3000:]
     (out,) = (tmp_path / "runs").glob("*-tune-*")
     results = pd.read_csv(out / "results.csv")
-    assert sorted(results["federated.kd_alpha"]) == [0.2, 0.8]
+    assert sorted(results["methods.0.alpha"]) == [0.2, 0.8]
     assert results.error.isna().all() and (results.final_test_acc > 0.1).all()
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
-    assert sorted(r.data.params["federated.kd_alpha"] for r in runs) == ["0.2", "0.8"]  # one MLflow run each
+    assert sorted(r.data.params["methods.0.alpha"] for r in runs) == ["0.2", "0.8"]  # one MLflow run each

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from raykd.methods import METHODS
+from raykd.methods import METHODS, method_class
 from raykd.methods.base import UNLABELLED, StepLogits, labelled_cross_entropy, masked_mean, soft_probabilities
 from raykd.methods.dml import DeepMutualLearning
 from raykd.methods.dpkd import DataPartitioningKD, teacher_mask
 from raykd.methods.kd import KnowledgeDistillation
+from raykd.methods.knobs import from_class, from_source
 
 torch.manual_seed(0)
 N, C = 16, 5
@@ -134,4 +138,24 @@ def test_dpkd_reduces_to_kd_when_teacher_always_wins_and_to_self_distillation_ot
 
 def test_registry_names_match_classes() -> None:
     assert {"ce", "kd", "dml", "dpkd"} <= set(METHODS)
-    assert all(cls.name == name for name, cls in METHODS.items())
+    assert all(method_class(name).name == name for name in METHODS)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_knobs_read_from_source_equal_the_imported_dataclass(name: str) -> None:
+    """The torch-free source reading must never drift from the class: names, types, constraints, defaults."""
+    read, imported = from_source(METHODS[name]), from_class(method_class(name))
+    assert (read.name, read.summary) == (imported.name, imported.summary)
+    assert [(k.name, repr(k.annotation), k.default, k.description) for k in read.knobs] == [
+        (k.name, repr(k.annotation), k.default, k.description) for k in imported.knobs
+    ]
+
+
+def test_validating_a_config_and_printing_help_import_no_torch() -> None:
+    code = (
+        "import sys, raykd.config as c; "
+        "c.validate_config({'methods': [{'name': 'kd', 'temperature': [1, 4]}, {'name': 'dml'}]}); "
+        "c.describe_schema(); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

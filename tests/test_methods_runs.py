@@ -11,11 +11,12 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from federated.task import client_method, client_update, global_model, setup_of, to_arrays
-from raykd.config import load_config, load_raw, validate_config
+from federated.task import client_method, client_update, global_model, server_temperature, setup_of, to_arrays
+from raykd.config import SERVER_TEMPERATURE, load_config, load_raw, validate_config
 from raykd.experiment import run_trial
 from raykd.files import file_digest
 from raykd.methods import METHODS
+from raykd.methods.ce import CrossEntropy
 from raykd.methods.kd import KnowledgeDistillation
 from raykd.nodes import node_path, prepare
 from raykd.teacher_server import logit_source, served_model, start_server
@@ -76,11 +77,16 @@ def test_every_new_method_trains_inside_a_federated_kd_client(tmp_path: Path, ca
     assert any(not torch.equal(start[k], end[k]) for k in start)
 
 
-def test_a_kd_or_ce_first_row_keeps_the_federated_sections_kd(tmp_path: Path, cache_dir: Path) -> None:
-    cfg = validate_config(
-        tiny_raw(tmp_path, cache_dir, federated={"strategy": "kd", "temperature": 2, "kd_alpha": 0.3})
-    )
-    assert cfg.methods[0].name == "ce" and client_method(cfg) == KnowledgeDistillation(2.0, 0.3)
+def test_the_first_method_row_is_the_federated_clients_and_servers_kd(tmp_path: Path, cache_dir: Path) -> None:
+    """One home per knob: kd clients train with the first row's first grid point; the server's pool KD takes
+    the first row that has a temperature."""
+    rows = [{"name": "ce"}, {"name": "kd", "temperature": [2, 8], "alpha": 0.3}]
+    cfg = validate_config(tiny_raw(tmp_path, cache_dir, methods=rows[::-1], federated={"strategy": "kd"}))
+    assert client_method(cfg) == KnowledgeDistillation(2.0, 0.3) and server_temperature(cfg) == 2.0
+    cfg = validate_config(tiny_raw(tmp_path, cache_dir, methods=rows, federated={"strategy": "feddf"}))
+    assert client_method(cfg) == CrossEntropy() and server_temperature(cfg) == 2.0
+    cfg = validate_config(tiny_raw(tmp_path, cache_dir, methods=rows[:1], federated={"strategy": "feddf"}))
+    assert server_temperature(cfg) == SERVER_TEMPERATURE
 
 
 def test_compare_config_holds_every_registered_method() -> None:

@@ -1,36 +1,51 @@
-"""Registry of distillation methods: one file per method, one line here."""
+"""Registry of distillation methods: one file per method, one line here.
+
+Entries are ``"module:Class"`` strings so that reading the registry (config validation, ``--help``)
+imports no torch; ``method_class`` imports a method when a run needs it. The interface (``Method``,
+``StepLogits``) lives in ``raykd.methods.base``.
+"""
 
 from __future__ import annotations
 
-from raykd.methods.base import Method, StepLogits
-from raykd.methods.ce import CrossEntropy
-from raykd.methods.continuation import ContinuationKD
-from raykd.methods.dml import DeepMutualLearning
-from raykd.methods.dpkd import DataPartitioningKD
-from raykd.methods.kd import KnowledgeDistillation
-from raykd.methods.label_revision import LabelRevisionKD
-from raykd.methods.miniplm import DifferenceSamplingKD
-from raykd.methods.probe import ClassSimilarityProbe, LabelSmoothingProbe, PartialTeacherProbe
-from raykd.methods.reffakd import ReffAKD
-from raykd.methods.skew import SkewKL, SkewReverseKL
+import dataclasses
+import sys
+from typing import TYPE_CHECKING
 
-METHODS: dict[str, type[Method]] = {
-    cls.name: cls
-    for cls in (
-        CrossEntropy,
-        KnowledgeDistillation,
-        DeepMutualLearning,
-        DataPartitioningKD,
-        ContinuationKD,
-        LabelSmoothingProbe,
-        ClassSimilarityProbe,
-        PartialTeacherProbe,
-        LabelRevisionKD,
-        SkewKL,
-        SkewReverseKL,
-        ReffAKD,
-        DifferenceSamplingKD,
-    )
+from raykd.errors import ConfigError
+from raykd.references import resolve
+
+if TYPE_CHECKING:
+    from raykd.methods.base import Method
+
+METHODS: dict[str, str] = {
+    "ce": "raykd.methods.ce:CrossEntropy",
+    "kd": "raykd.methods.kd:KnowledgeDistillation",
+    "dml": "raykd.methods.dml:DeepMutualLearning",
+    "dpkd": "raykd.methods.dpkd:DataPartitioningKD",
+    "continuation": "raykd.methods.continuation:ContinuationKD",
+    "label-smoothing": "raykd.methods.probe:LabelSmoothingProbe",
+    "class-similarity": "raykd.methods.probe:ClassSimilarityProbe",
+    "kd-pt": "raykd.methods.probe:PartialTeacherProbe",
+    "label-revision": "raykd.methods.label_revision:LabelRevisionKD",
+    "skew-kl": "raykd.methods.skew:SkewKL",
+    "skew-rkl": "raykd.methods.skew:SkewReverseKL",
+    "reffakd": "raykd.methods.reffakd:ReffAKD",
+    "miniplm": "raykd.methods.miniplm:DifferenceSamplingKD",
 }
 
-__all__ = ["METHODS", "Method", "StepLogits"]
+
+def method_class(name_or_reference: str, field: str = "methods[i].name") -> type[Method]:
+    """The class of a registered method name or of a user's ``"package.module:Class"``, imported now.
+
+    ``field`` names the config key in the one-line error when the reference is not a Method dataclass.
+    """
+    reference = METHODS.get(name_or_reference, name_or_reference)
+    cls = resolve(reference, field)
+    # A Method subclass has imported raykd.methods.base (and torch) already; anything else has not needed to.
+    base = sys.modules.get("raykd.methods.base")
+    if base is None or not (isinstance(cls, type) and issubclass(cls, base.Method) and dataclasses.is_dataclass(cls)):
+        raise ConfigError(
+            f"{field}: {name_or_reference!r} is not a method; expected a frozen dataclass subclass of "
+            "raykd.methods.base.Method"
+        )
+    return cls

@@ -1,0 +1,141 @@
+"""The YAML schema of a method row, built from the method's knobs without importing the method (or torch).
+
+Built-in methods' knobs are read from their sources (``raykd.methods.knobs``); a row named
+``"package.module:Class"`` imports that user class and takes its dataclass fields. Every knob is a list:
+a Ray Tune grid axis, a scalar being an axis of one value.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    ModelWrapValidatorHandler,
+    SerializeAsAny,
+    Tag,
+    ValidationError,
+    create_model,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from raykd.errors import ConfigError
+from raykd.methods import METHODS, method_class
+from raykd.methods.knobs import MethodKnobs, from_class, from_source
+from raykd.references import is_reference
+
+if TYPE_CHECKING:
+    from raykd.methods.base import Method
+
+
+def _as_axis(value: Any) -> Any:
+    return value if isinstance(value, list) else [value]
+
+
+class MethodConfig(BaseModel):
+    """Base of the generated per-method configs: knob fields hold lists (grid axes)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)  # as every config section
+
+    label: str | None = Field(None, description="row name in the results table (default: method name)")
+
+    def display(self) -> str:
+        return self.label or self.name  # type: ignore[attr-defined]
+
+    def knobs(self) -> list[str]:
+        return [f for f in type(self).model_fields if f not in ("name", "label")]
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every concrete setting: the product of the knob lists."""
+        names = self.knobs()
+        return [dict(zip(names, v, strict=True)) for v in itertools.product(*(getattr(self, n) for n in names))]
+
+    def build(self, setting: dict[str, Any]) -> Method:
+        """The method at one grid point; its class is imported only now (it brings torch)."""
+        return method_class(self.name)(**setting)  # type: ignore[attr-defined]
+
+
+def _method_config(name: str, method: MethodKnobs) -> type[MethodConfig]:
+    """A method's YAML schema from its knobs: each knob becomes a list (grid axis) of its annotated type."""
+    fields: dict[str, Any] = {"name": (Literal[name], ...)}  # type: ignore[valid-type]
+    for knob in method.knobs:
+        fields[knob.name] = (
+            Annotated[list[knob.annotation], BeforeValidator(_as_axis), Field(min_length=1)],  # type: ignore[misc]
+            [knob.default],
+        )
+    return create_model(f"{name}-config", __base__=MethodConfig, **fields)
+
+
+#: Built-in methods' knobs, read from their sources (no torch), and the schema of each.
+METHOD_KNOBS = {name: from_source(reference) for name, reference in METHODS.items()}
+METHOD_CONFIGS = {name: _method_config(name, knobs) for name, knobs in METHOD_KNOBS.items()}
+#: User method configs built so far, by reference (error messages look their keys up here).
+USER_METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
+#: The discriminator tag of a row naming a user's method class.
+USER_METHOD = "reference"
+
+
+class UserMethodConfig(MethodConfig):
+    """A row whose name is ``"package.module:Class"``: the class is imported and its dataclass fields are its knobs."""
+
+    name: str
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _as_its_class(cls, data: Any, handler: ModelWrapValidatorHandler[MethodConfig]) -> MethodConfig:
+        if isinstance(data, MethodConfig):
+            return data
+        reference = data["name"]
+        try:
+            return _user_method_config(reference).model_validate(data)
+        except ValidationError as err:  # located under the reference, so an unknown key lists the class's knobs
+            errors = [
+                {"type": PydanticCustomError(e["type"], "{msg}", {"msg": e["msg"]}), "loc": (reference, *e["loc"])}
+                | {"input": e["input"]}
+                for e in err.errors()
+            ]
+            raise ValidationError.from_exception_data(err.title, errors) from None  # type: ignore[arg-type]
+
+
+def _user_method_config(reference: str) -> type[MethodConfig]:
+    """The schema of a user's method class, built once per reference; a bad reference is one error."""
+    if reference not in USER_METHOD_CONFIGS:
+        try:
+            knobs = from_class(method_class(reference, "name"))
+        except (ConfigError, TypeError) as err:
+            reason = str(err).removeprefix("name: ")
+            raise PydanticCustomError("method_reference", "{reason}", {"reason": reason}) from None
+        USER_METHOD_CONFIGS[reference] = _method_config(reference, knobs)
+    return USER_METHOD_CONFIGS[reference]
+
+
+def _method_tag(row: Any) -> str | None:
+    """Which schema validates a row: a built-in method's name, ``USER_METHOD`` for a reference."""
+    name = row.get("name") if isinstance(row, dict) else getattr(row, "name", None)
+    return USER_METHOD if isinstance(name, str) and is_reference(name) else name
+
+
+AnyMethodConfig = SerializeAsAny[  # the runtime class (a user method's own config) dumps its knobs
+    Annotated[
+        Union[  # noqa: UP007
+            tuple(Annotated[c, Tag(n)] for n, c in {**METHOD_CONFIGS, USER_METHOD: UserMethodConfig}.items())
+        ],
+        Discriminator(_method_tag),
+    ]
+]
+
+
+def is_method_tag(part: Any) -> bool:
+    """Whether a validation error's location part is a row's discriminator tag (a built-in name or a reference)."""
+    return part in METHOD_CONFIGS or part == USER_METHOD or part in USER_METHOD_CONFIGS
+
+
+def method_config_of(tag: str, default: Any) -> Any:
+    """The row schema a location tag names (built-in or user reference seen so far), else ``default``."""
+    return {**METHOD_CONFIGS, **USER_METHOD_CONFIGS}.get(tag, default)
