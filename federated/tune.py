@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m federated.tune",
         description="Grid-search federated knobs with Ray Tune; every trial is one federated simulation.",
         epilog="example:\n  python -m federated.tune --config tune_configs/federated_kd.yaml "
-        "--grid federated.kd_alpha=[0.25,0.5,0.75] --grid federated.temperature=[2,4] --set federated.client_cpus=0.6",
+        "--grid methods.0.alpha=[0.25,0.5,0.75] --grid methods.0.temperature=[2,4] --set federated.client_cpus=0.6",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_run_arguments(parser, None)
@@ -50,7 +50,7 @@ def grid_axes(axes: list[str]) -> dict[str, list[Any]]:
         key, sep, text = axis.partition("=")
         parsed = yaml.safe_load(text) if sep else None
         if not key or not isinstance(parsed, list) or not parsed:
-            raise ConfigError(f"--grid {axis!r}: expected KEY=[V1, V2, ...], e.g. --grid federated.kd_alpha=[0.1,0.5]")
+            raise ConfigError(f"--grid {axis!r}: expected KEY=[V1, V2, ...], e.g. --grid methods.0.alpha=[0.1,0.5]")
         values[key] = parsed
     return values
 

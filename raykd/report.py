@@ -71,7 +71,7 @@ def summary(settings: pd.DataFrame, knobs: list[str], select_on: str, axes: Sequ
     return pd.DataFrame(rows)
 
 
-def _pct(mean: float, std: float, signed: bool = False) -> str:
+def pct(mean: float, std: float, signed: bool = False) -> str:
     return f"{100 * mean:+.1f} ± {100 * std:.1f}" if signed else f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
@@ -100,10 +100,10 @@ def settings_markdown(settings: pd.DataFrame, knobs: list[str], select_on: str) 
             {
                 "method": r["label"] + (" *" if chosen else ""),
                 "setting": _setting(r, knobs),
-                "val acc %": _pct(r["val_acc"], r["val_acc_std"]),
-                "local val acc %": _pct(r["local_val_acc"], r["local_val_acc_std"]),
-                "test acc %": _pct(r["test_acc"], r["test_acc_std"]),
-                "test gain (pts)": _pct(r["gain"], r["gain_std"], signed=True),
+                "val acc %": pct(r["val_acc"], r["val_acc_std"]),
+                "local val acc %": pct(r["local_val_acc"], r["local_val_acc_std"]),
+                "test acc %": pct(r["test_acc"], r["test_acc_std"]),
+                "test gain (pts)": pct(r["gain"], r["gain_std"], signed=True),
                 "seeds": int(r["seeds"]),
             }
         )
@@ -115,10 +115,10 @@ def summary_markdown(best: pd.DataFrame, knobs: list[str], select_on: str) -> st
         {
             "method": r["label"],
             "setting": _setting(r, knobs) + (f" (best of {r['settings_tried']} on {select_on})" if r["tuned"] else ""),
-            "start acc %": _pct(r["test_acc_before"], r["test_acc_before_std"]),
-            "val acc %": _pct(r["val_acc"], r["val_acc_std"]),
-            "test acc %": _pct(r["test_acc"], r["test_acc_std"]),
-            "test gain (pts)": _pct(r["gain"], r["gain_std"], signed=True),
+            "start acc %": pct(r["test_acc_before"], r["test_acc_before_std"]),
+            "val acc %": pct(r["val_acc"], r["val_acc_std"]),
+            "test acc %": pct(r["test_acc"], r["test_acc_std"]),
+            "test gain (pts)": pct(r["gain"], r["gain_std"], signed=True),
             "wall s/trial": f"{r['wall_s']:.1f}" if pd.notna(r.get("wall_s")) else "-",
         }
         for _, r in best.iterrows()
@@ -165,7 +165,7 @@ def heatmaps(settings: pd.DataFrame, label: str, rows: str, cols: str, title: st
 def cell_bars(best: pd.DataFrame, order: dict[str, list[str]]) -> Figure:
     """Summary test gain per method row, grouped by the first axis' variants; one panel per later-axes combination."""
     first, *rest = order
-    panels = list(_by_cell(best, rest))
+    panels = list(by_cell(best, rest))
     labels = list(dict.fromkeys(best["label"]))
     fig, axes = plt.subplots(
         len(panels),
@@ -183,7 +183,7 @@ def cell_bars(best: pd.DataFrame, order: dict[str, list[str]]) -> Figure:
             ax.bar(offsets, 100 * rows["gain"], width, yerr=100 * rows["gain_std"], capsize=2, label=label)
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_ylabel("test gain (pts)")
-        ax.set_title(_cell_name(cell) or "all cells", fontsize=9)
+        ax.set_title(cell_name(cell) or "all cells", fontsize=9)
     axes[-1, 0].set_xticks(range(len(order[first])), order[first])
     axes[-1, 0].set_xlabel(first)
     axes[0, 0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
@@ -191,14 +191,14 @@ def cell_bars(best: pd.DataFrame, order: dict[str, list[str]]) -> Figure:
     return fig
 
 
-def _by_cell(frame: pd.DataFrame, axes: list[str]) -> list[tuple[dict[str, str], pd.DataFrame]]:
+def by_cell(frame: pd.DataFrame, axes: list[str]) -> list[tuple[dict[str, str], pd.DataFrame]]:
     """(cell variants, its rows) per combination of ``axes`` present, in order of appearance."""
     if not axes:
         return [({}, frame)]
     return [(dict(zip(axes, key, strict=True)), part) for key, part in frame.groupby(axes, sort=False)]
 
 
-def _cell_name(cell: dict[str, str]) -> str:
+def cell_name(cell: dict[str, str]) -> str:
     return ", ".join(f"{axis}={variant}" for axis, variant in cell.items())
 
 
@@ -206,14 +206,14 @@ def figures(
     settings: pd.DataFrame, best: pd.DataFrame, knobs_of: dict[str, list[str]], order: dict[str, list[str]]
 ) -> dict[str, Figure]:
     """Gain bars (per cell with axes), plus a heatmap per cell for every method row searched over two knobs."""
-    out = {"gain_by_cell.png": cell_bars(best, order)} if order else {"gain_bars.png": gain_bars(best)}
-    for cell, part in _by_cell(settings, list(order)):
+    out = {"gainby_cell.png": cell_bars(best, order)} if order else {"gain_bars.png": gain_bars(best)}
+    for cell, part in by_cell(settings, list(order)):
         suffix = "".join(f"_{axis}-{variant}" for axis, variant in cell.items())
         for label, knobs in knobs_of.items():
             rows = part[part["label"] == label]
             varied = [k for k in knobs if rows[k].nunique() > 1]
             if len(varied) == 2:
-                title = f"{label} ({_cell_name(cell)})" if cell else label
+                title = f"{label} ({cell_name(cell)})" if cell else label
                 out[f"heatmap_{label}{suffix}.png"] = heatmaps(part, label, *varied, title=title)
     return out
 
@@ -222,7 +222,7 @@ def cell_table(best: pd.DataFrame, order: dict[str, list[str]]) -> str:
     """Summary test gain per method row: rows are the later axes and the method, columns the first axis' variants."""
     first, *rest = order
     rows = []
-    for cell, part in _by_cell(best, rest):
+    for cell, part in by_cell(best, rest):
         for label, group in part.groupby("label", sort=False):
             gains = group.set_index(first)
             rows.append(
@@ -230,9 +230,7 @@ def cell_table(best: pd.DataFrame, order: dict[str, list[str]]) -> str:
                     **cell,
                     "method": label,
                     **{
-                        v: _pct(gains.loc[v, "gain"], gains.loc[v, "gain_std"], signed=True)
-                        if v in gains.index
-                        else "-"
+                        v: pct(gains.loc[v, "gain"], gains.loc[v, "gain_std"], signed=True) if v in gains.index else "-"
                         for v in order[first]
                     },
                 }
@@ -248,7 +246,7 @@ def tuning_table(best: pd.DataFrame, axes: list[str], knobs: list[str], baseline
     own setting was chosen on validation. Rows in ``baselines`` (no distillation) are shown, not compared.
     """
     rows = []
-    for cell, part in _by_cell(best, axes):
+    for cell, part in by_cell(best, axes):
         untuned = part[~part["tuned"] & ~part["label"].isin(baselines)]
         reference = part[part["label"].isin(baselines)]
         for _, tuned in part[part["tuned"]].iterrows():
@@ -262,12 +260,10 @@ def tuning_table(best: pd.DataFrame, axes: list[str], knobs: list[str], baseline
                 {
                     **cell,
                     "tuned row": f"{tuned['label']} ({_setting(tuned, knobs)})",
-                    "tuned gain": _pct(tuned["gain"], tuned["gain_std"], signed=True),
+                    "tuned gain": pct(tuned["gain"], tuned["gain_std"], signed=True),
                     "best untuned": rival["label"],
-                    "its gain": _pct(rival["gain"], rival["gain_std"], signed=True),
-                    "no-KD gain": ", ".join(
-                        _pct(r["gain"], r["gain_std"], signed=True) for _, r in reference.iterrows()
-                    )
+                    "its gain": pct(rival["gain"], rival["gain_std"], signed=True),
+                    "no-KD gain": ", ".join(pct(r["gain"], r["gain_std"], signed=True) for _, r in reference.iterrows())
                     or "-",
                     "tuned vs untuned (pts)": f"{100 * (tuned['gain'] - rival['gain']):+.1f}",
                     "tuning benefit": benefit,
@@ -322,8 +318,8 @@ def cells_report(
         + tuning_table(best, list(order), knobs, baselines)
         + "\n"
     )
-    for cell, part in _by_cell(best, list(order)):
-        text += f"\n## {_cell_name(cell)}\n\n" + summary_markdown(part, knobs, cfg.tune.select_on) + "\n"
+    for cell, part in by_cell(best, list(order)):
+        text += f"\n## {cell_name(cell)}\n\n" + summary_markdown(part, knobs, cfg.tune.select_on) + "\n"
     return text
 
 
@@ -342,61 +338,6 @@ def single_report(
         + settings_markdown(settings, knobs, cfg.tune.select_on)
         + "\n"
     )
-
-
-def federated_section(cfg: ExperimentConfig, rounds: pd.DataFrame, axes: list[str]) -> tuple[str, Figure]:
-    """The follow-up simulations (``federated.after_sweep``): rounds to target accuracy per start, over seeds.
-
-    Rounds are averaged over the seeds that reached the target; fewer-rounds percentages are paired per
-    seed (a start against the random start of the same seed), then averaged.
-    """
-    f = cfg.federated
-    ok = rounds[rounds["error"] == ""]
-    rows, bars = [], []
-    for cell, part in _by_cell(ok, axes):
-        for start, group in part.groupby("start", sort=False):
-            reached = group["rounds_to_target"].dropna()
-            saved = group.get("fewer_rounds_than_random_pct", pd.Series(dtype=float)).dropna()
-            rows.append(
-                {
-                    **cell,
-                    "start": start,
-                    "start acc %": _pct(group["start_test_acc"].mean(), group["start_test_acc"].std(ddof=0)),
-                    f"final acc % (round {f.rounds})": _pct(
-                        group["final_test_acc"].mean(), group["final_test_acc"].std(ddof=0)
-                    ),
-                    f"rounds to {100 * f.target_acc:.0f}%": f"{reached.mean():.1f} ± {reached.std(ddof=0):.1f}"
-                    if len(reached)
-                    else "-",
-                    "seeds reaching it": f"{len(reached)}/{len(group)}",
-                    "fewer rounds than random": f"{saved.mean():.1f}%" if len(saved) else "-",
-                }
-            )
-            bars.append((_cell_name(cell) or cfg.name, start, reached.mean() if len(reached) else float("nan")))
-    text = (
-        f"\n## Federated follow-up: {f.strategy}, {f.rounds} rounds, target {100 * f.target_acc:.0f}% test accuracy\n\n"
-        f"One Flower simulation per seed {cfg.seeds} and partition; rounds are means over the seeds that reached the "
-        "target, fewer-rounds percentages are paired per seed against the random start.\n\n" + markdown(rows) + "\n"
-    )
-    failed = rounds[rounds["error"] != ""]
-    if len(failed):
-        text += "\nFailed simulations:\n\n" + markdown(failed[[*axes, "seed", "error"]].to_dict("records")) + "\n"
-    return text, _rounds_bars(pd.DataFrame(bars, columns=["cell", "start", "rounds"]), f.target_acc)
-
-
-def _rounds_bars(bars: pd.DataFrame, target: float) -> Figure:
-    """Rounds to the target accuracy per partition, one bar per start point (missing: never reached)."""
-    cells, starts = list(dict.fromkeys(bars["cell"])), list(dict.fromkeys(bars["start"]))
-    fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(cells) * max(1, len(starts)) / 2, 3.6), layout="constrained")
-    width = 0.8 / len(starts)
-    for i, start in enumerate(starts):
-        values = bars[bars["start"] == start].set_index("cell").reindex(cells)["rounds"]
-        ax.bar([x - 0.4 + (i + 0.5) * width for x in range(len(cells))], values, width, label=start)
-    ax.set_xticks(range(len(cells)), cells, rotation=20, ha="right")
-    ax.set_ylabel(f"rounds to {100 * target:.0f}% (mean over seeds)")
-    ax.set_title("Federated rounds to target by start point (no bar: never reached)", fontsize=9)
-    ax.legend(fontsize=7)
-    return fig
 
 
 def server_line(stats: dict[str, Any]) -> str:

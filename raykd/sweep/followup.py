@@ -5,10 +5,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import ray
 import yaml
+from matplotlib.figure import Figure
 
+from raykd import report
 from raykd.cluster import run_simulation_child
 from raykd.config import Cell, ExperimentConfig, cell_key
 from raykd.files import write_atomic
@@ -62,3 +65,62 @@ def wait_for_free_cpus(timeout_s: float = 60) -> None:
         time.monotonic() < deadline
     ):
         time.sleep(0.5)
+
+
+def federated_section(cfg: ExperimentConfig, rounds: pd.DataFrame, axes: list[str]) -> tuple[str, Figure]:
+    """The follow-up simulations (``federated.after_sweep``): rounds to target accuracy per start, over seeds.
+
+    Rounds are averaged over the seeds that reached the target; fewer-rounds percentages are paired per
+    seed (a start against the random start of the same seed), then averaged.
+    """
+    f = cfg.federated
+    ok = rounds[rounds["error"] == ""]
+    rows, bars = [], []
+    for cell, part in report.by_cell(ok, axes):
+        for start, group in part.groupby("start", sort=False):
+            reached = group["rounds_to_target"].dropna()
+            saved = group.get("fewer_rounds_than_random_pct", pd.Series(dtype=float)).dropna()
+            rows.append(
+                {
+                    **cell,
+                    "start": start,
+                    "start acc %": report.pct(group["start_test_acc"].mean(), group["start_test_acc"].std(ddof=0)),
+                    f"final acc % (round {f.rounds})": report.pct(
+                        group["final_test_acc"].mean(), group["final_test_acc"].std(ddof=0)
+                    ),
+                    f"rounds to {100 * f.target_acc:.0f}%": f"{reached.mean():.1f} ± {reached.std(ddof=0):.1f}"
+                    if len(reached)
+                    else "-",
+                    "seeds reaching it": f"{len(reached)}/{len(group)}",
+                    "fewer rounds than random": f"{saved.mean():.1f}%" if len(saved) else "-",
+                }
+            )
+            bars.append((report.cell_name(cell) or cfg.name, start, reached.mean() if len(reached) else float("nan")))
+    text = (
+        f"\n## Federated follow-up: {f.strategy}, {f.rounds} rounds, target {100 * f.target_acc:.0f}% test accuracy\n\n"
+        f"One Flower simulation per seed {cfg.seeds} and partition; rounds are means over the seeds that reached the "
+        "target, fewer-rounds percentages are paired per seed against the random start.\n\n"
+        + report.markdown(rows)
+        + "\n"
+    )
+    failed = rounds[rounds["error"] != ""]
+    if len(failed):
+        text += (
+            "\nFailed simulations:\n\n" + report.markdown(failed[[*axes, "seed", "error"]].to_dict("records")) + "\n"
+        )
+    return text, _rounds_bars(pd.DataFrame(bars, columns=["cell", "start", "rounds"]), f.target_acc)
+
+
+def _rounds_bars(bars: pd.DataFrame, target: float) -> Figure:
+    """Rounds to the target accuracy per partition, one bar per start point (missing: never reached)."""
+    cells, starts = list(dict.fromkeys(bars["cell"])), list(dict.fromkeys(bars["start"]))
+    fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(cells) * max(1, len(starts)) / 2, 3.6), layout="constrained")
+    width = 0.8 / len(starts)
+    for i, start in enumerate(starts):
+        values = bars[bars["start"] == start].set_index("cell").reindex(cells)["rounds"]
+        ax.bar([x - 0.4 + (i + 0.5) * width for x in range(len(cells))], values, width, label=start)
+    ax.set_xticks(range(len(cells)), cells, rotation=20, ha="right")
+    ax.set_ylabel(f"rounds to {100 * target:.0f}% (mean over seeds)")
+    ax.set_title("Federated rounds to target by start point (no bar: never reached)", fontsize=9)
+    ax.legend(fontsize=7)
+    return fig

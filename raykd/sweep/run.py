@@ -19,7 +19,7 @@ from ray import tune
 from raykd import report
 from raykd.config import Cell, ExperimentConfig, study_cells
 from raykd.files import write_atomic
-from raykd.sweep.followup import federated_followup
+from raykd.sweep.followup import federated_followup, federated_section
 from raykd.sweep.prepare import prepare_nodes, start_teacher_server
 from raykd.sweep.progress import Progress
 from raykd.sweep.state import Sweep, new_sweep
@@ -126,7 +126,7 @@ def write_report(
         rounds, shaping = federated_followup(cfg, cells, out, sweep.uri, parent.run_id)
         write_atomic(out / "federated.csv", rounds.to_csv(index=False))
         parent.log_files(out / "federated.csv")
-        section, figure = report.federated_section(cfg, rounds, shaping)
+        section, figure = federated_section(cfg, rounds, shaping)
         text += section
         figures["federated_rounds.png"] = figure
         failed += int((rounds["error"] != "").sum())

@@ -1,30 +1,24 @@
-"""One typed experiment schema: YAML in, ``--set key=value`` overrides, one-line errors out.
+"""The experiment schema: every section, key, default and rule, as frozen pydantic models.
 
 A list given for a method knob (``temperature: [1, 2, 4]``) or for ``seeds`` is a Ray Tune grid
-axis; scalars are fixed values. Every error names the field and what it allows.
+axis; scalars are fixed values. Cross-field rules that need no data live here; those that need
+the data run in ``raykd.data.check_dataset``.
 """
 
 from __future__ import annotations
 
-import copy
-import itertools
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from raykd.errors import ConfigError
-from raykd.methods import METHODS
-from raykd.methods.schema import METHOD_KNOBS, AnyMethodConfig, MethodConfig, is_method_tag, method_config_of
+from raykd.methods.schema import AnyMethodConfig, MethodConfig
 from raykd.references import is_reference
 
 #: Datasets read from ``data.root``, and what the path must be.
@@ -366,205 +360,3 @@ class ExperimentConfig(Section):
 
     def node_ids(self) -> list[int]:
         return [self.transfer.student, *self.transfer.teachers]
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One combination of the study's axes: the variant chosen on each axis, and the config it runs."""
-
-    variants: dict[str, str]
-    config: ExperimentConfig
-
-    @property
-    def key(self) -> str:
-        return cell_key(self.variants)
-
-
-def cell_key(variants: dict[str, str]) -> str:
-    """A cell's name, ``axis=variant,...`` ("" for a study without axes)."""
-    return ",".join(f"{axis}={variant}" for axis, variant in variants.items())
-
-
-def study_cells(cfg: ExperimentConfig) -> list[Cell]:
-    """Every combination of ``axes`` variants as its own validated config; without axes, the config itself.
-
-    Each problem is one ConfigError line naming the axis, the variant (or the cell) and the field.
-    """
-    if not cfg.axes:
-        return [Cell({}, cfg)]
-    raw = cfg.model_dump(mode="json", exclude={"axes"})
-    cells = []
-    for combo in itertools.product(*(variants.items() for variants in cfg.axes.values())):
-        cell_raw = copy.deepcopy(raw)
-        for axis, (variant, overrides) in zip(cfg.axes, combo, strict=True):
-            for key, value in overrides.items():
-                source = f"axes.{axis}.{variant}.{key}"
-                if key.split(".")[0] not in CELL_SECTIONS:
-                    raise ConfigError(
-                        f"{source}: cannot vary between cells; allowed sections: {', '.join(CELL_SECTIONS)}"
-                    )
-                set_dotted(cell_raw, key, value, source)
-        variants = {axis: variant for axis, (variant, _) in zip(cfg.axes, combo, strict=True)}
-        try:
-            cells.append(Cell(variants, ExperimentConfig.model_validate(cell_raw)))
-        except ValidationError as err:
-            where = ", ".join(f"{a}={v}" for a, v in variants.items())
-            raise ConfigError(f"axes (cell {where}): {describe_error(err)}") from None
-    return cells
-
-
-# ---------------------------------------------------------------- loading and overriding
-
-
-def parse_override(raw: dict[str, Any], assignment: str) -> None:
-    """Apply one ``dotted.key=value`` (value parsed as YAML) to the raw config dict in place."""
-    key, sep, text = assignment.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set transfer.train.epochs=5")
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({err.__class__.__name__})") from None
-    set_dotted(raw, key, value, f"--set {key}")
-
-
-def set_dotted(raw: dict[str, Any], key: str, value: Any, source: str) -> None:
-    """Set ``dotted.key`` (list entries by index) in a raw config dict; ``source`` names the key in errors."""
-    node: Any = raw
-    parts = key.split(".")
-    for depth, part in enumerate(parts[:-1]):
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                where = ".".join(parts[:depth])
-                raise ConfigError(f"{source}: {where} has {len(node)} entries; allowed index 0..{len(node) - 1}")
-            node = node[int(part)]
-        else:
-            node = node.setdefault(part, {})
-        if not isinstance(node, (dict, list)):
-            raise ConfigError(f"{source}: {'.'.join(parts[: depth + 1])} is a value, not a section")
-    last = parts[-1]
-    if isinstance(node, list):
-        if not last.isdigit() or int(last) >= len(node):
-            raise ConfigError(f"{source}: allowed index 0..{len(node) - 1}")
-        node[int(last)] = value
-    else:
-        node[last] = value
-
-
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """``update`` over ``base``: nested sections merge, everything else (lists included) is replaced."""
-    merged = dict(base)
-    for key, value in update.items():
-        both_dicts = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = deep_merge(merged[key], value) if both_dicts else value
-    return merged
-
-
-def load_config(path: Path, overrides: list[str] = ()) -> ExperimentConfig:  # type: ignore[assignment]
-    """Read a YAML experiment, apply overrides, validate; any problem is one ConfigError line.
-
-    A top-level ``extends: other.yaml`` (relative to this file) starts from that config.
-    """
-    raw = load_raw(path)
-    for assignment in overrides:
-        parse_override(raw, assignment)
-    return validate_config(raw)
-
-
-def load_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The YAML mapping of ``path`` with its ``extends`` chain merged in, not yet validated."""
-    if Path(path).resolve() in seen:
-        raise ConfigError(f"config {path}: 'extends' loops back to itself")
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config {path}: no such file (ready configs live in tune_configs/)") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"config {path}: cannot be read ({err.__class__.__name__}: {err})") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config {path}: not valid YAML{where}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config {path}: expected a mapping of sections at the top level")
-    if "extends" in raw:
-        base = load_raw(Path(path).parent / str(raw.pop("extends")), (*seen, Path(path).resolve()))
-        raw = deep_merge(base, raw)
-    return raw
-
-
-def validate_config(raw: dict[str, Any]) -> ExperimentConfig:
-    try:
-        return ExperimentConfig.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(describe_error(err)) from None
-
-
-def describe_error(err: ValidationError) -> str:
-    """The first validation error as one line: ``field.path = value: what is allowed``."""
-    first = err.errors()[0]
-    loc = [p for p in first["loc"] if not is_method_tag(p)]
-    if loc[:1] == ["methods"] and len(loc) > 3 and isinstance(loc[-1], int):
-        loc = loc[:-1]  # a knob's grid position: the value shown identifies it
-    field = ""
-    for part in loc:
-        field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
-    if first["type"] == "method_reference":
-        return f"{field}.name: {first['ctx']['reason']}"
-    if first["type"] == "union_tag_invalid":
-        return f"{field}.name = {first['ctx']['tag']!r}: unknown method; allowed: {', '.join(METHODS)}"
-    if first["type"] == "extra_forbidden":
-        parent = ".".join(str(p) for p in loc[:-1]) or "the top level"
-        allowed = _allowed_keys(first["loc"][:-1])
-        return f"{field}: unknown key in {parent}; allowed: {', '.join(allowed)}"
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "value_error" and ":" in message.split(" ")[0]:
-        return message  # our own cross-field checks already name their field
-    shown = "" if first["type"] == "missing" else f" = {first['input']!r}"
-    return f"{field or 'config'}{shown}: {message}"
-
-
-def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the section at ``loc`` (walking nested sections, lists and method tags)."""
-    model: Any = ExperimentConfig
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if is_method_tag(part):
-            model = method_config_of(part, model)
-            continue
-        annotation = model.model_fields[part].annotation
-        while get_origin(annotation) in (list, dict, Union) or (get_origin(annotation) is Annotated):
-            args = [a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
-            annotation = args[0] if args else get_args(annotation)[-1]
-        model = annotation
-    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
-
-
-def describe_schema() -> str:
-    """The config reference printed by ``--help``: every section, key, default and meaning."""
-    lines: list[str] = []
-
-    def walk(model: type[BaseModel], defaults: BaseModel | None, prefix: str) -> None:
-        for name, field in model.model_fields.items():
-            annotation = field.annotation
-            default = getattr(defaults, name) if defaults is not None else field.default
-            if isinstance(annotation, type) and issubclass(annotation, Section) and annotation is not ModelSpec:
-                walk(annotation, default, f"{prefix}{name}.")
-                continue
-            shown = "" if field.is_required() else f" (default: {_show(default)})"
-            lines.append(f"  {prefix}{name}{shown}  {field.description or ''}".rstrip())
-
-    walk(ExperimentConfig, None, "")
-    lines.append("  methods[i].name, methods[i].label, and per method (list values are grid axes):")
-    for name, method in METHOD_KNOBS.items():
-        knobs = ", ".join(f"{knob.name}={knob.default} ({knob.description})" for knob in method.knobs)
-        lines.append(f"    {name}: {knobs or 'no knobs'}; {method.summary}")
-    lines.append('    "package.module:Class": your own Method subclass; its dataclass fields are its knobs')
-    return "\n".join(lines)
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, BaseModel):
-        return ", ".join(f"{k}={v}" for k, v in value.model_dump().items() if v is not None)
-    return str(value)
