@@ -13,10 +13,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from torch import nn  # noqa: E402
 
 from federated.strategy import RoundLog  # noqa: E402
+from federated.task import private_model_path, setup_of  # noqa: E402
 from raykd.config import ExperimentConfig  # noqa: E402
 from raykd.files import write_atomic  # noqa: E402
+from raykd.students import save_student  # noqa: E402
 from raykd.tracking import log_simulation, resolve_uri  # noqa: E402
 
 
@@ -120,11 +123,40 @@ def _summary_metrics(info: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def record(cfg: ExperimentConfig, history: dict[str, list[RoundLog]]) -> Path:
-    """Write rounds.csv, summary.json and accuracy.png under ``output_dir`` and log them as one MLflow run."""
+def save_models(
+    cfg: ExperimentConfig, out: Path, finals: dict[str, nn.Module], info: dict[str, Any]
+) -> dict[str, Path]:
+    """The final global model of each start point as a student file (``raykd.load_student``), and FML's private
+    models, which the clients left in ``output_dir``, moved beside them; returns the global models by name."""
+    setup = setup_of(cfg)
+    saved = {}
+    for start, model in finals.items():
+        name = f"global_model-{start}" if start else "global_model"
+        numbers = info["starts"][start or "-"]
+        saved[name] = save_student(
+            out / f"{name}.pt",
+            model,
+            cfg.nodes.model,
+            setup.dataset.input_shape,
+            setup.dataset.num_classes,
+            strategy=cfg.federated.strategy,
+            start=start or "-",
+            seed=cfg.seeds[0],
+            metrics={"test_acc": numbers["final_test_acc"]},
+        )
+    private = private_model_path(cfg, 0).parent
+    if private.is_dir():
+        private.replace(out / "private_models")
+    return saved
+
+
+def record(cfg: ExperimentConfig, history: dict[str, list[RoundLog]], finals: dict[str, nn.Module]) -> Path:
+    """Write rounds.csv, summary.json, accuracy.png and the final models under ``output_dir``; log them as one
+    MLflow run (the global model as an MLflow PyTorch model)."""
     run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(cfg.output_dir) / run_name
     rows, info = table(history), summary(cfg, history)
+    models = save_models(cfg, out, finals, info)
     write_atomic(out / "rounds.csv", rows.to_csv(index=False))
     write_atomic(out / "summary.json", json.dumps(info, indent=2))
     fig = figure(rows, cfg)
@@ -140,6 +172,7 @@ def record(cfg: ExperimentConfig, history: dict[str, list[RoundLog]]) -> Path:
         _summary_metrics(info),
         fig,
         [out / "rounds.csv", out / "summary.json"],
+        models,
     )
     plt.close(fig)
     timings = [c for c in rows.columns if c.endswith(("_s", "_s_max", "_s_sum"))]

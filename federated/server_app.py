@@ -10,6 +10,7 @@ from typing import Any
 
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
+from torch import nn
 
 from federated.record import record
 from federated.strategy import FederatedStrategy, RoundLog, ServerStep
@@ -39,19 +40,22 @@ def ensemble_distillation(cfg: ExperimentConfig) -> ServerStep:
 
 
 def run(grid: Grid, cfg: ExperimentConfig) -> dict[str, list[RoundLog]]:
-    """Every start point's rounds, in order; the records (files, MLflow) are written at the end."""
+    """Every start point's rounds, in order; the records (files, final models, MLflow) are written at the end."""
     check_federated(cfg)
     step = ensemble_distillation(cfg) if cfg.federated.strategy == "feddf" else None
     history: dict[str, list[RoundLog]] = {}
+    finals: dict[str, nn.Module] = {}
     for start, arrays in starting_points(cfg).items():
         if start:
             print(f"start point: {start}", flush=True)
         strategy = FederatedStrategy(cfg, step)
-        strategy.start(
+        result = strategy.start(
             grid=grid, initial_arrays=arrays, num_rounds=cfg.federated.rounds, evaluate_fn=strategy.evaluate_global
         )
         history[start] = [strategy.rounds[r] for r in sorted(strategy.rounds)]
-    record(cfg, history)
+        final = result.arrays if len(result.arrays) else arrays  # no round aggregated: the start is the model
+        finals[start] = from_arrays(global_model(cfg, setup_of(cfg)), final)
+    record(cfg, history, finals)
     return history
 
 

@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord
 from torch import nn
 
 from raykd.config import SERVER_TEMPERATURE, ExperimentConfig, load_config
+from raykd.data import build_augment
 from raykd.engine import (
     InlineReferences,
     TransferBatches,
@@ -31,7 +32,10 @@ from raykd.methods.ce import CrossEntropy
 from raykd.methods.kd import KnowledgeDistillation
 from raykd.models import build_model
 from raykd.nodes import Setup, load_node, new_model, prepare
+from raykd.students import save_student
 
+#: Folder of ``output_dir`` where FML clients leave their private models until the run's records take them.
+PRIVATE_FOLDER = ".fml-private"
 #: The Flower app's folder (this repository, or the unpacked FAB under ``flwr run``): relative paths start here.
 APP_DIR = Path(__file__).resolve().parents[1]
 
@@ -86,8 +90,9 @@ def average(models: list[nn.Module], weights: list[float]) -> dict[str, torch.Te
 
 def _local_batches(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> TransferBatches:
     data, budget = setup.dataset, cfg.federated.local
+    augment = build_augment(cfg.data.augment, seed)
     return TransferBatches(
-        data.train_x, data.train_y, setup.nodes[node].train, None, budget.batch_size, True, seed=seed
+        data.train_x, data.train_y, setup.nodes[node].train, None, budget.batch_size, True, seed=seed, augment=augment
     )
 
 
@@ -152,8 +157,24 @@ def client_update(
         references,
         on_epoch=lambda epoch, terms: losses.update(terms),
     )
+    if kept is not None and server_round == f.rounds:  # FML's product: the private model, saved in its last round
+        save_student(
+            private_model_path(cfg, node),
+            kept,
+            cfg.nodes.model_of(node),
+            setup.dataset.input_shape,
+            setup.dataset.num_classes,
+            client=node,
+            strategy="fml",
+            seed=cfg.seeds[0],
+        )
     metrics = {"train_loss": losses["loss"], "num-examples": float(len(setup.nodes[node].train))}
     return to_arrays(model), (to_arrays(kept) if kept is not None else None), metrics
+
+
+def private_model_path(cfg: ExperimentConfig, node: int) -> Path:
+    """Where an FML client leaves its private model; the server's records move it into the run's folder."""
+    return Path(cfg.output_dir) / PRIVATE_FOLDER / f"{cfg.name}-seed{cfg.seeds[0]}" / f"client{node}.pt"
 
 
 def client_accuracy(cfg: ExperimentConfig, node: int, received: ArrayRecord, private: ArrayRecord | None) -> float:

@@ -47,6 +47,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: Sequence[str] = 
 class Study:
     """A finished sweep: its folder, its tables, each row's chosen setting and distilled students."""
 
+    config: ExperimentConfig
     out: Path
     summary: pd.DataFrame
     trials: pd.DataFrame
@@ -84,7 +85,13 @@ def run(
     check_sweep(cfg, Capacity.now())
     result = run_sweep(cfg, uri, sweep)
     return Study(
-        result.out, result.summary, result.trials, chosen_settings(cfg, result.summary), result.students, result.failed
+        cfg,
+        result.out,
+        result.summary,
+        result.trials,
+        chosen_settings(cfg, result.summary),
+        result.students,
+        result.failed,
     )
 
 

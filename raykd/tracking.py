@@ -125,7 +125,9 @@ def log_student_model(name: str, path: Path) -> None:
     model, info = load_student(path), read_student(path)
     example = torch.zeros(1, *info["input_shape"]).numpy()
     requirements = [f"torch=={torch.__version__.split('+')[0]}"]  # inferring them would import the model anew
-    mlflow.pytorch.log_model(model, name=name, input_example=example, pip_requirements=requirements)
+    mlflow.pytorch.log_model(
+        model, name=name, input_example=example, pip_requirements=requirements, serialization_format="pickle"
+    )
     mlflow.log_artifact(str(path), artifact_path=f"students/{name}")
 
 
@@ -201,8 +203,9 @@ def log_simulation(
     summary: dict[str, float],
     figure: Figure,
     files: list[Path],
+    models: dict[str, Path],
 ) -> None:
-    """One Flower simulation as one MLflow run: its config, per-round metrics, summary, plot and files."""
+    """One Flower simulation as one MLflow run: its config, per-round metrics, summary, plot, files and models."""
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=run_name, tags=tags):
@@ -213,3 +216,5 @@ def log_simulation(
         mlflow.log_figure(figure, "accuracy.png")
         for path in files:
             mlflow.log_artifact(str(path))
+        for name, path in models.items():
+            log_student_model(name, path)

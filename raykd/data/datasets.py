@@ -10,6 +10,7 @@ pool are drawn from the training split with the experiment's seed, before partit
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,26 +96,43 @@ def _mnist1d(cache_dir: Path) -> Arrays:
     return cached_arrays(cache_dir / "datasets" / "mnist1d.npz", _build_mnist1d)
 
 
-def _cifar(name: str, root: Path) -> Arrays:
-    import torchvision
+#: The python-pickle CIFAR layouts torchvision reads: folder, training files, test file, label key.
+CIFAR_LAYOUTS = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "labels"),
+    "cifar100": ("cifar-100-python", ["train"], "test", "fine_labels"),
+}
+CIFAR_MEAN, CIFAR_STD = np.array([0.4914, 0.4822, 0.4465]), np.array([0.2470, 0.2435, 0.2616])
 
-    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-    check_cifar_folder(name, root)
-    mean, std = np.array([0.4914, 0.4822, 0.4465]), np.array([0.2470, 0.2435, 0.2616])
-    out = []
-    for train in (True, False):
+
+def _cifar_batches(name: str, root: Path, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 3, 32, 32), standardised per channel, and labels from CIFAR's pickled batch files."""
+    folder, _, _, label_key = CIFAR_LAYOUTS[name]
+    images, labels = [], []
+    for file in files:
+        path = Path(root) / folder / file
         try:
-            ds = cls(str(root), train=train, download=False)
-        except RuntimeError as err:  # torchvision's integrity check: missing or corrupted batch files
-            raise ConfigError(f"data.root: {name} files in {root} are incomplete or corrupted ({err})") from None
-        x = ((ds.data / 255.0 - mean) / std).transpose(0, 3, 1, 2).astype(np.float32)
-        out.append((x, np.asarray(ds.targets)))
-    return Arrays(out[0][0], out[0][1], out[1][0], out[1][1])
+            with open(path, "rb") as f:
+                batch = pickle.load(f, encoding="latin1")  # noqa: S301 - the user's own CIFAR files, as torchvision reads them
+            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.append(np.asarray(batch[label_key], dtype=np.int64))
+        except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as err:
+            raise ConfigError(f"data.root: {path} is missing or not a CIFAR batch ({type(err).__name__})") from None
+    x = (np.concatenate(images) / 255.0 - CIFAR_MEAN[:, None, None]) / CIFAR_STD[:, None, None]
+    return x.astype(np.float32), np.concatenate(labels)
+
+
+def _cifar(name: str, root: Path) -> Arrays:
+    """CIFAR-10/100 from a local folder in the python-pickle layout (nothing is downloaded)."""
+    check_cifar_folder(name, root)
+    _, train_files, test_file, _ = CIFAR_LAYOUTS[name]
+    train_x, train_y = _cifar_batches(name, root, train_files)
+    test_x, test_y = _cifar_batches(name, root, [test_file])
+    return Arrays(train_x, train_y, test_x, test_y)
 
 
 def check_cifar_folder(name: str, root: Path | None) -> None:
     """Fail early, with how to get the data, when a CIFAR folder is missing or incomplete."""
-    folder = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}[name]
+    folder = CIFAR_LAYOUTS[name][0]
     if root is None or not (Path(root) / folder).is_dir():
         cls = "CIFAR10" if name == "cifar10" else "CIFAR100"
         raise ConfigError(

@@ -72,10 +72,9 @@ def _sweep(args: argparse.Namespace) -> int:
             return federated_grid(args, cfg)
         study = run(cfg)
     if study.failed:
+        what = "trial(s) or simulation(s)" if study.config.federated.after_sweep else "trial(s)"
         print(
-            f"raykd: {study.failed} trial(s) or simulation(s) failed; see 'Failed trials' in "
-            f"{study.out / 'results.md'}",
-            file=sys.stderr,
+            f"raykd: {study.failed} {what} failed; see 'Failed trials' in {study.out / 'results.md'}", file=sys.stderr
         )
         return EXIT_TRIALS_FAILED
     print_students(study.students)
