@@ -9,7 +9,6 @@ the server can tell Flower's per-round overhead from the clients' compute.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
@@ -33,13 +32,13 @@ def node_of(context: Context, cfg: ExperimentConfig) -> int:
     return int(context.node_config["partition-id"])
 
 
-def build(raw: dict[str, Any] | None = None) -> ClientApp:
-    """A ClientApp for the experiment ``raw`` (the simulate CLI), or for pyproject's run config when None."""
+def build(experiment: ExperimentConfig | None = None) -> ClientApp:
+    """A ClientApp for the experiment ``experiment`` (the simulate CLI), or for pyproject's run config when None."""
     app = ClientApp()
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        cfg = settings(context.run_config, raw)
+        cfg = settings(context.run_config, experiment)
         node, server_round = node_of(context, cfg), int(msg.content["config"]["server-round"])
         f = cfg.federated
         if node == f.fail_client and (not f.fail_rounds or server_round in f.fail_rounds):
@@ -56,7 +55,7 @@ def build(raw: dict[str, Any] | None = None) -> ClientApp:
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        cfg = settings(context.run_config, raw)
+        cfg = settings(context.run_config, experiment)
         node = node_of(context, cfg)
         private = context.state.array_records.get(PRIVATE)
         acc = client_accuracy(cfg, node, msg.content["arrays"], private)

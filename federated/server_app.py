@@ -6,8 +6,6 @@ clients within one Flower run, so the three FedAvg runs share one simulation and
 
 from __future__ import annotations
 
-from typing import Any
-
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from torch import nn
@@ -59,13 +57,13 @@ def run(grid: Grid, cfg: ExperimentConfig) -> dict[str, list[RoundLog]]:
     return history
 
 
-def build(raw: dict[str, Any] | None = None) -> ServerApp:
-    """A ServerApp for the experiment ``raw`` (the simulate CLI), or for pyproject's run config when None."""
+def build(experiment: ExperimentConfig | None = None) -> ServerApp:
+    """A ServerApp for the experiment ``experiment`` (the simulate CLI), or for pyproject's run config when None."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run(grid, settings(context.run_config, raw))
+        run(grid, settings(context.run_config, experiment))
 
     return app
 

@@ -59,11 +59,10 @@ def simulate(cfg: ExperimentConfig) -> None:
 
     from federated import client_app, server_app
 
-    raw = cfg.model_dump(mode="json")
     f = cfg.federated
     run_simulation(
-        server_app=server_app.build(raw),
-        client_app=client_app.build(raw),
+        server_app=server_app.build(cfg),
+        client_app=client_app.build(cfg),
         num_supernodes=cfg.partition.num_nodes,
         backend_config={"client_resources": {"num_cpus": f.client_cpus, "num_gpus": f.client_gpus}},
     )

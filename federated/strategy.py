@@ -17,6 +17,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from federated.task import global_test_accuracy, payload_bytes
 from raykd.config import ExperimentConfig
+from raykd.files import last_line
 
 log = logging.getLogger("federated")
 
@@ -85,7 +86,7 @@ class FederatedStrategy(FedAvg):
         ok = []
         for reply in replies:
             if reply.has_error():
-                reason = reply.error.reason.strip().splitlines()[-1][:300]
+                reason = last_line(reply.error.reason)
                 log.warning("round %d: a client failed in %s: %s", server_round, stage, reason)
             else:
                 ok.append(reply)

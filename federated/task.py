@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +41,17 @@ PRIVATE_FOLDER = ".fml-private"
 APP_DIR = Path(__file__).resolve().parents[1]
 
 
-def settings(run_config: Mapping[str, Any], raw: dict[str, Any] | None) -> ExperimentConfig:
-    """The experiment: ``raw`` when the simulate CLI built the apps, else pyproject's run config (``flwr run``).
+def settings(run_config: Mapping[str, Any], cfg: ExperimentConfig | None) -> ExperimentConfig:
+    """The experiment: ``cfg`` when the simulate CLI built the apps, else pyproject's run config (``flwr run``).
 
-    The run config names a YAML (``config``) and ``;``-separated ``--set`` overrides (``set``).
+    The run config names a YAML (``config``) and ``;``-separated ``--set`` overrides (``set``), read once.
     """
-    if raw is not None:
-        return ExperimentConfig.model_validate(raw)
-    overrides = [s.strip() for s in str(run_config.get("set", "")).split(";") if s.strip()]
-    return load_config(APP_DIR / str(run_config["config"]), overrides)
+    return cfg if cfg is not None else _run_config(str(run_config["config"]), str(run_config.get("set", "")))
+
+
+@cache
+def _run_config(config: str, sets: str) -> ExperimentConfig:
+    return load_config(APP_DIR / config, [s.strip() for s in sets.split(";") if s.strip()])
 
 
 _SETUPS: dict[str, Setup] = {}
