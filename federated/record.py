@@ -147,6 +147,8 @@ def save_models(
     private = private_model_path(cfg, 0).parent
     if private.is_dir():
         private.replace(out / "private_models")
+        if not any(private.parent.iterdir()):
+            private.parent.rmdir()
     return saved
 
 

@@ -8,7 +8,9 @@ runs are all opened and written by this module; no other module imports mlflow.
 from __future__ import annotations
 
 import io
+import logging
 import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +34,7 @@ from raykd.files import last_line, write_atomic
 from raykd.students import load_student, read_student
 
 DEFAULT_STORE = "mlflow.db"
+logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # its warning on pickled models, once per student
 
 
 def resolve_uri(uri: str | None) -> str:
@@ -119,9 +122,18 @@ class ParentRun:
             mlflow.log_figure(fig, f"plots/{name}")
 
 
+def model_name(text: str) -> str:
+    """``text`` as an MLflow model name (letters, digits, ``_`` and ``-`` only)."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "model"
+
+
 def log_student_model(name: str, path: Path) -> None:
     """A student file as an MLflow PyTorch model (with an input example, so its signature is recorded) and as
-    the file itself; ``mlflow.pytorch.load_model`` then loads it (a custom model's module must be importable)."""
+    the file itself; ``mlflow.pytorch.load_model`` then loads it (a custom model's module must be importable).
+
+    It is pickled (not torch.export's pt2), so any module the user wrote loads back as that module.
+    """
+    name = model_name(name)
     model, info = load_student(path), read_student(path)
     example = torch.zeros(1, *info["input_shape"]).numpy()
     requirements = [f"torch=={torch.__version__.split('+')[0]}"]  # inferring them would import the model anew

@@ -31,8 +31,10 @@ from federated.strategy import FederatedStrategy
 from federated.task import client_update, global_model, payload_bytes, setup_of, to_arrays
 from federated.tune import main as tune_main
 from raykd.config import ExperimentConfig, validate_config
+from raykd.engine import accuracy
 from raykd.methods.base import StepLogits
 from raykd.nodes import new_model
+from raykd.students import load_student
 from tests.conftest import tiny_raw
 
 REPO = Path(__file__).resolve().parents[1]
@@ -276,6 +278,11 @@ def test_consolidation_compares_three_starts(tmp_path: Path, cache_dir: Path) ->
     # the node models' ensemble, distilled on the pool, is a better start than a random model
     assert starts["distilled"]["start_test_acc"] > starts["random"]["start_test_acc"]
     assert starts["distilled"]["rounds_to_target"] < starts["random"]["rounds_to_target"]
+    (out,) = (tmp_path / "runs").iterdir()
+    data = setup_of(validate_config(raw)).dataset
+    for start in starts:  # each start's final global model is a student file that reproduces its final accuracy
+        model = load_student(out / f"global_model-{start}.pt")
+        assert accuracy(model, data.test_x, data.test_y) == pytest.approx(starts[start]["final_test_acc"], abs=1e-12)
 
 
 def _wait_for_port(port: int, timeout: float = 60) -> None:
@@ -330,6 +337,11 @@ def test_fml_on_a_local_ray_head_node_sends_only_memes_and_skips_thin_rounds(tmp
     assert list(rounds.bytes_up[1:]) == [2 * meme, 3 * meme]  # memes of the successful clients, never private models
     assert bool(rounds.iloc[1].skipped) and rounds.iloc[1].test_acc == rounds.iloc[0].test_acc
     assert not rounds.iloc[2].skipped and rounds.iloc[2].test_acc > rounds.iloc[0].test_acc
+    (out,) = (tmp_path / "runs").iterdir()
+    private = sorted(p.name for p in (out / "private_models").iterdir())
+    assert private == ["client0.pt", "client1.pt", "client2.pt"]  # every client trained in the last round
+    assert isinstance(load_student(out / "private_models" / "client1.pt")[0], torch.nn.Flatten)  # node 1's mlp
+    assert (out / "global_model.pt").is_file()
     assert not pd.isna(rounds.iloc[2][["client0_acc", "client1_acc", "client2_acc"]]).any()
 
 

@@ -30,7 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Search distillation knobs between pre-trained nodes with Ray Tune and record every run in MLflow.\n"
-            "With no arguments it runs tune_configs/default.yaml on embedded MNIST-1D data."
+            "With no arguments it runs tune_configs/default.yaml on embedded MNIST-1D data.\n\n"
+            "Output, in output_dir/<name>-<time>/: results.md, trials.csv, plots/*.png, and the distilled\n"
+            "students of each row's chosen setting as students/<row>/seed<S>.pt (load them with\n"
+            "raykd.load_student); students of the settings that were not chosen are deleted at the end.\n"
+            "Exit status: 0 all trials succeeded, 2 bad input (nothing ran), 3 some trials failed, 130 Ctrl-C."
         ),
         epilog="config keys (YAML sections; any can be overridden with --set):\n"
         + describe_schema()

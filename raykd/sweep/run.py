@@ -23,7 +23,7 @@ from raykd.sweep.followup import federated_followup, federated_section
 from raykd.sweep.prepare import prepare_nodes, start_teacher_server
 from raykd.sweep.progress import Progress
 from raykd.sweep.state import Sweep, new_sweep
-from raykd.sweep.students import best_of, keep_chosen, safe_name
+from raykd.sweep.students import best_of, keep_chosen
 from raykd.sweep.trial import trainable, trial_resources
 from raykd.tracking import ParentRun, parent_run, trial_runs
 
@@ -137,6 +137,6 @@ def write_report(
         parent.log_metrics({f"{row['label']}.test_gain": row["gain"], f"{row['label']}.val_acc": row["val_acc"]})
     parent.log_metrics({"failed_trials": failed})
     students = keep_chosen(cfg, out, best)
-    parent.log_students({safe_name(name): best_of(paths) for name, paths in students.items()})
+    parent.log_students({name: best_of(paths) for name, paths in students.items()})
     print("\n" + text, flush=True)
     return SweepResult(out, trials, best, students, failed)
