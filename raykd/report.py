@@ -206,7 +206,7 @@ def figures(
     settings: pd.DataFrame, best: pd.DataFrame, knobs_of: dict[str, list[str]], order: dict[str, list[str]]
 ) -> dict[str, Figure]:
     """Gain bars (per cell with axes), plus a heatmap per cell for every method row searched over two knobs."""
-    out = {"gainby_cell.png": cell_bars(best, order)} if order else {"gain_bars.png": gain_bars(best)}
+    out = {"gain_by_cell.png": cell_bars(best, order)} if order else {"gain_bars.png": gain_bars(best)}
     for cell, part in by_cell(settings, list(order)):
         suffix = "".join(f"_{axis}-{variant}" for axis, variant in cell.items())
         for label, knobs in knobs_of.items():

@@ -53,6 +53,14 @@ BAD_OVERRIDES = [
     (["axes={d: {a: {partition.alpha: 0}}}"], "axes (cell d=a): partition.alpha = 0: Input should be greater than 0"),
     (["axes={d: {}}"], "axes.d: has no variants; give it at least one"),
     (["axes={d: {a: {transfer.teachers: [0]}}}"], "axes (cell d=a): transfer.teachers: must not include the student"),
+    # distil your own: references, checkpoints, augmentation
+    (["data.dataset=no_such_mod:load"], "data.dataset: cannot import module 'no_such_mod' of 'no_such_mod:load'"),
+    (["nodes.model={name: no_such_mod:Net}"], "nodes.model.name: cannot import module 'no_such_mod'"),
+    (["nodes.models={1: {name: cnn1d, checkpoint: /no/f.pt}}"], "nodes.models[1].checkpoint = '/no/f.pt': no such"),
+    (["data.augment=[random_crop]"], "data.augment: random_crop needs images (C, H, W) but mnist1d has inputs"),
+    (["data.augment=[horizontal_flip]", "teacher.mode=cache"], "data.augment: teacher.mode=cache holds logits"),
+    (["data.dataset=npz", "data.root=/no/such.npz"], "data.root"),
+    (["federated.kd_alpha=0.3"], "federated.kd_alpha: moved to the method row; set methods.0.alpha"),
 ]
 
 
