@@ -39,7 +39,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from raykd.teacher.cache import CachedReferences, LogitCache
 from torch import Tensor, nn
 
 from raykd.config import ModelSpec, validate_config
@@ -52,6 +51,7 @@ from raykd.engine import (
     predict,
     seed_everything,
 )
+from raykd.logit_cache import CachedReferences, LogitCache
 from raykd.methods.base import Method, StepLogits
 from raykd.methods.ce import CrossEntropy
 from raykd.methods.kd import KnowledgeDistillation
