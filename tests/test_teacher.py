@@ -188,3 +188,24 @@ def test_two_worker_torch_trainer_kd_run(ray_session, node_setup: tuple, tmp_pat
     assert metrics["test_acc_before"] == single["test_acc_before"]  # same starting student
     assert 0 < metrics["test_acc"] <= 1 and metrics["test_acc"] != metrics["test_acc_before"]  # it trained
     assert list(tmp_path.glob("learners/checkpoint_*/student.pt"))  # the last report carried the weights
+
+
+def test_a_cached_run_loads_no_teacher_model(node_setup: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the teacher's logits in the cache, a KD trial reads them and never loads the teacher's checkpoint."""
+    import raykd.experiment
+    import raykd.logit_cache
+
+    cfg, setup, _ = node_setup
+    cached = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"mode": "cache"})})
+    node_logits(cached, setup, 1, 0)  # fill the cache
+    loaded: list[int] = []
+
+    def recording(cfg, setup, node, seed):  # noqa: ANN001, ANN202
+        loaded.append(node)
+        return load_node(cfg, setup, node, seed)
+
+    monkeypatch.setattr(raykd.experiment, "load_node", recording)
+    monkeypatch.setattr(raykd.logit_cache, "load_node", recording)
+    source = raykd.logit_cache.CachedLogits(cached, setup, 0)
+    result = run_trial(cached, "kd", {"temperature": 4.0, "alpha": 0.5}, 0, source=source)
+    assert loaded == [0] and result["epoch"] == cached.transfer.train.epochs  # the student only
