@@ -17,6 +17,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from raykd.students import read_student
 from raykd.tune import EXIT_TRIALS_FAILED, main
 from tests.conftest import tiny_raw
 
@@ -185,6 +186,10 @@ def test_sigkilled_sweep_resumes_to_the_uninterrupted_table(
     assert resumed.stdout.startswith("node models: 2 of 2 cached") and "resuming 4 settings" in resumed.stdout
     assert first not in resumed.stdout and "[4/4" in resumed.stdout  # finished trials are not run again
     pd.testing.assert_frame_equal(_deterministic(out), _deterministic(_only_output(tmp_path / "reference")))
+    # the chosen student is there, whether its trial finished before the kill or after the resume
+    chosen = read_student(out / "students" / "kd" / "seed0.pt")["info"]
+    uninterrupted = read_student(_only_output(tmp_path / "reference") / "students" / "kd" / "seed0.pt")["info"]
+    assert chosen["setting"] == uninterrupted["setting"] and chosen["metrics"] == uninterrupted["metrics"]
 
     children = _children(raw["tracking"]["uri"])  # the same parent run: _children asserts there is one
     statuses = [c.info.status for c in children]
