@@ -76,10 +76,13 @@ def check_run_exists(uri: str, run_id: str, what: str) -> None:
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config -> ``{"section.key": value}`` for MLflow params."""
+    """Nested config -> ``{"section.key": value}`` for MLflow params; a list of sections (the method rows)
+    flattens by index, ``methods.0.alpha``, as ``--set`` names it."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            value = {str(i): v for i, v in enumerate(value)}
         if isinstance(value, dict):
             flat.update(flatten(value, f"{name}."))
         else:

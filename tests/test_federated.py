@@ -380,4 +380,4 @@ def test_tune_trials_are_simulations_in_child_drivers(tmp_path: Path, cache_dir:
     assert results.error.isna().all() and (results.final_test_acc > 0.1).all()
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
-    assert sorted(r.data.params["methods.0.alpha"] for r in runs) == ["0.2", "0.8"]  # one MLflow run each
+    assert sorted(r.data.params["methods.0.alpha"] for r in runs) == ["[0.2]", "[0.8]"]  # one MLflow run each
