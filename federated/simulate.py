@@ -55,6 +55,7 @@ def preflight(cfg: ExperimentConfig) -> None:
 
 def simulate(cfg: ExperimentConfig) -> None:
     """Run the configured simulation in this (driver) process; Flower shuts Ray down when it ends."""
+    # Flower's simulation engine and the apps (torch, flwr) load only when a simulation runs.
     from flwr.simulation import run_simulation
 
     from federated import client_app, server_app
@@ -69,7 +70,7 @@ def simulate(cfg: ExperimentConfig) -> None:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    import ray
+    import ray  # after parsing: --help never pays for Ray
 
     from raykd.cluster import Capacity, check_flower_pool, connect_ray
 

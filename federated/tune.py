@@ -78,7 +78,7 @@ def run_trial(config: dict[str, Any], base: list[str], out: str, cwd: str) -> No
     The child runs in the sweep's working folder, so relative paths (node cache, MLflow store) mean
     what they mean to the user, not to the trial's folder.
     """
-    from ray import tune
+    from ray import tune  # in the trial's worker; the module itself stays light for --help
 
     from raykd.cluster import run_simulation_child
 
@@ -90,7 +90,7 @@ def run_trial(config: dict[str, Any], base: list[str], out: str, cwd: str) -> No
 
 def sweep(args: argparse.Namespace, cfg: ExperimentConfig, axes: dict[str, list[Any]]) -> Path:
     """Run every grid point as a trial, one at a time; write and print the results table."""
-    import pandas as pd
+    import pandas as pd  # Tune and pandas load when the search starts, not for --help or a bad grid
     from ray import tune
 
     from raykd.cluster import WAITER_CPUS

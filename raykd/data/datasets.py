@@ -64,7 +64,7 @@ def _stratified(x: np.ndarray, y: np.ndarray, test_size: float) -> Arrays:
 
 
 def _digits() -> Arrays:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # each dataset's package loads only when that dataset is used
 
     digits = load_digits()
     return _stratified((digits.images / 16.0).astype(np.float32)[:, None], digits.target, 0.2)
@@ -80,7 +80,7 @@ def _mnist() -> Arrays:
 
 
 def _build_mnist1d() -> Arrays:
-    from mnist1d.data import get_dataset_args, make_dataset
+    from mnist1d.data import get_dataset_args, make_dataset  # only when MNIST-1D is built
 
     data = make_dataset(get_dataset_args())
     return Arrays(
@@ -142,7 +142,7 @@ def check_cifar_folder(name: str, root: Path | None) -> None:
 
 
 def _fake(samples: int, classes: int) -> Arrays:
-    import torchvision
+    import torchvision  # only for the 'fake' dataset: torchvision is slow to import
 
     total = samples + samples // 4
     fake = torchvision.datasets.FakeData(
