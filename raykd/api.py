@@ -70,6 +70,7 @@ def run(
     from raykd.sweep.preflight import preflight
     from raykd.sweep.run import run_sweep
     from raykd.sweep.state import open_sweep
+    from raykd.sweep.students import chosen_settings
 
     sweep = None
     if resume is not None:
@@ -93,16 +94,6 @@ def run(
         result.students,
         result.failed,
     )
-
-
-def chosen_settings(cfg: ExperimentConfig, summary: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """Each ``[cell/]row``'s setting as the summary reports it (chosen on validation, never on test)."""
-    chosen = {}
-    for _, row in summary.iterrows():
-        cell = ",".join(f"{a}={row[a]}" for a in cfg.axes)
-        label = f"{cell}/{row['label']}" if cell else str(row["label"])
-        chosen[label] = {k: row[k] for k in cfg.method(str(row["label"])).knobs()}
-    return chosen
 
 
 @dataclass(frozen=True)

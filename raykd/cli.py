@@ -40,9 +40,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, default_config: Path | No
 def overrides_of(args: argparse.Namespace) -> list[str]:
     """The ``--set`` overrides, with ``--tracking-uri`` and ``--address`` as the keys they stand for."""
     overrides = list(args.overrides)
-    if getattr(args, "tracking_uri", None):
+    if args.tracking_uri:
         overrides.append(f"tracking.uri={args.tracking_uri}")
-    if getattr(args, "address", None):
+    if args.address:
         overrides.append(f"ray.address={args.address}")
     return overrides
 

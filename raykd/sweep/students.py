@@ -30,6 +30,11 @@ def setting_name(setting: dict[str, Any]) -> str:
     return "-".join(f"{k}={v:g}" for k, v in setting.items()) or "default"
 
 
+def row_name(cell: dict[str, str], label: str) -> str:
+    """A method row's name in a study's results: ``<cell>/<row>`` with axes, the row label without."""
+    return f"{cell_key(cell)}/{label}" if cell else label
+
+
 def trial_student(out: Path, cell: dict[str, str], label: str, setting: dict[str, Any], seed: int) -> Path:
     """Where a trial saves its final student (resumed sweeps find finished trials' students there)."""
     folder = out / "students" / TRIALS / safe_name(cell_key(cell) or "-") / safe_name(label)
@@ -55,7 +60,7 @@ def keep_chosen(cfg: ExperimentConfig, out: Path, best: pd.DataFrame) -> dict[st
                 target = chosen_student(out, cell, label, seed)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 source.replace(target)
-                kept.setdefault(f"{cell_key(cell)}/{label}" if cell else label, []).append(target)
+                kept.setdefault(row_name(cell, label), []).append(target)
     shutil.rmtree(out / "students" / TRIALS, ignore_errors=True)
     return kept
 
@@ -63,3 +68,12 @@ def keep_chosen(cfg: ExperimentConfig, out: Path, best: pd.DataFrame) -> dict[st
 def best_of(paths: list[Path]) -> Path:
     """The student with the highest validation accuracy among one row's seeds (never chosen on test)."""
     return max(paths, key=lambda path: read_student(path)["info"]["metrics"]["val_acc"])
+
+
+def chosen_settings(cfg: ExperimentConfig, summary: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Each row's setting as the summary reports it (chosen on validation, never on test), by ``row_name``."""
+    chosen = {}
+    for _, row in summary.iterrows():
+        label = str(row["label"])
+        chosen[row_name({a: str(row[a]) for a in cfg.axes}, label)] = {k: row[k] for k in cfg.method(label).knobs()}
+    return chosen
