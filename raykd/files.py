@@ -1,20 +1,36 @@
-"""Files raykd writes and reads: atomic writes, content digests, the last line of an error.
+"""Files raykd writes and reads: atomic writes, held writes, path checks, safe names, digests, error lines.
 
 Every file raykd writes goes through ``write_atomic`` (write to a temporary name, then rename), so a
-crash never leaves a half-written table, checkpoint or cache entry where a reader expects a whole one.
+crash never leaves a half-written table, checkpoint or cache entry where a reader expects a whole one;
+inside ``held_writes`` those writes wait until every check of the input has passed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from raykd.errors import ConfigError
 
-def write_atomic(path: Path, data: str | bytes | Callable[[Path], None]) -> Path:
+Content = str | bytes | Callable[[Path], None]
+#: Longest name ``safe_component`` returns (with its digest suffix); far below every filesystem's 255.
+MAX_COMPONENT = 100
+#: Writes waiting for the outermost ``held_writes`` block to succeed, by path (a later write replaces an earlier).
+_held: list[dict[Path, Content]] = []
+
+
+def write_atomic(path: Path, data: Content) -> Path:
     """Write ``data`` (text, bytes, or a writer called with a temporary path) to ``path`` atomically."""
     path = Path(path)
+    if _held:
+        _held[-1].pop(path, None)
+        _held[-1][path] = data
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
     try:
@@ -26,6 +42,66 @@ def write_atomic(path: Path, data: str | bytes | Callable[[Path], None]) -> Path
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+@contextmanager
+def held_writes() -> Iterator[None]:
+    """Hold every ``write_atomic`` of the block in memory; they land, in order, when the outermost block
+    ends without an error, and are dropped when it raises: a refused input leaves nothing on disk (a
+    dataset built to check the config against is cached only once the whole config has passed)."""
+    _held.append({})
+    try:
+        yield
+    except BaseException:
+        _held.pop()
+        raise
+    writes = _held.pop()
+    for path, data in writes.items():
+        write_atomic(path, data)  # into the enclosing hold, or onto disk
+
+
+def check_folder(path: Path, field: str) -> None:
+    """Refuse, in one line naming ``field``, a folder raykd could not create or write in.
+
+    The nearest existing folder is probed by making and removing a folder in it: permission bits say
+    nothing for root or for special filesystems (``/proc``), and a regular file may stand in the way.
+    """
+    try:
+        existing = Path(path)
+        while not existing.exists():
+            existing = existing.parent
+    except (OSError, ValueError) as err:  # a NUL byte, a name too long
+        raise ConfigError(f"{field}: {str(path)!r} is not a usable path ({err}); allowed: a writable folder") from None
+    if not existing.is_dir():
+        raise ConfigError(f"{field}: {path} cannot be a folder, {existing} is a file; allowed: a writable folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".raykd-probe-", dir=existing))
+    except OSError as err:
+        raise ConfigError(
+            f"{field}: cannot write in {existing} ({err.strerror or err}); allowed: a writable folder"
+        ) from None
+
+
+def safe_component(text: str) -> str:
+    """``text`` as one path component that stays inside its folder: no separators, NUL bytes or leading dots,
+    at most ``MAX_COMPONENT`` characters. A text that had to change gets a digest of the original appended,
+    so two different names (``kd a``, ``kd/a``) never share a folder; a plain name is kept as it is."""
+    cleaned = re.sub(r"[^A-Za-z0-9._=+-]", "_", text).lstrip(".")
+    if cleaned == text and 0 < len(text) <= MAX_COMPONENT:
+        return text
+    suffix = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{cleaned[: MAX_COMPONENT - len(suffix) - 1]}-{suffix}" if cleaned else suffix
+
+
+def plain_component(text: str) -> str:
+    """``text`` itself when it is already a safe path component (a config's ``name``), else a ValueError saying
+    what is allowed: a name the user chose is refused rather than silently changed."""
+    if safe_component(text) != text:
+        raise ValueError(
+            f"not a plain folder name; allowed: 1..{MAX_COMPONENT} of A-Z a-z 0-9 . _ = + - (not starting with a dot), "
+            f"e.g. {safe_component(text)!r}"
+        )
+    return text
 
 
 def file_digest(path: Path) -> str:

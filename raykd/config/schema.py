@@ -8,17 +8,12 @@ the data run in ``raykd.data.check_dataset``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Union, get_args
+from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    field_validator,
-    model_validator,
-)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from raykd.methods.schema import AnyMethodConfig, MethodConfig
+from raykd.files import MAX_COMPONENT, plain_component
+from raykd.methods.schema import LABEL, LABEL_RULE, AnyMethodConfig, MethodConfig
 from raykd.references import is_reference
 
 #: Datasets read from ``data.root``, and what the path must be.
@@ -30,13 +25,18 @@ DATASET_ROOTS = {
 }
 #: Config sections an ``axes`` variant may change: what the data, nodes and transfer are, not how the sweep runs.
 CELL_SECTIONS = ("data", "partition", "nodes", "transfer", "federated")
+#: Samples per class a 'fake' dataset needs on average: its labels are random, and splits are stratified.
+FAKE_SAMPLES_PER_CLASS = 20
+#: Seeds seed NumPy, scikit-learn and torch; NumPy and scikit-learn take 0 <= seed < 2**32.
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
 DatasetName = Literal["digits", "mnist1d", "mnist", "fake", "cifar10", "cifar100", "npz", "imagefolder"]
 
 
 class Section(BaseModel):
-    """A config section: unknown keys are errors, values are immutable once loaded."""
+    """A config section: unknown keys are errors, values are immutable once loaded, and no number may be
+    NaN or infinite (an infinite lr or temperature would only fail later, inside every trial)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _as_list(value: Any) -> Any:
@@ -120,6 +120,21 @@ class DataConfig(Section):
             allowed = ", ".join(repr(n) for n in get_args(DatasetName))
             raise ValueError(f"Input should be {allowed} or a reference 'package.module:function'")
         return name
+
+    @model_validator(mode="after")
+    def _room_to_split(self) -> DataConfig:
+        if self.val_fraction + self.pool_fraction >= 1:
+            raise ValueError(
+                f"data.pool_fraction: {self.pool_fraction:g} with data.val_fraction {self.val_fraction:g} leaves "
+                "nothing to partition; allowed: val_fraction + pool_fraction < 1"
+            )
+        fits = self.fake_samples // FAKE_SAMPLES_PER_CLASS
+        if self.dataset == "fake" and self.fake_classes > fits:
+            raise ValueError(
+                f"data.fake_classes: {self.fake_classes} classes are too many to stratify {self.fake_samples} random "
+                f"samples; allowed: at most {fits} ({FAKE_SAMPLES_PER_CLASS} per class) or more data.fake_samples"
+            )
+        return self
 
 
 class PartitionConfig(Section):
@@ -293,8 +308,10 @@ class FederatedConfig(Section):
 
 
 class ExperimentConfig(Section):
-    name: str = Field("default", min_length=1, description="experiment name (output folder, MLflow run)")
-    seeds: list[int] = Field([0, 1, 2], min_length=1, description="seeds: a grid axis; spread is over them")
+    name: Annotated[str, AfterValidator(plain_component)] = Field(  # a folder under output_dir, never outside it
+        "default", description=f"experiment name (output folder, MLflow run): 1..{MAX_COMPONENT} of A-Za-z0-9._=+-"
+    )
+    seeds: list[Seed] = Field([0, 1, 2], min_length=1, description="seeds: a grid axis; spread is over them")
     data: DataConfig = DataConfig()
     partition: PartitionConfig = PartitionConfig()
     nodes: NodesConfig = NodesConfig()
@@ -318,6 +335,14 @@ class ExperimentConfig(Section):
     def _seed_list(cls, value: Any) -> Any:
         return _as_list(value)
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        twice = next((s for s in seeds if seeds.count(s) > 1), None)
+        if twice is not None:
+            raise ValueError(f"seeds: {twice} is listed twice (its trials would count twice); give each seed once")
+        return seeds
+
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
         nodes = self.partition.num_nodes
@@ -328,6 +353,14 @@ class ExperimentConfig(Section):
                 raise ValueError(f"{field}: node {bad[0]} does not exist; allowed: 0..{nodes - 1}")
         if self.transfer.student in self.transfer.teachers:
             raise ValueError("transfer.teachers: must not include the student node")
+        twice = next((t for t in self.transfer.teachers if self.transfer.teachers.count(t) > 1), None)
+        if twice is not None:
+            raise ValueError(f"transfer.teachers: node {twice} is listed twice; give each teacher once")
+        if self.tune.select_on == "local_val_acc" and self.partition.local_val_fraction == 0:
+            raise ValueError(
+                "tune.select_on: local_val_acc needs a local validation split but partition.local_val_fraction "
+                "is 0; allowed: val_acc, or local_val_fraction > 0"
+            )
         bad_nodes = [n for n in self.nodes.models if not 0 <= n < nodes]
         if bad_nodes:
             raise ValueError(f"nodes.models: node {bad_nodes[0]} does not exist; allowed: 0..{nodes - 1}")
@@ -353,6 +386,10 @@ class ExperimentConfig(Section):
         empty = next((axis for axis, variants in axes.items() if not variants), None)
         if empty is not None:
             raise ValueError(f"axes.{empty}: has no variants; give it at least one {{variant: {{dotted.key: value}}}}")
+        for axis, variants in axes.items():
+            bad = next((name for name in (axis, *variants) if not LABEL.fullmatch(name)), None)
+            if bad is not None:
+                raise ValueError(f"axes.{axis}: {bad!r} is not a plain axis or variant name; allowed: {LABEL_RULE}")
         return axes
 
     def method(self, label: str) -> MethodConfig:

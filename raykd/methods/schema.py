@@ -8,6 +8,7 @@ a Ray Tune grid axis, a scalar being an axis of one value.
 from __future__ import annotations
 
 import itertools
+import re
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -21,6 +22,7 @@ from pydantic import (
     Tag,
     ValidationError,
     create_model,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -38,12 +40,25 @@ def _as_axis(value: Any) -> Any:
     return value if isinstance(value, list) else [value]
 
 
-class MethodConfig(BaseModel):
-    """Base of the generated per-method configs: knob fields hold lists (grid axes)."""
+#: What a row label or axis name may hold: it names table rows and columns and MLflow metrics, whose
+#: keys allow only these characters (path components are made from it by ``raykd.files.safe_component``).
+LABEL = re.compile(r"[\w .:-]{1,100}")
+LABEL_RULE = "1..100 letters, digits, spaces and _ . : -"
 
-    model_config = ConfigDict(extra="forbid", frozen=True)  # as every config section
+
+class MethodConfig(BaseModel):
+    """Base of the generated per-method configs: knob fields hold lists (grid axes), every number finite."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # as every config section
 
     label: str | None = Field(None, description="row name in the results table (default: method name)")
+
+    @field_validator("label")
+    @classmethod
+    def _plain_label(cls, label: str | None) -> str | None:
+        if label is not None and not LABEL.fullmatch(label):
+            raise ValueError(f"Input should be {LABEL_RULE} (it names table rows and MLflow metrics)")
+        return label
 
     def display(self) -> str:
         return self.label or self.name  # type: ignore[attr-defined]

@@ -15,7 +15,7 @@ from ray import tune
 
 from raykd.config import ExperimentConfig, load_config
 from raykd.errors import ConfigError
-from raykd.files import write_atomic
+from raykd.files import safe_component, write_atomic
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class Sweep:
 
 def new_sweep(cfg: ExperimentConfig, uri: str) -> Sweep:
     """A fresh output folder ``<name>-<time>``, made here so two sweeps started together never share one."""
-    stem = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem = f"{safe_component(cfg.name)}-{time.strftime('%Y%m%d-%H%M%S')}"  # the schema already refuses unsafe names
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     for attempt in range(1000):
         out = cfg.output_dir / (stem if attempt == 0 else f"{stem}-{attempt + 1}")

@@ -7,7 +7,6 @@ and the students of the settings that were not chosen are deleted, so disk use s
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,15 +14,10 @@ from typing import Any
 import pandas as pd
 
 from raykd.config import ExperimentConfig, cell_key
+from raykd.files import safe_component
 from raykd.students import read_student
 
 TRIALS = ".trials"
-
-
-def safe_name(text: str) -> str:
-    """``text`` as one harmless path component: no separators, no dot-dot, at most 100 characters."""
-    cleaned = re.sub(r"[^A-Za-z0-9._=+-]", "_", text).strip(".") or "_"
-    return cleaned[:100]
 
 
 def setting_name(setting: dict[str, Any]) -> str:
@@ -37,13 +31,13 @@ def row_name(cell: dict[str, str], label: str) -> str:
 
 def trial_student(out: Path, cell: dict[str, str], label: str, setting: dict[str, Any], seed: int) -> Path:
     """Where a trial saves its final student (resumed sweeps find finished trials' students there)."""
-    folder = out / "students" / TRIALS / safe_name(cell_key(cell) or "-") / safe_name(label)
-    return folder / safe_name(setting_name(setting)) / f"seed{seed}.pt"
+    folder = out / "students" / TRIALS / safe_component(cell_key(cell) or "-") / safe_component(label)
+    return folder / safe_component(setting_name(setting)) / f"seed{seed}.pt"
 
 
 def chosen_student(out: Path, cell: dict[str, str], label: str, seed: int) -> Path:
-    where = [safe_name(cell_key(cell))] if cell else []
-    return out.joinpath("students", *where, safe_name(label), f"seed{seed}.pt")
+    where = [safe_component(cell_key(cell))] if cell else []
+    return out.joinpath("students", *where, safe_component(label), f"seed{seed}.pt")
 
 
 def keep_chosen(cfg: ExperimentConfig, out: Path, best: pd.DataFrame) -> dict[str, list[Path]]:
