@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from raykd.cli import absolute_paths
-from raykd.config import ExperimentConfig, parse_override, validate_config
+from raykd.config import ExperimentConfig, check_paths, parse_override, validate_config
 from raykd.config import load_config as load_yaml
 from raykd.errors import ConfigError
+from raykd.files import held_writes
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -81,9 +82,10 @@ def run(
         cfg = load_config(cfg)
     if cfg.federated.grid:
         raise ConfigError("federated.grid: searches over simulations run with `python -m federated.tune`")
-    uri = preflight(cfg, sweep)
-    ensure_ray(cfg)
-    check_sweep(cfg, Capacity.now())
+    with held_writes():  # the dataset cache the preflight fills lands only once the cluster can run the sweep too
+        uri = preflight(cfg, sweep)
+        ensure_ray(cfg)
+        check_sweep(cfg, Capacity.now())
     result = run_sweep(cfg, uri, sweep)
     return Study(
         cfg,
@@ -114,6 +116,7 @@ def simulate(cfg: ExperimentConfig | str | Path | dict[str, Any]) -> Simulation:
     import ray
 
     cfg = cfg if isinstance(cfg, ExperimentConfig) else load_config(cfg)
+    check_paths(cfg)
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cfg.output_dir) as folder:
         config = Path(folder) / "config.yaml"

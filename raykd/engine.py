@@ -53,8 +53,9 @@ class NonFiniteLoss(RuntimeError):
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch; derived seeds (``seed * 1000 + node``) may pass NumPy's 2**32, so it wraps."""
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
@@ -65,6 +66,10 @@ class TransferBatches:
     epoch is one pass over the larger. ``distill_labelled`` says whether distillation terms also
     apply to the labelled rows (pool rows always get them). ``augment`` (e.g. ``build_augment``)
     transforms each batch's inputs, so a teacher handed ``Batch.x`` sees the student's augmented view.
+
+    A ``batch_size`` above the larger set's size is capped there: the batch is then the whole set (full-batch
+    training), where filling it by repeating rows would only reweight them and could allocate without bound
+    (``batch_size: 10000000`` would copy the data thousands of times).
     """
 
     def __init__(
@@ -81,7 +86,8 @@ class TransferBatches:
         self.x, self.y, self.augment = x, y, augment
         self.labelled = torch.as_tensor(labelled, dtype=torch.int64)
         self.pool = torch.as_tensor(pool if pool is not None else [], dtype=torch.int64)
-        self.batch_size, self.distill_labelled = batch_size, distill_labelled
+        self.batch_size = max(1, min(batch_size, max(len(self.labelled), len(self.pool))))
+        self.distill_labelled = distill_labelled
         self.generator = torch.Generator().manual_seed(seed)
 
     def _chunks(self, index: Tensor, steps: int) -> Tensor:

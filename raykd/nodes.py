@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from raykd.config import DataConfig, ExperimentConfig, ModelSpec
-from raykd.data import Dataset, NodeData, Splits, build_augment, load_dataset, make_splits, split_nodes
+from raykd.data import Dataset, NodeData, Splits, build_augment, check_dataset, load_dataset, make_splits, split_nodes
 from raykd.engine import TransferBatches, accuracy, fit, pick_device, seed_everything
-from raykd.files import file_digest, write_atomic
+from raykd.files import file_digest, held_writes, write_atomic
 from raykd.methods.ce import CrossEntropy
 from raykd.models import InputShape, build_model
 from raykd.students import fit_weights, read_weights
@@ -68,9 +68,23 @@ def data_digest(cfg: ExperimentConfig) -> str | None:
     return None if cfg.data.dataset in FIXED_DATASETS else _content_digest(cfg.data, cfg.nodes.cache_dir)
 
 
+#: Configs whose data checks passed in this process (workers load the same dataset many times).
+_checked: set[str] = set()
+
+
 def dataset_of(cfg: ExperimentConfig) -> Dataset:
-    """The experiment's dataset, loaded once per process."""
-    return _dataset(cfg.data, cfg.nodes.cache_dir)
+    """The experiment's dataset, loaded once per process and checked against ``cfg`` (``check_dataset``).
+
+    A dataset built here is cached on disk only once those checks pass, so a config the data cannot
+    serve leaves no cache entry behind.
+    """
+    with held_writes():
+        dataset = _dataset(cfg.data, cfg.nodes.cache_dir)
+        key = cfg.model_dump_json()
+        if key not in _checked:
+            check_dataset(cfg, dataset)
+            _checked.add(key)
+    return dataset
 
 
 def prepare(cfg: ExperimentConfig, seed: int) -> Setup:

@@ -182,7 +182,7 @@ def test_image_folder_with_a_class_only_in_test_caches_nothing(tmp_path: Path) -
             "data.augment: random_crop needs images \\(C, H, W\\)",
         ),
         ({"dataset": "digits"}, {"min_samples": 900}, "partition.min_samples: no Dirichlet"),
-        ({"dataset": "digits"}, {"scheme": "iid", "num_nodes": 20, "min_samples": 60}, "partition.min_samples: iid"),
+        ({"dataset": "digits"}, {"scheme": "iid", "num_nodes": 20, "min_samples": 60}, "partition.num_nodes: iid"),
     ],
 )
 def test_check_dataset_refusals(cache_dir: Path, data: dict, partition: dict, message: str | None) -> None:

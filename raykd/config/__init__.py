@@ -17,6 +17,7 @@ from raykd.config.loading import (
     study_cells,
     validate_config,
 )
+from raykd.config.paths import check_paths, written_folders
 from raykd.config.schema import (
     CELL_SECTIONS,
     DATASET_ROOTS,
@@ -65,6 +66,7 @@ __all__ = [
     "TransferConfig",
     "TuneConfig",
     "cell_key",
+    "check_paths",
     "deep_merge",
     "describe_error",
     "describe_schema",
@@ -74,4 +76,5 @@ __all__ = [
     "set_dotted",
     "study_cells",
     "validate_config",
+    "written_folders",
 ]

@@ -107,5 +107,5 @@ def cached_arrays(path: Path, build: Callable[[], Arrays]) -> Arrays:
         return saved
     arrays = build()
     write_atomic(path, lambda tmp: np.savez(tmp, **arrays._asdict()))
-    write_atomic(_checksum_path(path), file_digest(path))
+    write_atomic(_checksum_path(path), lambda tmp: tmp.write_text(file_digest(path)))  # after the entry, if held
     return arrays

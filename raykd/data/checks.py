@@ -11,7 +11,7 @@ import numpy as np
 from raykd.config import ExperimentConfig
 from raykd.data.arrays import Arrays, check_arrays
 from raykd.data.datasets import Dataset, make_splits
-from raykd.data.partition import partition
+from raykd.data.partition import partition, smallest_node
 from raykd.errors import ConfigError
 
 
@@ -33,20 +33,31 @@ def _check_splits(cfg: ExperimentConfig, labels: np.ndarray) -> None:
 
 
 def _check_partition(cfg: ExperimentConfig, labels: np.ndarray, classes: int) -> None:
-    """Every scheme leaves each node ``partition.min_samples`` (Dirichlet redraws and raises on its own)."""
+    """Every scheme leaves each node ``partition.min_samples``, and a local validation sample when that split is
+    asked for (Dirichlet redraws for min_samples and raises on its own)."""
     part = cfg.partition
     if part.scheme == "pathological" and part.classes_per_node > classes:
         raise ConfigError(
             f"partition.classes_per_node: {part.classes_per_node} is more than the {classes} classes of "
             f"{cfg.data.dataset}; allowed: 1..{classes}"
         )
+    needed = smallest_node(part)
     for seed in cfg.seeds:
-        sizes = [len(p) for p in partition(labels[make_splits(labels, cfg.data, seed).partitioned], part, seed)]
-        if min(sizes) < part.min_samples:
+        partitioned = labels[make_splits(labels, cfg.data, seed).partitioned]
+        sizes = [len(p) for p in partition(partitioned, part, seed)]
+        if min(sizes) < needed:
+            fits = len(partitioned) // needed
+            advice = (
+                f"{len(partitioned)} samples fit at most {fits} nodes; allowed: num_nodes <= {fits}, a lower "
+                "min_samples or more data"
+                if fits < part.num_nodes
+                else "allowed: a lower min_samples, a more even split or more data"
+            )
             raise ConfigError(
-                f"partition.min_samples: {part.scheme} gives node {int(np.argmin(sizes))} only {min(sizes)} "
-                f"training samples at seed {seed}, fewer than {part.min_samples}; "
-                "allowed: a lower min_samples, fewer nodes or more data"
+                f"partition.num_nodes: {part.scheme} over {part.num_nodes} nodes gives node {int(np.argmin(sizes))} "
+                f"only {min(sizes)} samples at seed {seed}, but each needs {needed} (partition.min_samples "
+                f"{part.min_samples}, and a local validation sample at local_val_fraction "
+                f"{part.local_val_fraction:g}); {advice}"
             )
 
 

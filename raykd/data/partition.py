@@ -76,13 +76,27 @@ def partition(labels: np.ndarray, cfg: PartitionConfig, seed: int) -> list[np.nd
     return pathological(labels, cfg.num_nodes, cfg.classes_per_node, rng)
 
 
+def local_val_count(samples: int, fraction: float) -> int:
+    """How many of a node's ``samples`` its local validation split holds."""
+    return int(round(fraction * samples))
+
+
+def smallest_node(cfg: PartitionConfig) -> int:
+    """The fewest samples a node may hold: ``min_samples``, and enough that its local validation split
+    (when asked for) and its training split each keep at least one sample."""
+    size = cfg.min_samples
+    while cfg.local_val_fraction > 0 and not 0 < local_val_count(size, cfg.local_val_fraction) < size:
+        size += 1
+    return size
+
+
 def split_nodes(index: np.ndarray, labels: np.ndarray, cfg: PartitionConfig, seed: int) -> list[NodeData]:
     """Partition the samples ``index`` (global indices) and split each node into local train/validation."""
     rng = np.random.default_rng(seed + 7)
     nodes = []
     for part in partition(labels[index], cfg, seed):
         members = rng.permutation(index[part])
-        n_val = int(round(cfg.local_val_fraction * len(members)))
+        n_val = local_val_count(len(members), cfg.local_val_fraction)
         nodes.append(NodeData(train=np.sort(members[n_val:]), val=np.sort(members[:n_val])))
     return nodes
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from raykd.config import ExperimentConfig, study_cells
-from raykd.data import check_dataset
+from raykd.config import ExperimentConfig, check_paths, study_cells
 from raykd.errors import ConfigError
 from raykd.federated_checks import check_federated
+from raykd.files import held_writes
 from raykd.models import build_model
 from raykd.nodes import check_checkpoints, dataset_of, node_field, prepare
 from raykd.sweep.state import Sweep
@@ -13,27 +13,31 @@ from raykd.tracking import check_reachable, check_run_exists, resolve_uri
 
 
 def preflight(cfg: ExperimentConfig, sweep: Sweep | None = None) -> str:
-    """Check the config, every cell's data, partitions and models, and the MLflow store; returns the tracking URI.
+    """Check the config, the folders it writes and the MLflow store, then every cell's data, partitions and
+    models; returns the tracking URI.
 
-    Loading the dataset here also fills the on-disk dataset cache before any worker needs it.
+    The checks that need no data come first. Loading the dataset fills the on-disk dataset cache before
+    any worker needs it, but that write is held until every check has passed: a refused input writes nothing.
     """
+    check_paths(cfg)
     check_fault(cfg)
-    for cell in study_cells(cfg):
-        if cfg.federated.after_sweep:
-            check_federated(cell.config)
-        data = dataset_of(cell.config)
-        check_dataset(cell.config, data)
-        for seed in cfg.seeds:  # every split and partition draws now, so one that cannot is a line, not a traceback
-            prepare(cell.config, seed)
-        for node in cell.config.node_ids():
-            build_model(
-                cell.config.nodes.model_of(node), data.input_shape, data.num_classes, node_field(cell.config, node)
-            )
-        check_checkpoints(cell.config, data.input_shape, data.num_classes)
+    cells = study_cells(cfg)
+    for cell in cells if cfg.federated.after_sweep else ():
+        check_federated(cell.config)
     uri = sweep.uri if sweep else resolve_uri(cfg.tracking.uri)
     check_reachable(uri)
     if sweep:
         check_run_exists(uri, str(sweep.parent_run_id), f"--resume {sweep.out}")
+    with held_writes():
+        for cell in cells:
+            data = dataset_of(cell.config)  # checked against the cell's config (raykd.data.check_dataset)
+            for seed in cfg.seeds:  # every split and partition draws now, so one that cannot is a line, not a traceback
+                prepare(cell.config, seed)
+            for node in cell.config.node_ids():
+                build_model(
+                    cell.config.nodes.model_of(node), data.input_shape, data.num_classes, node_field(cell.config, node)
+                )
+            check_checkpoints(cell.config, data.input_shape, data.num_classes)
     return uri
 
 
