@@ -67,11 +67,16 @@ def check_folder(path: Path, field: str) -> None:
     nothing for root or for special filesystems (``/proc``), and a regular file may stand in the way.
     """
     try:
+        if "\0" in str(path):
+            raise ValueError("embedded null byte")  # exists() would only answer False
         existing = Path(path)
         while not existing.exists():
             existing = existing.parent
     except (OSError, ValueError) as err:  # a NUL byte, a name too long
-        raise ConfigError(f"{field}: {str(path)!r} is not a usable path ({err}); allowed: a writable folder") from None
+        raise ConfigError(
+            f"{field}: {str(path)!r} is not a usable path ({getattr(err, 'strerror', None) or err}); "
+            "allowed: a writable folder"
+        ) from None
     if not existing.is_dir():
         raise ConfigError(f"{field}: {path} cannot be a folder, {existing} is a file; allowed: a writable folder")
     try:
