@@ -73,7 +73,8 @@ _checked: set[str] = set()
 
 
 def dataset_of(cfg: ExperimentConfig) -> Dataset:
-    """The experiment's dataset, loaded once per process and checked against ``cfg`` (``check_dataset``).
+    """The experiment's dataset, loaded once per process and checked against all of ``cfg`` that depends on it:
+    splits and partitions (``check_dataset``), every node's model and weights file (``check_checkpoints``).
 
     A dataset built here is cached on disk only once those checks pass, so a config the data cannot
     serve leaves no cache entry behind.
@@ -83,6 +84,7 @@ def dataset_of(cfg: ExperimentConfig) -> Dataset:
         key = cfg.model_dump_json()
         if key not in _checked:
             check_dataset(cfg, dataset)
+            check_checkpoints(cfg, dataset.input_shape, dataset.num_classes)
             _checked.add(key)
     return dataset
 
@@ -166,11 +168,11 @@ def start_model(spec: ModelSpec, shape: InputShape, classes: int, field: str) ->
 
 
 def check_checkpoints(cfg: ExperimentConfig, input_shape: InputShape, num_classes: int) -> None:
-    """Preflight: every node's checkpoint or init file is readable and fits its architecture."""
+    """Preflight: every node's architecture builds for the data, and its checkpoint or init file is readable
+    and fits it."""
     fields = {node_field(cfg, node): cfg.nodes.model_of(node) for node in range(cfg.partition.num_nodes)}
     for field, spec in fields.items():
-        if weights_start(spec)[1] is not None:
-            start_model(spec, input_shape, num_classes, field)
+        start_model(spec, input_shape, num_classes, field)
 
 
 def train_node(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> dict[str, Any]:

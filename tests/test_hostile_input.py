@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 from pydantic import BaseModel
 
 from raykd.config import ExperimentConfig, check_paths, validate_config
@@ -238,24 +239,39 @@ def test_a_batch_larger_than_the_data_is_capped_at_the_data() -> None:
 # --------------------------------------------------------------------------------------------- the command lines
 
 
-def _run(tmp_path: Path, module: str, overrides: list[str]) -> tuple[subprocess.CompletedProcess[str], Path]:
-    """``python -m module`` on SMALL in an empty working folder; returns the process and that folder."""
+def _folders(tmp_path: Path) -> tuple[Path, Path]:
+    """SMALL as a config file, a tiny image folder beside it, a regular file, and an empty working folder."""
     config = tmp_path / "config" / "experiment.yaml"
     config.parent.mkdir()
     config.write_text(yaml.safe_dump(SMALL))
+    (tmp_path / "FILE").write_text("")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 30), ("test", 5)):
+        for cls in ("cat", "dog"):
+            (tmp_path / "images" / split / cls).mkdir(parents=True)
+            for i in range(count):
+                image = Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
+                image.save(tmp_path / "images" / split / cls / f"{i}.png")
     work = tmp_path / "work"
     work.mkdir()
-    (tmp_path / "FILE").write_text("")
-    sets = [a for o in overrides for a in ("--set", o.replace("TMP", str(tmp_path)))]
-    done = subprocess.run(
-        [sys.executable, "-m", module, "--config", str(config), *sets],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    return done, work
+    return config, work
+
+
+def _arguments(tmp_path: Path, config: Path, overrides: list[str]) -> list[str]:
+    return ["--config", str(config), *[a for o in overrides for a in ("--set", o.replace("TMP", str(tmp_path)))]]
+
+
+def _assert_refused(tmp_path: Path, work: Path, rc: int, stderr: str, expected: str) -> None:
+    """Exit 2, one line naming the field, no traceback, and nothing new in the working folder or beside it."""
+    assert rc == 2, stderr[-2000:]
+    assert stderr.strip() == stderr.strip().splitlines()[-1] and "Traceback" not in stderr
+    assert stderr.startswith("raykd: error: ") and expected.replace("TMP", str(tmp_path)) in stderr, stderr
+    assert list(work.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == [
+        "FILE",
+        "config",
+        "images",
+        "work",
+    ]
 
 
 # (command, overrides, text the one line must contain); TMP is the test's folder
@@ -267,18 +283,8 @@ REFUSED = [
     ("raykd.tune", ["name=../../elsewhere"], "name = '../../elsewhere': not a plain folder name"),
     ("raykd.tune", ["output_dir=/proc/raykd-runs"], "output_dir: cannot write in /proc"),
     ("raykd.tune", ["nodes.cache_dir=TMP/FILE/cache"], "nodes.cache_dir: TMP/FILE/cache cannot be a folder"),
-    (  # needs the data: checked in the preflight, yet the dataset cache it built is not written
-        "raykd.tune",
-        ["partition.scheme=iid", "partition.num_nodes=1000", "partition.min_samples=1"],
-        "partition.num_nodes: iid over 1000 nodes",
-    ),
     ("federated.simulate", ["federated.local.lr=.inf"], "federated.local.lr = inf: Input should be a finite number"),
     ("federated.simulate", ["output_dir=TMP/FILE"], "output_dir: TMP/FILE cannot be a folder"),
-    (
-        "federated.simulate",
-        ["partition.scheme=iid", "partition.num_nodes=1000", "partition.min_samples=1"],
-        "partition.num_nodes: iid over 1000 nodes",
-    ),
 ]
 
 
@@ -286,8 +292,45 @@ REFUSED = [
 def test_refused_input_is_one_line_exit_2_and_writes_nothing(
     tmp_path: Path, module: str, overrides: list[str], expected: str
 ) -> None:
-    done, work = _run(tmp_path, module, overrides)
-    assert done.returncode == 2, done.stderr[-2000:]
-    assert done.stderr.strip() == done.stderr.strip().splitlines()[-1] and "Traceback" not in done.stderr
-    assert done.stderr.startswith("raykd: error: ") and expected.replace("TMP", str(tmp_path)) in done.stderr
-    assert list(work.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["FILE", "config", "work"]
+    config, work = _folders(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", module, *_arguments(tmp_path, config, overrides)],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    _assert_refused(tmp_path, work, done.returncode, done.stderr, expected)
+
+
+#: A tiny image folder, cached as .npz under nodes.cache_dir (here .raykd_cache/ in the working folder) once built.
+IMAGES = ["data.dataset=imagefolder", "data.root=TMP/images", "data.image_size=8", "partition.scheme=iid"]
+
+
+@pytest.mark.parametrize("command", ["raykd.tune", "federated.simulate"])
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["partition.num_nodes=40"], "partition.num_nodes: iid over 40 nodes"),
+        (["partition.num_nodes=2", "partition.min_samples=5", "nodes.model=cnn1d"], "nodes.model: model 'cnn1d' needs"),
+    ],
+    ids=["partition", "model"],
+)
+def test_refused_input_that_needs_the_data_caches_nothing(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    overrides: list[str],
+    expected: str,
+) -> None:
+    """The dataset is built to check the config against, but its cache entry is written only once every check
+    has passed (run in this process: the command lines' start-up is paid by the tests above)."""
+    from federated.simulate import main as simulate
+    from raykd.tune import main as tune
+
+    config, work = _folders(tmp_path)
+    monkeypatch.chdir(work)
+    rc = {"raykd.tune": tune, "federated.simulate": simulate}[command](_arguments(tmp_path, config, IMAGES + overrides))
+    _assert_refused(tmp_path, work, rc, capsys.readouterr().err, expected)

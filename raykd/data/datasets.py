@@ -190,7 +190,6 @@ def make_splits(labels: np.ndarray, cfg: DataConfig, seed: int) -> Splits:
     rest, val = train_test_split(index, test_size=cfg.val_fraction, random_state=seed, stratify=labels)
     if cfg.pool_fraction == 0:
         return Splits(np.sort(rest), np.sort(val), np.array([], dtype=np.int64))
-    rest, pool = train_test_split(
-        rest, test_size=cfg.pool_fraction / (1 - cfg.val_fraction), random_state=(seed + 1) % 2**32, stratify=labels[rest]
-    )
+    pool_share = cfg.pool_fraction / (1 - cfg.val_fraction)
+    rest, pool = train_test_split(rest, test_size=pool_share, random_state=(seed + 1) % 2**32, stratify=labels[rest])
     return Splits(np.sort(rest), np.sort(val), np.sort(pool))

@@ -6,15 +6,14 @@ from raykd.config import ExperimentConfig, check_paths, study_cells
 from raykd.errors import ConfigError
 from raykd.federated_checks import check_federated
 from raykd.files import held_writes
-from raykd.models import build_model
-from raykd.nodes import check_checkpoints, dataset_of, node_field, prepare
+from raykd.nodes import dataset_of
 from raykd.sweep.state import Sweep
 from raykd.tracking import check_reachable, check_run_exists, resolve_uri
 
 
 def preflight(cfg: ExperimentConfig, sweep: Sweep | None = None) -> str:
-    """Check the config, the folders it writes and the MLflow store, then every cell's data, partitions and
-    models; returns the tracking URI.
+    """Check the config, the folders it writes and the MLflow store, then every cell's data, partitions,
+    models and weights files (``raykd.nodes.dataset_of``); returns the tracking URI.
 
     The checks that need no data come first. Loading the dataset fills the on-disk dataset cache before
     any worker needs it, but that write is held until every check has passed: a refused input writes nothing.
@@ -30,14 +29,7 @@ def preflight(cfg: ExperimentConfig, sweep: Sweep | None = None) -> str:
         check_run_exists(uri, str(sweep.parent_run_id), f"--resume {sweep.out}")
     with held_writes():
         for cell in cells:
-            data = dataset_of(cell.config)  # checked against the cell's config (raykd.data.check_dataset)
-            for seed in cfg.seeds:  # every split and partition draws now, so one that cannot is a line, not a traceback
-                prepare(cell.config, seed)
-            for node in cell.config.node_ids():
-                build_model(
-                    cell.config.nodes.model_of(node), data.input_shape, data.num_classes, node_field(cell.config, node)
-                )
-            check_checkpoints(cell.config, data.input_shape, data.num_classes)
+            dataset_of(cell.config)  # checked against the cell: splits, partitions, models, weights files
     return uri
 
 
