@@ -25,6 +25,7 @@ from torch import nn
 from raykd.config import DataConfig, ExperimentConfig, ModelSpec
 from raykd.data import Dataset, NodeData, Splits, build_augment, check_dataset, load_dataset, make_splits, split_nodes
 from raykd.engine import TransferBatches, accuracy, fit, pick_device, seed_everything
+from raykd.errors import ConfigError
 from raykd.files import file_digest, held_writes, write_atomic
 from raykd.methods.ce import CrossEntropy
 from raykd.models import InputShape, build_model
@@ -83,8 +84,12 @@ def dataset_of(cfg: ExperimentConfig) -> Dataset:
         dataset = _dataset(cfg.data, cfg.nodes.cache_dir)
         key = cfg.model_dump_json()
         if key not in _checked:
-            check_dataset(cfg, dataset)
-            check_checkpoints(cfg, dataset.input_shape, dataset.num_classes)
+            try:
+                check_dataset(cfg, dataset)
+                check_checkpoints(cfg, dataset.input_shape, dataset.num_classes)
+            except ConfigError:
+                _dataset.cache_clear()  # its cache entry was dropped: a later load builds (and writes) it again
+                raise
             _checked.add(key)
     return dataset
 

@@ -334,3 +334,16 @@ def test_refused_input_that_needs_the_data_caches_nothing(
     monkeypatch.chdir(work)
     rc = {"raykd.tune": tune, "federated.simulate": simulate}[command](_arguments(tmp_path, config, IMAGES + overrides))
     _assert_refused(tmp_path, work, rc, capsys.readouterr().err, expected)
+
+
+def test_a_sweep_the_cluster_cannot_hold_caches_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], ray_session: object
+) -> None:
+    """The capacity check runs after the data checks (it needs Ray), and still before anything is written."""
+    from raykd.tune import main as tune
+
+    config, work = _folders(tmp_path)
+    monkeypatch.chdir(work)
+    overrides = [*IMAGES, "partition.num_nodes=2", "partition.min_samples=5", "nodes.model=mlp"]
+    rc = tune(_arguments(tmp_path, config, [*overrides, "tune.cpus_per_trial=64"]))
+    _assert_refused(tmp_path, work, rc, capsys.readouterr().err, "tune.cpus_per_trial: 64 CPUs per trial")
