@@ -134,7 +134,7 @@ def test_the_largest_seed_and_its_derived_seeds_still_draw() -> None:
     from raykd.engine import seed_everything
     from raykd.nodes import prepare
 
-    cfg = validate_config(_raw(seeds=[2**32 - 1], data={"dataset": "digits"}))
+    cfg = validate_config(_raw(seeds=[2**32 - 1], data={"dataset": "digits"}, nodes={"model": "mlp"}))
     setup = prepare(cfg, 2**32 - 1)
     assert len(setup.nodes) == cfg.partition.num_nodes and len(setup.splits.pool) > 0
     seed_everything((2**32 - 1) * 1000 + 3)
