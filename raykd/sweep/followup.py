@@ -12,6 +12,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from raykd import report
+from raykd.cells import by_cell, cell_name
 from raykd.cluster import run_simulation_child
 from raykd.config import Cell, ExperimentConfig, cell_key
 from raykd.files import write_atomic
@@ -76,7 +77,7 @@ def federated_section(cfg: ExperimentConfig, rounds: pd.DataFrame, axes: list[st
     f = cfg.federated
     ok = rounds[rounds["error"] == ""]
     rows, bars = [], []
-    for cell, part in report.by_cell(ok, axes):
+    for cell, part in by_cell(ok, axes):
         for start, group in part.groupby("start", sort=False):
             reached = group["rounds_to_target"].dropna()
             saved = group.get("fewer_rounds_than_random_pct", pd.Series(dtype=float)).dropna()
@@ -95,7 +96,7 @@ def federated_section(cfg: ExperimentConfig, rounds: pd.DataFrame, axes: list[st
                     "fewer rounds than random": f"{saved.mean():.1f}%" if len(saved) else "-",
                 }
             )
-            bars.append((report.cell_name(cell) or cfg.name, start, reached.mean() if len(reached) else float("nan")))
+            bars.append((cell_name(cell) or cfg.name, start, reached.mean() if len(reached) else float("nan")))
     text = (
         f"\n## Federated follow-up: {f.strategy}, {f.rounds} rounds, target {100 * f.target_acc:.0f}% test accuracy\n\n"
         f"One Flower simulation per seed {cfg.seeds} and partition; rounds are means over the seeds that reached the "

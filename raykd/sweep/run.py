@@ -68,7 +68,7 @@ def run_sweep(cfg: ExperimentConfig, uri: str, resume: Sweep | None = None) -> S
             sweep.save(parent.run_id)
         tuner = build_tuner(cfg, cells, sweep, server_name, total, parent.run_id)
         results = tuner.fit()
-        trials = report.trial_rows([(r.config, r.metrics, r.error) for r in results])
+        trials = report.in_config_order(report.trial_rows([(r.config, r.metrics, r.error) for r in results]), cfg)
         write_atomic(sweep.out / "trials.csv", trials.to_csv(index=False))  # first: nothing below can lose them
         return write_report(cfg, cells, sweep, trials, server, parent)
 
@@ -113,7 +113,11 @@ def write_report(
     """Tables, figures, the chosen students, the server's statistics and the federated follow-up."""
     out = sweep.out
     if (trials["status"] == "ok").any():
-        text, figures, best = report.study(cfg, sweep.name, trials)
+        study = report.study(cfg, sweep.name, trials)
+        text, figures, best = study.text, study.figures, study.best
+        write_atomic(out / "paired.csv", study.paired.to_csv(index=False))
+        parent.log_files(out / "paired.csv")
+        parent.log_metrics(paired_metrics(study.paired, list(cfg.axes)))
     else:  # report.study summarises successful trials and needs one
         text, figures, best = report.failures_only(sweep.name, trials), {}, trials.iloc[:0]
     if server is not None:
@@ -140,3 +144,12 @@ def write_report(
     parent.log_students({name: best_of(paths) for name, paths in students.items()})
     print("\n" + text, flush=True)
     return SweepResult(out, trials, best, students, failed)
+
+
+def paired_metrics(paired: pd.DataFrame, axes: list[str]) -> dict[str, float]:
+    """Each paired comparison's mean difference and interval bounds as parent-run metrics."""
+    metrics = {}
+    for _, r in paired.iterrows():
+        name = ".".join(["paired", *(str(r[a]) for a in axes), f"{r['tuned']}-vs-{r['untuned']}"])
+        metrics.update({f"{name}.{part}": r[part] for part in ("mean", "low", "high", "wins")})
+    return metrics
