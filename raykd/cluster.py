@@ -21,6 +21,7 @@ from typing import Any
 
 import ray
 
+from raykd.cli import EXIT_ROUNDS_LOST
 from raykd.config import ExperimentConfig
 from raykd.errors import ConfigError
 from raykd.files import last_line
@@ -162,15 +163,29 @@ def check_flower_pool(cfg: ExperimentConfig, cap: Capacity, beside: float = 0.0)
         )
 
 
+def actor_restarts(class_name: str) -> int:
+    """How often Ray restarted this job's actors of ``class_name`` after they died (read from the GCS: the
+    public state API needs the dashboard, which raykd's local Ray does not start)."""
+    from ray._private.state import actors  # the GCS actor table; lazy: only a finished simulation asks
+
+    job = ray.get_runtime_context().get_job_id()
+    return sum(
+        int(a.get("NumRestarts", 0))
+        for a in actors().values()
+        if a.get("ActorClassName") == class_name and a.get("JobID") == job
+    )
+
+
 def run_simulation_child(args: list[str], folder: Path, cwd: str) -> dict[str, Any]:
     """``python -m federated.simulate ARGS`` as a child driver joined to this cluster; its summary.json.
 
-    Its records go under ``folder``; a failed simulation raises with the last line it printed.
+    Its records go under ``folder``; a failed simulation raises with the last line it printed. One that finished
+    but lost client updates (exit 3) returns its summary, whose ``lost`` says what was lost.
     """
     address = ray.get_runtime_context().gcs_address
     command = [sys.executable, "-m", "federated.simulate", *args, "--address", address, "--set", f"output_dir={folder}"]
     done = subprocess.run(command, cwd=cwd, env={**os.environ, "RAY_ADDRESS": address}, capture_output=True, text=True)
-    if done.returncode != 0:
+    if done.returncode not in (0, EXIT_ROUNDS_LOST):
         raise RuntimeError(f"simulation exited with {done.returncode}: {last_line(done.stderr or 'no output')}")
     (run,) = folder.iterdir()
     return json.loads((run / "summary.json").read_text())

@@ -19,7 +19,7 @@ from ray import tune
 from raykd import report
 from raykd.config import Cell, ExperimentConfig, study_cells
 from raykd.files import write_atomic
-from raykd.sweep.followup import federated_followup, federated_section
+from raykd.sweep.followup import failed_simulations, federated_followup, federated_section
 from raykd.sweep.prepare import prepare_nodes, start_teacher_server
 from raykd.sweep.progress import Progress
 from raykd.sweep.state import Sweep, new_sweep
@@ -129,7 +129,7 @@ def write_report(
         section, figure = federated_section(cfg, rounds, shaping)
         text += section
         figures["federated_rounds.png"] = figure
-        failed += int((rounds["error"] != "").sum())
+        failed += failed_simulations(rounds, shaping)
     write_atomic(out / "results.md", text)
     parent.log_files(out / "results.md", out / "trials.csv")
     parent.log_figures(figures, out / "plots")
