@@ -1,0 +1,110 @@
+"""Real faults and requests the cluster cannot meet: each is one line, never a hang, a flood or a silent success.
+
+Federated runs are ``python -m federated.simulate`` child processes (their own Ray drivers); the sweep's
+checks run in-process against the session's real Ray (``ray_session``: 2 CPUs, no GPU on this machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import tiny_raw
+from tests.test_federated import REPO, fed_raw
+
+# ---------------------------------------------------------------- Flower: a dead client actor, a diverged run
+
+
+def _start_simulation(tmp_path: Path, raw: dict[str, Any], *sets: str) -> subprocess.Popen[str]:
+    config = tmp_path / "fed.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    return subprocess.Popen(
+        [sys.executable, "-m", "federated.simulate", "--config", str(config), *(a for s in sets for a in ("--set", s))],
+        cwd=REPO,
+        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _descendants(root: int) -> list[int]:
+    """Every live process under ``root`` (the simulation's own Ray: its GCS, raylet and their workers)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit():
+                parents[int(entry.name)] = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError):
+            continue
+    found, frontier = [], [root]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def _client_actors(root: int) -> list[int]:
+    """The simulation's Flower ClientApp actor processes (Ray titles them ``ray::ClientAppActor...``)."""
+    actors = []
+    for pid in _descendants(root):
+        try:
+            if (Path("/proc") / str(pid) / "cmdline").read_bytes().startswith(b"ray::ClientAppActor"):
+                actors.append(pid)
+        except OSError:
+            continue
+    return actors
+
+
+def test_a_killed_client_actor_is_replaced_and_no_round_loses_an_update(tmp_path: Path, cache_dir: Path) -> None:
+    """SIGKILL of one ClientApp actor in round 2 of 3: Ray restarts it and retries its work, every later round
+    has every client, the end says so in one line, and the exit status is 0 (every round ran as configured)."""
+    raw = fed_raw(tmp_path, cache_dir, rounds=3, client_cpus=0.6)  # a pool of 3 actors on 2 CPUs
+    sim = _start_simulation(tmp_path, raw)
+    try:
+        assert sim.stdout is not None
+        for line in sim.stdout:  # round 2 starts as soon as round 1's line is printed
+            if line.startswith("round 1:"):
+                break
+        busy = sorted(_client_actors(sim.pid), key=lambda pid: b".run" not in Path(f"/proc/{pid}/cmdline").read_bytes())
+        assert busy, "no ClientAppActor process found under the simulation"
+        os.kill(busy[0], signal.SIGKILL)
+        out, err = sim.communicate(timeout=300)
+    finally:
+        sim.kill()
+    assert sim.returncode == 0, err[-3000:]
+    (run,) = (tmp_path / "runs").iterdir()
+    rounds = pd.read_csv(run / "rounds.csv")
+    assert list(rounds.succeeded[1:]) == [3, 3, 3] and rounds.failed.sum() == 0 and not rounds.skipped.any()
+    assert json.loads((run / "summary.json").read_text())["actor_restarts"] >= 1
+    (said,) = [line for line in err.splitlines() if line.startswith("raykd: ")]
+    assert "client actor restart(s): Ray replaced the dead actor(s) and retried their work" in said
+    assert "Traceback" not in err
+
+
+def test_a_diverging_lr_is_one_line_and_exit_3_without_a_traceback_flood(tmp_path: Path, cache_dir: Path) -> None:
+    """``federated.local.lr=1e30``: every client's loss is NaN; each round's failures are one warning line, the
+    end says what was lost in one line, the records are still written, and the exit status is 3."""
+    done = _start_simulation(tmp_path, fed_raw(tmp_path, cache_dir, client_cpus=0.6), "federated.local.lr=1e30")
+    out, err = done.communicate(timeout=300)
+    assert done.returncode == 3, err[-3000:]
+    assert "Traceback" not in err and "ClientAppException" not in err
+    (said,) = [line for line in err.splitlines() if line.startswith("raykd: ")]
+    assert said.startswith("raykd: 2 of 2 rounds did not run as configured (rounds 1, 2), 6 client updates failed")
+    assert "6 of them diverged (non-finite loss; lower federated.local.lr)" in said and "loss term 'loss' is nan" in said
+    warnings = [line for line in err.splitlines() if "clients failed in training" in line]
+    assert len(warnings) == 2 and "(x3)" in warnings[0]  # one line per round, the clients' cause counted
+    (run,) = (tmp_path / "runs").iterdir()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["starts"]["-"]["diverged_clients"] == 6 and summary["lost"] in said
