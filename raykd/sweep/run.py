@@ -17,6 +17,7 @@ import yaml
 from ray import tune
 
 from raykd import report
+from raykd.cluster import ANSWER_TIMEOUT_S, get_within
 from raykd.config import Cell, ExperimentConfig, study_cells
 from raykd.files import write_atomic
 from raykd.sweep.followup import failed_simulations, federated_followup, federated_section
@@ -117,7 +118,7 @@ def write_report(
     else:  # report.study summarises successful trials and needs one
         text, figures, best = report.failures_only(sweep.name, trials), {}, trials.iloc[:0]
     if server is not None:
-        stats = ray.get(server.stats.remote())
+        stats = get_within(server.stats.remote(), ANSWER_TIMEOUT_S, "teacher.mode=server: the server's statistics")
         ray.kill(server)
         parent.log_metrics({f"server.{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
         text += report.server_line(stats)
