@@ -25,6 +25,7 @@ import federated  # noqa: F401  (sets Flower's environment before flwr is import
 from raykd.cli import EXIT_NO_RECORDS, EXIT_ROUNDS_LOST, add_run_arguments, config_from_args, run_command
 from raykd.config import ExperimentConfig, describe_schema
 from raykd.federated_checks import check_federated
+from raykd.files import last_line
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "tune_configs" / "federated_kd.yaml"
 #: Retries of a client's work on its restarted actor when the actor died mid-task (Ray restarts it every time).
@@ -65,8 +66,8 @@ def preflight(cfg: ExperimentConfig) -> None:
     check_reachable(resolve_uri(cfg.tracking.uri))
 
 
-def simulate(cfg: ExperimentConfig) -> Path | None:
-    """Run the configured simulation in this (driver) process; the records' folder (None: the ServerApp failed).
+def simulate(cfg: ExperimentConfig) -> Path | str:
+    """Run the configured simulation in this (driver) process; the records' folder, or why there are none.
 
     Flower shuts Ray down when it ends. Client actors are restarted by Ray when they die (Flower would put a
     dead actor back in its pool and fail every later message sent to it), their in-flight work retried.
@@ -79,13 +80,16 @@ def simulate(cfg: ExperimentConfig) -> Path | None:
     f, records = cfg.federated, list[Path]()
     one_line_client_failures()
     actor = {"max_restarts": -1, "max_task_retries": CLIENT_TASK_RETRIES}
-    run_simulation(
-        server_app=server_app.build(cfg, records.append),
-        client_app=client_app.build(cfg),
-        num_supernodes=cfg.partition.num_nodes,
-        backend_config={"client_resources": {"num_cpus": f.client_cpus, "num_gpus": f.client_gpus, **actor}},
-    )
-    return records[0] if records else None
+    try:
+        run_simulation(
+            server_app=server_app.build(cfg, records.append),
+            client_app=client_app.build(cfg),
+            num_supernodes=cfg.partition.num_nodes,
+            backend_config={"client_resources": {"num_cpus": f.client_cpus, "num_gpus": f.client_gpus, **actor}},
+        )
+    except RuntimeError as err:  # Flower's own end ("An error was encountered"), or a ServerApp that diverged
+        return last_line(str(err.__cause__ or err))
+    return records[0] if records else "its ServerApp returned without writing them"
 
 
 class _ClientTracebacks(logging.Filter):
@@ -108,13 +112,10 @@ def one_line_client_failures() -> None:
         flower.addFilter(_ClientTracebacks())
 
 
-def outcome(out: Path | None) -> int:
+def outcome(out: Path | str) -> int:
     """The exit status of a finished simulation, and its one line on stderr when it is not 0."""
-    if out is None:
-        print(
-            "raykd: error: the simulation ended without records (its ServerApp failed; see the log above)",
-            file=sys.stderr,
-        )
+    if isinstance(out, str):
+        print(f"raykd: error: the simulation ended without records: {out}", file=sys.stderr)
         return EXIT_NO_RECORDS
     info = json.loads((out / "summary.json").read_text())
     if info["actor_restarts"]:
