@@ -98,22 +98,22 @@ def summary(cfg: ExperimentConfig, history: dict[str, list[RoundLog]], restarts:
 
 def lost(cfg: ExperimentConfig, history: dict[str, list[RoundLog]]) -> str | None:
     """What did not run as configured, in one line (None: every round did): the rounds with failed clients,
-    how many client updates and evaluations failed, how many diverged, the skipped rounds, the commonest cause."""
-    rounds = [r for start in history.values() for r in start if r.errors or r.skipped]
+    how many client updates failed (and diverged) and evaluations failed, the skipped rounds, the commonest cause."""
+    rounds = [(start, r) for start, logs in history.items() for r in logs if r.errors or r.skipped]
     if not rounds:
         return None
-    errors = [e for r in rounds for e in r.errors]
-    runs = len(history) * cfg.federated.rounds
-    where = ", ".join(str(r.round) for r in rounds)
-    parts = [f"{len(rounds)} of {runs} rounds did not run as configured (rounds {where})"]
-    parts.append(f"{sum(r.failed for r in rounds)} client updates failed")
-    evaluations = sum(r.eval_failed for r in rounds)
-    if evaluations:
-        parts.append(f"{evaluations} client evaluations failed")
-    diverged = sum(r.diverged for r in rounds)
-    if diverged:
-        parts.append(f"{diverged} of them diverged (non-finite loss; lower federated.local.lr)")
-    parts.append(f"{sum(r.skipped for r in rounds)} rounds skipped")
+    named = len(history) > 1  # consolidation's start points each run every round
+    where = ", ".join(f"{start} {r.round}" if named else str(r.round) for start, r in rounds)
+    logs = [r for _, r in rounds]
+    parts = [f"{len(logs)} of {len(history) * cfg.federated.rounds} rounds did not run as configured (rounds {where})"]
+    parts.append(f"{sum(r.failed for r in logs)} client updates failed")
+    counts = {
+        "of them diverged (non-finite loss; lower federated.local.lr)": sum(r.diverged for r in logs),
+        "client evaluations failed": sum(r.eval_failed for r in logs),
+        "rounds skipped (the previous global model kept)": sum(r.skipped for r in logs),
+    }
+    parts += [f"{n} {what}" for what, n in counts.items() if n]
+    errors = [e for r in logs for e in r.errors]
     cause = max(dict.fromkeys(errors), key=errors.count) if errors else "too few successful clients"
     return f"{', '.join(parts)}; cause: {cause}"
 
