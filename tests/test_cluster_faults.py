@@ -112,6 +112,26 @@ def test_a_diverging_lr_is_one_line_and_exit_3_without_a_traceback_flood(tmp_pat
     assert summary["starts"]["-"]["diverged_clients"] == 6 and summary["lost"] in said
 
 
+def test_the_lost_line_counts_what_each_start_point_lost(tmp_path: Path, cache_dir: Path) -> None:
+    """Nothing lost is no line (exit 0); otherwise one line with the rounds by start point, the counts and the
+    commonest cause, leaving out what is zero."""
+    from federated.record import lost
+    from federated.strategy import RoundLog
+    from raykd.config import validate_config
+
+    cfg = validate_config(fed_raw(tmp_path, cache_dir, rounds=2))
+    assert lost(cfg, {"": [RoundLog(0), RoundLog(1, 3, 3), RoundLog(2, 3, 3)]}) is None
+    dead = "The actor is dead because its worker process has died."
+    history = {
+        "random": [RoundLog(0), RoundLog(1, 3, 2, 1, errors=[dead]), RoundLog(2, 3, 3)],
+        "average": [RoundLog(0), RoundLog(1, 3, 3), RoundLog(2, 3, 1, 2, eval_failed=1, errors=[dead] * 3)],
+    }
+    assert lost(cfg, history) == (
+        "2 of 4 rounds did not run as configured (rounds random 1, average 2), 3 client updates failed, "
+        f"1 client evaluations failed; cause: {dead}"
+    )
+
+
 # ---------------------------------------------------------------- requests the cluster cannot meet (a sweep)
 
 _NO_GPU = "but the Ray cluster has 2 CPUs and 0 GPUs; allowed: up to 0 (0: run on the CPU)"
