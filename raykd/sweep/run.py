@@ -17,9 +17,10 @@ import yaml
 from ray import tune
 
 from raykd import report
+from raykd.cluster import ANSWER_TIMEOUT_S, get_within
 from raykd.config import Cell, ExperimentConfig, study_cells
 from raykd.files import write_atomic
-from raykd.sweep.followup import federated_followup, federated_section
+from raykd.sweep.followup import failed_simulations, federated_followup, federated_section
 from raykd.sweep.prepare import prepare_nodes, start_teacher_server
 from raykd.sweep.progress import Progress
 from raykd.sweep.state import Sweep, new_sweep
@@ -121,7 +122,7 @@ def write_report(
     else:  # report.study summarises successful trials and needs one
         text, figures, best = report.failures_only(sweep.name, trials), {}, trials.iloc[:0]
     if server is not None:
-        stats = ray.get(server.stats.remote())
+        stats = get_within(server.stats.remote(), ANSWER_TIMEOUT_S, "teacher.mode=server: the server's statistics")
         ray.kill(server)
         parent.log_metrics({f"server.{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
         text += report.server_line(stats)
@@ -133,7 +134,7 @@ def write_report(
         section, figure = federated_section(cfg, rounds, shaping)
         text += section
         figures["federated_rounds.png"] = figure
-        failed += int((rounds["error"] != "").sum())
+        failed += failed_simulations(rounds, shaping)
     write_atomic(out / "results.md", text)
     parent.log_files(out / "results.md", out / "trials.csv")
     parent.log_figures(figures, out / "plots")
