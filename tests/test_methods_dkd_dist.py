@@ -118,3 +118,16 @@ def test_both_are_registered_with_the_papers_defaults() -> None:
     dkd, dist = DecoupledKD(), DIST()
     assert (dkd.alpha, dkd.beta, dkd.temperature) == (1.0, 8.0, 4.0)
     assert (dist.beta, dist.gamma, dist.temperature) == (2.0, 2.0, 4.0)
+
+
+def test_dkd_stays_finite_where_the_teacher_is_certain() -> None:
+    """A teacher with all its float32 mass on one class (1 - p_t rounds to 0): no NaN, and NCKD is then 0."""
+    teacher = torch.full((4, C), -60.0)
+    teacher[torch.arange(4), TARGETS[:4]] = 60.0
+    out = started(DecoupledKD(temperature=1.0)).losses(
+        StepLogits([STUDENT[:4].requires_grad_()], [teacher]), TARGETS[:4], ALL[:4]
+    )
+    assert all(torch.isfinite(v) for v in out.values()) and float(out["nckd"]) == pytest.approx(0, abs=1e-6)
+    out["loss"].backward()
+    hopeless = F.softmax(teacher, 1)
+    assert torch.isfinite(decoupled_terms(hopeless, STUDENT[:4], TARGETS[:4], 1.0)[0]).all()

@@ -37,21 +37,23 @@ from raykd.methods.base import (
     soft_probabilities,
 )
 
-#: Keeps log(1 - p_t) finite where a teacher puts all its mass on one class.
-EPS = 1e-12
-
 
 def decoupled_terms(
     teacher: Tensor, student_logits: Tensor, classes: Tensor, temperature: float
 ) -> tuple[Tensor, Tensor]:
-    """Per-row TCKD and NCKD from the teacher's softened probabilities and the student's logits."""
+    """Per-row TCKD and NCKD from the teacher's softened probabilities and the student's logits.
+
+    The teacher's non-target mass is summed, not taken as 1 - p_t: where a teacher is sure, 1 - p_t rounds to
+    0 in float32 while the mass it stands for does not, and ``xlogy`` gives 0 log 0 = 0 where it really is 0.
+    """
     on_target = F.one_hot(classes, teacher.shape[1]).bool()
     log_q = F.log_softmax(student_logits / temperature, dim=1)
     log_q_t = log_q[on_target]
     log_q_rest = torch.logsumexp(log_q.masked_fill(on_target, -torch.inf), dim=1)  # log(1 - q_t), stably
-    p_t = teacher[on_target].clamp(EPS, 1 - EPS)
-    tckd = p_t * (p_t.log() - log_q_t) + (1 - p_t) * ((1 - p_t).log() - log_q_rest)
-    p_hat = teacher.masked_fill(on_target, 0) / (1 - p_t).unsqueeze(1)
+    rest = teacher.masked_fill(on_target, 0)
+    p_t, p_rest = teacher[on_target], rest.sum(dim=1)
+    tckd = torch.xlogy(p_t, p_t) - p_t * log_q_t + torch.xlogy(p_rest, p_rest) - p_rest * log_q_rest
+    p_hat = rest / p_rest.clamp_min(torch.finfo(rest.dtype).tiny).unsqueeze(1)
     log_q_hat = log_q - log_q_rest.unsqueeze(1)
     nckd = (torch.xlogy(p_hat, p_hat) - p_hat * log_q_hat).sum(dim=1)
     return tckd, nckd
