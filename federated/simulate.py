@@ -10,11 +10,15 @@ so callers start this module as a child process instead.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 import federated  # noqa: F401  (sets Flower's environment before flwr is imported)
-from raykd.cli import add_run_arguments, config_from_args, run_command
+from raykd.cli import EXIT_INTERRUPTED, add_run_arguments, config_from_args, run_command
 from raykd.config import ExperimentConfig, describe_schema
 from raykd.federated_checks import check_federated
 
@@ -84,10 +88,28 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_on_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C: Flower's threads would log every client call it cuts off as a traceback; quiet them, then stop."""
+    logging.getLogger("flwr").disabled = True
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; bad input is one line on stderr and exit status 2."""
+    """CLI entry point; bad input is one line on stderr and exit status 2, Ctrl-C one line and 130."""
     args = build_parser().parse_args(argv)
-    return run_command(lambda: _simulate(args))
+    previous = signal.signal(signal.SIGINT, _stop_on_ctrl_c)
+    try:
+        code = run_command(lambda: _simulate(args))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if code == EXIT_INTERRUPTED:  # Flower's ServerApp thread is no daemon and never ends once cut off: exit now
+        import ray
+
+        ray.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -174,14 +175,20 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     assert len(trials) == 4 and (trials["status"] == "ok").all() and trials["temperature"].is_unique
 
 
-def _kill_when_a_trial_finished(runs: Path, marker: str) -> threading.Thread:
-    """Kill the processes naming ``marker`` (the MLflow server) as soon as the sweep records a finished trial."""
+def _kill_server_when_a_trial_finished(runs: Path, marker: str) -> threading.Thread:
+    """SIGKILL the process group led by the process naming ``marker`` (the MLflow server and its workers) as soon
+    as the sweep records its first finished trial."""
 
     def watch() -> None:
         deadline = time.monotonic() + 600
         while not list(runs.glob("*/finished/*.json")) and time.monotonic() < deadline:
             time.sleep(0.1)
-        _kill_ray_processes(marker)
+        for entry in Path("/proc").iterdir():
+            with contextlib.suppress(OSError):
+                pid = int(entry.name) if entry.name.isdigit() else 0
+                named = pid and marker in (entry / "cmdline").read_bytes().decode(errors="replace")
+                if named and os.getpgid(pid) == pid:  # a group leader: never the test's own group
+                    os.killpg(pid, signal.SIGKILL)
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
@@ -197,7 +204,7 @@ def test_tracking_server_killed_mid_sweep_leaves_complete_local_results_and_one_
     capsys: pytest.CaptureFixture,
 ) -> None:
     raw = tiny_raw(tmp_path, cache_dir, methods=[KD], tune={"max_concurrent_trials": 1})
-    watcher = _kill_when_a_trial_finished(tmp_path / "runs", str(tmp_path / "server.db"))
+    watcher = _kill_server_when_a_trial_finished(tmp_path / "runs", str(tmp_path / "server.db"))
     started = time.monotonic()
     assert main(["--config", str(_write(tmp_path, raw)), "--tracking-uri", mlflow_server]) == EXIT_UNTRACKED
     watcher.join(timeout=5)
@@ -231,3 +238,31 @@ def test_two_sweeps_at_once_on_a_cold_cache_and_store_both_succeed_alike(tmp_pat
     pd.testing.assert_frame_equal(_deterministic(outs[0]), _deterministic(outs[1]))
     assert sum("teacher-logit cache: 1 forward passes" in out for out, _ in done) == 1  # built once, then reused
     assert len(list((tmp_path / "cold-cache" / "nodes").glob("*.pt"))) == 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_simulation_in_one_line(tmp_path: Path, cache_dir: Path) -> None:
+    from tests.test_federated import fed_raw
+
+    config = _write(tmp_path, fed_raw(tmp_path, cache_dir, rounds=12))
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rk", dir="/tmp"))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(ray_tmp)}
+    try:
+        simulation = subprocess.Popen(
+            [sys.executable, "-m", "federated.simulate", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        for line in simulation.stdout:  # type: ignore[union-attr]
+            if line.startswith("round 1:"):
+                break
+        os.killpg(simulation.pid, signal.SIGINT)
+        _, err = simulation.communicate(timeout=60)
+    finally:
+        leftover = _kill_ray_processes(str(ray_tmp))
+    assert simulation.returncode == 130 and not leftover
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "raykd: interrupted"
+    assert not list((tmp_path / "runs").glob("*/summary.json"))  # no records of a simulation that did not finish
