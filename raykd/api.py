@@ -68,7 +68,7 @@ def run(
     A resumed sweep keeps its own config (pass ``cfg=None``); ``address`` names the cluster it joins.
     """
     # The Ray shell loads here, not at import: `import raykd` and config errors never pay for Ray or MLflow.
-    from raykd.cluster import Capacity, check_sweep, ensure_ray
+    from raykd.cluster import Capacity, check_requests, check_sweep, ensure_ray
     from raykd.sweep.preflight import preflight
     from raykd.sweep.run import run_sweep
     from raykd.sweep.state import open_sweep
@@ -84,6 +84,7 @@ def run(
         cfg = load_config(cfg)
     if cfg.federated.grid:
         raise ConfigError("federated.grid: searches over simulations run with `python -m federated.tune`")
+    check_requests(cfg)
     uri = preflight(cfg, sweep)
     ensure_ray(cfg)
     check_sweep(cfg, Capacity.now())

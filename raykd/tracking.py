@@ -162,7 +162,8 @@ class ParentRun:
             remote(path.name, lambda path=path: mlflow.log_artifact(str(path)))
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
-        remote("sweep metrics", lambda: mlflow.log_metrics({k: float(v) for k, v in metrics.items()}))
+        """Metrics under keys MLflow accepts: a method label or cell name may hold any character."""
+        remote("sweep metrics", lambda: mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()}))
 
     def log_students(self, best: dict[str, Path]) -> None:
         """Each method row's best student (over seeds, on validation) as an MLflow model in the parent run."""
@@ -176,6 +177,11 @@ class ParentRun:
             fig.savefig(png, format="png", dpi=120)
             write_atomic(folder / name, png.getvalue())
             remote("plots", lambda name=name, fig=fig: mlflow.log_figure(fig, f"plots/{name}"))
+
+
+def metric_key(text: str) -> str:
+    """``text`` as an MLflow metric key: characters it refuses become ``_``."""
+    return re.sub(r"[^A-Za-z0-9_\-. /]+", "_", text)
 
 
 def model_name(text: str) -> str:

@@ -22,10 +22,11 @@ import yaml
 from ray import tune
 
 from raykd import report
+from raykd.cluster import ANSWER_TIMEOUT_S, get_within
 from raykd.config import Cell, ExperimentConfig, study_cells
 from raykd.errors import Interrupted
 from raykd.files import write_atomic
-from raykd.sweep.followup import federated_followup, federated_section
+from raykd.sweep.followup import failed_simulations, federated_followup, federated_section
 from raykd.sweep.prepare import prepare_nodes, start_teacher_server
 from raykd.sweep.progress import Progress
 from raykd.sweep.state import Sweep, new_sweep, resume_hint
@@ -84,7 +85,7 @@ def _run(cfg: ExperimentConfig, cells: list[Cell], sweep: Sweep, uri: str, raw: 
             results = tuner.fit()
         if results.num_terminated + results.num_errors < total:  # Tune stopped on Ctrl-C: no tables yet
             raise Interrupted(resume_hint(sweep))
-        trials = report.trial_rows([(r.config, r.metrics, r.error) for r in results])
+        trials = report.in_config_order(report.trial_rows([(r.config, r.metrics, r.error) for r in results]), cfg)
         write_atomic(sweep.out / "trials.csv", trials.to_csv(index=False))  # first: nothing below can lose them
         return write_report(cfg, cells, sweep, trials, server, parent)
 
@@ -148,11 +149,15 @@ def write_report(
     """Tables, figures, the chosen students, the server's statistics and the federated follow-up."""
     out = sweep.out
     if (trials["status"] == "ok").any():
-        text, figures, best = report.study(cfg, sweep.name, trials)
+        study = report.study(cfg, sweep.name, trials)
+        text, figures, best = study.text, study.figures, study.best
+        write_atomic(out / "paired.csv", study.paired.to_csv(index=False))
+        parent.log_files(out / "paired.csv")
+        parent.log_metrics(paired_metrics(study.paired, list(cfg.axes)))
     else:  # report.study summarises successful trials and needs one
         text, figures, best = report.failures_only(sweep.name, trials), {}, trials.iloc[:0]
     if server is not None:
-        stats = ray.get(server.stats.remote())
+        stats = get_within(server.stats.remote(), ANSWER_TIMEOUT_S, "teacher.mode=server: the server's statistics")
         ray.kill(server)
         parent.log_metrics({f"server.{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
         text += report.server_line(stats)
@@ -164,7 +169,7 @@ def write_report(
         section, figure = federated_section(cfg, rounds, shaping)
         text += section
         figures["federated_rounds.png"] = figure
-        failed += int((rounds["error"] != "").sum())
+        failed += failed_simulations(rounds, shaping)
     write_atomic(out / "results.md", text)
     parent.log_files(out / "results.md", out / "trials.csv")
     parent.log_figures(figures, out / "plots")
@@ -175,3 +180,12 @@ def write_report(
     parent.log_students({name: best_of(paths) for name, paths in students.items()})
     print("\n" + text, flush=True)
     return SweepResult(out, trials, best, students, failed)
+
+
+def paired_metrics(paired: pd.DataFrame, axes: list[str]) -> dict[str, float]:
+    """Each paired comparison's mean difference and interval bounds as parent-run metrics."""
+    metrics = {}
+    for _, r in paired.iterrows():
+        name = ".".join(["paired", *(str(r[a]) for a in axes), f"{r['tuned']}-vs-{r['untuned']}"])
+        metrics.update({f"{name}.{part}": r[part] for part in ("mean", "low", "high", "wins")})
+    return metrics
