@@ -18,11 +18,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 import federated  # noqa: F401  (sets Flower's environment before flwr is imported)
-from raykd.cli import EXIT_NO_RECORDS, EXIT_ROUNDS_LOST, add_run_arguments, config_from_args, run_command
+from raykd.cli import (
+    EXIT_INTERRUPTED,
+    EXIT_NO_RECORDS,
+    EXIT_ROUNDS_LOST,
+    add_run_arguments,
+    config_from_args,
+    run_command,
+)
 from raykd.config import ExperimentConfig, describe_schema
 from raykd.federated_checks import check_federated
 from raykd.files import last_line
@@ -144,10 +154,28 @@ def _simulate(args: argparse.Namespace) -> int:
     return outcome(simulate(cfg))
 
 
+def _stop_on_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C: Flower's threads would log every client call it cuts off as a traceback; quiet them, then stop."""
+    logging.getLogger("flwr").disabled = True
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point (exit codes: see the module docstring)."""
+    """CLI entry point (exit codes: see the module docstring); Ctrl-C is one line and 130."""
     args = build_parser().parse_args(argv)
-    return run_command(lambda: _simulate(args))
+    previous = signal.signal(signal.SIGINT, _stop_on_ctrl_c)
+    try:
+        code = run_command(lambda: _simulate(args))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if code == EXIT_INTERRUPTED:  # Flower's ServerApp thread is no daemon and never ends once cut off: exit now
+        import ray
+
+        ray.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

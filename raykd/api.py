@@ -54,6 +54,8 @@ class Study:
     chosen: dict[str, dict[str, Any]]
     students: dict[str, list[Path]]
     failed: int
+    #: One line naming what the tracking store lacks when it failed mid-sweep (the local results are whole).
+    untracked: str | None = None
 
 
 def run(
@@ -71,6 +73,7 @@ def run(
     from raykd.sweep.run import run_sweep
     from raykd.sweep.state import open_sweep
     from raykd.sweep.students import chosen_settings
+    from raykd.tracking import untracked
 
     sweep = None
     if resume is not None:
@@ -94,6 +97,7 @@ def run(
         chosen_settings(cfg, result.summary),
         result.students,
         result.failed,
+        untracked(uri),
     )
 
 

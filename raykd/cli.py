@@ -70,6 +70,6 @@ def run_command(body: Callable[[], int]) -> int:
     except ConfigError as err:
         print(f"raykd: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("raykd: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:  # an ``Interrupted`` says how to continue
+        print(f"raykd: interrupted{f'; {err}' if str(err) else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
