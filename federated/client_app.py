@@ -11,11 +11,13 @@ from __future__ import annotations
 import time
 
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
-from federated.task import client_accuracy, client_update, settings
+from federated.task import DIVERGED, client_accuracy, client_update, settings
 from raykd.config import ExperimentConfig
+from raykd.engine import NonFiniteLoss
 from raykd.errors import ConfigError, InjectedFault
 
 PRIVATE = "fml-private"
@@ -46,7 +48,13 @@ def build(experiment: ExperimentConfig | None = None) -> ClientApp:
         torch.set_num_threads(max(1, int(f.client_cpus)))
         private = context.state.array_records.get(PRIVATE)
         wall, cpu = time.perf_counter(), time.process_time()
-        sent, kept, metrics = client_update(cfg, node, server_round, msg.content["arrays"], private)
+        try:
+            sent, kept, metrics = client_update(cfg, node, server_round, msg.content["arrays"], private)
+        except NonFiniteLoss as err:  # a diverged update is a result to report, not a crash to trace back
+            return Message(
+                Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{DIVERGED} {err}"),
+                reply_to=msg,
+            )
         timing = {"train_s": time.perf_counter() - wall, "train_cpu_s": time.process_time() - cpu}
         if kept is not None:
             context.state[PRIVATE] = kept

@@ -52,6 +52,8 @@ def table(history: dict[str, list[RoundLog]]) -> pd.DataFrame:
                     "sampled": r.sampled,
                     "succeeded": r.succeeded,
                     "failed": r.failed,
+                    "diverged": r.diverged,
+                    "eval_failed": r.eval_failed,
                     "skipped": r.skipped,
                     "bytes_down": r.bytes_down,
                     "bytes_up": r.bytes_up,
@@ -67,16 +69,19 @@ def table(history: dict[str, list[RoundLog]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summary(cfg: ExperimentConfig, history: dict[str, list[RoundLog]]) -> dict[str, Any]:
-    """Final and target-reaching numbers per start point; consolidation's round savings over a random start."""
+def summary(cfg: ExperimentConfig, history: dict[str, list[RoundLog]], restarts: int = 0) -> dict[str, Any]:
+    """Final and target-reaching numbers per start point; consolidation's round savings over a random start;
+    what was lost (``lost``, one line or None) and how often Ray restarted a dead client actor."""
     target = cfg.federated.target_acc
     out: dict[str, Any] = {"strategy": cfg.federated.strategy, "target_acc": target, "starts": {}}
+    out["actor_restarts"] = restarts
     for start, rounds in history.items():
         out["starts"][start or "-"] = {
             "start_test_acc": rounds[0].test_acc,
             "final_test_acc": rounds[-1].test_acc,
             "rounds_to_target": rounds_to_target(rounds, target),
             "failed_clients": sum(r.failed for r in rounds),
+            "diverged_clients": sum(r.diverged for r in rounds),
             "skipped_rounds": sum(r.skipped for r in rounds),
             "total_bytes_down": sum(r.bytes_down for r in rounds),
             "total_bytes_up": sum(r.bytes_up for r in rounds),
@@ -87,7 +92,30 @@ def summary(cfg: ExperimentConfig, history: dict[str, list[RoundLog]]) -> dict[s
         reached = starts.get(name, {}).get("rounds_to_target")
         if baseline and reached is not None:
             starts[name]["fewer_rounds_than_random_pct"] = 100 * (baseline - reached) / baseline
+    out["lost"] = lost(cfg, history)
     return out
+
+
+def lost(cfg: ExperimentConfig, history: dict[str, list[RoundLog]]) -> str | None:
+    """What did not run as configured, in one line (None: every round did): the rounds with failed clients,
+    how many client updates failed (and diverged) and evaluations failed, the skipped rounds, the commonest cause."""
+    rounds = [(start, r) for start, logs in history.items() for r in logs if r.errors or r.skipped]
+    if not rounds:
+        return None
+    named = len(history) > 1  # consolidation's start points each run every round
+    where = ", ".join(f"{start} {r.round}" if named else str(r.round) for start, r in rounds)
+    logs = [r for _, r in rounds]
+    parts = [f"{len(logs)} of {len(history) * cfg.federated.rounds} rounds did not run as configured (rounds {where})"]
+    parts.append(f"{sum(r.failed for r in logs)} client updates failed")
+    counts = {
+        "of them diverged (non-finite loss; lower federated.local.lr)": sum(r.diverged for r in logs),
+        "client evaluations failed": sum(r.eval_failed for r in logs),
+        "rounds skipped (the previous global model kept)": sum(r.skipped for r in logs),
+    }
+    parts += [f"{n} {what}" for what, n in counts.items() if n]
+    errors = [e for r in logs for e in r.errors]
+    cause = max(dict.fromkeys(errors), key=errors.count) if errors else "too few successful clients"
+    return f"{', '.join(parts)}; cause: {cause}"
 
 
 def figure(rows: pd.DataFrame, cfg: ExperimentConfig) -> Figure:
@@ -152,12 +180,14 @@ def save_models(
     return saved
 
 
-def record(cfg: ExperimentConfig, history: dict[str, list[RoundLog]], finals: dict[str, nn.Module]) -> Path:
+def record(
+    cfg: ExperimentConfig, history: dict[str, list[RoundLog]], finals: dict[str, nn.Module], restarts: int = 0
+) -> Path:
     """Write rounds.csv, summary.json, accuracy.png and the final models under ``output_dir``; log them as one
     MLflow run (the global model as an MLflow PyTorch model)."""
     run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(cfg.output_dir) / run_name
-    rows, info = table(history), summary(cfg, history)
+    rows, info = table(history), summary(cfg, history, restarts)
     models = save_models(cfg, out, finals, info)
     write_atomic(out / "rounds.csv", rows.to_csv(index=False))
     write_atomic(out / "summary.json", json.dumps(info, indent=2))

@@ -6,6 +6,9 @@ clients within one Flower run, so the three FedAvg runs share one simulation and
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from torch import nn
@@ -21,8 +24,12 @@ from federated.task import (
     starting_points,
     to_arrays,
 )
+from raykd.cluster import actor_restarts
 from raykd.config import ExperimentConfig
 from raykd.federated_checks import check_federated
+
+#: Flower's Ray actor class that runs the ClientApp (``flwr.simulation.ray_transport.ray_actor``).
+CLIENT_ACTOR = "ClientAppActor"
 
 
 def ensemble_distillation(cfg: ExperimentConfig) -> ServerStep:
@@ -37,8 +44,9 @@ def ensemble_distillation(cfg: ExperimentConfig) -> ServerStep:
     return step
 
 
-def run(grid: Grid, cfg: ExperimentConfig) -> dict[str, list[RoundLog]]:
-    """Every start point's rounds, in order; the records (files, final models, MLflow) are written at the end."""
+def run(grid: Grid, cfg: ExperimentConfig) -> Path:
+    """Every start point's rounds, in order; the records (files, final models, MLflow) are written at the end,
+    in the folder returned."""
     check_federated(cfg)
     step = ensemble_distillation(cfg) if cfg.federated.strategy == "feddf" else None
     history: dict[str, list[RoundLog]] = {}
@@ -53,17 +61,19 @@ def run(grid: Grid, cfg: ExperimentConfig) -> dict[str, list[RoundLog]]:
         history[start] = [strategy.rounds[r] for r in sorted(strategy.rounds)]
         final = result.arrays if len(result.arrays) else arrays  # no round aggregated: the start is the model
         finals[start] = from_arrays(global_model(cfg, setup_of(cfg)), final)
-    record(cfg, history, finals)
-    return history
+    return record(cfg, history, finals, actor_restarts(CLIENT_ACTOR))
 
 
-def build(experiment: ExperimentConfig | None = None) -> ServerApp:
-    """A ServerApp for the experiment ``experiment`` (the simulate CLI), or for pyproject's run config when None."""
+def build(experiment: ExperimentConfig | None = None, recorded: Callable[[Path], None] | None = None) -> ServerApp:
+    """A ServerApp for the experiment ``experiment`` (the simulate CLI), or for pyproject's run config when None;
+    ``recorded`` is told the records' folder (the simulate CLI reads its outcome from there)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run(grid, settings(context.run_config, experiment))
+        out = run(grid, settings(context.run_config, experiment))
+        if recorded is not None:
+            recorded(out)
 
     return app
 

@@ -5,27 +5,50 @@ existing cluster (``ray.address`` / ``--address`` / RAY_ADDRESS), and Flower's `
 the end then only stops what this process started (or disconnects it from the cluster). Embedding
 a simulation in another Ray driver (a test session, a Tune trial) would shut that driver's Ray down,
 so callers start this module as a child process instead.
+
+Exit status: 0 when every round ran as configured; 2 bad input (one line, nothing ran); 3 the simulation
+finished and wrote its records, but some rounds lost client updates or evaluations (a client failed, diverged
+or its actor died past its retry) or were skipped, said in one line; 4 it ended without records.
+A client actor that dies is restarted by Ray and its in-flight work retried once, so one lost process costs
+nothing; Flower's per-failure tracebacks are left out (each round's failures are one warning line).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 import federated  # noqa: F401  (sets Flower's environment before flwr is imported)
-from raykd.cli import add_run_arguments, config_from_args, run_command
+from raykd.cli import (
+    EXIT_INTERRUPTED,
+    EXIT_NO_RECORDS,
+    EXIT_ROUNDS_LOST,
+    add_run_arguments,
+    config_from_args,
+    run_command,
+)
 from raykd.config import ExperimentConfig, describe_schema
 from raykd.federated_checks import check_federated
+from raykd.files import last_line
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "tune_configs" / "federated_kd.yaml"
+#: Retries of a client's work on its restarted actor when the actor died mid-task (Ray restarts it every time).
+CLIENT_TASK_RETRIES = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m federated.simulate",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Run a federated simulation (Flower on Ray) of raykd's partitions, models and KD methods.",
+        description="Run a federated simulation (Flower on Ray) of raykd's partitions, models and KD methods.\n"
+        "Exit status: 0 every round ran as configured, 2 bad input (nothing ran), 3 finished but some rounds lost\n"
+        "client updates or were skipped (one line says which and why; records written), 4 ended without records.",
         epilog="config keys (the federated.* section drives the simulation; clients = partition.num_nodes):\n"
         + describe_schema()
         + "\n\nexample:\n  python -m federated.simulate --config tune_configs/federated_kd.yaml "
@@ -53,20 +76,68 @@ def preflight(cfg: ExperimentConfig) -> None:
     check_reachable(resolve_uri(cfg.tracking.uri))
 
 
-def simulate(cfg: ExperimentConfig) -> None:
-    """Run the configured simulation in this (driver) process; Flower shuts Ray down when it ends."""
+def simulate(cfg: ExperimentConfig) -> Path | str:
+    """Run the configured simulation in this (driver) process; the records' folder, or why there are none.
+
+    Flower shuts Ray down when it ends. Client actors are restarted by Ray when they die (Flower would put a
+    dead actor back in its pool and fail every later message sent to it), their in-flight work retried.
+    """
     # Flower's simulation engine and the apps (torch, flwr) load only when a simulation runs.
     from flwr.simulation import run_simulation
 
     from federated import client_app, server_app
 
-    f = cfg.federated
-    run_simulation(
-        server_app=server_app.build(cfg),
-        client_app=client_app.build(cfg),
-        num_supernodes=cfg.partition.num_nodes,
-        backend_config={"client_resources": {"num_cpus": f.client_cpus, "num_gpus": f.client_gpus}},
-    )
+    f, records = cfg.federated, list[Path]()
+    one_line_client_failures()
+    actor = {"max_restarts": -1, "max_task_retries": CLIENT_TASK_RETRIES}
+    try:
+        run_simulation(
+            server_app=server_app.build(cfg, records.append),
+            client_app=client_app.build(cfg),
+            num_supernodes=cfg.partition.num_nodes,
+            backend_config={"client_resources": {"num_cpus": f.client_cpus, "num_gpus": f.client_gpus, **actor}},
+        )
+    except RuntimeError as err:  # Flower's own end ("An error was encountered"), or a ServerApp that diverged
+        return last_line(str(err.__cause__ or err))
+    return records[0] if records else "its ServerApp returned without writing them"
+
+
+class _ClientTracebacks(logging.Filter):
+    """Drops the traceback Flower's simulation engine logs for every failed client message: the strategy
+    reports each round's failures in one line, and the run's end says what was lost."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        engine = (Path(record.pathname).name, record.funcName) in {
+            ("vce_api.py", "worker"),
+            ("raybackend.py", "process_message"),
+        }
+        return not (engine and record.levelno >= logging.ERROR)
+
+
+def one_line_client_failures() -> None:
+    """Flower's logger without per-client tracebacks, and printed once (not again through the root logger)."""
+    flower = logging.getLogger("flwr")
+    flower.propagate = False
+    if not any(isinstance(f, _ClientTracebacks) for f in flower.filters):
+        flower.addFilter(_ClientTracebacks())
+
+
+def outcome(out: Path | str) -> int:
+    """The exit status of a finished simulation, and its one line on stderr when it is not 0."""
+    if isinstance(out, str):
+        print(f"raykd: error: the simulation ended without records: {out}", file=sys.stderr)
+        return EXIT_NO_RECORDS
+    info = json.loads((out / "summary.json").read_text())
+    if info["actor_restarts"]:
+        print(
+            f"raykd: {info['actor_restarts']} client actor restart(s): Ray replaced the dead actor(s) and retried "
+            "their work",
+            file=sys.stderr,
+        )
+    if info["lost"]:
+        print(f"raykd: {info['lost']}; records in {out}", file=sys.stderr)
+        return EXIT_ROUNDS_LOST
+    return 0
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -80,14 +151,31 @@ def _simulate(args: argparse.Namespace) -> int:
         raise RuntimeError("federated.simulate must be its own Ray driver process (Flower shuts Ray down at the end)")
     connect_ray(cfg, log_to_driver=True)
     check_flower_pool(cfg, Capacity.now())
-    simulate(cfg)
-    return 0
+    return outcome(simulate(cfg))
+
+
+def _stop_on_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C: Flower's threads would log every client call it cuts off as a traceback; quiet them, then stop."""
+    logging.getLogger("flwr").disabled = True
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; bad input is one line on stderr and exit status 2."""
+    """CLI entry point (exit codes: see the module docstring); Ctrl-C is one line and 130."""
     args = build_parser().parse_args(argv)
-    return run_command(lambda: _simulate(args))
+    previous = signal.signal(signal.SIGINT, _stop_on_ctrl_c)
+    try:
+        code = run_command(lambda: _simulate(args))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if code == EXIT_INTERRUPTED:  # Flower's ServerApp thread is no daemon and never ends once cut off: exit now
+        import ray
+
+        ray.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

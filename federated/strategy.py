@@ -11,12 +11,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from federated.task import global_test_accuracy, payload_bytes
+from federated.task import DIVERGED, global_test_accuracy, payload_bytes
 from raykd.config import ExperimentConfig
+from raykd.engine import NonFiniteLoss
 from raykd.files import last_line
 
 log = logging.getLogger("federated")
@@ -33,12 +35,17 @@ class RoundLog:
     global evaluation, ``train_phase_s`` until every training reply is in (Flower's fan-out and the
     clients' work), ``server_eval_s`` the global evaluation alone. ``client_train_s`` and
     ``client_train_cpu_s`` are what each successful client measured of its own local training.
+    ``diverged`` counts the failed clients whose loss was not finite, ``eval_failed`` the failed
+    evaluations; ``errors`` holds each failure's one-line reason, so the run can say at its end what it
+    lost and why.
     """
 
     round: int
     sampled: int = 0
     succeeded: int = 0
     failed: int = 0
+    diverged: int = 0
+    eval_failed: int = 0
     skipped: bool = False
     bytes_down: int = 0
     bytes_up: int = 0
@@ -50,6 +57,17 @@ class RoundLog:
     server_eval_s: float | None = None
     client_train_s: dict[int, float] = field(default_factory=dict)
     client_train_cpu_s: dict[int, float] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def reason_of(error: str) -> str:
+    """A failed reply's cause in one line, without Flower's wrapping ("<class ...>:<'... Message: CAUSE'>")."""
+    return last_line(error).rpartition("Message: ")[2].removesuffix("'>")
+
+
+def finite(arrays: ArrayRecord) -> bool:
+    """Whether every weight of a model is a finite number (a diverged average must not become the global model)."""
+    return all(bool(torch.isfinite(t).all()) for t in arrays.to_torch_state_dict().values())
 
 
 class FederatedStrategy(FedAvg):
@@ -82,14 +100,18 @@ class FederatedStrategy(FedAvg):
         return messages
 
     def _split(self, server_round: int, replies: Iterable[Message], stage: str) -> list[Message]:
-        """The successful replies; each failure is logged as a warning."""
-        ok = []
-        for reply in replies:
-            if reply.has_error():
-                reason = last_line(reply.error.reason)
-                log.warning("round %d: a client failed in %s: %s", server_round, stage, reason)
-            else:
-                ok.append(reply)
+        """The successful replies; the round's failures in this stage are one warning line, by reason."""
+        replies = list(replies)
+        ok = [r for r in replies if not r.has_error()]
+        reasons = [reason_of(r.error.reason) for r in replies if r.has_error()]
+        if reasons:
+            entry = self._round(server_round)
+            entry.errors += reasons
+            entry.diverged += sum(reason.startswith(DIVERGED) for reason in reasons)
+            counted = "; ".join(f"{reason} (x{reasons.count(reason)})" for reason in dict.fromkeys(reasons))
+            log.warning(
+                "round %d: %d of %d clients failed in %s: %s", server_round, len(reasons), len(replies), stage, counted
+            )
         return ok
 
     def configure_train(
@@ -128,10 +150,28 @@ class FederatedStrategy(FedAvg):
             )
             return None, None
         arrays, metrics = super().aggregate_train(server_round, ok)
-        if self.server_step is not None and arrays is not None:
-            arrays = self.server_step([m.content[self.arrayrecord_key] for m in ok], arrays)
+        if arrays is not None:
+            arrays = self._new_global(server_round, [m.content[self.arrayrecord_key] for m in ok], arrays)
+            if arrays is None:
+                return None, None
         entry.train_loss = float(metrics["train_loss"]) if metrics is not None else None
         return arrays, metrics
+
+    def _new_global(self, server_round: int, clients: list[ArrayRecord], averaged: ArrayRecord) -> ArrayRecord | None:
+        """The round's new global model (the average, after FedDF's server step), or None when it diverged:
+        the round is then skipped and the previous global model kept."""
+        try:
+            arrays = self.server_step(clients, averaged) if self.server_step is not None else averaged
+            if finite(arrays):
+                return arrays
+            reason = f"{DIVERGED} the new global model has non-finite weights"
+        except NonFiniteLoss as err:
+            reason = f"{DIVERGED} server step: {err}"
+        entry = self._round(server_round)
+        entry.skipped = True
+        entry.errors.append(reason)
+        log.warning("round %d: %s; keeping the previous global model", server_round, reason)
+        return None
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -139,7 +179,9 @@ class FederatedStrategy(FedAvg):
         return self._sent(server_round, super().configure_evaluate(server_round, arrays, config, grid))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        replies = list(replies)
         ok = self._split(server_round, replies, "evaluation")
+        self._round(server_round).eval_failed = len(replies) - len(ok)
         for reply in ok:
             metrics = reply.content["metrics"]
             self._round(server_round).client_acc[int(metrics["partition-id"])] = float(metrics["acc"])

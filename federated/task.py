@@ -37,6 +37,8 @@ from raykd.students import save_student
 
 #: Folder of ``output_dir`` where FML clients leave their private models until the run's records take them.
 PRIVATE_FOLDER = ".fml-private"
+#: How a failure reason starts when a loss or model went non-finite (a client's update, or the server's step).
+DIVERGED = "diverged:"
 #: The Flower app's folder (this repository, or the unpacked FAB under ``flwr run``): relative paths start here.
 APP_DIR = Path(__file__).resolve().parents[1]
 

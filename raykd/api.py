@@ -55,6 +55,8 @@ class Study:
     chosen: dict[str, dict[str, Any]]
     students: dict[str, list[Path]]
     failed: int
+    #: One line naming what the tracking store lacks when it failed mid-sweep (the local results are whole).
+    untracked: str | None = None
 
 
 def run(
@@ -67,11 +69,12 @@ def run(
     A resumed sweep keeps its own config (pass ``cfg=None``); ``address`` names the cluster it joins.
     """
     # The Ray shell loads here, not at import: `import raykd` and config errors never pay for Ray or MLflow.
-    from raykd.cluster import Capacity, check_sweep, ensure_ray
+    from raykd.cluster import Capacity, check_requests, check_sweep, ensure_ray
     from raykd.sweep.preflight import preflight
     from raykd.sweep.run import run_sweep
     from raykd.sweep.state import open_sweep
     from raykd.sweep.students import chosen_settings
+    from raykd.tracking import untracked
 
     sweep = None
     if resume is not None:
@@ -82,6 +85,7 @@ def run(
         cfg = load_config(cfg)
     if cfg.federated.grid:
         raise ConfigError("federated.grid: searches over simulations run with `python -m federated.tune`")
+    check_requests(cfg)
     with held_writes():  # the dataset cache the preflight fills lands only once the cluster can run the sweep too
         uri = preflight(cfg, sweep)
         ensure_ray(cfg)
@@ -95,6 +99,7 @@ def run(
         chosen_settings(cfg, result.summary),
         result.students,
         result.failed,
+        untracked(uri),
     )
 
 

@@ -19,6 +19,8 @@ from raykd.errors import ConfigError
 #: Exit status of bad input (nothing ran); a sweep whose trials failed exits with 3.
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+#: A simulation that finished (records written) but lost client updates or skipped rounds; one that left no records.
+EXIT_ROUNDS_LOST, EXIT_NO_RECORDS = 3, 4
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, default_config: Path | None) -> None:
@@ -70,6 +72,6 @@ def run_command(body: Callable[[], int]) -> int:
     except ConfigError as err:
         print(f"raykd: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("raykd: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:  # an ``Interrupted`` says how to continue
+        print(f"raykd: interrupted{f'; {err}' if str(err) else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED

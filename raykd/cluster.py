@@ -15,18 +15,23 @@ import os
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import ray
 
+from raykd.cli import EXIT_ROUNDS_LOST
 from raykd.config import ExperimentConfig
 from raykd.errors import ConfigError
 from raykd.files import last_line
 
 #: CPU a Tune trial that only waits on a child simulation reserves for itself.
 WAITER_CPUS = 0.01
+#: Longest wait for an actor to start (its resources were checked up front; longer means it cannot be placed).
+START_TIMEOUT_S = 120.0
+#: Longest wait for the teacher server to answer one request (a crashed server restarts well within it).
+ANSWER_TIMEOUT_S = 300.0
 
 
 def connect_ray(cfg: ExperimentConfig, log_to_driver: bool = False) -> None:
@@ -52,6 +57,16 @@ def ensure_ray(cfg: ExperimentConfig) -> None:
         connect_ray(cfg)
 
 
+def get_within(refs: Any, timeout_s: float, what: str) -> Any:
+    """``ray.get`` with a bound: a wait that outlasts it is one line naming what did not answer, not a hang
+    (a ConfigError: the driver's CLI prints it as one line; in a trial it is the trial's one-line error)."""
+    try:
+        return ray.get(refs, timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        free = ray.available_resources().get("CPU", 0)
+        raise ConfigError(f"{what}: no answer within {timeout_s:g} s ({free:g} CPUs of the cluster free now)") from None
+
+
 def check_answers(address: str, timeout_s: float = 5.0) -> None:
     """A ``HOST:PORT`` cluster must answer before ``ray.init``, which would otherwise retry for minutes."""
     host, sep, port = address.rpartition(":")
@@ -68,67 +83,158 @@ def check_answers(address: str, timeout_s: float = 5.0) -> None:
 
 @dataclass(frozen=True)
 class Capacity:
-    """What the cluster has: CPUs and GPUs in total and free now, and per node (Flower places per node)."""
+    """What the cluster has: CPUs and GPUs in total and free now, and per node (Ray places each bundle, and
+    Flower its actors, on one node); ``cuda``: whether this driver's torch can use a GPU."""
 
     cpus: float
     gpus: float
     free_cpus: float
     nodes: list[dict[str, float]]
+    cuda: bool = False
 
     @classmethod
     def now(cls) -> Capacity:
+        import torch  # loaded by every command that gets here; not by --help or bad input
+
         total, free = ray.cluster_resources(), ray.available_resources()
         nodes = [n["Resources"] for n in ray.nodes() if n["Alive"] and n["Resources"]]
-        return cls(total.get("CPU", 0), total.get("GPU", 0), free.get("CPU", 0), nodes)
+        return cls(total.get("CPU", 0), total.get("GPU", 0), free.get("CPU", 0), nodes, torch.cuda.is_available())
 
     def flower_pool(self, client_cpus: float) -> int:
         """Flower's actor pool: the sum over nodes of floor(node CPUs / client CPUs)."""
         return sum(int(n.get("CPU", 0) / client_cpus) for n in self.nodes)
+
+    def largest(self, resource: str) -> float:
+        """The most of ``resource`` ("CPU", "GPU") one node has: the most one actor, task or bundle can get."""
+        return max((n.get(resource, 0) for n in self.nodes), default=0)
+
+    def describe(self) -> str:
+        per_node = f", at most {self.largest('CPU'):g} CPUs on one node" if len(self.nodes) > 1 else ""
+        return f"the Ray cluster has {self.cpus:g} CPUs and {self.gpus:g} GPUs{per_node}"
 
 
 def _refuse(field: str, asked: str, has: str, allowed: str) -> None:
     raise ConfigError(f"{field}: {asked} but {has}; allowed: {allowed}")
 
 
+def check_requests(cfg: ExperimentConfig) -> None:
+    """Resource knobs the chosen mode would silently ignore, refused before anything runs or is written.
+
+    Only ``teacher.mode=server`` gives the teacher its own device and GPUs (inline and cache teachers run where
+    the trial runs, on ``tune.gpus_per_trial``); ``learners.use_gpu`` needs learners; ``learners.peer_actors``
+    needs a dml row.
+    """
+    teacher, learners = cfg.teacher, cfg.learners
+    where = f"teacher.mode={teacher.mode} runs the teacher inside each trial (on tune.gpus_per_trial)"
+    if teacher.mode != "server" and teacher.num_gpus > 0:
+        raise ConfigError(
+            f"teacher.num_gpus: {teacher.num_gpus:g} GPUs but {where}; allowed: 0, or teacher.mode=server"
+        )
+    if teacher.mode != "server" and teacher.device != "auto":
+        raise ConfigError(f"teacher.device: {teacher.device} but {where}; allowed: auto, or teacher.mode=server")
+    if teacher.device == "cuda" and teacher.num_gpus == 0:
+        raise ConfigError("teacher.device: cuda but teacher.num_gpus is 0 (no GPU reserved); allowed: num_gpus > 0")
+    if teacher.device == "cpu" and teacher.num_gpus > 0:
+        raise ConfigError(
+            f"teacher.num_gpus: {teacher.num_gpus:g} GPUs reserved but teacher.device=cpu never uses them; "
+            "allowed: 0, or teacher.device auto or cuda"
+        )
+    if learners.use_gpu and not learners.num_workers:
+        raise ConfigError(
+            "learners.use_gpu: true but learners.num_workers is 0 (trials train in their own process, on "
+            "tune.gpus_per_trial); allowed: false, or learners.num_workers >= 1"
+        )
+    if learners.peer_actors and not any(m.name == "dml" for m in cfg.methods):
+        raise ConfigError("learners.peer_actors: true but no method row is dml; allowed: false, or a dml row")
+
+
 def check_sweep(cfg: ExperimentConfig, cap: Capacity) -> None:
-    """Trials, the teacher server, Ray Train worker groups and DML peer actors must each fit."""
+    """What every cell of the sweep asks must fit: trials, node pre-training tasks, the teacher server, Ray Train
+    worker groups, DML peer actors, GPUs, and the follow-up simulations' Flower pool (``check_requests``, which
+    needs no cluster, runs before the sweep's preflight)."""
+    from raykd.config import study_cells  # the cells: axes may change the peers a DML trial needs
+
+    check_gpus(sweep_gpus(cfg), cap)
+    _check_trials(cfg, cap)
+    for cell in study_cells(cfg):
+        _check_peers(cell.config, cap)
+        if cfg.federated.after_sweep:  # runs once the sweep has released its CPUs
+            check_flower_pool(cell.config, replace(cap, free_cpus=cap.cpus))
+
+
+def sweep_gpus(cfg: ExperimentConfig) -> dict[str, float]:
+    """The GPUs a sweep asks for one trial, one teacher server and one learner worker, by knob."""
+    server = cfg.teacher.mode == "server"
+    return {
+        "tune.gpus_per_trial": cfg.tune.gpus_per_trial,
+        "teacher.num_gpus": cfg.teacher.num_gpus if server else 0.0,
+        "learners.use_gpu": 1.0 if cfg.learners.use_gpu else 0.0,
+    }
+
+
+def check_gpus(asks: dict[str, float], cap: Capacity) -> None:
+    """Every GPU request (knob: GPUs for one actor or task) must fit Ray's GPUs on one node, and on a one-node
+    cluster (this machine) torch must be able to use CUDA, or the run would fail on CUDA after it started."""
+    has, one_node = cap.describe(), cap.largest("GPU")
+    for field, gpus in asks.items():
+        if gpus > one_node:
+            _refuse(field, f"{gpus:g} GPUs for one {_WHO[field]}", has, f"up to {one_node:g} (0: run on the CPU)")
+        if gpus > 0 and not cap.cuda and len(cap.nodes) == 1:
+            raise ConfigError(
+                f"{field}: asks for GPUs but torch here cannot use CUDA (torch.cuda.is_available() is False), "
+                "though Ray lists GPUs; allowed: 0, or install a CUDA build of torch"
+            )
+
+
+#: Who one GPU request is for, by knob.
+_WHO = {
+    "tune.gpus_per_trial": "trial",
+    "teacher.num_gpus": "teacher server",
+    "learners.use_gpu": "learner worker",
+    "federated.client_gpus": "Flower client",
+}
+
+
+def _check_trials(cfg: ExperimentConfig, cap: Capacity) -> None:
+    """One trial (or one learner group), beside the teacher server, must fit; each bundle on one node."""
     t, teacher, learners = cfg.tune, cfg.teacher, cfg.learners
     server = teacher.mode == "server"
-    has = f"the Ray cluster has {cap.cpus:g} CPUs and {cap.gpus:g} GPUs"
-    if t.cpus_per_trial > cap.cpus:
-        _refuse("tune.cpus_per_trial", f"{t.cpus_per_trial:g} CPUs per trial", has, f"up to {cap.cpus:g}")
-    if t.gpus_per_trial > cap.gpus:
-        _refuse("tune.gpus_per_trial", f"{t.gpus_per_trial:g} GPUs per trial", has, f"up to {cap.gpus:g}")
+    has, node = cap.describe(), cap.largest("CPU")
+    if t.cpus_per_trial > node:
+        _refuse("tune.cpus_per_trial", f"{t.cpus_per_trial:g} CPUs per trial", has, f"up to {node:g}")
+    if node < 1:
+        _refuse("ray", "node models train as 1-CPU tasks", has, "a node with at least 1 CPU")
+    if server and teacher.num_cpus > node:
+        _refuse("teacher.num_cpus", f"{teacher.num_cpus:g} CPUs for the server", has, f"up to {node:g}")
     if server and teacher.num_cpus + t.cpus_per_trial > cap.cpus:
         asked = f"the server's {teacher.num_cpus:g} CPUs plus one trial's {t.cpus_per_trial:g}"
         _refuse("teacher.num_cpus", asked, has, f"up to {cap.cpus - t.cpus_per_trial:g}")
-    if server and teacher.num_gpus > cap.gpus:
-        _refuse("teacher.num_gpus", f"{teacher.num_gpus:g} GPUs for the server", has, f"up to {cap.gpus:g}")
     free = cap.cpus - (teacher.num_cpus if server else 0)
     group = learners.num_workers * learners.cpus_per_worker
+    if learners.num_workers and learners.cpus_per_worker > node:
+        _refuse("learners.cpus_per_worker", f"{learners.cpus_per_worker:g} CPUs per worker", has, f"up to {node:g}")
     if learners.num_workers and group > free:
         asked = f"{learners.num_workers} workers x {learners.cpus_per_worker:g} CPUs"
-        _refuse(
-            "learners.num_workers",
-            asked,
-            f"{free:g} CPUs are free beside the server",
-            f"up to {int(free // learners.cpus_per_worker)}",
-        )
+        allowed = f"up to {int(free // learners.cpus_per_worker)}"
+        _refuse("learners.num_workers", asked, f"{free:g} CPUs are free beside the server", allowed)
     if learners.use_gpu and learners.num_workers > cap.gpus:
-        _refuse(
-            "learners.use_gpu",
-            f"{learners.num_workers} workers need {learners.num_workers} GPUs",
-            has,
-            f"up to {int(cap.gpus)} workers",
-        )
-    peers = len(cfg.node_ids()) * learners.cpus_per_worker + WAITER_CPUS
-    if learners.peer_actors and any(m.name == "dml" for m in cfg.methods) and peers > free:
-        asked = f"DML with {len(cfg.node_ids())} peer actors x {learners.cpus_per_worker:g} CPUs"
+        asked = f"{learners.num_workers} workers need {learners.num_workers} GPUs"
+        _refuse("learners.use_gpu", asked, has, f"up to {int(cap.gpus)} workers")
+
+
+def _check_peers(cfg: ExperimentConfig, cap: Capacity) -> None:
+    """DML with peer actors: a trial's placement group holds one bundle per peer (and a sliver for the trial)."""
+    learners, peers = cfg.learners, len(cfg.node_ids())
+    if not (learners.peer_actors and any(m.name == "dml" for m in cfg.methods)):
+        return
+    free = cap.cpus - (cfg.teacher.num_cpus if cfg.teacher.mode == "server" else 0)
+    if peers * learners.cpus_per_worker + WAITER_CPUS > free or learners.cpus_per_worker > cap.largest("CPU"):
+        fits = min((free - WAITER_CPUS) / peers, cap.largest("CPU"))
         _refuse(
             "learners.peer_actors",
-            asked,
+            f"DML with {peers} peer actors x {learners.cpus_per_worker:g} CPUs",
             f"{free:g} CPUs are free",
-            f"learners.cpus_per_worker up to {(free - WAITER_CPUS) / len(cfg.node_ids()):.2f}",
+            f"learners.cpus_per_worker up to {fits:.2f}",
         )
 
 
@@ -138,14 +244,8 @@ def check_flower_pool(cfg: ExperimentConfig, cap: Capacity, beside: float = 0.0)
     ``beside`` is CPU held by the caller while the simulation runs (a Tune trial waiting on it).
     """
     f = cfg.federated
-    largest = max((n.get("CPU", 0) for n in cap.nodes), default=0)
-    if f.client_gpus > max((n.get("GPU", 0) for n in cap.nodes), default=0):
-        _refuse(
-            "federated.client_gpus",
-            f"{f.client_gpus:g} GPUs per client",
-            f"the cluster has {cap.gpus:g}",
-            f"up to {cap.gpus:g}",
-        )
+    largest = cap.largest("CPU")
+    check_gpus({"federated.client_gpus": f.client_gpus}, cap)
     pool = cap.flower_pool(f.client_cpus)
     if pool == 0:
         _refuse(
@@ -162,15 +262,29 @@ def check_flower_pool(cfg: ExperimentConfig, cap: Capacity, beside: float = 0.0)
         )
 
 
+def actor_restarts(class_name: str) -> int:
+    """How often Ray restarted this job's actors of ``class_name`` after they died (read from the GCS: the
+    public state API needs the dashboard, which raykd's local Ray does not start)."""
+    from ray._private.state import actors  # the GCS actor table; lazy: only a finished simulation asks
+
+    job = ray.get_runtime_context().get_job_id()
+    return sum(
+        int(a.get("NumRestarts", 0))
+        for a in actors().values()
+        if a.get("ActorClassName") == class_name and a.get("JobID") == job
+    )
+
+
 def run_simulation_child(args: list[str], folder: Path, cwd: str) -> dict[str, Any]:
     """``python -m federated.simulate ARGS`` as a child driver joined to this cluster; its summary.json.
 
-    Its records go under ``folder``; a failed simulation raises with the last line it printed.
+    Its records go under ``folder``; a failed simulation raises with the last line it printed. One that finished
+    but lost client updates (exit 3) returns its summary, whose ``lost`` says what was lost.
     """
     address = ray.get_runtime_context().gcs_address
     command = [sys.executable, "-m", "federated.simulate", *args, "--address", address, "--set", f"output_dir={folder}"]
     done = subprocess.run(command, cwd=cwd, env={**os.environ, "RAY_ADDRESS": address}, capture_output=True, text=True)
-    if done.returncode != 0:
+    if done.returncode not in (0, EXIT_ROUNDS_LOST):
         raise RuntimeError(f"simulation exited with {done.returncode}: {last_line(done.stderr or 'no output')}")
     (run,) = folder.iterdir()
     return json.loads((run / "summary.json").read_text())

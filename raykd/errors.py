@@ -7,3 +7,7 @@ class ConfigError(ValueError):
 
 class InjectedFault(RuntimeError):
     """Raised on purpose (``tune.fail``, ``federated.fail_client``) to rehearse a crash: not a bug."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, carrying what the user can do next (``--resume FOLDER``); the CLI prints it and exits 130."""

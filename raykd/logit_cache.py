@@ -3,8 +3,8 @@
 Logits of a frozen model on the whole training split are stored as a ``.npy`` file (memory-mapped
 on read) named by a key over the checkpoint's content hash, the dataset settings, the split, the
 input transform and the dtype: a retrained or edited teacher, or another transform, never reads
-stale logits. A JSON sidecar holds the file's SHA-256; a truncated or corrupted file fails the
-check and is rebuilt. Files are written to a temporary name and renamed, so readers never see half.
+stale logits. Each array is a ``raykd.files.cached`` entry: its SHA-256 beside it, so a truncated or
+corrupted file fails the check and is rebuilt; written atomically, and built once when processes race.
 
 Augmented views: the cache holds logits of the un-augmented inputs only (transform ``"none"``);
 raykd's transfer sets are not augmented. A run that augments its inputs must use ``inline`` or
@@ -25,7 +25,7 @@ from torch import Tensor
 from raykd.config import ExperimentConfig
 from raykd.engine import Batch, ReferenceLogits, References, pick_device, predict
 from raykd.experiment import LoadNode
-from raykd.files import file_digest, write_atomic
+from raykd.files import cached, file_digest, read_checked
 from raykd.nodes import Setup, load_node, node_path, read_node
 
 TRANSFORM = "none"
@@ -41,35 +41,22 @@ class LogitCache:
         parts = [file_digest(checkpoint), dataset, split, TRANSFORM, dtype]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
 
-    def _paths(self, key: str) -> tuple[Path, Path]:
-        return self.folder / f"{key}.npy", self.folder / f"{key}.json"
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}.npy"
 
     def load(self, key: str) -> np.ndarray | None:
         """The cached array (memory-mapped), or None when missing or failing its checksum."""
-        array_path, meta_path = self._paths(key)
-        try:
-            meta = json.loads(meta_path.read_text())
-            if meta["sha256"] != file_digest(array_path):
-                return None
-            array = np.load(array_path, mmap_mode="r")
-        except (OSError, ValueError, KeyError):
-            return None
-        return array if list(array.shape) == meta["shape"] else None
-
-    def store(self, key: str, logits: np.ndarray) -> np.ndarray:
-        """Write atomically (array, then its checksum sidecar) and return the memory-mapped copy."""
-        array_path, meta_path = self._paths(key)
-        write_atomic(array_path, lambda tmp: np.save(tmp, logits))
-        meta = {"sha256": file_digest(array_path), "shape": list(logits.shape), "dtype": str(logits.dtype)}
-        write_atomic(meta_path, json.dumps(meta))
-        return np.load(array_path, mmap_mode="r")
+        return read_checked(self.path(key), _memory_map)[0]
 
     def get_or_build(self, key: str, compute: Callable[[], Tensor]) -> tuple[np.ndarray, bool]:
-        """The cached logits, computing and storing them first on a miss; also says whether it built."""
-        cached = self.load(key)
-        if cached is not None:
-            return cached, False
-        return self.store(key, compute().numpy()), True
+        """The cached logits (memory-mapped), computing and storing them first on a miss; also says whether it built."""
+        path = self.path(key)
+        logits, built = cached(path, _memory_map, lambda: compute().numpy(), lambda tmp, a: np.save(tmp, a))
+        return (_memory_map(path) if built else logits), built
+
+
+def _memory_map(path: Path) -> np.ndarray:
+    return np.load(path, mmap_mode="r")
 
 
 class CachedReferences(References):

@@ -7,6 +7,8 @@ and every trial and later run with the same settings reuses the file.
 A node may arrive pre-trained: ``checkpoint`` (its model is that file, only evaluated) or ``init``
 (trained from those weights). Either way the cache entry is written in raykd's format, keyed by the
 file's content hash, so the teacher server and the logit cache read every node the same way.
+Entries are ``raykd.files.cached`` entries: checked against their SHA-256 on every read (flipped bytes
+are retrained, never used), and built by one process while a concurrent one waits and reuses them.
 """
 
 from __future__ import annotations
@@ -26,12 +28,12 @@ from raykd.config import DataConfig, ExperimentConfig, ModelSpec
 from raykd.data import Dataset, NodeData, Splits, build_augment, check_dataset, load_dataset, make_splits, split_nodes
 from raykd.engine import TransferBatches, accuracy, fit, pick_device, seed_everything
 from raykd.errors import ConfigError
-from raykd.files import file_digest, held_writes, write_atomic
+from raykd.files import cached, file_digest, held_writes, read_checked
 from raykd.methods.ce import CrossEntropy
 from raykd.models import InputShape, build_model
 from raykd.students import fit_weights, read_weights
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3  # 3: entries carry a SHA-256 beside them
 #: A file changed this recently may change again within the clock's resolution: hash it every time.
 RACY_SECONDS = 2.0
 _digests: dict[tuple[str, int, int, int], str] = {}
@@ -181,7 +183,7 @@ def check_checkpoints(cfg: ExperimentConfig, input_shape: InputShape, num_classe
 
 
 def train_node(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> dict[str, Any]:
-    """Train node ``node`` on its local data with cross-entropy and write it to the cache atomically.
+    """Train node ``node`` on its local data with cross-entropy; returns its cache record (weights and meta).
 
     A ``checkpoint`` node is only evaluated; an ``init`` node trains from its file's weights. It
     trains on CUDA when the sweep reserves GPUs (``tune.gpus_per_trial``); the file holds CPU tensors.
@@ -209,29 +211,26 @@ def train_node(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> dic
         "weights_file": str(path) if path else None,
         "weights_digest": weights_digest(path) if path else None,
     }
-    record = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "meta": meta}
-    write_atomic(node_path(cfg, node, seed), lambda tmp: torch.save(record, tmp))
-    return meta
+    return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "meta": meta}
+
+
+def _load_record(path: Path) -> dict[str, Any]:
+    return torch.load(path, weights_only=True)
 
 
 def read_node(path: Path) -> dict[str, Any] | None:
-    """A cached node checkpoint, or None when it is missing or unreadable (truncated, corrupted)."""
-    try:
-        return torch.load(path, weights_only=True)
-    except FileNotFoundError:
-        return None
-    except Exception:  # noqa: BLE001 - any unpickling failure means the file cannot be trusted
-        return None
+    """A cached node record, or None when it is missing or fails its check (truncated, flipped bytes)."""
+    return read_checked(path, _load_record)[0]
 
 
 def load_node(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> nn.Module:
     """The node's pre-trained model from the cache, training (and caching) it first if needed."""
-    path = node_path(cfg, node, seed)
-    saved = read_node(path)
-    if saved is None:
-        train_node(cfg, setup, node, seed)
-        saved = read_node(path)
-        assert saved is not None, f"node model was just written to {path} but cannot be read back"
+    saved, _ = cached(
+        node_path(cfg, node, seed),
+        _load_record,
+        lambda: train_node(cfg, setup, node, seed),
+        lambda tmp, record: torch.save(record, tmp),
+    )
     model = new_model(cfg, setup, node)
     model.load_state_dict(saved["state_dict"])
     return model

@@ -17,6 +17,7 @@ import ray
 import torch
 from torch import Tensor
 
+from raykd.cluster import START_TIMEOUT_S, get_within
 from raykd.config import ExperimentConfig
 from raykd.engine import seed_everything
 from raykd.experiment import Report, epoch_metrics, save_trial_student, student_metrics, transfer_batches
@@ -81,6 +82,8 @@ def run_mutual_learning(
     ``save_to``, saves the student (peer 0) there."""
     peer = ray.remote(num_cpus=cfg.learners.cpus_per_worker)(Peer)
     peers = [peer.remote(cfg, label, setting, seed, k) for k in range(len(cfg.node_ids()))]
+    what = f"learners.peer_actors: {len(peers)} DML peer actors x {cfg.learners.cpus_per_worker:g} CPUs starting"
+    get_within([p.rows_per_epoch.remote() for p in peers], START_TIMEOUT_S, what)
     before = ray.get(peers[0].evaluate.remote())
     final: dict[str, Any] = {}
     for epoch in range(cfg.transfer.train.epochs):

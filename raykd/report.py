@@ -9,17 +9,17 @@ A study with ``axes`` is summarised per cell (one combination of axis variants),
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from raykd.experiment import TIMING_METRICS  # noqa: E402
-from raykd.files import last_line  # noqa: E402
+from raykd.cells import by_cell, cell_name
+from raykd.experiment import TIMING_METRICS
+from raykd.files import last_line
+from raykd.paired import comparisons, paired_rows, tuning_benefit
+from raykd.plots import figures, paired_figure
 
 if TYPE_CHECKING:
     from raykd.config import ExperimentConfig
@@ -126,98 +126,6 @@ def summary_markdown(best: pd.DataFrame, knobs: list[str], select_on: str) -> st
     return markdown(rows)
 
 
-def gain_bars(best: pd.DataFrame) -> Figure:
-    """Summary test gain per method row with seed spread as error bars."""
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(best), 3.2), layout="constrained")
-    ax.bar(
-        best["label"],
-        100 * best["gain"],
-        yerr=100 * best["gain_std"],
-        capsize=4,
-        color=["tab:green" if g > 0 else "tab:red" for g in best["gain"]],
-    )
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xticks(range(len(best)), best["label"], rotation=30, ha="right")  # many rows' names stay legible
-    ax.set_ylabel("test accuracy gain (points)")
-    ax.set_title("Student gain over its starting point (mean ± std over seeds)")
-    return fig
-
-
-def heatmaps(settings: pd.DataFrame, label: str, rows: str, cols: str, title: str = "") -> Figure:
-    """Validation and test gain over a two-knob grid of one method row, side by side."""
-    part = settings[settings["label"] == label]
-    title = title or label
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained")
-    for ax, metric, name in ((axes[0], "val_acc", "validation acc %"), (axes[1], "gain", "test gain (pts)")):
-        grid = part.pivot_table(index=rows, columns=cols, values=metric) * 100
-        image = ax.imshow(grid.values, cmap="viridis", aspect="auto", origin="lower")
-        ax.set_xticks(range(len(grid.columns)), [f"{c:g}" for c in grid.columns])
-        ax.set_yticks(range(len(grid.index)), [f"{i:g}" for i in grid.index])
-        ax.set_xlabel(cols)
-        ax.set_ylabel(rows)
-        ax.set_title(f"{title}: {name}", fontsize=9)
-        for (i, j), value in pd.DataFrame(grid.values).stack().items():
-            ax.text(j, i, f"{value:.1f}", ha="center", va="center", color="white", fontsize=8)
-        fig.colorbar(image, ax=ax)
-    return fig
-
-
-def cell_bars(best: pd.DataFrame, order: dict[str, list[str]]) -> Figure:
-    """Summary test gain per method row, grouped by the first axis' variants; one panel per later-axes combination."""
-    first, *rest = order
-    panels = list(by_cell(best, rest))
-    labels = list(dict.fromkeys(best["label"]))
-    fig, axes = plt.subplots(
-        len(panels),
-        1,
-        figsize=(2.5 + 0.3 * len(labels) * len(order[first]), 0.5 + 2.8 * len(panels)),
-        sharex=True,
-        squeeze=False,
-        layout="constrained",
-    )
-    width = 0.8 / len(labels)
-    for ax, (cell, part) in zip(axes[:, 0], panels, strict=True):
-        for i, label in enumerate(labels):
-            rows = part[part["label"] == label].set_index(first).reindex(order[first])
-            offsets = [x - 0.4 + (i + 0.5) * width for x in range(len(order[first]))]
-            ax.bar(offsets, 100 * rows["gain"], width, yerr=100 * rows["gain_std"], capsize=2, label=label)
-        ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_ylabel("test gain (pts)")
-        ax.set_title(cell_name(cell) or "all cells", fontsize=9)
-    axes[-1, 0].set_xticks(range(len(order[first])), order[first])
-    axes[-1, 0].set_xlabel(first)
-    axes[0, 0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-    fig.suptitle("Student test-accuracy gain per cell (mean ± std over seeds)", fontsize=10)
-    return fig
-
-
-def by_cell(frame: pd.DataFrame, axes: list[str]) -> list[tuple[dict[str, str], pd.DataFrame]]:
-    """(cell variants, its rows) per combination of ``axes`` present, in order of appearance."""
-    if not axes:
-        return [({}, frame)]
-    return [(dict(zip(axes, key, strict=True)), part) for key, part in frame.groupby(axes, sort=False)]
-
-
-def cell_name(cell: dict[str, str]) -> str:
-    return ", ".join(f"{axis}={variant}" for axis, variant in cell.items())
-
-
-def figures(
-    settings: pd.DataFrame, best: pd.DataFrame, knobs_of: dict[str, list[str]], order: dict[str, list[str]]
-) -> dict[str, Figure]:
-    """Gain bars (per cell with axes), plus a heatmap per cell for every method row searched over two knobs."""
-    out = {"gain_by_cell.png": cell_bars(best, order)} if order else {"gain_bars.png": gain_bars(best)}
-    for cell, part in by_cell(settings, list(order)):
-        suffix = "".join(f"_{axis}-{variant}" for axis, variant in cell.items())
-        for label, knobs in knobs_of.items():
-            rows = part[part["label"] == label]
-            varied = [k for k in knobs if rows[k].nunique() > 1]
-            if len(varied) == 2:
-                title = f"{label} ({cell_name(cell)})" if cell else label
-                out[f"heatmap_{label}{suffix}.png"] = heatmaps(part, label, *varied, title=title)
-    return out
-
-
 def cell_table(best: pd.DataFrame, order: dict[str, list[str]]) -> str:
     """Summary test gain per method row: rows are the later axes and the method, columns the first axis' variants."""
     first, *rest = order
@@ -238,13 +146,17 @@ def cell_table(best: pd.DataFrame, order: dict[str, list[str]]) -> str:
     return markdown(rows)
 
 
-def tuning_table(best: pd.DataFrame, axes: list[str], knobs: list[str], baselines: set[str]) -> str:
+def tuning_table(
+    trials: pd.DataFrame, best: pd.DataFrame, axes: list[str], knobs: list[str], baselines: set[str]
+) -> str:
     """Per cell: the tuned rows' gain against the best untuned distillation row's (the paper's tuning benefit).
 
     The best untuned row is the one with the highest mean test gain: the strongest competitor, so the
     reported benefit of tuning is a lower bound. It is a comparison, not a selection: the tuned row's
     own setting was chosen on validation. Rows in ``baselines`` (no distillation) are shown, not compared.
+    The benefit carries Fieller's 95% interval over the paired seeds (raykd.paired).
     """
+    keys = [*axes, "label", *knobs]
     rows = []
     for cell, part in by_cell(best, axes):
         untuned = part[~part["tuned"] & ~part["label"].isin(baselines)]
@@ -253,9 +165,6 @@ def tuning_table(best: pd.DataFrame, axes: list[str], knobs: list[str], baseline
             if untuned.empty:
                 continue
             rival = untuned.loc[untuned["gain"].idxmax()]
-            benefit = (
-                f"{100 * (tuned['gain'] - rival['gain']) / rival['gain']:+.0f}%" if rival["gain"] > 0 else "n/a (≤ 0)"
-            )
             rows.append(
                 {
                     **cell,
@@ -266,20 +175,58 @@ def tuning_table(best: pd.DataFrame, axes: list[str], knobs: list[str], baseline
                     "no-KD gain": ", ".join(pct(r["gain"], r["gain_std"], signed=True) for _, r in reference.iterrows())
                     or "-",
                     "tuned vs untuned (pts)": f"{100 * (tuned['gain'] - rival['gain']):+.1f}",
-                    "tuning benefit": benefit,
+                    "tuning benefit [95% CI]": tuning_benefit(trials, tuned, rival, keys),
                 }
             )
     return markdown(rows)
 
 
-def study(cfg: ExperimentConfig, run_name: str, trials: pd.DataFrame) -> tuple[str, dict[str, Figure], pd.DataFrame]:
-    """The sweep's Markdown report, its figures, and the summary rows (best setting per cell and method row)."""
+def in_config_order(trials: pd.DataFrame, cfg: ExperimentConfig) -> pd.DataFrame:
+    """Trials sorted by the config's cells, method rows, settings and seeds, not by when each one finished.
+
+    So an interrupted and resumed sweep, or one whose trial was retried, writes the same tables as one that ran
+    straight through.
+    """
+    arms = {}
+    for m in cfg.methods:
+        for setting in m.grid():
+            arms[(m.display(), *(setting[k] for k in m.knobs()))] = len(arms)
+    knobs_of = {m.display(): m.knobs() for m in cfg.methods}
+    order = {
+        **{f"_{axis}": trials[axis].map({v: i for i, v in enumerate(variants)}) for axis, variants in cfg.axes.items()},
+        "_arm": [
+            arms.get((r["label"], *(r[k] for k in knobs_of[r["label"]])), len(arms)) for _, r in trials.iterrows()
+        ],
+        "_seed": trials["seed"].map({seed: i for i, seed in enumerate(cfg.seeds)}),
+    }
+    ordered = trials.assign(**order).sort_values(list(order), kind="stable")
+    return ordered.drop(columns=list(order)).reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class StudyReport:
+    """A sweep's Markdown report, its figures, its summary rows and its paired comparisons."""
+
+    text: str
+    figures: dict[str, Figure]
+    best: pd.DataFrame
+    paired: pd.DataFrame
+
+
+def study(cfg: ExperimentConfig, run_name: str, trials: pd.DataFrame) -> StudyReport:
+    """The sweep's report: text, figures, the summary rows (best setting per cell and method row), paired stats."""
     knobs_of = {m.display(): m.knobs() for m in cfg.methods}
     knobs = list(dict.fromkeys(k for ks in knobs_of.values() for k in ks))
     order = {axis: list(variants) for axis, variants in cfg.axes.items()}
+    trials = in_config_order(trials, cfg)
     settings = per_setting(trials, knobs, list(order))
     best = summary(settings, knobs, cfg.tune.select_on, list(order))
-    text = (cells_report if order else single_report)(cfg, run_name, settings, best, knobs)
+    text = (cells_report if order else single_report)(cfg, run_name, trials, settings, best, knobs)
+    pairs = comparisons(trials, best, list(order), knobs)
+    charts = figures(settings, best, knobs_of, order)
+    if len(pairs):
+        text += PAIRED_HEAD + markdown(paired_rows(pairs, list(order))) + "\n"
+        charts["paired_differences.png"] = paired_figure(pairs, list(order))
     failed = trials[trials["status"] == "failed"]
     if len(failed):
         rows = [
@@ -293,11 +240,25 @@ def study(cfg: ExperimentConfig, run_name: str, trials: pd.DataFrame) -> tuple[s
             for _, r in failed.iterrows()
         ]
         text += "\n## Failed trials\n\n" + markdown(rows) + "\n"
-    return text, figures(settings, best, knobs_of, order), best
+    return StudyReport(text, charts, best, pairs)
+
+
+PAIRED_HEAD = (
+    "\n## Paired differences: tuned minus untuned, seed by seed\n\n"
+    "Each seed fixes the split, partition and node models, so rows run at the same seed are compared "
+    "directly. Mean of the per-seed differences in test gain, with a 95% Student-t interval over seeds "
+    "(n - 1 degrees of freedom; with this few seeds a bootstrap interval would be too narrow). An interval "
+    "that covers 0 is no evidence of a difference.\n\n"
+)
 
 
 def cells_report(
-    cfg: ExperimentConfig, run_name: str, settings: pd.DataFrame, best: pd.DataFrame, knobs: list[str]
+    cfg: ExperimentConfig,
+    run_name: str,
+    trials: pd.DataFrame,
+    settings: pd.DataFrame,
+    best: pd.DataFrame,
+    knobs: list[str],
 ) -> str:
     """A study over axes: gain per cell side by side, the tuning benefit per cell, then each cell's summary."""
     order = {axis: list(variants) for axis, variants in cfg.axes.items()}
@@ -314,8 +275,9 @@ def cells_report(
         f"{cfg.tune.select_on}, never chosen on test.\n\n"
         "## Test gain (points) per cell\n\n" + cell_table(best, order) + "\n\n"
         "## Tuning benefit per cell\n\nTuned gain against the untuned distillation row with the highest test gain "
-        "(the strongest rival, so the benefit is a lower bound); 'n/a' when that rival does not gain at all.\n\n"
-        + tuning_table(best, list(order), knobs, baselines)
+        "(the strongest rival, so the benefit is a lower bound), with Fieller's 95% interval over the paired seeds; "
+        "'n/a' when the rival's own gain interval covers 0 (the ratio is then unbounded).\n\n"
+        + tuning_table(trials, best, list(order), knobs, baselines)
         + "\n"
     )
     for cell, part in by_cell(best, list(order)):
@@ -324,7 +286,12 @@ def cells_report(
 
 
 def single_report(
-    cfg: ExperimentConfig, run_name: str, settings: pd.DataFrame, best: pd.DataFrame, knobs: list[str]
+    cfg: ExperimentConfig,
+    run_name: str,
+    trials: pd.DataFrame,
+    settings: pd.DataFrame,
+    best: pd.DataFrame,
+    knobs: list[str],
 ) -> str:
     """A study of one cell: the summary, then every setting tried."""
     return (

@@ -20,6 +20,7 @@ import ray
 import torch
 from torch import Tensor
 
+from raykd.cluster import ANSWER_TIMEOUT_S, START_TIMEOUT_S, get_within
 from raykd.config import ExperimentConfig, ModelSpec, TeacherConfig
 from raykd.engine import Batch, ReferenceLogits, References
 from raykd.experiment import InlineLogits, LoadNode, LogitSource
@@ -136,7 +137,10 @@ def start_server(models: list[ServedModel], cfg: TeacherConfig, name: str | None
         max_concurrency=1000,
         runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(cfg.num_cpus)))}},
     )
-    return actor.remote(models, "cuda" if use_cuda else "cpu", cfg.dtype, cfg.max_batch_rows, cfg.batch_wait_ms)
+    server = actor.remote(models, "cuda" if use_cuda else "cpu", cfg.dtype, cfg.max_batch_rows, cfg.batch_wait_ms)
+    what = f"teacher.mode=server: the TeacherServer ({cfg.num_cpus:g} CPUs, {cfg.num_gpus:g} GPUs) starting"
+    get_within(server.stats.remote(), START_TIMEOUT_S, what)
+    return server
 
 
 class ServedReferences(References):
@@ -156,7 +160,8 @@ class ServedReferences(References):
         if not self.keys:
             return [], None
         _, ref = self.pending.pop(id(batch), (batch, None))
-        logits = ray.get(ref if ref is not None else self.server.infer.remote(self.keys, batch.x)).float()
+        ref = ref if ref is not None else self.server.infer.remote(self.keys, batch.x)
+        logits = get_within(ref, ANSWER_TIMEOUT_S, "teacher.mode=server: the TeacherServer's logits").float()
         teachers = list(logits[: len(self.teacher_keys)])
         return teachers, (logits[-1] if self.initial_key else None)
 

@@ -3,6 +3,10 @@
 The sweep's parent run (config, params, tables, figures, best metrics, distilled students), its trial
 child runs (one per Tune trial, written from the driver by a Tune callback) and the Flower simulations'
 runs are all opened and written by this module; no other module imports mlflow.
+
+Local results never depend on the store: every write goes through ``remote``, which bounds MLflow's HTTP
+retries, catches a failure, remembers it (later writes are skipped, so a dead server costs seconds, not
+minutes) and lets the sweep finish; ``untracked()`` then says in one line what the store lacks.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,7 @@ from typing import Any
 import mlflow
 import mlflow.pytorch
 import torch
+from filelock import FileLock
 from matplotlib.figure import Figure
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
@@ -30,10 +36,20 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.utils import flatten_dict
 
 from raykd.errors import ConfigError
-from raykd.files import last_line, write_atomic
+from raykd.files import LOCK_WAIT_S, last_line, lock_file, write_atomic
 from raykd.students import load_student, read_student
 
 DEFAULT_STORE = "mlflow.db"
+#: MLflow's defaults retry an unreachable server for minutes (7 retries, 120 s timeouts); these bound it to
+#: seconds. Set here, before any client exists, so the driver and every process it starts (Ray's workers,
+#: the follow-up simulations) inherit them; a user's own values win.
+HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+for _name, _value in HTTP_LIMITS.items():
+    os.environ.setdefault(_name, _value)
 logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # its warning on pickled models, once per student
 
 
@@ -62,6 +78,43 @@ def check_reachable(uri: str) -> None:
             raise ConfigError(f"tracking.uri: folder {folder} of {uri} does not exist or is not writable")
     else:
         raise ConfigError(f"tracking.uri: {uri!r} is not supported; allowed: sqlite:///PATH or http(s)://HOST:PORT")
+
+
+class Lost:
+    """What this process could not write to the tracking store, and the first error that stopped it."""
+
+    error = ""
+    items: Counter[str] = Counter()
+
+
+def remote(what: str, action: Callable[[], Any]) -> None:
+    """Do one write to the store; a failure is remembered (with ``what``) instead of raised, and once the store
+    has failed every later write is skipped and remembered, so the sweep's own results never wait on it."""
+    if not Lost.error:
+        try:
+            action()
+            return
+        except Exception as err:  # noqa: BLE001 - a dead server, a locked store: the local results must not care
+            Lost.error = f"{type(err).__name__}: {last_line(str(err), 200)}"
+    Lost.items[what] += 1
+
+
+def untracked(uri: str) -> str | None:
+    """One line naming what was not recorded in the store (None when everything was)."""
+    if not Lost.error:
+        return None
+    what = ", ".join(f"{n} x {item}" if n > 1 else item for item, n in Lost.items.items())
+    return f"tracking.uri: MLflow at {uri} failed ({Lost.error}); not recorded there: {what}"
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Two processes creating a sqlite store's tables (or one experiment) at once make one fail: take turns."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    with FileLock(lock_file(Path(uri.removeprefix("sqlite:///"))), timeout=LOCK_WAIT_S):
+        yield
 
 
 def check_run_exists(uri: str, run_id: str, what: str) -> None:
@@ -101,20 +154,21 @@ class ParentRun:
         self.run_id = run_id
 
     def log_config(self, raw: dict[str, Any], config_file: Path) -> None:
-        mlflow.log_params(_params(raw))
-        mlflow.log_artifact(str(config_file))
+        remote("config params", lambda: mlflow.log_params(_params(raw)))
+        remote(config_file.name, lambda: mlflow.log_artifact(str(config_file)))
 
     def log_files(self, *paths: Path) -> None:
         for path in paths:
-            mlflow.log_artifact(str(path))
+            remote(path.name, lambda path=path: mlflow.log_artifact(str(path)))
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        """Metrics under keys MLflow accepts: a method label or cell name may hold any character."""
+        remote("sweep metrics", lambda: mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()}))
 
     def log_students(self, best: dict[str, Path]) -> None:
         """Each method row's best student (over seeds, on validation) as an MLflow model in the parent run."""
         for name, path in best.items():
-            log_student_model(name, path)
+            remote("students", lambda name=name, path=path: log_student_model(name, path))
 
     def log_figures(self, figures: dict[str, Figure], folder: Path) -> None:
         """Each figure as a PNG in ``folder`` and under ``plots/`` in the run."""
@@ -122,7 +176,12 @@ class ParentRun:
             png = io.BytesIO()
             fig.savefig(png, format="png", dpi=120)
             write_atomic(folder / name, png.getvalue())
-            mlflow.log_figure(fig, f"plots/{name}")
+            remote("plots", lambda name=name, fig=fig: mlflow.log_figure(fig, f"plots/{name}"))
+
+
+def metric_key(text: str) -> str:
+    """``text`` as an MLflow metric key: characters it refuses become ``_``."""
+    return re.sub(r"[^A-Za-z0-9_\-. /]+", "_", text)
 
 
 def model_name(text: str) -> str:
@@ -148,11 +207,24 @@ def log_student_model(name: str, path: Path) -> None:
 
 @contextmanager
 def parent_run(uri: str, experiment: str, run_name: str, run_id: str | None = None) -> Iterator[ParentRun]:
-    """Open (or, given ``run_id``, reopen) the sweep's parent run for the ``with`` block."""
+    """Open (or, given ``run_id``, reopen) the sweep's parent run for the ``with`` block.
+
+    It ends FINISHED, KILLED on Ctrl-C (``--resume`` reopens it) or FAILED; ending it is a ``remote`` write.
+    """
+    Lost.error, Lost.items = "", Counter()  # a new sweep: nothing lost yet
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name) as run:
+    with store_lock(uri):
+        mlflow.set_experiment(experiment)
+    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
+    status = "FAILED"
+    try:
         yield ParentRun(run.info.run_id)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        remote("the sweep run's end", lambda: mlflow.end_run(status))
 
 
 def trial_error(trial: Any) -> str:
@@ -170,10 +242,14 @@ class TrialRuns(MLflowLoggerCallback):
     """
 
     def setup(self, *args: Any, **kwargs: Any) -> None:
-        super().setup(*args, **kwargs)
+        with store_lock(self.tracking_uri):
+            super().setup(*args, **kwargs)
         self.client = MlflowClient(self.tracking_uri)
 
     def log_trial_start(self, trial: Any) -> None:
+        remote("trial runs", lambda: self._start(trial))
+
+    def _start(self, trial: Any) -> None:
         new = trial not in self._trial_runs
         super().log_trial_start(trial)
         if new:
@@ -192,9 +268,13 @@ class TrialRuns(MLflowLoggerCallback):
         step = result.get("timesteps_total") or result["training_iteration"]
         now = int(time.time() * 1000)
         numbers = self.mlflow_util._parse_dict(flatten_dict(result))  # the base class's float conversion
-        self.client.log_batch(self._trial_runs[trial], [Metric(k, v, now, step) for k, v in numbers.items()])
+        metrics = [Metric(k, v, now, step) for k, v in numbers.items()]
+        remote("trial results", lambda: self.client.log_batch(self._trial_runs[trial], metrics))
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+        remote("trial ends", lambda: self._end(trial, failed))
+
+    def _end(self, trial: Any, failed: bool) -> None:
         if failed:
             self.client.set_tag(self._trial_runs[trial], "raykd.error", trial_error(trial))
         super().log_trial_end(trial, failed)
@@ -222,7 +302,8 @@ def log_simulation(
 ) -> None:
     """One Flower simulation as one MLflow run: its config, per-round metrics, summary, plot, files and models."""
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment)
+    with store_lock(uri):
+        mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=run_name, tags=tags):
         mlflow.log_params(_params(raw))
         for step, metrics in steps:

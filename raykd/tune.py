@@ -2,9 +2,9 @@
 
 import sys
 
-from raykd.sweep.cli import EXIT_TRIALS_FAILED, main
+from raykd.sweep.cli import EXIT_TRIALS_FAILED, EXIT_UNTRACKED, main
 
-__all__ = ["EXIT_TRIALS_FAILED", "main"]
+__all__ = ["EXIT_TRIALS_FAILED", "EXIT_UNTRACKED", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,7 +26,7 @@ from tests.conftest import tiny_raw
 REPO = Path(__file__).resolve().parents[1]
 COMPARE = REPO / "tune_configs" / "methods_compare.yaml"
 NEW = ["continuation", "label-smoothing", "class-similarity", "kd-pt", "label-revision"]
-NEW += ["skew-kl", "skew-rkl", "reffakd", "miniplm"]
+NEW += ["skew-kl", "skew-rkl", "reffakd", "miniplm", "dkd", "dist"]
 
 
 #: Methods whose hooks read teacher logits or weights before training, or follow the epoch.

@@ -31,7 +31,7 @@ def test_paper_study_has_every_distribution_and_transfer_set() -> None:
     assert shapes[("iid", "local")][0] == "iid"
     assert shapes[("dir0.1", "pool")][:2] == ("dirichlet", 0.1) and shapes[("dir0.1", "pool")][3] == "pool"
     assert shapes[("patho2", "local")][0::2] == ("pathological", 2) and shapes[("patho2", "local")][3] == "local"
-    assert {m.name for m in cfg.methods} == {"ce", "kd", "dml", "dpkd"}
+    assert {m.name for m in cfg.methods} == {"ce", "kd", "dml", "dpkd", "dkd", "dist"} and len(cfg.seeds) == 5
     assert all(c.config.data.pool_fraction > 0 for c in cells)  # the pool is set aside even where it is unused
 
 
@@ -41,12 +41,12 @@ def test_ci_sized_paper_study_runs_end_to_end(
 ) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     sets = [
-        "seeds=[0]",
+        "seeds=[0,1]",
         "nodes.train.epochs=3",
         "transfer.train.epochs=2",
         "methods.2.temperature=[1,4]",
         "methods.2.alpha=[0.1,0.75]",
-        "axes.distribution={iid: {partition.scheme: iid}, dir0.1: {partition.alpha: 0.1}}",
+        "axes.distribution={dir0.1: {partition.alpha: 0.1}}",
         "federated.rounds=2",
         "federated.local.epochs=1",
         "federated.server.epochs=1",
@@ -56,36 +56,43 @@ def test_ci_sized_paper_study_runs_end_to_end(
     ]
     assert main(["--config", str(STUDY), *[a for s in sets for a in ("--set", s)]]) == 0
     printed = capsys.readouterr().out
-    # cells that differ only in their transfer set share node models: 2 partitions x 4 nodes, all new
-    assert "node models: 0 of 8 cached" in printed and "[32/32" in printed and "[federated 2/2]" in printed
+    # cells that differ only in their transfer set share node models: 1 partition x 4 nodes x 2 seeds, all new
+    assert "node models: 0 of 8 cached" in printed and "[40/40" in printed and "[federated 2/2]" in printed
 
     out = next((tmp_path / "runs").iterdir())
     trials = pd.read_csv(out / "trials.csv")
-    assert len(trials) == 4 * 8 and (trials["status"] == "ok").all()
+    assert len(trials) == 10 * 2 * 2 and (trials["status"] == "ok").all()
     text = (out / "results.md").read_text()
-    assert "| transfer_set | method | iid | dir0.1 |" in text
+    assert "| transfer_set | method | dir0.1 |" in text
     for transfer_set in ("local", "pool"):
-        for label in ("no-kd", "kd-untuned", "kd-tuned", "dml", "dpkd"):
+        for label in ("no-kd", "kd-untuned", "kd-tuned", "dml", "dpkd", "dkd", "dist"):
             assert f"| {transfer_set} | {label} | " in text
     for (distribution, transfer_set), cell in trials[trials["label"] == "kd-tuned"].groupby(
         ["distribution", "transfer_set"]
     ):
-        chosen = cell.loc[cell["val_acc"].idxmax()]  # one seed: the tuned row must be the best on validation
-        setting = f"temperature={chosen['temperature']:g}, alpha={chosen['alpha']:g}"
-        assert f"| {distribution} | {transfer_set} | kd-tuned ({setting}) |" in text
+        means = cell.groupby(["temperature", "alpha"])["val_acc"].mean()  # chosen on mean validation accuracy
+        temperature, alpha = means.idxmax()
+        assert f"| {distribution} | {transfer_set} | kd-tuned (temperature={temperature:g}, alpha={alpha:g}) |" in text
+
+    # the paired statistics: one row per (cell, untuned row), each over both seeds, in the table, csv and MLflow
+    paired = pd.read_csv(out / "paired.csv")
+    assert len(paired) == 2 * 6 and (paired["seeds"] == 2).all() and (paired["low"] <= paired["high"]).all()
+    assert (
+        "## Paired differences: tuned minus untuned, seed by seed" in text
+        and "| dir0.1 | pool | kd-tuned | dkd |" in text
+    )
+    assert "tuning benefit [95% CI]" in text
 
     rounds = pd.read_csv(out / "federated.csv")
-    assert set(rounds["distribution"]) == {"iid", "dir0.1"} and (rounds["error"].isna()).all()
+    assert set(rounds["distribution"]) == {"dir0.1"} and (rounds["error"].isna()).all()
     assert set(rounds["start"]) == {"random", "average", "distilled"}
     assert "## Federated follow-up: consolidation" in text
 
     client = MlflowClient(uri)
     parent = client.get_run(json.loads((out / "sweep.json").read_text())["parent_run_id"])
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    heatmaps = {
-        f"plots/heatmap_kd-tuned_distribution-{d}_transfer_set-{t}.png"
-        for d in ("iid", "dir0.1")
-        for t in ("local", "pool")
-    }
-    assert {"plots/gain_by_cell.png", "plots/federated_rounds.png", *heatmaps} == plots
-    assert {"results.md", "trials.csv", "federated.csv"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    heatmaps = {f"plots/heatmap_kd-tuned_distribution-dir0.1_transfer_set-{t}.png" for t in ("local", "pool")}
+    assert {"plots/gain_by_cell.png", "plots/federated_rounds.png", "plots/paired_differences.png", *heatmaps} == plots
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"results.md", "trials.csv", "federated.csv", "paired.csv"} <= artifacts
+    assert "paired.dir0.1.pool.kd-tuned-vs-no-kd.mean" in parent.data.metrics

@@ -100,6 +100,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: a test can kill the server and its workers at once
     )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90

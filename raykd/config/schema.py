@@ -190,7 +190,7 @@ class TeacherConfig(Section):
     num_gpus: float = Field(0.0, ge=0, description="GPUs reserved by the server (fractions allowed)")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved by the server (its torch threads)")
     max_batch_rows: int = Field(4096, ge=1, description="dynamic batching: most rows merged into one forward")
-    batch_wait_ms: float = Field(2.0, ge=0, description="dynamic batching: how long to wait for more requests")
+    batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="dynamic batching: longest wait for more requests")
     max_restarts: int = Field(3, ge=0, description="server restarts after a crash; in-flight requests are retried")
     prefetch: bool = Field(True, description="request the next batch's logits while the student trains on this one")
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from raykd.errors import ConfigError
-from raykd.files import file_digest, write_atomic
+from raykd.files import cached
 
 
 class Arrays(NamedTuple):
@@ -82,30 +82,14 @@ def num_classes(arrays: Arrays) -> int:
     return int(arrays.y.max()) + 1
 
 
-def _checksum_path(path: Path) -> Path:
-    return path.with_name(f"{path.name}.sha256")
-
-
-def _read_cached(path: Path) -> Arrays | None:
-    """The arrays at ``path`` if its recorded checksum matches its bytes; None for missing or corrupted."""
-    try:
-        if _checksum_path(path).read_text().strip() != file_digest(path):
-            return None
-        with np.load(path, allow_pickle=False) as saved:
-            return Arrays(*(saved[name] for name in Arrays._fields))
-    except (OSError, ValueError, KeyError):
-        return None
+def _read_npz(path: Path) -> Arrays:
+    with np.load(path, allow_pickle=False) as saved:
+        return Arrays(*(saved[name] for name in Arrays._fields))
 
 
 def cached_arrays(path: Path, build: Callable[[], Arrays]) -> Arrays:
-    """Arrays read from ``path``, or built (already checked by ``build``) and written there atomically.
+    """Arrays read from ``path``, or built (already checked by ``build``) and written there once.
 
-    A checksum file beside the cache entry makes a truncated or corrupted entry a rebuild, not a crash.
+    A ``raykd.files.cached`` entry: a corrupted one is rebuilt, not read; concurrent builders wait for one.
     """
-    saved = _read_cached(path)
-    if saved is not None:
-        return saved
-    arrays = build()
-    write_atomic(path, lambda tmp: np.savez(tmp, **arrays._asdict()))
-    write_atomic(_checksum_path(path), lambda tmp: tmp.write_text(file_digest(path)))  # after the entry, if held
-    return arrays
+    return cached(path, _read_npz, build, lambda tmp, arrays: np.savez(tmp, **arrays._asdict()))[0]

@@ -29,8 +29,9 @@ def load_npz(path: Path) -> Arrays:
         with np.load(path, allow_pickle=False) as saved:
             found = {name: saved[name] for name in saved.files if name in Arrays._fields}
             names = saved.files
-    except (OSError, ValueError, TypeError) as err:  # TypeError: a plain .npy array, not an archive
-        raise ConfigError(f"data.root: {path} is not a readable .npz file ({type(err).__name__}: {err})") from None
+    except Exception as err:  # noqa: BLE001 - BadZipFile (flipped bytes), zlib.error, TypeError (a plain .npy), ...
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"data.root: {path} is not a readable .npz file ({type(err).__name__}: {first})") from None
     missing = [name for name in Arrays._fields if name not in found]
     if missing:
         raise ConfigError(

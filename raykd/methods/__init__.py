@@ -31,6 +31,8 @@ METHODS: dict[str, str] = {
     "skew-rkl": "raykd.methods.skew:SkewReverseKL",
     "reffakd": "raykd.methods.reffakd:ReffAKD",
     "miniplm": "raykd.methods.miniplm:DifferenceSamplingKD",
+    "dkd": "raykd.methods.dkd:DecoupledKD",
+    "dist": "raykd.methods.dist:DIST",
 }
 
 

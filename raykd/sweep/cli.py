@@ -1,7 +1,8 @@
 """``python -m raykd.tune``: an experiment config -> node models -> Ray Tune sweep -> tables, plots, MLflow.
 
 Exit status: 0 when every trial succeeded, 2 for bad input (one line on stderr, nothing ran),
-3 when trials failed (the sweep completed and its tables were written first), 130 on Ctrl-C.
+3 when trials failed (the sweep completed and its tables were written first), 4 when the MLflow store
+failed part-way (the local tables are complete; one line says what MLflow lacks), 130 on Ctrl-C.
 This module imports only the config on its way to ``--help``; Ray, Tune and MLflow load when a
 sweep actually starts (``raykd.api.run``).
 """
@@ -22,6 +23,8 @@ from raykd.errors import ConfigError
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "tune_configs" / "default.yaml"
 #: Exit status of a sweep that completed but recorded failed trials (2 is bad input).
 EXIT_TRIALS_FAILED = 3
+#: Exit status of a sweep whose local results are complete but whose MLflow store failed part-way.
+EXIT_UNTRACKED = 4
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Output, in output_dir/<name>-<time>/: results.md, trials.csv, plots/*.png, and the distilled\n"
             "students of each row's chosen setting as students/<row>/seed<S>.pt (load them with\n"
             "raykd.load_student); students of the settings that were not chosen are deleted at the end.\n"
-            "Exit status: 0 all trials succeeded, 2 bad input (nothing ran), 3 some trials failed, 130 Ctrl-C."
+            "Exit status: 0 all trials succeeded, 2 bad input (nothing ran), 3 some trials failed,\n"
+            "4 the MLflow store failed part-way (local results complete), 130 Ctrl-C (it says how to --resume)."
         ),
         epilog="config keys (YAML sections; any can be overridden with --set):\n"
         + describe_schema()
@@ -75,6 +79,8 @@ def _sweep(args: argparse.Namespace) -> int:
         if cfg.federated.grid:
             return federated_grid(args, cfg)
         study = run(cfg)
+    if study.untracked:
+        print(f"raykd: {study.untracked}; the local results in {study.out} are complete", file=sys.stderr)
     if study.failed:
         what = "trial(s) or simulation(s)" if study.config.federated.after_sweep else "trial(s)"
         print(
@@ -82,7 +88,7 @@ def _sweep(args: argparse.Namespace) -> int:
         )
         return EXIT_TRIALS_FAILED
     print_students(study.students)
-    return 0
+    return EXIT_UNTRACKED if study.untracked else 0
 
 
 def print_students(students: dict[str, list[Path]]) -> None:

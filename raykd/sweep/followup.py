@@ -12,6 +12,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from raykd import report
+from raykd.cells import by_cell, cell_name
 from raykd.cluster import run_simulation_child
 from raykd.config import Cell, ExperimentConfig, cell_key
 from raykd.files import write_atomic
@@ -46,16 +47,24 @@ def federated_followup(
             done += 1
             where = f"[federated {done}/{total}] {name or cfg.name} seed={seed}"
             try:
-                starts = run_simulation_child(args, folder / f"seed{seed}", str(Path.cwd()))["starts"]
+                summary = run_simulation_child(args, folder / f"seed{seed}", str(Path.cwd()))
             except RuntimeError as err:
-                rows.append({**variants, "seed": seed, "start": "-", "error": str(err)[:300]})
+                rows.append({**variants, "seed": seed, "start": "-", "error": str(err)[:300], "lost": ""})
                 print(f"{where}: FAILED: {err}", flush=True)
                 continue
-            rows += [{**variants, "seed": seed, "start": k, **v, "error": ""} for k, v in starts.items()]
+            starts, lost = summary["starts"], summary.get("lost") or ""
+            rows += [{**variants, "seed": seed, "start": k, **v, "error": "", "lost": lost} for k, v in starts.items()]
             rounds = {k: "never" if v["rounds_to_target"] is None else v["rounds_to_target"] for k, v in starts.items()}
             reached = ", ".join(f"{k} {n}" for k, n in rounds.items())
-            print(f"{where}: rounds to {100 * cfg.federated.target_acc:.0f}%: {reached}", flush=True)
+            note = f" (LOST: {lost})" if lost else ""
+            print(f"{where}: rounds to {100 * cfg.federated.target_acc:.0f}%: {reached}{note}", flush=True)
     return pd.DataFrame(rows), shaping
+
+
+def failed_simulations(rounds: pd.DataFrame, axes: list[str]) -> int:
+    """Simulations that failed, or finished but lost client updates (each once, not once per start point)."""
+    bad = rounds[(rounds["error"] != "") | (rounds["lost"] != "")]
+    return len(bad.drop_duplicates([*axes, "seed"]))
 
 
 def wait_for_free_cpus(timeout_s: float = 60) -> None:
@@ -76,7 +85,7 @@ def federated_section(cfg: ExperimentConfig, rounds: pd.DataFrame, axes: list[st
     f = cfg.federated
     ok = rounds[rounds["error"] == ""]
     rows, bars = [], []
-    for cell, part in report.by_cell(ok, axes):
+    for cell, part in by_cell(ok, axes):
         for start, group in part.groupby("start", sort=False):
             reached = group["rounds_to_target"].dropna()
             saved = group.get("fewer_rounds_than_random_pct", pd.Series(dtype=float)).dropna()
@@ -95,7 +104,7 @@ def federated_section(cfg: ExperimentConfig, rounds: pd.DataFrame, axes: list[st
                     "fewer rounds than random": f"{saved.mean():.1f}%" if len(saved) else "-",
                 }
             )
-            bars.append((report.cell_name(cell) or cfg.name, start, reached.mean() if len(reached) else float("nan")))
+            bars.append((cell_name(cell) or cfg.name, start, reached.mean() if len(reached) else float("nan")))
     text = (
         f"\n## Federated follow-up: {f.strategy}, {f.rounds} rounds, target {100 * f.target_acc:.0f}% test accuracy\n\n"
         f"One Flower simulation per seed {cfg.seeds} and partition; rounds are means over the seeds that reached the "
@@ -103,11 +112,10 @@ def federated_section(cfg: ExperimentConfig, rounds: pd.DataFrame, axes: list[st
         + report.markdown(rows)
         + "\n"
     )
-    failed = rounds[rounds["error"] != ""]
+    failed = rounds[(rounds["error"] != "") | (rounds["lost"] != "")].drop_duplicates([*axes, "seed"])
     if len(failed):
-        text += (
-            "\nFailed simulations:\n\n" + report.markdown(failed[[*axes, "seed", "error"]].to_dict("records")) + "\n"
-        )
+        listed = failed[[*axes, "seed", "error", "lost"]].to_dict("records")
+        text += "\nFailed simulations (or ones that lost client updates):\n\n" + report.markdown(listed) + "\n"
     return text, _rounds_bars(pd.DataFrame(bars, columns=["cell", "start", "rounds"]), f.target_acc)
 
 

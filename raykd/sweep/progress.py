@@ -1,12 +1,15 @@
-"""One line per finished (or failed, or retried) trial, so a long sweep shows where it is."""
+"""One line per finished (or failed, or retried) trial, so a long sweep shows where it is; each finished
+trial's result is recorded in the sweep's folder as its line is printed (``state.record_finished``)."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from ray import tune
 
+from raykd.sweep.state import record_finished
 from raykd.tracking import trial_error
 
 
@@ -21,8 +24,8 @@ def describe(config: dict[str, Any]) -> str:
 class Progress(tune.Callback):
     """Counts finished trials out of ``total``; the count survives a resume (Tune pickles callbacks)."""
 
-    def __init__(self, total: int) -> None:
-        self.total, self.finished, self.started = total, 0, time.monotonic()
+    def __init__(self, total: int, out: Path) -> None:
+        self.total, self.out, self.finished, self.started = total, out, 0, time.monotonic()
 
     def get_state(self) -> dict[str, int]:
         return {"finished": self.finished}
@@ -37,9 +40,9 @@ class Progress(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         r = trial.last_result
-        self._line(
-            trial, f"test {100 * r['test_acc']:.1f}% (gain {100 * r['gain']:+.1f} pts), val {100 * r['val_acc']:.1f}%"
-        )
+        new = record_finished(self.out, trial.config, r)
+        outcome = f"test {100 * r['test_acc']:.1f}% (gain {100 * r['gain']:+.1f} pts), val {100 * r['val_acc']:.1f}%"
+        self._line(trial, outcome if new else f"{outcome} (recorded before the interruption; not run again)")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         print(f"retrying {describe(trial.config)} after failure {trial.num_failures}: {trial_error(trial)}")

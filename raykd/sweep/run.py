@@ -1,12 +1,17 @@
 """The sweep: every method row, at every point of its grid and every seed (and cell), as one Ray Tune trial.
 
 The sweep is one MLflow parent run; each trial is a child run with its params and per-epoch metrics.
-The trials' table is written first, so nothing after it can lose the results.
+The trials' table is written first, so nothing after it can lose the results; they never depend on the
+tracking server (``SweepResult.untracked`` says what it lacks). Ctrl-C is Tune's: it stops the trials and
+saves its state, and the sweep stops with one line saying how to continue (``Interrupted``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,12 +22,14 @@ import yaml
 from ray import tune
 
 from raykd import report
+from raykd.cluster import ANSWER_TIMEOUT_S, get_within
 from raykd.config import Cell, ExperimentConfig, study_cells
+from raykd.errors import Interrupted
 from raykd.files import write_atomic
-from raykd.sweep.followup import federated_followup, federated_section
+from raykd.sweep.followup import failed_simulations, federated_followup, federated_section
 from raykd.sweep.prepare import prepare_nodes, start_teacher_server
 from raykd.sweep.progress import Progress
-from raykd.sweep.state import Sweep, new_sweep
+from raykd.sweep.state import Sweep, new_sweep, resume_hint
 from raykd.sweep.students import best_of, keep_chosen
 from raykd.sweep.trial import trainable, trial_resources
 from raykd.tracking import ParentRun, parent_run, trial_runs
@@ -60,6 +67,13 @@ def run_sweep(cfg: ExperimentConfig, uri: str, resume: Sweep | None = None) -> S
         f"{verb} {where}{len(arms)} settings x {len(cfg.seeds)} seeds = {total} trials; output in {sweep.out}",
         flush=True,
     )
+    try:
+        return _run(cfg, cells, sweep, uri, raw, total)
+    except KeyboardInterrupt:  # a Ctrl-C outside Tune's loop (or a second one while Tune saves its state)
+        raise Interrupted(resume_hint(sweep)) from None
+
+
+def _run(cfg: ExperimentConfig, cells: list[Cell], sweep: Sweep, uri: str, raw: dict, total: int) -> SweepResult:
     server_name = f"raykd-teacher-{sweep.name}" if cfg.teacher.mode == "server" else None
     server = start_teacher_server(cells, server_name) if server_name else None
     with parent_run(uri, cfg.tracking.experiment, sweep.name, sweep.parent_run_id) as parent:
@@ -67,10 +81,32 @@ def run_sweep(cfg: ExperimentConfig, uri: str, resume: Sweep | None = None) -> S
             parent.log_config(raw, sweep.out / "config.yaml")
             sweep.save(parent.run_id)
         tuner = build_tuner(cfg, cells, sweep, server_name, total, parent.run_id)
-        results = tuner.fit()
-        trials = report.trial_rows([(r.config, r.metrics, r.error) for r in results])
+        with _quiet_interruption():
+            results = tuner.fit()
+        if results.num_terminated + results.num_errors < total:  # Tune stopped on Ctrl-C: no tables yet
+            raise Interrupted(resume_hint(sweep))
+        trials = report.in_config_order(report.trial_rows([(r.config, r.metrics, r.error) for r in results]), cfg)
         write_atomic(sweep.out / "trials.csv", trials.to_csv(index=False))  # first: nothing below can lose them
         return write_report(cfg, cells, sweep, trials, server, parent)
+
+
+class _QuietInterruption(logging.Filter):
+    """Tune's own Ctrl-C messages (several lines, ending in a ``Tuner.restore`` recipe) give way to raykd's one."""
+
+    MESSAGES = ("Stop signal received", "Trials did not complete", "Experiment has been interrupted")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.MESSAGES)
+
+
+@contextmanager
+def _quiet_interruption() -> Iterator[None]:
+    tune_logger, quiet = logging.getLogger("ray.tune.tune"), _QuietInterruption()
+    tune_logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        tune_logger.removeFilter(quiet)
 
 
 def build_tuner(
@@ -104,7 +140,7 @@ def build_tuner(
 
 def callbacks(cfg: ExperimentConfig, sweep: Sweep, total: int, parent_id: str) -> list[tune.Callback]:
     """The driver's per-trial work: a progress line, and the trial's MLflow child run."""
-    return [Progress(total), trial_runs(sweep.uri, cfg.tracking.experiment, parent_id, sweep.name)]
+    return [Progress(total, sweep.out), trial_runs(sweep.uri, cfg.tracking.experiment, parent_id, sweep.name)]
 
 
 def write_report(
@@ -113,11 +149,15 @@ def write_report(
     """Tables, figures, the chosen students, the server's statistics and the federated follow-up."""
     out = sweep.out
     if (trials["status"] == "ok").any():
-        text, figures, best = report.study(cfg, sweep.name, trials)
+        study = report.study(cfg, sweep.name, trials)
+        text, figures, best = study.text, study.figures, study.best
+        write_atomic(out / "paired.csv", study.paired.to_csv(index=False))
+        parent.log_files(out / "paired.csv")
+        parent.log_metrics(paired_metrics(study.paired, list(cfg.axes)))
     else:  # report.study summarises successful trials and needs one
         text, figures, best = report.failures_only(sweep.name, trials), {}, trials.iloc[:0]
     if server is not None:
-        stats = ray.get(server.stats.remote())
+        stats = get_within(server.stats.remote(), ANSWER_TIMEOUT_S, "teacher.mode=server: the server's statistics")
         ray.kill(server)
         parent.log_metrics({f"server.{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
         text += report.server_line(stats)
@@ -129,7 +169,7 @@ def write_report(
         section, figure = federated_section(cfg, rounds, shaping)
         text += section
         figures["federated_rounds.png"] = figure
-        failed += int((rounds["error"] != "").sum())
+        failed += failed_simulations(rounds, shaping)
     write_atomic(out / "results.md", text)
     parent.log_files(out / "results.md", out / "trials.csv")
     parent.log_figures(figures, out / "plots")
@@ -140,3 +180,12 @@ def write_report(
     parent.log_students({name: best_of(paths) for name, paths in students.items()})
     print("\n" + text, flush=True)
     return SweepResult(out, trials, best, students, failed)
+
+
+def paired_metrics(paired: pd.DataFrame, axes: list[str]) -> dict[str, float]:
+    """Each paired comparison's mean difference and interval bounds as parent-run metrics."""
+    metrics = {}
+    for _, r in paired.iterrows():
+        name = ".".join(["paired", *(str(r[a]) for a in axes), f"{r['tuned']}-vs-{r['untuned']}"])
+        metrics.update({f"{name}.{part}": r[part] for part in ("mean", "low", "high", "wins")})
+    return metrics

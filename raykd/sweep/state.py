@@ -1,21 +1,32 @@
 """A sweep's home: its output folder, and what ``--resume`` needs to find it again after the driver died.
 
-The folder holds ``config.yaml``, Ray Tune's state (``tune/``) and ``sweep.json`` (the MLflow store
-and parent run). Every gap in an interrupted sweep is one ConfigError line saying what to do instead.
+The folder holds ``config.yaml``, Ray Tune's state (``tune/``), ``sweep.json`` (the MLflow store
+and parent run) and ``finished/`` (each finished trial's final result, written by the driver as it prints
+the trial's line). Tune's state is saved every second or so and may lag a killed driver; ``finished/``
+does not, so ``--resume`` replays a recorded result instead of training that trial again. Every gap in
+an interrupted sweep is one ConfigError line saying what to do instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ray import tune
+from ray import cloudpickle, tune
+from ray.tune.result import AUTO_RESULT_KEYS
 
 from raykd.config import ExperimentConfig, load_config
 from raykd.errors import ConfigError
 from raykd.files import safe_component, write_atomic
+
+#: What Tune adds to a trial's reported metrics (a replayed result carries only what the trial reported).
+TUNE_KEYS = {*AUTO_RESULT_KEYS, "trial_id", "done", "experiment_tag", "should_checkpoint"}
+#: The first byte of a pickle (protocol 2+): Tune writes some state as pickles whatever their suffix.
+PICKLE_START = b"\x80"
 
 
 @dataclass(frozen=True)
@@ -73,4 +84,50 @@ def open_sweep(path: Path, address: str | None) -> tuple[ExperimentConfig, Sweep
         ) from None
     if not tune.Tuner.can_restore(str(path / "tune")):
         raise ConfigError(f"--resume {path}: no Ray Tune state in {path / 'tune'} (no trial had started); {anew}")
+    check_tune_state(path / "tune", f"--resume {path}", anew)
     return cfg, sweep
+
+
+def check_tune_state(folder: Path, what: str, anew: str) -> None:
+    """Every Ray Tune state file in ``folder`` reads back (pickles and JSON), so a corrupted one is one line here
+    instead of an UnpicklingError once the resumed sweep has started."""
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        data = path.read_bytes()
+        try:
+            cloudpickle.loads(data) if data[:1] == PICKLE_START else json.loads(data)
+        except Exception as err:  # noqa: BLE001 - whatever the damage, the state cannot be trusted
+            raise ConfigError(
+                f"{what}: Ray Tune's state file {path.name} is corrupted ({type(err).__name__}); {anew}"
+            ) from None
+
+
+def resume_hint(sweep: Sweep) -> str:
+    """What an interrupted sweep's user can do next: continue it, or (before any trial started) run it anew."""
+    if (sweep.out / "sweep.json").is_file() and tune.Tuner.can_restore(str(sweep.out / "tune")):
+        return f"continue with: python -m raykd.tune --resume {sweep.out}"
+    return f"no trial had started; run it anew with --config {sweep.out / 'config.yaml'}"
+
+
+def finished_file(out: Path, config: dict[str, Any]) -> Path:
+    """Where a finished trial's result is recorded: keyed by what the trial is (cell, row setting, seed),
+    not by Tune's trial id, which a resumed sweep may give anew."""
+    what = json.dumps({k: config.get(k) for k in ("cell", "arm", "seed")}, sort_keys=True, default=str)
+    return Path(out) / "finished" / f"{hashlib.sha256(what.encode()).hexdigest()[:20]}.json"
+
+
+def record_finished(out: Path, config: dict[str, Any], result: dict[str, Any]) -> bool:
+    """Record a finished trial's final metrics; False when they were recorded already (a replayed trial)."""
+    path = finished_file(out, config)
+    if path.is_file():
+        return False
+    metrics = {k: v for k, v in result.items() if k not in TUNE_KEYS}
+    write_atomic(path, json.dumps(metrics, default=float))
+    return True
+
+
+def finished_result(out: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The recorded final metrics of a trial that finished before its driver stopped, if any."""
+    try:
+        return json.loads(finished_file(out, config).read_text())
+    except (OSError, ValueError):
+        return None

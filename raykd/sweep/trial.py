@@ -24,6 +24,7 @@ from raykd.files import write_atomic
 from raykd.learners import run_on_learners
 from raykd.nodes import prepare
 from raykd.peers import run_mutual_learning
+from raykd.sweep.state import finished_result
 from raykd.sweep.students import trial_student
 from raykd.teacher_server import logit_source
 
@@ -31,7 +32,15 @@ from raykd.teacher_server import logit_source
 def trainable(
     config: dict[str, Any], cells: dict[str, ExperimentConfig], server_name: str | None, sweep_dir: str
 ) -> None:
-    """One Tune trial in its cell's config; a non-finite loss is recorded so that retries re-raise it at once."""
+    """One Tune trial in its cell's config; a non-finite loss is recorded so that retries re-raise it at once.
+
+    A trial whose result the sweep's folder already holds (it finished before a killed driver's Tune state
+    was saved) reports that result again instead of training.
+    """
+    recorded = finished_result(Path(sweep_dir), config)
+    if recorded is not None:
+        tune.report(recorded)
+        return
     cfg = cells[cell_key(config.get("cell", {}))]
     label, seed = config["arm"]["label"], config["seed"]
     raise_planned_faults(cfg, sweep_dir, label, seed)

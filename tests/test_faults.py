@@ -1,0 +1,268 @@
+"""Real faults in a sweep: corrupted caches, Ctrl-C, a killed driver, a dead tracking server, two sweeps at once."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from raykd.config import validate_config
+from raykd.data import load_dataset
+from raykd.errors import ConfigError
+from raykd.experiment import run_trial
+from raykd.nodes import load_node, node_path, prepare, read_node
+from raykd.report import TIMING_METRICS
+from raykd.tune import EXIT_UNTRACKED, main
+from tests.conftest import tiny_raw
+from tests.test_reliability import _deterministic, _kill_ray_processes, _only_output
+from tests.test_tune import mlflow_server  # noqa: F401 - the fixture
+
+KD = {"name": "kd", "temperature": [1, 2, 4, 8], "alpha": 0.5}
+REPLAYED = "(recorded before the interruption; not run again)"
+RESUME_HINT = "raykd: interrupted; continue with: python -m raykd.tune --resume "
+
+
+def _flip_middle(path: Path, count: int = 16) -> None:
+    """Flip ``count`` bytes in the middle of a file: inside its tensors or arrays, its length unchanged."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    for i in range(middle, middle + count):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _metrics(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k not in TIMING_METRICS}
+
+
+def test_flipped_bytes_in_cached_node_model_and_dataset_are_rebuilt_to_the_same_results(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from raykd import nodes
+
+    raw = tiny_raw(tmp_path, tmp_path / "cache")
+    raw["nodes"]["train"]["epochs"], raw["transfer"]["train"]["epochs"] = 1, 1
+    cfg = validate_config(raw)
+    clean = run_trial(cfg, "kd", {"temperature": 4.0, "alpha": 0.5}, 0)  # builds the dataset and both node files
+    checkpoint, dataset = node_path(cfg, 1, 0), tmp_path / "cache" / "datasets" / "mnist1d.npz"
+    clean_state = read_node(checkpoint)["state_dict"]  # type: ignore[index]
+    _flip_middle(checkpoint)
+    _flip_middle(dataset)
+    assert torch.load(checkpoint, weights_only=True)["meta"]["node"] == 1  # torch alone reads it as valid
+    assert read_node(checkpoint) is None
+
+    nodes._dataset.cache_clear()  # a fresh process: the dataset is read from its cache file again
+    with caplog.at_level(logging.WARNING, logger="raykd.cache"):
+        rerun = run_trial(cfg, "kd", {"temperature": 4.0, "alpha": 0.5}, 0)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "raykd.cache"]
+    assert len(warnings) == 2 and all("failed its content check" in w and "rebuilding" in w for w in warnings)
+    assert {Path(w.split()[2]).name for w in warnings} == {checkpoint.name, dataset.name}
+    assert _metrics(rerun) == _metrics(clean)
+    rebuilt = read_node(checkpoint)["state_dict"]  # type: ignore[index]
+    assert all(torch.equal(rebuilt[k], clean_state[k]) for k in clean_state)
+    load_node(cfg, prepare(cfg, 0), 1, 0)  # the rebuilt entry passes its check: read, not trained again
+    assert len([r for r in caplog.records if r.name == "raykd.cache"]) == 2
+
+
+def test_a_users_npz_with_flipped_bytes_is_one_line_naming_the_field(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "mine.npz"
+    x, y = rng.normal(size=(60, 2, 5)).astype(np.float32), np.arange(60) % 3
+    np.savez(path, x=x, y=y, x_test=x[:20], y_test=y[:20])
+    _flip_middle(path, 4)
+    from raykd.config import DataConfig
+
+    with pytest.raises(ConfigError, match=r"^data.root: .*mine.npz is not a readable .npz file \(BadZipFile"):
+        load_dataset(DataConfig(dataset="npz", root=path), tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("damaged", ["tuner.pkl", "experiment_state-2026-01-01_00-00-00.json"])
+def test_a_corrupted_tune_state_file_makes_resume_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, damaged: str
+) -> None:
+    out = tmp_path / "runs" / "tiny-20260101-000000"
+    (out / "tune").mkdir(parents=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(tiny_raw(tmp_path, tmp_path / "cache")))
+    (out / "sweep.json").write_text(json.dumps({"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "parent_run_id": "x"}))
+    (out / "tune" / "tuner.pkl").write_bytes(b"\x80\x05" + os.urandom(64))
+    (out / "tune" / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": []}')
+    if damaged.endswith(".json"):
+        (out / "tune" / "tuner.pkl").write_bytes(pickle.dumps({"ok": 1}))
+        (out / "tune" / damaged).write_text('{"trial_data": [')
+    assert main(["--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"raykd: error: --resume {out}: Ray Tune's state file {damaged} is corrupted (")
+    assert err.rstrip().endswith(f"run it anew with --config {out / 'config.yaml'}")
+
+
+def _write(tmp_path: Path, raw: dict) -> Path:
+    config = tmp_path / "experiment.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    return config
+
+
+def _until_first_trial(driver: subprocess.Popen) -> str:
+    """Read the driver's output up to its first finished trial; returns that trial's description."""
+    for line in driver.stdout:  # type: ignore[union-attr]
+        if line.startswith("[1/"):
+            return line.split("] ", 1)[1].split(":")[0]
+    raise AssertionError("the sweep ended before its first trial finished")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", ["sigint", "sigkill-with-lagging-tune-state"])
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
+    tmp_path: Path, cache_dir: Path, ray_session: object, stop: str
+) -> None:
+    """Ctrl-C: exit 130, no traceback, one line saying how to resume. A SIGKILL while Tune's own state lags
+    (it is saved only every TUNE_GLOBAL_CHECKPOINT_S): the finished trial's recorded result is replayed."""
+    raw = tiny_raw(tmp_path, cache_dir, ray={"num_cpus": 2}, methods=[KD], tune={"max_concurrent_trials": 1})
+    raw["transfer"]["train"]["epochs"] = 10
+    config = _write(tmp_path, raw)
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rk", dir="/tmp"))  # short: Ray's socket paths live under it
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(ray_tmp)}
+    if stop != "sigint":
+        env["TUNE_GLOBAL_CHECKPOINT_S"] = "100000"  # Tune's state never catches up with the finished trial
+    command = [sys.executable, "-m", "raykd.tune"]
+    try:
+        driver = subprocess.Popen(
+            [*command, "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        first = _until_first_trial(driver)
+        os.killpg(driver.pid, signal.SIGINT if stop == "sigint" else signal.SIGKILL)  # as a terminal's Ctrl-C
+        _, err = driver.communicate(timeout=120)
+        leftover = _kill_ray_processes(str(ray_tmp))  # the Ray the driver started ends with it
+        out = _only_output(tmp_path)
+        assert not (out / "results.md").exists()
+        if stop == "sigint":
+            assert not leftover and driver.returncode == 130
+            assert "Traceback" not in err and err.strip().splitlines()[-1] == f"{RESUME_HINT}{out}"
+            assert "Tuner.restore" not in err and sum(line.startswith("raykd:") for line in err.splitlines()) == 1
+        resumed = subprocess.run([*command, "--resume", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    finally:
+        _kill_ray_processes(str(ray_tmp))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    lines = {line.split("] ", 1)[1].split(":")[0]: line for line in resumed.stdout.splitlines() if line[:1] == "["}
+    assert "[4/4" in resumed.stdout
+    replayed = [trial for trial, line in lines.items() if line.endswith(REPLAYED)]
+    if stop == "sigint":  # Tune saved its state on the way out: the finished trial is not even replayed
+        assert first not in lines and not replayed
+    else:
+        assert replayed == [first]
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 4 and (trials["status"] == "ok").all() and trials["temperature"].is_unique
+
+
+def _kill_server_when_a_trial_finished(runs: Path, marker: str) -> threading.Thread:
+    """SIGKILL the process group led by the process naming ``marker`` (the MLflow server and its workers) as soon
+    as the sweep records its first finished trial."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 600
+        while not list(runs.glob("*/finished/*.json")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for entry in Path("/proc").iterdir():
+            with contextlib.suppress(OSError):
+                pid = int(entry.name) if entry.name.isdigit() else 0
+                named = pid and marker in (entry / "cmdline").read_bytes().decode(errors="replace")
+                if named and os.getpgid(pid) == pid:  # a group leader: never the test's own group
+                    os.killpg(pid, signal.SIGKILL)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.slow
+def test_tracking_server_killed_mid_sweep_leaves_complete_local_results_and_one_line(
+    tmp_path: Path,
+    cache_dir: Path,
+    ray_session: object,
+    mlflow_server: str,  # noqa: F811 - the fixture
+    capsys: pytest.CaptureFixture,
+) -> None:
+    raw = tiny_raw(tmp_path, cache_dir, methods=[KD], tune={"max_concurrent_trials": 1})
+    watcher = _kill_server_when_a_trial_finished(tmp_path / "runs", str(tmp_path / "server.db"))
+    started = time.monotonic()
+    assert main(["--config", str(_write(tmp_path, raw)), "--tracking-uri", mlflow_server]) == EXIT_UNTRACKED
+    watcher.join(timeout=5)
+    assert time.monotonic() - started < 240  # bounded retries, not minutes per write
+    err = capsys.readouterr().err
+    out = _only_output(tmp_path)
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 4 and (trials["status"] == "ok").all()
+    assert (out / "results.md").is_file() and len(list((out / "students").rglob("seed0.pt"))) == 1
+    (line,) = [line for line in err.splitlines() if line.startswith("raykd: tracking.uri:")]
+    assert f"MLflow at {mlflow_server} failed (" in line and "not recorded there: " in line and "results.md" in line
+    assert line.endswith(f"the local results in {out} are complete") and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_two_sweeps_at_once_on_a_cold_cache_and_store_both_succeed_alike(tmp_path: Path, ray_session: object) -> None:
+    raw = tiny_raw(tmp_path, tmp_path / "cold-cache", methods=[{"name": "kd", "temperature": [1, 4], "alpha": 0.5}])
+    raw["teacher"] = {"mode": "cache"}  # node models, the dataset and the logit cache: all built cold
+    config = _write(tmp_path, raw)
+    address = ray_session.get_runtime_context().gcs_address  # type: ignore[attr-defined]
+    command = [sys.executable, "-m", "raykd.tune", "--config", str(config), "--address", address]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    sweeps = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)
+    ]
+    done = [sweep.communicate(timeout=400) for sweep in sweeps]
+    for sweep, (_, err) in zip(sweeps, done, strict=True):
+        assert sweep.returncode == 0, err[-2000:]
+    outs = sorted((tmp_path / "runs").iterdir())
+    assert len(outs) == 2  # one folder each, even when both start within the same second
+    pd.testing.assert_frame_equal(_deterministic(outs[0]), _deterministic(outs[1]))
+    assert sum("teacher-logit cache: 1 forward passes" in out for out, _ in done) == 1  # built once, then reused
+    assert len(list((tmp_path / "cold-cache" / "nodes").glob("*.pt"))) == 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_simulation_in_one_line(tmp_path: Path, cache_dir: Path) -> None:
+    from tests.test_federated import fed_raw
+
+    config = _write(tmp_path, fed_raw(tmp_path, cache_dir, rounds=12))
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rk", dir="/tmp"))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(ray_tmp)}
+    try:
+        simulation = subprocess.Popen(
+            [sys.executable, "-m", "federated.simulate", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        for line in simulation.stdout:  # type: ignore[union-attr]
+            if line.startswith("round 1:"):
+                break
+        os.killpg(simulation.pid, signal.SIGINT)
+        _, err = simulation.communicate(timeout=60)
+    finally:
+        leftover = _kill_ray_processes(str(ray_tmp))
+    assert simulation.returncode == 130 and not leftover
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "raykd: interrupted"
+    assert not list((tmp_path / "runs").glob("*/summary.json"))  # no records of a simulation that did not finish
