@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -119,13 +120,15 @@ def _sweep_folder(tmp_path: Path, *parts: str) -> Path:
         "broken config.yaml": "methods: [\n",
         "sweep.json": json.dumps({"out": str(folder), "uri": raw["tracking"]["uri"], "parent_run_id": "0123abcd"}),
         "broken sweep.json": "{not json",
-        "tune state": "",
         "results.md": "# done\n",
     }
     for part in parts:
         name = part.split()[-1] if part != "tune state" else "tune/tuner.pkl"
         (folder / name).parent.mkdir(exist_ok=True)
-        (folder / name).write_text(files[part])
+        if part == "tune state":  # a state file that reads back, so the next check (the MLflow run) is reached
+            (folder / name).write_bytes(pickle.dumps({}))
+        else:
+            (folder / name).write_text(files[part])
     return folder
 
 
