@@ -59,20 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def preflight(cfg: ExperimentConfig) -> None:
-    """Everything checkable before Ray starts: cross-field rules, architectures, the MLflow store."""
+    """Everything checkable before Ray starts: cross-field rules, the data against the whole config (splits,
+    partitions, every node's model and weights: ``dataset_of``), the MLflow store."""
     # The core and MLflow load here, after parsing: --help never pays for torch or mlflow.
-    from raykd.data import check_dataset
-    from raykd.models import build_model
-    from raykd.nodes import check_checkpoints, dataset_of
+    from raykd.nodes import dataset_of
     from raykd.tracking import check_reachable, resolve_uri
 
     check_federated(cfg)
-    data = dataset_of(cfg)
-    check_dataset(cfg, data)
-    build_model(cfg.nodes.model, data.input_shape, data.num_classes)
-    for node, spec in cfg.nodes.models.items():
-        build_model(spec, data.input_shape, data.num_classes, f"nodes.models.{node}")
-    check_checkpoints(cfg, data.input_shape, data.num_classes)
+    dataset_of(cfg)
     check_reachable(resolve_uri(cfg.tracking.uri))
 
 
@@ -144,13 +138,15 @@ def _simulate(args: argparse.Namespace) -> int:
     import ray  # after parsing: --help never pays for Ray
 
     from raykd.cluster import Capacity, check_flower_pool, connect_ray
+    from raykd.files import held_writes
 
     cfg = config_from_args(args, DEFAULT_CONFIG)
-    preflight(cfg)
     if ray.is_initialized():
         raise RuntimeError("federated.simulate must be its own Ray driver process (Flower shuts Ray down at the end)")
-    connect_ray(cfg, log_to_driver=True)
-    check_flower_pool(cfg, Capacity.now())
+    with held_writes():  # the dataset cache lands only once the store answers and the cluster holds the pool
+        preflight(cfg)
+        connect_ray(cfg, log_to_driver=True)
+        check_flower_pool(cfg, Capacity.now())
     return outcome(simulate(cfg))
 
 
