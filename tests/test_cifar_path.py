@@ -42,6 +42,7 @@ SHRINK = [
     "transfer.train={epochs: 1, batch_size: 64, lr: 0.001}",
     "methods=[{name: ce, label: no-kd}, {name: kd, label: kd-tuned, temperature: [2, 4], alpha: 0.5}]",
     "teacher.mode=inline",
+    "teacher.num_gpus=0",  # the GPU the config gives its teacher server; an inline teacher takes none
     "tune.cpus_per_trial=1",
     "tune.gpus_per_trial=0",
     "federated.after_sweep=false",
