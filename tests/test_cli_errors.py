@@ -20,6 +20,7 @@ BAD_OVERRIDES = [
     (["nodes.model=vgg99"], "nodes.model.name = 'vgg99': unknown model 'vgg99'; allowed: mlp, cnn1d"),
     (["nodes.models={1: cnn2d}"], "nodes.models.1: model 'cnn2d' needs images"),
     (["methods.1.name=fitnet"], "methods[1].name = 'fitnet': unknown method; allowed: ce, kd, dml, dpkd"),
+    (["methods=[{name:dml}]"], "methods[0].name: missing; a method row needs one of ce, kd, dml"),
     (["methods.1.temperature=0"], "methods[1].temperature = 0: Input should be greater than 0"),
     (["methods.1.temperature=[2, -1]"], "methods[1].temperature = -1: Input should be greater than 0"),
     (["methods.1.alpha=1.5"], "methods[1].alpha = 1.5: Input should be less than or equal to 1"),

@@ -163,6 +163,8 @@ def describe_error(err: ValidationError) -> str:
         return f"{field}.name: {first['ctx']['reason']}"
     if first["type"] == "union_tag_invalid":
         return f"{field}.name = {first['ctx']['tag']!r}: unknown method; allowed: {', '.join(METHODS)}"
+    if first["type"] == "union_tag_not_found":
+        return f"{field}.name: missing; a method row needs one of {', '.join(METHODS)} or 'package.module:Class'"
     if first["type"] == "extra_forbidden":
         parent = ".".join(str(p) for p in loc[:-1]) or "the top level"
         allowed = _allowed_keys(first["loc"][:-1])
