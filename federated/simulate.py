@@ -141,10 +141,10 @@ def _simulate(args: argparse.Namespace) -> int:
     from raykd.files import held_writes
 
     cfg = config_from_args(args, DEFAULT_CONFIG)
-    if ray.is_initialized():
-        raise RuntimeError("federated.simulate must be its own Ray driver process (Flower shuts Ray down at the end)")
     with held_writes():  # the dataset cache lands only once the store answers and the cluster holds the pool
         preflight(cfg)
+        if ray.is_initialized():
+            raise RuntimeError("federated.simulate must be its own Ray driver (Flower shuts Ray down at the end)")
         connect_ray(cfg, log_to_driver=True)
         check_flower_pool(cfg, Capacity.now())
     return outcome(simulate(cfg))
