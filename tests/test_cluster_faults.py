@@ -144,7 +144,8 @@ REFUSED = [
     (["teacher.mode=server", "teacher.device=cpu", "teacher.num_gpus=1"], "teacher.device=cpu never uses", True),
     (["learners.use_gpu=true"], "learners.use_gpu: true but learners.num_workers is 0", True),
     (["learners.peer_actors=true"], "learners.peer_actors: true but no method row is dml", True),
-    (["teacher.batch_wait_ms=.inf"], "teacher.batch_wait_ms = inf: Input should be less than or equal to 1000", True),
+    (["teacher.batch_wait_ms=.inf"], "teacher.batch_wait_ms = inf: Input should be a finite number", True),
+    (["teacher.batch_wait_ms=5000"], "teacher.batch_wait_ms = 5000: Input should be less than or equal to 1000", True),
     (["tune.gpus_per_trial=0.5"], f"tune.gpus_per_trial: 0.5 GPUs for one trial {_NO_GPU}", False),
     (
         ["teacher.mode=server", "teacher.num_gpus=1"],
