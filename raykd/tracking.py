@@ -225,6 +225,17 @@ def parent_run(uri: str, experiment: str, run_name: str, run_id: str | None = No
         raise
     finally:
         remote("the sweep run's end", lambda: mlflow.end_run(status))
+        forget_active_runs()
+
+
+def forget_active_runs() -> None:
+    """Drop this process's open MLflow runs without asking the store, which ``remote`` may have stopped asking.
+
+    MLflow keeps the active run in the process; one left open (its end skipped after the store failed) would
+    make the next sweep in the same process (the Python API, a notebook) fail to start its own run.
+    """
+    stack = mlflow.tracking.fluent._active_run_stack.get()  # MLflow's own end_run pops this list first
+    stack.clear()
 
 
 def trial_error(trial: Any) -> str:
