@@ -54,7 +54,7 @@ def test_sweep_tracks_parent_and_child_runs_and_writes_tables(
     artifacts = {a.path for a in MlflowClient(uri).list_artifacts(parent.info.run_id)}
     assert {"results.md", "trials.csv", "config.yaml", "plots"} <= artifacts
     plots = {a.path for a in MlflowClient(uri).list_artifacts(parent.info.run_id, "plots")}
-    assert plots == {"plots/gain_bars.png", "plots/heatmap_kd.png"}
+    assert plots == {"plots/gain_bars.png", "plots/heatmap_kd.png", "plots/paired_differences.png"}
 
     out = next((tmp_path / "runs").iterdir())
     trials = pd.read_csv(out / "trials.csv")
