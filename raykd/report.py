@@ -221,7 +221,10 @@ def study(cfg: ExperimentConfig, run_name: str, trials: pd.DataFrame) -> StudyRe
     trials = in_config_order(trials, cfg)
     settings = per_setting(trials, knobs, list(order))
     best = summary(settings, knobs, cfg.tune.select_on, list(order))
-    text = (cells_report if order else single_report)(cfg, run_name, trials, settings, best, knobs)
+    if order:
+        text = cells_report(cfg, run_name, trials, settings, best, knobs)
+    else:
+        text = single_report(cfg, run_name, settings, best, knobs)
     pairs = comparisons(trials, best, list(order), knobs)
     charts = figures(settings, best, knobs_of, order)
     if len(pairs):
@@ -286,12 +289,7 @@ def cells_report(
 
 
 def single_report(
-    cfg: ExperimentConfig,
-    run_name: str,
-    trials: pd.DataFrame,
-    settings: pd.DataFrame,
-    best: pd.DataFrame,
-    knobs: list[str],
+    cfg: ExperimentConfig, run_name: str, settings: pd.DataFrame, best: pd.DataFrame, knobs: list[str]
 ) -> str:
     """A study of one cell: the summary, then every setting tried."""
     return (
