@@ -27,9 +27,10 @@ from raykd.errors import ConfigError
 from raykd.experiment import run_trial
 from raykd.nodes import load_node, node_path, prepare, read_node
 from raykd.report import TIMING_METRICS
+from raykd.students import read_student
 from raykd.tune import EXIT_UNTRACKED, main
 from tests.conftest import tiny_raw
-from tests.test_reliability import _deterministic, _kill_ray_processes, _only_output
+from tests.test_reliability import _children, _deterministic, _kill_ray_processes, _only_output
 from tests.test_tune import mlflow_server  # noqa: F401 - the fixture
 
 KD = {"name": "kd", "temperature": [1, 2, 4, 8], "alpha": 0.5}
@@ -126,15 +127,42 @@ def _until_first_trial(driver: subprocess.Popen) -> str:
     raise AssertionError("the sweep ended before its first trial finished")
 
 
+def _resumable(tmp_path: Path, cache_dir: Path) -> dict:
+    """Four trials run one at a time, each long enough (20 epochs) for a kill to land inside the next."""
+    raw = tiny_raw(tmp_path, cache_dir, methods=[KD], tune={"max_concurrent_trials": 1})
+    raw["transfer"]["train"]["epochs"] = 20
+    return raw
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, ray_session: object) -> Path:
+    """The sweep every interrupted one must resume to, run once in this process; its output folder."""
+    tmp_path = tmp_path_factory.mktemp("uninterrupted")
+    assert main(["--config", str(_write(tmp_path, _resumable(tmp_path, cache_dir)))]) == 0
+    return _only_output(tmp_path)
+
+
+def _when_a_trial_is_running(uri: str, timeout: float = 120) -> None:
+    """Return once the store holds a RUNNING child run: a trial is inside its training."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):  # the store may be mid-write or not yet created
+            if "RUNNING" in {c.info.status for c in _children(uri)}:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"no trial was running after {timeout}s")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", ["sigint", "sigkill-with-lagging-tune-state"])
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
-    tmp_path: Path, cache_dir: Path, ray_session: object, stop: str
+def test_interrupted_sweep_resumes_to_the_uninterrupted_table(
+    tmp_path: Path, cache_dir: Path, uninterrupted: Path, stop: str
 ) -> None:
-    """Ctrl-C: exit 130, no traceback, one line saying how to resume. A SIGKILL while Tune's own state lags
-    (it is saved only every TUNE_GLOBAL_CHECKPOINT_S): the finished trial's recorded result is replayed."""
-    raw = tiny_raw(tmp_path, cache_dir, ray={"num_cpus": 2}, methods=[KD], tune={"max_concurrent_trials": 1})
-    raw["transfer"]["train"]["epochs"] = 10
+    """Ctrl-C: exit 130, no traceback, one line saying how to resume. A SIGKILL inside a trial while Tune's own
+    state lags (it is saved only every TUNE_GLOBAL_CHECKPOINT_S): the finished trial's recorded result is
+    replayed, the killed one is rerun and its zombie MLflow run closed. Either way the resumed sweep's table and
+    chosen student equal the uninterrupted sweep's."""
+    raw = _resumable(tmp_path, cache_dir) | {"ray": {"num_cpus": 2}}
     config = _write(tmp_path, raw)
     ray_tmp = Path(tempfile.mkdtemp(prefix="rk", dir="/tmp"))  # short: Ray's socket paths live under it
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(ray_tmp)}
@@ -151,6 +179,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
             start_new_session=True,
         )
         first = _until_first_trial(driver)
+        if stop != "sigint":
+            _when_a_trial_is_running(raw["tracking"]["uri"])
         os.killpg(driver.pid, signal.SIGINT if stop == "sigint" else signal.SIGKILL)  # as a terminal's Ctrl-C
         _, err = driver.communicate(timeout=120)
         leftover = _kill_ray_processes(str(ray_tmp))  # the Ray the driver started ends with it
@@ -164,6 +194,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     finally:
         _kill_ray_processes(str(ray_tmp))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumed.stdout.startswith("node models: 2 of 2 cached") and "resuming 4 settings" in resumed.stdout
     lines = {line.split("] ", 1)[1].split(":")[0]: line for line in resumed.stdout.splitlines() if line[:1] == "["}
     assert "[4/4" in resumed.stdout
     replayed = [trial for trial, line in lines.items() if line.endswith(REPLAYED)]
@@ -171,8 +202,14 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
         assert first not in lines and not replayed
     else:
         assert replayed == [first]
-    trials = pd.read_csv(out / "trials.csv")
-    assert len(trials) == 4 and (trials["status"] == "ok").all() and trials["temperature"].is_unique
+    pd.testing.assert_frame_equal(_deterministic(out), _deterministic(uninterrupted))
+    chosen = read_student(out / "students" / "kd" / "seed0.pt")["info"]
+    reference = read_student(uninterrupted / "students" / "kd" / "seed0.pt")["info"]
+    assert chosen["setting"] == reference["setting"] and chosen["metrics"] == reference["metrics"]
+    statuses = [c.info.status for c in _children(raw["tracking"]["uri"])]  # one parent run: _children asserts it
+    assert statuses.count("FINISHED") == 4 and "RUNNING" not in statuses
+    if stop != "sigint":  # the trial killed inside its training left a RUNNING run; the resume closed it
+        assert statuses.count("KILLED") >= 1 and len(statuses) == 4 + statuses.count("KILLED")
 
 
 def _kill_server_when_a_trial_finished(runs: Path, marker: str) -> threading.Thread:

@@ -1,14 +1,10 @@
-"""Sweeps that survive faults and interruption: retried and failed trials, non-finite losses, a killed driver."""
+"""Sweeps that survive faults: retried and failed trials, non-finite losses (a killed driver: test_faults.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +13,6 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from raykd.students import read_student
 from raykd.tune import EXIT_TRIALS_FAILED, main
 from tests.conftest import tiny_raw
 
@@ -132,67 +127,3 @@ def _deterministic(out: Path) -> pd.DataFrame:
     """The trials table without what measures the machine (timings), in a fixed row order."""
     trials = pd.read_csv(out / "trials.csv")[["label", "temperature", "alpha", "seed", "status", *ACCURACIES]]
     return trials.sort_values(["label", "temperature", "seed"]).reset_index(drop=True)
-
-
-@pytest.mark.slow
-def test_sigkilled_sweep_resumes_to_the_uninterrupted_table(
-    tmp_path: Path, cache_dir: Path, ray_session: object
-) -> None:
-    grid = {
-        "methods": [{"name": "kd", "temperature": [1, 2, 4, 8], "alpha": 0.5}],
-        "tune": {"max_concurrent_trials": 1},
-    }
-    reference = tiny_raw(tmp_path / "reference", cache_dir, **grid)
-    reference["transfer"]["train"]["epochs"] = 40  # trials of a few seconds: the kill lands inside the second
-    (tmp_path / "reference").mkdir()
-    assert _sweep(tmp_path / "reference", reference) == 0  # in this process; also trains the node models
-
-    raw = tiny_raw(tmp_path, cache_dir, ray={"num_cpus": 2}, **grid)
-    raw["transfer"] = reference["transfer"]
-    config = tmp_path / "experiment.yaml"
-    config.write_text(yaml.safe_dump(raw))
-    ray_tmp = Path(tempfile.mkdtemp(prefix="rk", dir="/tmp"))  # short: Ray's socket paths live under it
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(ray_tmp)}
-    command = [sys.executable, "-m", "raykd.tune"]
-    try:
-        driver = subprocess.Popen(
-            [*command, "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=env,
-            start_new_session=True,
-        )
-        first = ""
-        for line in driver.stdout:  # type: ignore[union-attr]
-            if line.startswith("[1/4"):
-                first = line.split("] ", 1)[1].split(":")[0]
-                break
-        time.sleep(2.0)  # past Tune's state snapshot (TUNE_GLOBAL_CHECKPOINT_S=1), inside the second trial
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
-        assert not _kill_ray_processes(str(ray_tmp))
-        assert first, "the sweep printed no finished trial before it was killed"
-        out = _only_output(tmp_path)
-        assert not (out / "results.md").exists()
-        assert "RUNNING" in {c.info.status for c in _children(raw["tracking"]["uri"])}  # a zombie, for now
-
-        resumed = subprocess.run([*command, "--resume", str(out)], capture_output=True, text=True, env=env, timeout=240)
-    finally:  # the resumed driver ends its own Ray; this is for a test that failed half-way
-        leftover = _kill_ray_processes(str(ray_tmp))
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert not leftover
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert resumed.stdout.startswith("node models: 2 of 2 cached") and "resuming 4 settings" in resumed.stdout
-    assert first not in resumed.stdout and "[4/4" in resumed.stdout  # finished trials are not run again
-    pd.testing.assert_frame_equal(_deterministic(out), _deterministic(_only_output(tmp_path / "reference")))
-    # the chosen student is there, whether its trial finished before the kill or after the resume
-    chosen = read_student(out / "students" / "kd" / "seed0.pt")["info"]
-    uninterrupted = read_student(_only_output(tmp_path / "reference") / "students" / "kd" / "seed0.pt")["info"]
-    assert chosen["setting"] == uninterrupted["setting"] and chosen["metrics"] == uninterrupted["metrics"]
-
-    children = _children(raw["tracking"]["uri"])  # the same parent run: _children asserts there is one
-    statuses = [c.info.status for c in children]
-    assert statuses.count("FINISHED") == 4 and "RUNNING" not in statuses
-    assert {c.info.status for c in children if "raykd.note" in c.data.tags} == {"KILLED"}
-    assert len(children) == 4 + statuses.count("KILLED") >= 5
