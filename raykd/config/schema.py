@@ -193,21 +193,7 @@ class TeacherConfig(Section):
     batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="dynamic batching: longest wait for more requests")
     max_restarts: int = Field(3, ge=0, description="server restarts after a crash; in-flight requests are retried")
     prefetch: bool = Field(True, description="request the next batch's logits while the student trains on this one")
-    cache_top_k: int | None = Field(
-        None,
-        ge=1,
-        description="mode cache: store each row's K largest logits and their class ids (the other classes read as "
-        "the smallest kept logit): K x 6 bytes a row at float32, not classes x 4; unset: full logits; 1 <= K < classes",
-    )
-
-    @model_validator(mode="after")
-    def _top_k_needs_cache(self) -> TeacherConfig:
-        if self.cache_top_k is not None and self.mode != "cache":
-            raise ValueError(
-                f"teacher.cache_top_k: {self.cache_top_k} cuts the offline cache but teacher.mode is {self.mode}; "
-                "allowed: unset, or teacher.mode: cache"
-            )
-        return self
+    cache_top_k: int | None = Field(None, ge=1, description="cache mode: each row's K largest logits only; K < classes")
 
 
 class LearnersConfig(Section):
