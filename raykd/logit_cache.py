@@ -81,8 +81,8 @@ def dense_logits(values: Tensor, ids: Tensor, classes: int) -> Tensor:
     Why the smallest kept one: it is the tightest bound on the dropped logits that the K pairs alone give (each
     dropped logit is at most that), it never lifts a dropped class above a kept one, and it needs nothing more
     stored. It over-states the tail: at temperature T the dropped classes get more mass than they had, by at
-    most (C - K) * exp(min_kept / T) / sum_j exp(z_j / T), so the error falls as K grows or T falls; at K = 1
-    every class ties and the row reads as uniform.
+    most (C - K) * exp(min_kept / T) / sum_j exp(z_j / T), a bound that falls as K grows or T falls (the KD
+    term's error need not: ``benchmarks/topk_cache.py``); at K = 1 every class ties and the row reads as uniform.
     """
     rows = values.amin(dim=1, keepdim=True).expand(len(values), classes).contiguous()
     return rows.scatter_(1, ids.long(), values)
