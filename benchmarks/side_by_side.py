@@ -170,7 +170,7 @@ def teacher(data: Data) -> tuple[nn.Module, Path]:
 def cached_logits(model: nn.Module, path: Path, data: Data) -> np.ndarray:
     """The teacher's logits on the training split from raykd's logit cache (memory-mapped), as cache mode reads them."""
     cache = LogitCache(CACHE / "logits")
-    return cache.get_or_build(cache.key(path, "mnist1d", "train", "float32"), lambda: predict(model, data.x))[0]
+    return cache.get_or_build(cache.key(path, "mnist1d", "train", "float32"), lambda: predict(model, data.x).numpy())[0]
 
 
 Timing = tuple[float, float]  # wall and CPU seconds of one epoch
@@ -410,7 +410,7 @@ def cached(data: Data) -> None:
     logits = cached_logits(model, path, data)
     dense = torch.from_numpy(np.array(logits))
     contenders = {
-        "raykd": raykd_contender(data, KnowledgeDistillation(**KD), CachedReferences([logits])),
+        "raykd": raykd_contender(data, KnowledgeDistillation(**KD), CachedReferences([logits], classes=data.classes)),
         "bare": bare_contender(data, dense),
     }
     versus_bare("2. KD with cached teacher logits", data, contenders)
@@ -443,7 +443,9 @@ def torchdistill(data: Data) -> None:
     contenders = {
         "torchdistill": torchdistill_contender(data, model),
         "raykd-inline": raykd_contender(data, method, InlineReferences([model])),
-        "raykd-cache": raykd_contender(data, method, CachedReferences([cached_logits(model, path, data)])),
+        "raykd-cache": raykd_contender(
+            data, method, CachedReferences([cached_logits(model, path, data)], classes=data.classes)
+        ),
     }
     lockstep(contenders, 0, 2)
     timings: dict[str, list[Timing]] = {name: [] for name in contenders}

@@ -118,11 +118,11 @@ def _refuse(field: str, asked: str, has: str, allowed: str) -> None:
 
 
 def check_requests(cfg: ExperimentConfig) -> None:
-    """Resource knobs the chosen mode would silently ignore, refused before anything runs or is written.
+    """Knobs the chosen mode would silently ignore, refused before anything runs or is written.
 
     Only ``teacher.mode=server`` gives the teacher its own device and GPUs (inline and cache teachers run where
-    the trial runs, on ``tune.gpus_per_trial``); ``learners.use_gpu`` needs learners; ``learners.peer_actors``
-    needs a dml row.
+    the trial runs, on ``tune.gpus_per_trial``); only ``teacher.mode=cache`` reads ``teacher.cache_top_k``;
+    ``learners.use_gpu`` needs learners; ``learners.peer_actors`` needs a dml row.
     """
     teacher, learners = cfg.teacher, cfg.learners
     where = f"teacher.mode={teacher.mode} runs the teacher inside each trial (on tune.gpus_per_trial)"
@@ -143,6 +143,11 @@ def check_requests(cfg: ExperimentConfig) -> None:
         raise ConfigError(
             "learners.use_gpu: true but learners.num_workers is 0 (trials train in their own process, on "
             "tune.gpus_per_trial); allowed: false, or learners.num_workers >= 1"
+        )
+    if teacher.cache_top_k is not None and teacher.mode != "cache":
+        raise ConfigError(
+            f"teacher.cache_top_k: {teacher.cache_top_k} cuts the offline cache but teacher.mode is {teacher.mode}; "
+            "allowed: unset, or teacher.mode=cache"
         )
     if learners.peer_actors and not any(m.name == "dml" for m in cfg.methods):
         raise ConfigError("learners.peer_actors: true but no method row is dml; allowed: false, or a dml row")

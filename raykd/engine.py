@@ -44,6 +44,10 @@ class References:
     def prefetch(self, batch: Batch) -> None:
         """Start fetching ``batch``'s logits early; the default has nothing to start."""
 
+    def use_device(self, device: torch.device) -> None:
+        """Where the models train: a source that builds logits (the top-k cache expands its rows) builds them there;
+        the default's logits are moved there by ``fit``."""
+
     def __call__(self, batch: Batch) -> ReferenceLogits:
         return [], None
 
@@ -161,6 +165,7 @@ def fit(
     """Train ``models`` jointly on ``method``'s loss; ``on_epoch`` gets each epoch's mean loss terms."""
     references = references or References()
     device = device_of(models[0])
+    references.use_device(device)
     params = [p for m in models for p in m.parameters()]
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     for epoch in range(epochs):

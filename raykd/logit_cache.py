@@ -9,6 +9,12 @@ corrupted file fails the check and is rebuilt; written atomically, and built onc
 Augmented views: the cache holds logits of the un-augmented inputs only (transform ``"none"``);
 raykd's transfer sets are not augmented. A run that augments its inputs must use ``inline`` or
 ``server`` mode, where the teacher sees the same augmented batch as the student.
+
+Many classes (``teacher.cache_top_k: K``): each row keeps only its K largest logits and their class
+ids, K x (4 + 2) bytes instead of C x 4 at float32 (ids are int32 above 32,767 classes), in one
+structured ``.npy`` with the same checksum. The key includes K, so full and top-k entries never meet.
+Each step's rows are expanded back to dense logits on the training device (``dense_logits``), so no
+method knows the cache was cut.
 """
 
 from __future__ import annotations
@@ -37,8 +43,9 @@ class LogitCache:
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
 
-    def key(self, checkpoint: Path, dataset: str, split: str, dtype: str) -> str:
+    def key(self, checkpoint: Path, dataset: str, split: str, dtype: str, top_k: int | None = None) -> str:
         parts = [file_digest(checkpoint), dataset, split, TRANSFORM, dtype]
+        parts += [f"top_k={top_k}"] if top_k is not None else []  # full-logit keys stay as they were
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
 
     def path(self, key: str) -> Path:
@@ -48,10 +55,10 @@ class LogitCache:
         """The cached array (memory-mapped), or None when missing or failing its checksum."""
         return read_checked(self.path(key), _memory_map)[0]
 
-    def get_or_build(self, key: str, compute: Callable[[], Tensor]) -> tuple[np.ndarray, bool]:
+    def get_or_build(self, key: str, compute: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
         """The cached logits (memory-mapped), computing and storing them first on a miss; also says whether it built."""
         path = self.path(key)
-        logits, built = cached(path, _memory_map, lambda: compute().numpy(), lambda tmp, a: np.save(tmp, a))
+        logits, built = cached(path, _memory_map, compute, lambda tmp, a: np.save(tmp, a))
         return (_memory_map(path) if built else logits), built
 
 
@@ -59,15 +66,52 @@ def _memory_map(path: Path) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
+def top_k_rows(logits: Tensor, k: int, dtype: str) -> np.ndarray:
+    """Each row's ``k`` largest logits (in ``dtype``, largest first) and their class ids, as one packed record."""
+    values, ids = logits.float().topk(k, dim=1)
+    id_type = np.int16 if logits.shape[1] <= np.iinfo(np.int16).max else np.int32
+    rows = np.empty(len(logits), np.dtype([("values", dtype, (k,)), ("ids", id_type, (k,))]))
+    rows["values"], rows["ids"] = values.numpy(), ids.numpy()
+    return rows
+
+
+def dense_logits(values: Tensor, ids: Tensor, classes: int) -> Tensor:
+    """Full rows from their top K: the kept logits in place, every other class at the row's smallest kept logit.
+
+    Why the smallest kept one: it is the tightest bound on the dropped logits that the K pairs alone give (each
+    dropped logit is at most that), it never lifts a dropped class above a kept one, and it needs nothing more
+    stored. It over-states the tail: at temperature T the dropped classes get more mass than they had, by at
+    most (C - K) * exp(min_kept / T) / sum_j exp(z_j / T), a bound that falls as K grows or T falls (the KD
+    term's error need not: ``benchmarks/topk_cache.py``); at K = 1 every class ties and the row reads as uniform.
+    """
+    rows = values.amin(dim=1, keepdim=True).expand(len(values), classes).contiguous()
+    return rows.scatter_(1, ids.long(), values)
+
+
+def read_rows(array: np.ndarray, index: np.ndarray, classes: int, device: torch.device) -> Tensor:
+    """Rows of a cached array as float32 logits on ``device``; top-k records move there compact, then expand."""
+    rows = array[index]
+    if rows.dtype.names is None:
+        return torch.from_numpy(np.asarray(rows)).to(device).float()
+    values, ids = (torch.from_numpy(np.ascontiguousarray(rows[name])).to(device) for name in ("values", "ids"))
+    return dense_logits(values.float(), ids, classes)
+
+
 class CachedReferences(References):
-    """Teacher (and initial-student) logits looked up by the batch's global sample indices."""
+    """Teacher (and initial-student) logits looked up by the batch's global sample indices.
 
-    def __init__(self, teachers: list[np.ndarray], initial: np.ndarray | None = None) -> None:
-        self.teachers, self.initial = teachers, initial
+    ``classes`` is the dataset's class count: what top-k arrays expand back to.
+    """
 
-    @staticmethod
-    def _rows(array: np.ndarray, batch: Batch) -> Tensor:
-        return torch.from_numpy(np.asarray(array[batch.index.numpy()])).float()
+    def __init__(self, teachers: list[np.ndarray], initial: np.ndarray | None = None, *, classes: int) -> None:
+        self.teachers, self.initial, self.classes = teachers, initial, classes
+        self.device = torch.device("cpu")
+
+    def use_device(self, device: torch.device) -> None:
+        self.device = device
+
+    def _rows(self, array: np.ndarray, batch: Batch) -> Tensor:
+        return read_rows(array, batch.index.numpy(), self.classes, self.device)
 
     def __call__(self, batch: Batch) -> ReferenceLogits:
         initial = self._rows(self.initial, batch) if self.initial is not None else None
@@ -77,18 +121,22 @@ class CachedReferences(References):
 def node_logits(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> tuple[np.ndarray, bool]:
     """A pre-trained node model's logits on the whole training split, from the cache or built once.
 
-    The model is loaded only on a miss: a cached run reads no teacher checkpoint.
+    The model is loaded only on a miss: a cached run reads no teacher checkpoint. With ``teacher.cache_top_k``
+    the array holds top-k records (``top_k_rows``), not dense logits.
     """
     if read_node(node_path(cfg, node, seed)) is None:
         load_node(cfg, setup, node, seed)  # trains and caches it: the key is over the checkpoint's content
     data = json.dumps(cfg.data.model_dump(mode="json", include={"dataset", "fake_samples", "fake_classes"}))
     cache = LogitCache(cfg.nodes.cache_dir / "logits")
-    key = cache.key(node_path(cfg, node, seed), data, "train", cfg.teacher.dtype)
-    dtype = getattr(torch, cfg.teacher.dtype)
+    teacher = cfg.teacher
+    key = cache.key(node_path(cfg, node, seed), data, "train", teacher.dtype, teacher.cache_top_k)
 
-    def compute() -> Tensor:
+    def compute() -> np.ndarray:
         model = load_node(cfg, setup, node, seed).to(pick_device(cfg.tune.gpus_per_trial))
-        return predict(model, setup.dataset.train_x).to(dtype)
+        logits = predict(model, setup.dataset.train_x)
+        if teacher.cache_top_k is not None:
+            return top_k_rows(logits, teacher.cache_top_k, teacher.dtype)
+        return logits.to(getattr(torch, teacher.dtype)).numpy()
 
     return cache.get_or_build(key, compute)
 
@@ -104,8 +152,12 @@ class CachedLogits:
 
     def references(self, frozen: list[int], initial: int | None, load: LoadNode) -> References:
         return CachedReferences(
-            [self._logits(n) for n in frozen], self._logits(initial) if initial is not None else None
+            [self._logits(n) for n in frozen],
+            self._logits(initial) if initial is not None else None,
+            classes=self.setup.dataset.num_classes,
         )
 
     def train_logits(self, nodes: list[int], load: LoadNode) -> list[Tensor]:
-        return [torch.from_numpy(np.array(self._logits(n), dtype=np.float32)) for n in nodes]
+        everything = np.arange(len(self.setup.dataset.train_x))
+        cpu, classes = torch.device("cpu"), self.setup.dataset.num_classes
+        return [read_rows(self._logits(n), everything, classes, cpu) for n in nodes]

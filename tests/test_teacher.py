@@ -114,9 +114,9 @@ def test_cache_hit_miss_invalidation_and_corruption(tmp_path: Path, node_setup: 
     cfg = cfg.model_copy(update={"nodes": cfg.nodes.model_copy(update={"cache_dir": tmp_path})})
     calls = []
 
-    def compute() -> torch.Tensor:
+    def compute() -> np.ndarray:
         calls.append(1)
-        return predict(teacher, setup.dataset.train_x)
+        return predict(teacher, setup.dataset.train_x).numpy()
 
     cache = LogitCache(tmp_path / "logits")
     checkpoint = tmp_path / "teacher.pt"

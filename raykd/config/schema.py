@@ -193,6 +193,7 @@ class TeacherConfig(Section):
     batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="dynamic batching: longest wait for more requests")
     max_restarts: int = Field(3, ge=0, description="server restarts after a crash; in-flight requests are retried")
     prefetch: bool = Field(True, description="request the next batch's logits while the student trains on this one")
+    cache_top_k: int | None = Field(None, ge=1, description="cache mode: each row's K largest logits only; K < classes")
 
 
 class LearnersConfig(Section):

@@ -70,6 +70,15 @@ def _check_augment(cfg: ExperimentConfig, data: Dataset) -> None:
         )
 
 
+def _check_top_k(cfg: ExperimentConfig, classes: int) -> None:
+    k = cfg.teacher.cache_top_k
+    if k is not None and k >= classes:
+        raise ConfigError(
+            f"teacher.cache_top_k: {k} would keep every one of the {classes} classes of {cfg.data.dataset}; "
+            f"allowed: 1..{classes - 1}, or unset for full logits"
+        )
+
+
 def check_dataset(cfg: ExperimentConfig, data: Dataset) -> None:
     """Refuse, in one line naming the field, a config that ``data`` cannot serve (before any training)."""
     check_arrays(
@@ -79,3 +88,4 @@ def check_dataset(cfg: ExperimentConfig, data: Dataset) -> None:
     _check_splits(cfg, data.train_y.numpy())
     _check_partition(cfg, data.train_y.numpy(), data.num_classes)
     _check_augment(cfg, data)
+    _check_top_k(cfg, data.num_classes)
