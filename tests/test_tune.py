@@ -66,15 +66,6 @@ def test_sweep_tracks_parent_and_child_runs_and_writes_tables(
     )
 
 
-def test_second_run_reuses_cached_node_models(
-    tmp_path: Path, cache_dir: Path, ray_session: object, capsys: pytest.CaptureFixture
-) -> None:
-    raw = tiny_raw(tmp_path, cache_dir, methods=[{"name": "ce"}])
-    assert _sweep(tmp_path, raw) == 0
-    assert _sweep(tmp_path, raw) == 0
-    assert "node models: 2 of 2 cached" in capsys.readouterr().out
-
-
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
     """A real ``mlflow server`` on loopback with its own sqlite store and artifact folder."""
