@@ -16,16 +16,19 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 import federated  # noqa: F401  (sets Flower's environment for the child simulations)
-from raykd.cli import add_run_arguments, overrides_of, run_command
+from raykd.cli import EXIT_ROUNDS_LOST, add_run_arguments, overrides_of, run_command
 from raykd.config import ExperimentConfig, load_config
 from raykd.errors import ConfigError
 from raykd.federated_checks import check_federated
 from raykd.files import last_line
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 METRICS = ("final_test_acc", "rounds_to_target", "failed_clients")
 
@@ -35,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m federated.tune",
         description="Grid-search federated knobs with Ray Tune; every trial is one federated simulation.",
         epilog="example:\n  python -m federated.tune --config tune_configs/federated_kd.yaml "
-        "--grid methods.0.alpha=[0.25,0.5,0.75] --grid methods.0.temperature=[2,4] --set federated.client_cpus=0.6",
+        "--grid methods.0.alpha=[0.25,0.5,0.75] --grid methods.0.temperature=[2,4] --set federated.client_cpus=0.6\n\n"
+        "Exit status: 0 every trial ran as configured, 2 bad input (nothing ran), 3 finished but some trials failed\n"
+        "or lost client updates (the results table's error and lost columns say which).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_run_arguments(parser, None)
@@ -84,12 +89,14 @@ def run_trial(config: dict[str, Any], base: list[str], out: str, cwd: str) -> No
 
     folder = Path(out) / "-".join(f"{k.split('.')[-1]}={v}" for k, v in config.items())
     sets = [a for s in _assignments(config) for a in ("--set", s)]
-    (start,) = run_simulation_child([*base, *sets], folder, cwd)["starts"].values()
-    tune.report({m: start[m] if start[m] is not None else float("nan") for m in METRICS})
+    summary = run_simulation_child([*base, *sets], folder, cwd)
+    (start,) = summary["starts"].values()
+    metrics = {m: start[m] if start[m] is not None else float("nan") for m in METRICS}
+    tune.report({**metrics, "lost": summary["lost"] or ""})  # what rounds lost (exit 3 of the child), or nothing
 
 
-def sweep(args: argparse.Namespace, cfg: ExperimentConfig, axes: dict[str, list[Any]]) -> Path:
-    """Run every grid point as a trial, one at a time; write and print the results table."""
+def sweep(args: argparse.Namespace, cfg: ExperimentConfig, axes: dict[str, list[Any]]) -> pd.DataFrame:
+    """Run every grid point as a trial, one at a time; write, print and return the results table."""
     import pandas as pd  # Tune and pandas load when the search starts, not for --help or a bad grid
     from ray import tune
 
@@ -109,7 +116,7 @@ def sweep(args: argparse.Namespace, cfg: ExperimentConfig, axes: dict[str, list[
     rows = [
         {
             **r.config,
-            **{m: (r.metrics or {}).get(m) for m in METRICS},
+            **{m: (r.metrics or {}).get(m) for m in (*METRICS, "lost")},
             "error": "" if r.error is None else last_line(str(r.error), 200),
         }
         for r in results
@@ -117,7 +124,7 @@ def sweep(args: argparse.Namespace, cfg: ExperimentConfig, axes: dict[str, list[
     table = pd.DataFrame(rows).sort_values(list(axes))  # grid order: test accuracy must not pick a winner
     table.to_csv(out / "results.csv", index=False)
     print(f"\n{table.to_string(index=False)}\n\nresults in {out}", flush=True)
-    return out
+    return table
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -133,7 +140,14 @@ def _search(args: argparse.Namespace) -> int:
     connect_ray(cfg, log_to_driver=True)
     check_flower_pool(cfg, Capacity.now(), beside=WAITER_CPUS)
     args.overrides = overrides
-    sweep(args, cfg, axes)
+    table = sweep(args, cfg, axes)
+    failed, lost = (table["error"] != "").sum(), (table["lost"].fillna("") != "").sum()
+    if failed or lost:  # finished, but not every point ran as configured: a script must be able to tell
+        print(
+            f"raykd: of {len(table)} trials, {failed} failed and {lost} lost client updates; see results.csv",
+            file=sys.stderr,
+        )
+        return EXIT_ROUNDS_LOST
     return 0
 
 
