@@ -140,15 +140,22 @@ def _search(args: argparse.Namespace) -> int:
     connect_ray(cfg, log_to_driver=True)
     check_flower_pool(cfg, Capacity.now(), beside=WAITER_CPUS)
     args.overrides = overrides
-    table = sweep(args, cfg, axes)
-    failed, lost = (table["error"] != "").sum(), (table["lost"].fillna("") != "").sum()
-    if failed or lost:  # finished, but not every point ran as configured: a script must be able to tell
-        print(
-            f"raykd: of {len(table)} trials, {failed} failed and {lost} lost client updates; see results.csv",
-            file=sys.stderr,
-        )
-        return EXIT_ROUNDS_LOST
-    return 0
+    code, line = exit_status(sweep(args, cfg, axes))
+    if line:
+        print(line, file=sys.stderr)
+    return code
+
+
+def exit_status(table: pd.DataFrame) -> tuple[int, str | None]:
+    """3 and one line when some trials failed or lost client updates (finished, but not every point ran as
+    configured: a script must be able to tell), else 0."""
+    failed, lost = (table["error"].fillna("") != "").sum(), (table["lost"].fillna("") != "").sum()
+    if not failed and not lost:
+        return 0, None
+    return (
+        EXIT_ROUNDS_LOST,
+        f"raykd: of {len(table)} trials, {failed} failed and {lost} lost client updates; see results.csv",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ from federated.fml import FederatedMutualLearning
 from federated.simulate import main
 from federated.strategy import FederatedStrategy
 from federated.task import client_update, global_model, payload_bytes, setup_of, to_arrays
+from federated.tune import exit_status
 from federated.tune import main as tune_main
 from raykd.config import ExperimentConfig, validate_config
 from raykd.engine import accuracy
@@ -360,10 +361,8 @@ def test_tune_bad_grid_value_is_one_line_and_exit_2(
 
 def test_tune_trials_are_simulations_in_child_drivers(tmp_path: Path, cache_dir: Path) -> None:
     """``python -m raykd.tune`` on a config with ``federated.grid``: two trials, each a whole simulation
-    started by the trial as a child driver joined to the cluster. Client 1 fails in round 1 of each: the search
-    finishes, says what was lost, and exits 3."""
+    started by the trial as a child driver joined to the cluster."""
     raw = fed_raw(tmp_path, cache_dir, strategy="kd", rounds=1, client_cpus=0.6)  # the pool leaves the trial room
-    raw["federated"] |= {"fail_client": 1, "fail_rounds": [1], "min_successful": 2}
     raw["federated"]["grid"] = {"methods.0.alpha": [0.2, 0.8]}
     config = tmp_path / "fed.yaml"
     config.write_text(yaml.safe_dump(raw))
@@ -375,15 +374,19 @@ def test_tune_trials_are_simulations_in_child_drivers(tmp_path: Path, cache_dir:
         text=True,
         timeout=300,
     )
-    assert done.returncode == 3, done.stderr[-3000:]
-    assert done.stderr.strip().splitlines()[-1] == (
-        "raykd: of 2 trials, 0 failed and 2 lost client updates; see results.csv"
-    )
+    assert done.returncode == 0, done.stderr[-3000:]
     (out,) = (tmp_path / "runs").glob("*-tune-*")
     results = pd.read_csv(out / "results.csv")
     assert sorted(results["methods.0.alpha"]) == [0.2, 0.8]
     assert results.error.isna().all() and (results.final_test_acc > 0.1).all()
-    assert results["lost"].str.contains("1 client updates failed").all(), results["lost"].tolist()
+    assert results["lost"].isna().all()  # every round ran as configured
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
     assert sorted(r.data.params["methods.0.alpha"] for r in runs) == ["[0.2]", "[0.8]"]  # one MLflow run each
+
+
+def test_tune_exits_3_with_one_line_when_trials_failed_or_lost_updates() -> None:
+    table = pd.DataFrame({"error": ["", "", None], "lost": ["", None, ""]})
+    assert exit_status(table) == (0, None)
+    table = pd.DataFrame({"error": ["", "RuntimeError: x", ""], "lost": ["1 of 2 rounds ...", "", None]})
+    assert exit_status(table) == (3, "raykd: of 3 trials, 1 failed and 1 lost client updates; see results.csv")
