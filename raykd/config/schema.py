@@ -217,7 +217,7 @@ class TuneConfig(Section):
     select_on: Literal["val_acc", "local_val_acc"] = Field(
         "val_acc", description="metric the best grid point is chosen on (never the test set)"
     )
-    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs each trial (and each node pre-training task) reserves")
+    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs each trial reserves (node pre-training tasks: 1)")
     gpus_per_trial: float = Field(
         0.0, ge=0, description="GPUs each trial and node pre-training task reserves (fractions share a GPU); > 0: CUDA"
     )
