@@ -38,6 +38,19 @@ class FederatedConfig(Section):
     rounds: int = Field(5, ge=1, description="federated rounds")
     fraction: float = Field(1.0, gt=0, le=1, description="fraction of clients sampled each round, in (0, 1]")
     min_clients: int = Field(2, ge=1, description="clients sampled each round at least (<= partition.num_nodes)")
+    fraction_evaluate: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="fraction of clients that evaluate the global model on their validation split, in (0, 1], at "
+        "least min_clients; unset: the training fraction",
+    )
+    evaluate_every: int = Field(
+        1,
+        ge=1,
+        description="client evaluation in rounds that are multiples of this and in the last round (>= 1); the "
+        "server's global test evaluation runs every round",
+    )
     min_successful: int = Field(
         1, ge=1, description="successful clients a round needs to aggregate, else it is skipped"
     )
@@ -73,3 +86,13 @@ class FederatedConfig(Section):
                     f"federated.{key}: moved to the method row; set methods.0.{knob} (e.g. methods: [{example}])"
                 )
         return value
+
+    def evaluates_clients(self, server_round: int) -> bool:
+        """Whether clients evaluate in ``server_round``: every ``evaluate_every`` rounds, and always in the last
+        (the run ends with every evaluated client's accuracy of the final model)."""
+        return server_round % self.evaluate_every == 0 or server_round == self.rounds
+
+    @property
+    def evaluate_fraction(self) -> float:
+        """The fraction of clients evaluated when clients evaluate: ``fraction_evaluate``, else ``fraction``."""
+        return self.fraction if self.fraction_evaluate is None else self.fraction_evaluate
