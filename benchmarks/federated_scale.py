@@ -86,10 +86,13 @@ class Usage:
         return sum(seconds for g, seconds in self.cpu.values() if g == group)
 
 
-def group_of(process: psutil.Process, driver: int) -> str:
+def group_of(process: psutil.Process, driver: int, usage: Usage) -> str:
+    """A process's group; a client actor stays one (Ray renames a worker as its actor ends)."""
     if process.pid == driver:
         return "driver"
-    return "client actors" if "ClientApp" in " ".join(process.cmdline()) else "Ray's own processes"
+    if usage.cpu.get(process.pid, ("",))[0] == "client actors" or "ClientApp" in " ".join(process.cmdline()):
+        return "client actors"
+    return "Ray's own processes"
 
 
 def watch(pid: int, usage: Usage, stop: threading.Event) -> None:
@@ -103,7 +106,11 @@ def watch(pid: int, usage: Usage, stop: threading.Event) -> None:
         rss = {"all": 0.0, "client actors": 0.0}
         for process in tree:
             try:
-                group, mib, times = group_of(process, pid), process.memory_info().rss / 2**20, process.cpu_times()
+                group, mib, times = (
+                    group_of(process, pid, usage),
+                    process.memory_info().rss / 2**20,
+                    process.cpu_times(),
+                )
             except psutil.Error:
                 continue
             usage.cpu[process.pid] = group, times.user + times.system
