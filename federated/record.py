@@ -15,7 +15,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from torch import nn  # noqa: E402
 
-from federated.strategy import RoundLog  # noqa: E402
+from federated.strategy import LISTED_CLIENTS, RoundLog  # noqa: E402
 from federated.task import private_model_path, setup_of  # noqa: E402
 from raykd.config import ExperimentConfig  # noqa: E402
 from raykd.files import write_atomic  # noqa: E402
@@ -50,6 +50,7 @@ def table(history: dict[str, list[RoundLog]]) -> pd.DataFrame:
                     "test_acc": r.test_acc,
                     "mean_client_acc": sum(r.client_acc.values()) / len(r.client_acc) if r.client_acc else None,
                     "sampled": r.sampled,
+                    "evaluated": r.evaluated,
                     "succeeded": r.succeeded,
                     "failed": r.failed,
                     "diverged": r.diverged,
@@ -207,6 +208,14 @@ def record(
         models,
     )
     plt.close(fig)
-    timings = [c for c in rows.columns if c.endswith(("_s", "_s_max", "_s_sum"))]
-    print(f"\n{rows.drop(columns=['train_loss', *timings]).to_string(index=False)}\n\nrecords in {out}", flush=True)
+    print(f"\n{printed(rows)}\n\nrecords in {out}", flush=True)
     return out
+
+
+def printed(rows: pd.DataFrame) -> str:
+    """The round table as printed at the end: without timings and training loss, and with per-client columns
+    only for a few clients (rounds.csv keeps every column)."""
+    timings = [c for c in rows.columns if c.endswith(("_s", "_s_max", "_s_sum"))]
+    clients = [c for c in rows.columns if c.startswith("client") and c.endswith("_acc")]
+    hidden = ["train_loss", *timings, *(clients if len(clients) > LISTED_CLIENTS else [])]
+    return rows.drop(columns=hidden).to_string(index=False)

@@ -79,10 +79,11 @@ def simulate(cfg: ExperimentConfig) -> Path | str:
     # Flower's simulation engine and the apps (torch, flwr) load only when a simulation runs.
     from flwr.simulation import run_simulation
 
-    from federated import client_app, server_app
+    from federated import client_app, polling, server_app
 
     f, records = cfg.federated, list[Path]()
     one_line_client_failures()
+    polling.install()  # the engine's message hand-out costs the messages in flight, not the federation's size
     actor = {"max_restarts": -1, "max_task_retries": CLIENT_TASK_RETRIES}
     try:
         run_simulation(

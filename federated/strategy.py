@@ -25,6 +25,8 @@ log = logging.getLogger("federated")
 
 #: (the successful clients' arrays, their weighted average) -> the round's new global model
 ServerStep = Callable[[list[ArrayRecord], ArrayRecord], ArrayRecord]
+#: Up to this many evaluated clients, a round's log line lists each one's accuracy; beyond, it summarises them.
+LISTED_CLIENTS = 8
 
 
 @dataclass
@@ -35,13 +37,14 @@ class RoundLog:
     global evaluation, ``train_phase_s`` until every training reply is in (Flower's fan-out and the
     clients' work), ``server_eval_s`` the global evaluation alone. ``client_train_s`` and
     ``client_train_cpu_s`` are what each successful client measured of its own local training.
-    ``diverged`` counts the failed clients whose loss was not finite, ``eval_failed`` the failed
-    evaluations; ``errors`` holds each failure's one-line reason, so the run can say at its end what it
-    lost and why.
+    ``evaluated`` counts the clients asked to evaluate (0 in a round without client evaluation),
+    ``diverged`` the failed clients whose loss was not finite, ``eval_failed`` the failed evaluations;
+    ``errors`` holds each failure's one-line reason, so the run can say at its end what it lost and why.
     """
 
     round: int
     sampled: int = 0
+    evaluated: int = 0
     succeeded: int = 0
     failed: int = 0
     diverged: int = 0
@@ -65,6 +68,29 @@ def reason_of(error: str) -> str:
     return last_line(error).rpartition("Message: ")[2].removesuffix("'>")
 
 
+def client_acc_text(acc: dict[int, float]) -> str:
+    """A round's client accuracies (%) for its log line: each client's when few, else their count, mean, min and
+    max, so the line stays one screen wide however many clients evaluate (rounds.csv keeps every value)."""
+    if not acc:
+        return "client acc - (not evaluated this round)"
+    if len(acc) <= LISTED_CLIENTS:
+        return "client acc % " + " ".join(f"{c}:{100 * a:.1f}" for c, a in sorted(acc.items()))
+    values = [100 * a for a in acc.values()]
+    return (
+        f"client acc % n={len(values)} mean {sum(values) / len(values):.1f} min {min(values):.1f} max {max(values):.1f}"
+    )
+
+
+def round_line(entry: RoundLog) -> str:
+    """The round's one log line: test accuracy, clients that trained, their accuracies, traffic."""
+    skipped = " (round skipped)" if entry.skipped else ""
+    return (
+        f"round {entry.round}: test acc {100 * (entry.test_acc or 0):.1f}% | clients ok {entry.succeeded}/"
+        f"{entry.sampled}{skipped} | {client_acc_text(entry.client_acc)} | "
+        f"bytes down {entry.bytes_down} up {entry.bytes_up}"
+    )
+
+
 def finite(arrays: ArrayRecord) -> bool:
     """Whether every weight of a model is a finite number (a diverged average must not become the global model)."""
     return all(bool(torch.isfinite(t).all()) for t in arrays.to_torch_state_dict().values())
@@ -75,17 +101,19 @@ class FederatedStrategy(FedAvg):
 
     A client that raises comes back as an error reply: it is logged and counted, and the round
     aggregates the others. With fewer than ``federated.min_successful`` successes the round is skipped
-    and the previous global model is kept, so nothing already aggregated is lost.
+    and the previous global model is kept, so nothing already aggregated is lost. Client evaluation
+    costs what training does: a sampled fraction of the clients (``federated.fraction_evaluate``), in
+    the rounds ``federated.evaluate_every`` picks.
     """
 
     def __init__(self, cfg: ExperimentConfig, server_step: ServerStep | None = None) -> None:
-        f, nodes = cfg.federated, cfg.partition.num_nodes
+        f = cfg.federated
         super().__init__(
             fraction_train=f.fraction,
-            fraction_evaluate=1.0,
+            fraction_evaluate=f.evaluate_fraction,
             min_train_nodes=f.min_clients,
-            min_evaluate_nodes=nodes,
-            min_available_nodes=nodes,
+            min_evaluate_nodes=f.min_clients,
+            min_available_nodes=cfg.partition.num_nodes,
         )
         self.cfg, self.server_step = cfg, server_step
         self.rounds: dict[int, RoundLog] = {}
@@ -176,7 +204,13 @@ class FederatedStrategy(FedAvg):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        return self._sent(server_round, super().configure_evaluate(server_round, arrays, config, grid))
+        """The round's evaluation messages; none in a round without client evaluation (Flower then sends and
+        aggregates nothing)."""
+        if not self.cfg.federated.evaluates_clients(server_round):
+            return []
+        messages = self._sent(server_round, super().configure_evaluate(server_round, arrays, config, grid))
+        self._round(server_round).evaluated = len(messages)
+        return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
@@ -196,11 +230,5 @@ class FederatedStrategy(FedAvg):
         if server_round in self._started:
             entry.round_s = time.perf_counter() - self._started[server_round]
         if server_round > 0:
-            clients = " ".join(f"{c}:{100 * a:.1f}" for c, a in sorted(entry.client_acc.items()))
-            print(
-                f"round {server_round}: test acc {100 * entry.test_acc:.1f}% | clients ok {entry.succeeded}/"
-                f"{entry.sampled}{' (round skipped)' if entry.skipped else ''} | client acc % {clients} | "
-                f"bytes down {entry.bytes_down} up {entry.bytes_up}",
-                flush=True,
-            )
+            print(round_line(entry), flush=True)
         return MetricRecord({"test_acc": entry.test_acc})

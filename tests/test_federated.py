@@ -23,11 +23,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from flwr.app import Error, Message, MessageType, Metadata, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, Metadata, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
 
 from federated.fml import FederatedMutualLearning
 from federated.simulate import main
-from federated.strategy import FederatedStrategy
+from federated.strategy import FederatedStrategy, client_acc_text
 from federated.task import client_update, global_model, payload_bytes, setup_of, to_arrays
 from federated.tune import exit_status
 from federated.tune import main as tune_main
@@ -173,6 +174,43 @@ def test_too_few_successes_skip_the_round_and_keep_the_model(tmp_path: Path, cac
     assert strategy.rounds[1].skipped and strategy.rounds[1].failed == 1
 
 
+class _Federation:
+    """What a strategy asks of Flower's grid when it samples clients: the connected node ids."""
+
+    def __init__(self, nodes: int) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self) -> list[int]:
+        return list(range(1, self.nodes + 1))
+
+
+def test_client_evaluation_samples_like_training_in_the_rounds_evaluate_every_picks(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Evaluation follows training's fraction unless told otherwise, never below min_clients; evaluate_every 2
+    of 5 rounds evaluates in rounds 2 and 4, and in the last."""
+    for identity in ("_run_id", "_node_id", "_task_id"):  # a ServerApp's messages carry its run, node and task
+        monkeypatch.setattr(TaskIdentity, identity, 1)
+    counts = {}
+    for fraction_evaluate in (None, 0.1):
+        raw = fed_raw(tmp_path, cache_dir, rounds=5, fraction=0.4, min_clients=3, evaluate_every=2)
+        raw["federated"]["fraction_evaluate"] = fraction_evaluate
+        raw["partition"]["num_nodes"] = 10
+        strategy = FederatedStrategy(validate_config(raw))
+        sent = {r: strategy.configure_evaluate(r, ArrayRecord(), ConfigRecord(), _Federation(10)) for r in range(1, 6)}
+        counts[fraction_evaluate] = {r: len(list(messages)) for r, messages in sent.items()}
+        assert {r: strategy.rounds[r].evaluated for r in strategy.rounds} == {
+            r: counts[fraction_evaluate][r] for r in (2, 4, 5)
+        }
+    assert counts == {None: {1: 0, 2: 4, 3: 0, 4: 4, 5: 4}, 0.1: {1: 0, 2: 3, 3: 0, 4: 3, 5: 3}}
+
+
+def test_the_round_line_lists_a_few_clients_and_summarises_many() -> None:
+    assert client_acc_text({2: 0.25, 0: 0.5}) == "client acc % 0:50.0 2:25.0"
+    assert client_acc_text({c: c / 10 for c in range(10)}) == "client acc % n=10 mean 45.0 min 0.0 max 90.0"
+    assert client_acc_text({}) == "client acc - (not evaluated this round)"
+
+
 # ---------------------------------------------------------------- bad input: one line, exit 2, nothing run
 
 BAD = [
@@ -180,6 +218,11 @@ BAD = [
     (["federated.fraction=0"], "federated.fraction = 0: Input should be greater than 0"),
     (["federated.fraction=1.5"], "federated.fraction = 1.5: Input should be less than or equal to 1"),
     (["federated.rounds=0"], "federated.rounds = 0: Input should be greater than or equal to 1"),
+    (["federated.fraction_evaluate=0"], "federated.fraction_evaluate = 0: Input should be greater than 0"),
+    (["federated.fraction_evaluate=2"], "federated.fraction_evaluate = 2: Input should be less than or equal to 1"),
+    (["federated.fraction_evaluate=.nan"], "federated.fraction_evaluate = nan: Input should be a finite number"),
+    (["federated.evaluate_every=0"], "federated.evaluate_every = 0: Input should be greater than or equal to 1"),
+    (["federated.evaluate_every=1.5"], "federated.evaluate_every = 1.5: Input should be a valid integer"),
     (
         ["federated.kd_alpha=0.3"],
         "federated.kd_alpha: moved to the method row; set methods.0.alpha (e.g. methods: [{name: kd, temperature: 4,",
@@ -267,6 +310,22 @@ def test_feddf_finishes_rounds_with_a_faulty_client_and_tracks_them(tmp_path: Pa
     assert client.get_metric_history(run.info.run_id, "failed")[1].value == 1
     assert "accuracy.png" in [a.path for a in client.list_artifacts(run.info.run_id)]
     assert run.data.params["federated.strategy"] == "feddf"
+
+
+def test_fifty_clients_evaluate_only_the_sampled_ones_in_the_rounds_picked(tmp_path: Path, cache_dir: Path) -> None:
+    """50 clients, 5 sampled per round: evaluation costs the sample, not the federation, and evaluate_every 2 of
+    2 rounds skips it in round 1 (only the training messages go down)."""
+    raw = fed_raw(tmp_path, cache_dir, fraction=0.1, evaluate_every=2)
+    raw["partition"] = {"scheme": "iid", "num_nodes": 50, "min_samples": 20}
+    _, rounds = simulate(tmp_path, raw)
+    r1, r2 = rounds.iloc[1], rounds.iloc[2]
+    assert (r1.sampled, r1.evaluated, r2.sampled, r2.evaluated) == (5, 0, 5, 5)
+    clients = rounds.filter(regex=r"^client\d+_acc$")
+    assert clients.shape[1] == 5 and clients.iloc[2].notna().all()  # rounds.csv: each evaluated client's accuracy
+    assert clients.iloc[1].isna().all() and pd.isna(r1.mean_client_acc)
+    cfg = validate_config(raw)
+    weights = param_bytes(global_model(cfg, setup_of(cfg)))
+    assert (r1.bytes_down, r2.bytes_down) == (5 * weights, 10 * weights)
 
 
 def test_consolidation_compares_three_starts(tmp_path: Path, cache_dir: Path) -> None:

@@ -1,9 +1,12 @@
 """One typed experiment schema: YAML in, ``--set key=value`` overrides, one-line errors out.
 
-``schema`` holds the sections and their rules; ``loading`` reads YAML, applies overrides, expands study
-axes into cells and turns validation errors into one line. Importing this package imports no torch.
+``schema`` holds the sections and their rules (``base``: what every section shares; ``federated``: the Flower
+section); ``loading`` reads YAML, applies overrides, expands study axes into cells and turns validation errors
+into one line. Importing this package imports no torch.
 """
 
+from raykd.config.base import Section, TrainConfig
+from raykd.config.federated import MOVED_FEDERATED_KEYS, SERVER_TEMPERATURE, FederatedConfig
 from raykd.config.loading import (
     Cell,
     cell_key,
@@ -21,23 +24,18 @@ from raykd.config.paths import check_paths, written_folders
 from raykd.config.schema import (
     CELL_SECTIONS,
     DATASET_ROOTS,
-    MOVED_FEDERATED_KEYS,
-    SERVER_TEMPERATURE,
     AugmentSpec,
     DataConfig,
     DatasetName,
     ExperimentConfig,
     FaultConfig,
-    FederatedConfig,
     LearnersConfig,
     ModelSpec,
     NodesConfig,
     PartitionConfig,
     RayConfig,
-    Section,
     TeacherConfig,
     TrackingConfig,
-    TrainConfig,
     TransferConfig,
     TuneConfig,
 )

@@ -12,7 +12,8 @@ from typing import Annotated, Any, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from raykd.config.schema import CELL_SECTIONS, ExperimentConfig, ModelSpec, Section
+from raykd.config.base import Section
+from raykd.config.schema import CELL_SECTIONS, ExperimentConfig, ModelSpec
 from raykd.errors import ConfigError
 from raykd.methods import METHODS
 from raykd.methods.schema import METHOD_KNOBS, is_method_tag, method_config_of
