@@ -34,10 +34,19 @@ from tests.test_reliability import _kill_ray_processes
 #: Three KD trials of 0.5 CPU: with the 0.5-CPU teacher server beside one of them, they need both nodes.
 KD = [{"name": "kd", "temperature": [1, 2, 4], "alpha": 0.5}]
 #: Asks the cluster's GCS for its alive nodes until the second has joined; prints {"head": id, "worker": id}.
+#: A head whose port answers may still be starting (slowly, on a loaded machine): joining it is retried.
 LIST_NODES = """
 import json, sys, time, ray
-ray.init(address=sys.argv[1], log_to_driver=False, logging_level="WARNING")
-deadline = time.monotonic() + 60
+deadline = time.monotonic() + 150
+while True:
+    try:
+        ray.init(address=sys.argv[1], log_to_driver=False, logging_level="WARNING")
+        break
+    except ConnectionError:
+        ray.shutdown()
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(2)
 while len(nodes := [n for n in ray.nodes() if n["Alive"]]) < 2 and time.monotonic() < deadline:
     time.sleep(0.5)
 roles = {"head" if "node:__internal_head__" in n["Resources"] else "worker": n["NodeID"] for n in nodes}
@@ -62,10 +71,11 @@ def two_nodes() -> Iterator[tuple[str, dict[str, str]]]:
     address = f"127.0.0.1:{port}"
     nodes = [_ray_start(base / "head", "--head", f"--port={port}", "--include-dashboard=false")]
     try:
-        _wait_for_port(port)
+        _wait_for_port(port, timeout=300)  # a head starts in seconds on an idle machine, minutes on a loaded one
         nodes.append(_ray_start(base / "worker", f"--address={address}"))
         listing = [sys.executable, "-c", LIST_NODES, address]
-        listed = subprocess.run(listing, capture_output=True, text=True, timeout=120)
+        listed = subprocess.run(listing, capture_output=True, text=True, timeout=240)
+        assert listed.returncode == 0, listed.stderr[-2000:]
         roles = json.loads(listed.stdout.strip().splitlines()[-1])
         assert set(roles) == {"head", "worker"}, listed.stderr[-2000:]
         yield address, roles
@@ -85,7 +95,7 @@ def _run(module: str, raw: dict[str, Any], folder: Path, address: str) -> str:
     config.write_text(yaml.safe_dump(raw))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     command = [sys.executable, "-m", module, "--config", str(config), "--address", address]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
