@@ -70,12 +70,15 @@ def table(history: dict[str, list[RoundLog]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summary(cfg: ExperimentConfig, history: dict[str, list[RoundLog]], restarts: int = 0) -> dict[str, Any]:
+def summary(
+    cfg: ExperimentConfig, history: dict[str, list[RoundLog]], restarts: int = 0, nodes: dict[str, int] | None = None
+) -> dict[str, Any]:
     """Final and target-reaching numbers per start point; consolidation's round savings over a random start;
-    what was lost (``lost``, one line or None) and how often Ray restarted a dead client actor."""
+    what was lost (``lost``, one line or None), how often Ray restarted a dead client actor, and how many client
+    actors each Ray node held (``client_actor_nodes``, by node id)."""
     target = cfg.federated.target_acc
     out: dict[str, Any] = {"strategy": cfg.federated.strategy, "target_acc": target, "starts": {}}
-    out["actor_restarts"] = restarts
+    out["actor_restarts"], out["client_actor_nodes"] = restarts, nodes or {}
     for start, rounds in history.items():
         out["starts"][start or "-"] = {
             "start_test_acc": rounds[0].test_acc,
@@ -182,13 +185,17 @@ def save_models(
 
 
 def record(
-    cfg: ExperimentConfig, history: dict[str, list[RoundLog]], finals: dict[str, nn.Module], restarts: int = 0
+    cfg: ExperimentConfig,
+    history: dict[str, list[RoundLog]],
+    finals: dict[str, nn.Module],
+    restarts: int = 0,
+    nodes: dict[str, int] | None = None,
 ) -> Path:
     """Write rounds.csv, summary.json, accuracy.png and the final models under ``output_dir``; log them as one
-    MLflow run (the global model as an MLflow PyTorch model)."""
+    MLflow run (the global model as an MLflow PyTorch model). ``restarts`` and ``nodes``: see ``summary``."""
     run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(cfg.output_dir) / run_name
-    rows, info = table(history), summary(cfg, history, restarts)
+    rows, info = table(history), summary(cfg, history, restarts, nodes)
     models = save_models(cfg, out, finals, info)
     write_atomic(out / "rounds.csv", rows.to_csv(index=False))
     write_atomic(out / "summary.json", json.dumps(info, indent=2))

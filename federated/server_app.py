@@ -24,7 +24,7 @@ from federated.task import (
     starting_points,
     to_arrays,
 )
-from raykd.cluster import actor_restarts
+from raykd.cluster import actor_nodes, actor_restarts
 from raykd.config import ExperimentConfig
 from raykd.federated_checks import check_federated
 
@@ -61,7 +61,7 @@ def run(grid: Grid, cfg: ExperimentConfig) -> Path:
         history[start] = [strategy.rounds[r] for r in sorted(strategy.rounds)]
         final = result.arrays if len(result.arrays) else arrays  # no round aggregated: the start is the model
         finals[start] = from_arrays(global_model(cfg, setup_of(cfg)), final)
-    return record(cfg, history, finals, actor_restarts(CLIENT_ACTOR))
+    return record(cfg, history, finals, actor_restarts(CLIENT_ACTOR), actor_nodes(CLIENT_ACTOR))
 
 
 def build(experiment: ExperimentConfig | None = None, recorded: Callable[[Path], None] | None = None) -> ServerApp:

@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ WAITER_CPUS = 0.01
 START_TIMEOUT_S = 120.0
 #: Longest wait for the teacher server to answer one request (a crashed server restarts well within it).
 ANSWER_TIMEOUT_S = 300.0
+#: Where a trial ran: the Ray node id in its results and finished record, and a tag of its MLflow run.
+NODE_ID = "ray.node_id"
 
 
 def connect_ray(cfg: ExperimentConfig, log_to_driver: bool = False) -> None:
@@ -267,17 +270,29 @@ def check_flower_pool(cfg: ExperimentConfig, cap: Capacity, beside: float = 0.0)
         )
 
 
-def actor_restarts(class_name: str) -> int:
-    """How often Ray restarted this job's actors of ``class_name`` after they died (read from the GCS: the
-    public state API needs the dashboard, which raykd's local Ray does not start)."""
-    from ray._private.state import actors  # the GCS actor table; lazy: only a finished simulation asks
+def on_this_node(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` and, under ``NODE_ID``, the Ray node this process runs on: which machine ran a trial."""
+    return {**metrics, NODE_ID: ray.get_runtime_context().get_node_id()}
+
+
+def job_actors(class_name: str) -> list[dict[str, Any]]:
+    """This job's actors of ``class_name``, alive or dead, from the GCS actor table (the public state API
+    needs the dashboard, which raykd's local Ray does not start)."""
+    from ray._private.state import actors  # lazy: only a finished simulation asks
 
     job = ray.get_runtime_context().get_job_id()
-    return sum(
-        int(a.get("NumRestarts", 0))
-        for a in actors().values()
-        if a.get("ActorClassName") == class_name and a.get("JobID") == job
-    )
+    return [a for a in actors().values() if a.get("ActorClassName") == class_name and a.get("JobID") == job]
+
+
+def actor_restarts(class_name: str) -> int:
+    """How often Ray restarted this job's actors of ``class_name`` after they died."""
+    return sum(int(a.get("NumRestarts", 0)) for a in job_actors(class_name))
+
+
+def actor_nodes(class_name: str) -> dict[str, int]:
+    """How many of this job's actors of ``class_name`` each Ray node held, by node id (a restarted actor counts
+    where it last ran)."""
+    return dict(Counter(a["Address"]["NodeID"] for a in job_actors(class_name)))
 
 
 def run_simulation_child(args: list[str], folder: Path, cwd: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import torch
 from ray.train import Checkpoint, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from raykd.cluster import on_this_node
 from raykd.config import ExperimentConfig
 from raykd.experiment import run_trial
 from raykd.nodes import prepare
@@ -40,6 +41,7 @@ def _worker(loop: dict[str, Any]) -> None:
         return trainable[-1]
 
     def report(metrics: dict[str, Any]) -> None:
+        metrics = on_this_node(metrics)  # rank 0's reports reach Tune: its node is where the trial trained
         if metrics["epoch"] < cfg.transfer.train.epochs or rank != 0:
             ray.train.report(metrics)
             return

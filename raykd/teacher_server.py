@@ -116,12 +116,14 @@ class TeacherServer:
         x = x.to(self.device, non_blocking=True)
         return torch.stack([self.models[k](x) for k in keys]).to(self.dtype).cpu()
 
-    def stats(self) -> dict[str, float]:
-        """Requests served, merged batches and their sizes, and time spent waiting versus computing."""
-        c = dict(self.counters)
-        c["mean_batch_rows"] = c["rows"] / max(c["batches"], 1)
+    def stats(self) -> dict[str, float | str]:
+        """Requests served, merged batches and their sizes, time spent waiting versus computing, and where the
+        server runs (its device and Ray node)."""
+        c: dict[str, float | str] = dict(self.counters)
+        c["mean_batch_rows"] = self.counters["rows"] / max(self.counters["batches"], 1)
         c["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         c["device"] = str(self.device)
+        c["node_id"] = ray.get_runtime_context().get_node_id()
         return c
 
 

@@ -15,7 +15,7 @@ from ray import tune
 from ray.tune import PlacementGroupFactory
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from raykd.cluster import WAITER_CPUS
+from raykd.cluster import WAITER_CPUS, on_this_node
 from raykd.config import ExperimentConfig, cell_key
 from raykd.engine import NonFiniteLoss
 from raykd.errors import InjectedFault
@@ -83,7 +83,7 @@ def transfer(cfg: ExperimentConfig, config: dict[str, Any], server_name: str | N
     label, seed = config["arm"]["label"], config["seed"]
     student = trial_student(Path(sweep_dir), config.get("cell", {}), label, setting, seed)
     if cfg.learners.peer_actors and cfg.method(label).name == "dml":
-        run_mutual_learning(cfg, label, setting, seed, report=tune.report, save_to=student)
+        run_mutual_learning(cfg, label, setting, seed, report=report, save_to=student)
         return
     if cfg.learners.num_workers:
         storage = Path(tune.get_context().get_trial_dir())
@@ -91,7 +91,12 @@ def transfer(cfg: ExperimentConfig, config: dict[str, Any], server_name: str | N
         return
     torch.set_num_threads(max(1, int(cfg.tune.cpus_per_trial)))
     source = logit_source(cfg, prepare(cfg, seed), seed, server_name)
-    run_trial(cfg, label, setting, seed, report=tune.report, source=source, save_to=student)
+    run_trial(cfg, label, setting, seed, report=report, source=source, save_to=student)
+
+
+def report(metrics: dict[str, Any]) -> None:
+    """``tune.report`` with the Ray node this trial runs on (its MLflow run's ``ray.node_id`` tag)."""
+    tune.report(on_this_node(metrics))
 
 
 def trial_resources(cfg: ExperimentConfig, cluster_cpus: float) -> tuple[Any, int | None]:
