@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,19 @@ def ray_session() -> Any:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def ray_address(ray_session: Any) -> str:
+    """The session's Ray for a child driver to join with ``--address``, as a user joins a running cluster: it
+    skips starting a Ray of its own. Waits (bounded) until every CPU is free again, since the actors of a
+    driver that just ended release theirs a moment later and a child checks what is free before it places its
+    own."""
+    deadline = time.monotonic() + 60
+    while ray_session.available_resources().get("CPU", 0) < ray_session.cluster_resources()["CPU"]:
+        assert time.monotonic() < deadline, f"the session's Ray stayed busy: {ray_session.available_resources()}"
+        time.sleep(0.2)
+    return str(ray_session.get_runtime_context().gcs_address)
 
 
 def tiny_raw(tmp_path: Path, cache_dir: Path, **sections: Any) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Real faults and requests the cluster cannot meet: each is one line, never a hang, a flood or a silent success.
 
-Federated runs are ``python -m federated.simulate`` child processes (their own Ray drivers); the sweep's
+Federated runs are ``python -m federated.simulate`` child processes (their own Ray drivers; the one whose
+actor is killed starts its own Ray, so its actors are its descendants, the other joins the session's); the sweep's
 checks run in-process against the session's real Ray (``ray_session``: 2 CPUs, no GPU on this machine).
 """
 
@@ -25,11 +26,21 @@ from tests.test_federated import REPO, fed_raw
 # ---------------------------------------------------------------- Flower: a dead client actor, a diverged run
 
 
-def _start_simulation(tmp_path: Path, raw: dict[str, Any], *sets: str) -> subprocess.Popen[str]:
+def _start_simulation(tmp_path: Path, raw: dict[str, Any], *sets: str, address: str = "") -> subprocess.Popen[str]:
+    """A simulation as a child driver: its own Ray, or the cluster at ``address``."""
     config = tmp_path / "fed.yaml"
     config.write_text(yaml.safe_dump(raw))
+    joins = ["--address", address] if address else []
     return subprocess.Popen(
-        [sys.executable, "-m", "federated.simulate", "--config", str(config), *(a for s in sets for a in ("--set", s))],
+        [
+            sys.executable,
+            "-m",
+            "federated.simulate",
+            "--config",
+            str(config),
+            *joins,
+            *(a for s in sets for a in ("--set", s)),
+        ],
         cwd=REPO,
         env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
         stdout=subprocess.PIPE,
@@ -93,10 +104,13 @@ def test_a_killed_client_actor_is_replaced_and_no_round_loses_an_update(tmp_path
     assert "Traceback" not in err
 
 
-def test_a_diverging_lr_is_one_line_and_exit_3_without_a_traceback_flood(tmp_path: Path, cache_dir: Path) -> None:
+def test_a_diverging_lr_is_one_line_and_exit_3_without_a_traceback_flood(
+    tmp_path: Path, cache_dir: Path, ray_address: str
+) -> None:
     """``federated.local.lr=1e30``: every client's loss is NaN; each round's failures are one warning line, the
     end says what was lost in one line, the records are still written, and the exit status is 3."""
-    done = _start_simulation(tmp_path, fed_raw(tmp_path, cache_dir, client_cpus=0.6), "federated.local.lr=1e30")
+    raw = fed_raw(tmp_path, cache_dir, client_cpus=0.6)
+    done = _start_simulation(tmp_path, raw, "federated.local.lr=1e30", address=ray_address)
     out, err = done.communicate(timeout=300)
     assert done.returncode == 3, err[-3000:]
     assert "Traceback" not in err and "ClientAppException" not in err
@@ -120,11 +134,15 @@ def test_the_lost_line_counts_what_each_start_point_lost(tmp_path: Path, cache_d
     from raykd.config import validate_config
 
     cfg = validate_config(fed_raw(tmp_path, cache_dir, rounds=2))
-    assert lost(cfg, {"": [RoundLog(0), RoundLog(1, 3, 3), RoundLog(2, 3, 3)]}) is None
+
+    def ran(r: int, succeeded: int = 3, failed: int = 0, **more: Any) -> RoundLog:
+        return RoundLog(r, sampled=3, succeeded=succeeded, failed=failed, **more)
+
+    assert lost(cfg, {"": [RoundLog(0), ran(1), ran(2)]}) is None
     dead = "The actor is dead because its worker process has died."
     history = {
-        "random": [RoundLog(0), RoundLog(1, 3, 2, 1, errors=[dead]), RoundLog(2, 3, 3)],
-        "average": [RoundLog(0), RoundLog(1, 3, 3), RoundLog(2, 3, 1, 2, eval_failed=1, errors=[dead] * 3)],
+        "random": [RoundLog(0), ran(1, 2, 1, errors=[dead]), ran(2)],
+        "average": [RoundLog(0), ran(1), ran(2, 1, 2, eval_failed=1, errors=[dead] * 3)],
     }
     assert lost(cfg, history) == (
         "2 of 4 rounds did not run as configured (rounds random 1, average 2), 3 client updates failed, "

@@ -257,13 +257,12 @@ def test_tracking_server_killed_mid_sweep_leaves_complete_local_results_and_one_
 
 
 @pytest.mark.slow
-def test_two_sweeps_at_once_on_a_cold_cache_and_store_both_succeed_alike(tmp_path: Path, ray_session: object) -> None:
+def test_two_sweeps_at_once_on_a_cold_cache_and_store_both_succeed_alike(tmp_path: Path, ray_address: str) -> None:
     raw = tiny_raw(tmp_path, tmp_path / "cold-cache", methods=[{"name": "kd", "temperature": [1, 4], "alpha": 0.5}])
     raw["teacher"] = {"mode": "cache"}  # node models, the dataset and the logit cache: all built cold
     raw["nodes"]["train"]["epochs"] = raw["transfer"]["train"]["epochs"] = 1  # the race is the test, not training
     config = _write(tmp_path, raw)
-    address = ray_session.get_runtime_context().gcs_address  # type: ignore[attr-defined]
-    command = [sys.executable, "-m", "raykd.tune", "--config", str(config), "--address", address]
+    command = [sys.executable, "-m", "raykd.tune", "--config", str(config), "--address", ray_address]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     sweeps = [
         subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)

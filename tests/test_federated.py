@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -243,12 +240,20 @@ BAD = [
 
 @pytest.mark.parametrize(("overrides", "expected"), BAD, ids=[" ".join(o) for o, _ in BAD])
 def test_bad_input_is_one_line_and_exit_2(
-    tmp_path: Path, cache_dir: Path, overrides: list[str], expected: str, capsys: pytest.CaptureFixture
+    tmp_path: Path,
+    cache_dir: Path,
+    overrides: list[str],
+    expected: str,
+    capsys: pytest.CaptureFixture,
+    request: pytest.FixtureRequest,
 ) -> None:
     config = tmp_path / "fed.yaml"
     config.write_text(yaml.safe_dump(fed_raw(tmp_path, cache_dir)))
-    if "client_cpus" in overrides[0]:  # found only once Ray is up: run as its own driver process
-        done = _run(["--config", str(config), *(a for o in overrides for a in ("--set", o))])
+    if "client_cpus" in overrides[0]:  # found only once Ray is up: a driver process of its own, joined to the session's
+        done = _run(
+            ["--config", str(config), *(a for o in overrides for a in ("--set", o))],
+            address=request.getfixturevalue("ray_address"),
+        )
         rc, err = done.returncode, done.stderr.strip().splitlines()[-1]
     else:
         rc = main(["--config", str(config), *(a for o in overrides for a in ("--set", o))])
@@ -262,23 +267,24 @@ def test_bad_input_is_one_line_and_exit_2(
 # ---------------------------------------------------------------- real simulations (Flower on Ray, child processes)
 
 
-def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+def _run(args: list[str], address: str) -> subprocess.CompletedProcess[str]:
+    """``python -m federated.simulate ARGS`` as a child driver joined to the Ray at ``address``."""
     return subprocess.run(
-        [sys.executable, "-m", "federated.simulate", *args],
+        [sys.executable, "-m", "federated.simulate", *args, "--address", address],
         cwd=REPO,
-        env={**clean, **(env or {})},
+        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
         capture_output=True,
         text=True,
         timeout=300,
     )
 
 
-def simulate(tmp_path: Path, raw: dict[str, Any], *args: str, rc: int = 0) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Run one simulation that exits with ``rc`` (3: it lost client updates); its summary.json and rounds.csv."""
+def simulate(tmp_path: Path, raw: dict[str, Any], address: str, rc: int = 0) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Run one simulation joined to the Ray at ``address`` that exits with ``rc`` (3: it lost client updates); its
+    summary.json and rounds.csv."""
     config = tmp_path / "fed.yaml"
     config.write_text(yaml.safe_dump(raw))
-    done = _run(["--config", str(config), *args])
+    done = _run(["--config", str(config)], address)
     assert done.returncode == rc, done.stderr[-3000:]
     (out,) = (tmp_path / "runs").iterdir()
     return json.loads((out / "summary.json").read_text()), pd.read_csv(out / "rounds.csv")
@@ -290,10 +296,14 @@ def mlflow_run(tmp_path: Path) -> Any:
     return client, run
 
 
-def test_feddf_finishes_rounds_with_a_faulty_client_and_tracks_them(tmp_path: Path, cache_dir: Path) -> None:
+def test_feddf_finishes_rounds_with_a_faulty_client_and_tracks_them(
+    tmp_path: Path, cache_dir: Path, ray_address: str
+) -> None:
     """FedDF = FedAvg + server ensemble distillation; client 1 fails in round 1, the others are aggregated."""
     raw = fed_raw(tmp_path, cache_dir, strategy="feddf", fail_client=1, fail_rounds=[1], min_successful=2)
-    summary, rounds = simulate(tmp_path, raw, rc=3)  # a round lost a client update: finished, but not as configured
+    summary, rounds = simulate(
+        tmp_path, raw, ray_address, rc=3
+    )  # a round lost a client update: finished, but not as configured
     r1, r2 = rounds.iloc[1], rounds.iloc[2]
     assert (r1.sampled, r1.succeeded, r1.failed, bool(r1.skipped)) == (3, 2, 1, False)
     assert (r2.succeeded, r2.failed) == (3, 0)
@@ -312,12 +322,14 @@ def test_feddf_finishes_rounds_with_a_faulty_client_and_tracks_them(tmp_path: Pa
     assert run.data.params["federated.strategy"] == "feddf"
 
 
-def test_fifty_clients_evaluate_only_the_sampled_ones_in_the_rounds_picked(tmp_path: Path, cache_dir: Path) -> None:
+def test_fifty_clients_evaluate_only_the_sampled_ones_in_the_rounds_picked(
+    tmp_path: Path, cache_dir: Path, ray_address: str
+) -> None:
     """50 clients, 5 sampled per round: evaluation costs the sample, not the federation, and evaluate_every 2 of
     2 rounds skips it in round 1 (only the training messages go down)."""
     raw = fed_raw(tmp_path, cache_dir, fraction=0.1, evaluate_every=2)
     raw["partition"] = {"scheme": "iid", "num_nodes": 50, "min_samples": 20}
-    _, rounds = simulate(tmp_path, raw)
+    _, rounds = simulate(tmp_path, raw, ray_address)
     r1, r2 = rounds.iloc[1], rounds.iloc[2]
     assert (r1.sampled, r1.evaluated, r2.sampled, r2.evaluated) == (5, 0, 5, 5)
     clients = rounds.filter(regex=r"^client\d+_acc$")
@@ -328,10 +340,10 @@ def test_fifty_clients_evaluate_only_the_sampled_ones_in_the_rounds_picked(tmp_p
     assert (r1.bytes_down, r2.bytes_down) == (5 * weights, 10 * weights)
 
 
-def test_consolidation_compares_three_starts(tmp_path: Path, cache_dir: Path) -> None:
+def test_consolidation_compares_three_starts(tmp_path: Path, cache_dir: Path, ray_address: str) -> None:
     raw = fed_raw(tmp_path, cache_dir, strategy="consolidation", rounds=1, target_acc=0.15)
     raw["federated"]["server"]["epochs"] = 2
-    summary, rounds = simulate(tmp_path, raw)
+    summary, rounds = simulate(tmp_path, raw, ray_address)
     starts = summary["starts"]
     assert list(starts) == ["random", "average", "distilled"]
     assert list(rounds.start.unique()) == ["random", "average", "distilled"]
@@ -345,53 +357,17 @@ def test_consolidation_compares_three_starts(tmp_path: Path, cache_dir: Path) ->
         assert accuracy(model, data.test_x, data.test_y) == pytest.approx(starts[start]["final_test_acc"], abs=1e-12)
 
 
-def _wait_for_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"no Ray head on 127.0.0.1:{port} after {timeout}s")
-
-
-def test_fml_on_a_local_ray_head_node_sends_only_memes_and_skips_thin_rounds(tmp_path: Path, cache_dir: Path) -> None:
-    """FML with two private architectures, on a head started here on loopback and joined by address.
+def test_fml_joined_to_a_running_cluster_sends_only_memes_and_skips_thin_rounds(
+    tmp_path: Path, cache_dir: Path, ray_address: str
+) -> None:
+    """FML with two private architectures, joined by address to a running Ray (the session's, as a user joins a
+    cluster's head; tests/test_two_nodes.py joins heads started by ``ray start``).
 
     Client 0 fails in round 1 and every round needs all 3 clients, so round 1 keeps the global model.
     """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # --block: the head lives as long as this child process, so ending it ends only this head (not `ray stop`,
-    # which ends every Ray on the machine). Its own --temp-dir keeps `ray start` from recording the head in
-    # /tmp/ray/ray_current_cluster, where every later plain ray.init() on the machine would try to join it.
-    temp_dir = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")  # short: Ray's socket paths are length-limited
-    head = subprocess.Popen(
-        [
-            "ray",
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={port}",
-            "--num-cpus=2",
-            f"--temp-dir={temp_dir}",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_for_port(port)
-        raw = fed_raw(tmp_path, cache_dir, strategy="fml", fail_client=0, fail_rounds=[1], min_successful=3)
-        raw["nodes"]["models"] = {1: {"name": "mlp", "width": 32}}
-        _, rounds = simulate(tmp_path, raw, "--address", f"127.0.0.1:{port}", rc=3)
-    finally:
-        head.terminate()
-        head.wait(timeout=60)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    raw = fed_raw(tmp_path, cache_dir, strategy="fml", fail_client=0, fail_rounds=[1], min_successful=3)
+    raw["nodes"]["models"] = {1: {"name": "mlp", "width": 32}}
+    _, rounds = simulate(tmp_path, raw, ray_address, rc=3)
     cfg = validate_config(raw)
     meme = param_bytes(global_model(cfg, setup_of(cfg)))
     assert list(rounds.bytes_up[1:]) == [2 * meme, 3 * meme]  # memes of the successful clients, never private models
@@ -418,15 +394,15 @@ def test_tune_bad_grid_value_is_one_line_and_exit_2(
     assert err == "raykd: error: methods[0].alpha = 1.5: Input should be less than or equal to 1"
 
 
-def test_tune_trials_are_simulations_in_child_drivers(tmp_path: Path, cache_dir: Path) -> None:
-    """``python -m raykd.tune`` on a config with ``federated.grid``: two trials, each a whole simulation
+def test_tune_trials_are_simulations_in_child_drivers(tmp_path: Path, cache_dir: Path, ray_address: str) -> None:
+    """``python -m raykd.tune --address`` on a config with ``federated.grid``: two trials, each a whole simulation
     started by the trial as a child driver joined to the cluster."""
     raw = fed_raw(tmp_path, cache_dir, strategy="kd", rounds=1, client_cpus=0.6)  # the pool leaves the trial room
     raw["federated"]["grid"] = {"methods.0.alpha": [0.2, 0.8]}
     config = tmp_path / "fed.yaml"
     config.write_text(yaml.safe_dump(raw))
     done = subprocess.run(
-        [sys.executable, "-m", "raykd.tune", "--config", str(config)],
+        [sys.executable, "-m", "raykd.tune", "--config", str(config), "--address", ray_address],
         cwd=REPO,
         env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
         capture_output=True,
