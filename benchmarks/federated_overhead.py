@@ -56,9 +56,16 @@ def simulate(work: Path, epochs: int, rounds: int, tag: str) -> tuple[pd.DataFra
         f"sqlite:///{work / 'mlflow.db'}",
     ]
     args += [a for s in sets for a in ("--set", s)]
+    wall = run_child([sys.executable, "-m", "federated.simulate", *args], tag)
+    (run,) = out.iterdir()
+    return pd.read_csv(run / "rounds.csv"), wall
+
+
+def run_child(command: list[str], tag: str) -> float:
+    """Run one simulation as its own process (Flower shuts Ray down when it ends); its wall time, start to exit."""
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "federated.simulate", *args],
+        command,
         cwd=REPO,
         env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
         capture_output=True,
@@ -68,8 +75,7 @@ def simulate(work: Path, epochs: int, rounds: int, tag: str) -> tuple[pd.DataFra
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"simulation {tag} failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    (run,) = out.iterdir()
-    return pd.read_csv(run / "rounds.csv"), wall
+    return wall
 
 
 def per_round(rounds: pd.DataFrame) -> pd.DataFrame:
