@@ -1,6 +1,6 @@
 """The baseline raykd's fedavg is measured against: a bare Flower 1.42 app, written as Flower's quickstart-pytorch.
 
-    python benchmarks/bare_flower_app.py --out DIR [--rounds 10] [--epochs 2] [--cache-dir .raykd_cache]
+    python benchmarks/bare_flower_app.py --out DIR [--rounds 10] [--epochs 2] [--cache-dir DIR] [--pull-interval 0.1]
 
 ClientApp (@app.train / @app.evaluate) and ServerApp (@app.main, Flower's own FedAvg), ArrayRecord and
 MetricRecord messages, a plain PyTorch loop (Adam, cross-entropy, a shuffled DataLoader), one global test
@@ -55,6 +55,7 @@ class Settings:
     epochs: int
     cache_dir: str
     out: str
+    pull_interval: float = 0.1
     client_cpus: float = 0.5
     cpus: int = 2
 
@@ -148,6 +149,7 @@ def server_app(s: Settings) -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        grid.pull_interval = s.pull_interval  # Flower's InMemoryGrid(pull_interval=0.1): how often it asks for replies
         cfg, setup = experiment(s.cache_dir)
         test = DataLoader(TensorDataset(setup.dataset.test_x, setup.dataset.test_y), batch_size=1024)
         stamps: list[float] = []
@@ -187,8 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--cache-dir", default=".raykd_cache")
+    parser.add_argument("--pull-interval", type=float, default=0.1, help="the grid's wait between pulls for replies")
     args = parser.parse_args(argv)
-    s = Settings(args.rounds, args.epochs, args.cache_dir, args.out)
+    s = Settings(args.rounds, args.epochs, args.cache_dir, args.out, args.pull_interval)
     clients = experiment(s.cache_dir)[0].partition.num_nodes
     run_simulation(
         server_app=server_app(s),

@@ -36,10 +36,12 @@ CORES = 2
 EPOCHS = (1, 5)
 
 
-def simulate(work: Path, epochs: int, rounds: int, tag: str) -> tuple[pd.DataFrame, float]:
-    """One simulation in its own driver process: its rounds.csv and its wall time (process start to exit)."""
+def simulate(work: Path, epochs: int, rounds: int, tag: str, extra: tuple[str, ...] = ()) -> tuple[pd.DataFrame, float]:
+    """One simulation in its own driver process (``extra``: more ``--set`` overrides): its rounds.csv and its wall
+    time (process start to exit)."""
     out = work / tag
     sets = [
+        *extra,
         "federated.strategy=fedavg",
         f"federated.rounds={rounds}",
         f"federated.local.epochs={epochs}",

@@ -31,11 +31,12 @@ from federated_scale import load_average
 APPS = ("bare Flower", "raykd fedavg")
 
 
-def bare(work: Path, epochs: int, rounds: int, tag: str) -> tuple[pd.DataFrame, float]:
+def bare(work: Path, epochs: int, rounds: int, tag: str, poll_s: float) -> tuple[pd.DataFrame, float]:
     """The bare app in its own process: its rounds.csv and its wall time."""
     out = work / tag
     command = [sys.executable, str(REPO / "benchmarks" / "bare_flower_app.py"), "--out", str(out)]
     command += ["--rounds", str(rounds), "--epochs", str(epochs), "--cache-dir", str(work / "cache")]
+    command += ["--pull-interval", str(poll_s)]
     wall = run_child(command, tag)
     return pd.read_csv(out / "rounds.csv"), wall
 
@@ -49,6 +50,11 @@ def summary(rounds: pd.DataFrame, wall: float) -> dict[str, float]:
         "process wall s": wall,
         "test acc after the last round %": 100 * r["test_acc"].iloc[-1],
     }
+
+
+def raykd(work: Path, epochs: int, rounds: int, tag: str, poll_s: float) -> tuple[pd.DataFrame, float]:
+    """raykd's fedavg in its own process, as ``federated_overhead.py`` runs it."""
+    return simulate(work, epochs, rounds, tag, (f"federated.poll_interval={poll_s}",))
 
 
 def table(results: dict[str, list[dict[str, float]]], repeats: int) -> str:
@@ -72,18 +78,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=2, help="local epochs per round (the config's: 2)")
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each app")
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=0.1,
+        help="seconds between looks for messages: the bare app's grid pull_interval (the one Flower exposes), "
+        "raykd's federated.poll_interval (its grid and its engine's hand-out); Flower's default 0.1",
+    )
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="raykd-fed-bare-"))
     print(f"work folder {work}; load average at start {load_average()}", flush=True)
     simulate(work, 1, 1, "warm-up")  # dataset cache and MLflow tables, so no timed run builds them
-    runs = {APPS[0]: bare, APPS[1]: simulate}
+    runs = {APPS[0]: bare, APPS[1]: raykd}
     results: dict[str, list[dict[str, float]]] = {app: [] for app in APPS}
     for repeat in range(args.repeats):
         for app in APPS if repeat % 2 == 0 else reversed(APPS):
-            rounds, wall = runs[app](work, args.epochs, args.rounds, f"{app.split()[0]}-r{repeat}")
+            rounds, wall = runs[app](work, args.epochs, args.rounds, f"{app.split()[0]}-r{repeat}", args.poll_interval)
             results[app].append(summary(rounds, wall))
             print(f"{app}, repeat {repeat}: {wall:.1f}s, load {load_average()}", flush=True)
-    print(f"\n{args.rounds} rounds, {args.epochs} local epochs, 4 clients\n\n{table(results, args.repeats)}")
+    heading = f"{args.rounds} rounds, {args.epochs} local epochs, 4 clients, poll interval {args.poll_interval:g} s"
+    print(f"\n{heading}\n\n{table(results, args.repeats)}")
     print(f"\nload average at end {load_average()}")
     return 0
 
