@@ -36,10 +36,12 @@ CORES = 2
 EPOCHS = (1, 5)
 
 
-def simulate(work: Path, epochs: int, rounds: int, tag: str) -> tuple[pd.DataFrame, float]:
-    """One simulation in its own driver process: its rounds.csv and its wall time (process start to exit)."""
+def simulate(work: Path, epochs: int, rounds: int, tag: str, extra: tuple[str, ...] = ()) -> tuple[pd.DataFrame, float]:
+    """One simulation in its own driver process (``extra``: more ``--set`` overrides): its rounds.csv and its wall
+    time (process start to exit)."""
     out = work / tag
     sets = [
+        *extra,
         "federated.strategy=fedavg",
         f"federated.rounds={rounds}",
         f"federated.local.epochs={epochs}",
@@ -56,9 +58,16 @@ def simulate(work: Path, epochs: int, rounds: int, tag: str) -> tuple[pd.DataFra
         f"sqlite:///{work / 'mlflow.db'}",
     ]
     args += [a for s in sets for a in ("--set", s)]
+    wall = run_child([sys.executable, "-m", "federated.simulate", *args], tag)
+    (run,) = out.iterdir()
+    return pd.read_csv(run / "rounds.csv"), wall
+
+
+def run_child(command: list[str], tag: str) -> float:
+    """Run one simulation as its own process (Flower shuts Ray down when it ends); its wall time, start to exit."""
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "federated.simulate", *args],
+        command,
         cwd=REPO,
         env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
         capture_output=True,
@@ -68,8 +77,7 @@ def simulate(work: Path, epochs: int, rounds: int, tag: str) -> tuple[pd.DataFra
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"simulation {tag} failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    (run,) = out.iterdir()
-    return pd.read_csv(run / "rounds.csv"), wall
+    return wall
 
 
 def per_round(rounds: pd.DataFrame) -> pd.DataFrame:

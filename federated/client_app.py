@@ -8,12 +8,14 @@ the server can tell Flower's per-round overhead from the clients' compute.
 
 from __future__ import annotations
 
-import time
+from functools import cache
+from time import perf_counter, process_time
 
-import torch
 from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
+from ray import cloudpickle
+from torch import set_num_threads
 
 from federated.task import DIVERGED, client_accuracy, client_update, settings
 from raykd.config import ExperimentConfig
@@ -34,41 +36,59 @@ def node_of(context: Context, cfg: ExperimentConfig) -> int:
     return int(context.node_config["partition-id"])
 
 
+def train(msg: Message, context: Context, experiment: ExperimentConfig | None) -> Message:
+    """One client's training round: the global model in, the local update (and its own timings) out."""
+    cfg = settings(context.run_config, experiment)
+    node, server_round = node_of(context, cfg), int(msg.content["config"]["server-round"])
+    f = cfg.federated
+    if node == f.fail_client and (not f.fail_rounds or server_round in f.fail_rounds):
+        raise InjectedFault(f"client {node}: injected fault in round {server_round} (federated.fail_client)")
+    set_num_threads(max(1, int(f.client_cpus)))
+    private = context.state.array_records.get(PRIVATE)
+    wall, cpu = perf_counter(), process_time()
+    try:
+        sent, kept, metrics = client_update(cfg, node, server_round, msg.content["arrays"], private)
+    except NonFiniteLoss as err:  # a diverged update is a result to report, not a crash to trace back
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{DIVERGED} {err}"), reply_to=msg)
+    timing = {"train_s": perf_counter() - wall, "train_cpu_s": process_time() - cpu}
+    if kept is not None:
+        context.state[PRIVATE] = kept
+    reply = RecordDict({"arrays": sent, "metrics": MetricRecord({**metrics, **timing, "partition-id": node})})
+    return Message(reply, reply_to=msg)
+
+
+def evaluate(msg: Message, context: Context, experiment: ExperimentConfig | None) -> Message:
+    """One client's evaluation: the accuracy, on its validation split, of the model it would use."""
+    cfg = settings(context.run_config, experiment)
+    node = node_of(context, cfg)
+    acc = client_accuracy(cfg, node, msg.content["arrays"], context.state.array_records.get(PRIVATE))
+    return Message(
+        RecordDict({"metrics": MetricRecord({"acc": acc, "partition-id": node, "num-examples": 1})}), reply_to=msg
+    )
+
+
+@cache
+def thawed(frozen: bytes | None) -> ExperimentConfig | None:
+    """The experiment a client app was built with, unpickled once per client actor."""
+    return cloudpickle.loads(frozen) if frozen is not None else None
+
+
 def build(experiment: ExperimentConfig | None = None) -> ClientApp:
-    """A ClientApp for the experiment ``experiment`` (the simulate CLI), or for pyproject's run config when None."""
-    app = ClientApp()
+    """A ClientApp for the experiment ``experiment`` (the simulate CLI), or for pyproject's run config when None.
+
+    Flower's Ray backend pickles the app with every message it hands a client actor. The experiment goes in
+    it as bytes pickled here, once: pickled per message, its method rows (classes pydantic builds at run time)
+    cost about 9 ms of the driver's CPU each time and 3 ms to unpickle in the actor (``benchmarks/RESULTS.md``).
+    """
+    app, frozen = ClientApp(), (cloudpickle.dumps(experiment) if experiment is not None else None)
 
     @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        cfg = settings(context.run_config, experiment)
-        node, server_round = node_of(context, cfg), int(msg.content["config"]["server-round"])
-        f = cfg.federated
-        if node == f.fail_client and (not f.fail_rounds or server_round in f.fail_rounds):
-            raise InjectedFault(f"client {node}: injected fault in round {server_round} (federated.fail_client)")
-        torch.set_num_threads(max(1, int(f.client_cpus)))
-        private = context.state.array_records.get(PRIVATE)
-        wall, cpu = time.perf_counter(), time.process_time()
-        try:
-            sent, kept, metrics = client_update(cfg, node, server_round, msg.content["arrays"], private)
-        except NonFiniteLoss as err:  # a diverged update is a result to report, not a crash to trace back
-            return Message(
-                Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{DIVERGED} {err}"),
-                reply_to=msg,
-            )
-        timing = {"train_s": time.perf_counter() - wall, "train_cpu_s": time.process_time() - cpu}
-        if kept is not None:
-            context.state[PRIVATE] = kept
-        reply = RecordDict({"arrays": sent, "metrics": MetricRecord({**metrics, **timing, "partition-id": node})})
-        return Message(reply, reply_to=msg)
+    def train_handler(msg: Message, context: Context) -> Message:
+        return train(msg, context, thawed(frozen))
 
     @app.evaluate()
-    def evaluate(msg: Message, context: Context) -> Message:
-        cfg = settings(context.run_config, experiment)
-        node = node_of(context, cfg)
-        private = context.state.array_records.get(PRIVATE)
-        acc = client_accuracy(cfg, node, msg.content["arrays"], private)
-        metrics = MetricRecord({"acc": acc, "partition-id": node, "num-examples": 1})
-        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+    def evaluate_handler(msg: Message, context: Context) -> Message:
+        return evaluate(msg, context, thawed(frozen))
 
     return app
 

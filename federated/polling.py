@@ -13,6 +13,7 @@ order, one message each per pass, as Flower does; other LinkStates get Flower's 
 from __future__ import annotations
 
 import threading
+from functools import partial
 from queue import Queue
 
 from flwr.app import Message
@@ -21,7 +22,7 @@ from flwr.server.superlink.linkstate import InMemoryLinkState, LinkState
 
 #: Flower's own extractor, for LinkStates other than the in-memory one.
 FLOWER_EXTRACTOR = vce_api.add_messages_to_queue
-#: How long the extractor waits between passes (Flower's value).
+#: How long the extractor waits between passes unless told (Flower's value; the CLI passes federated.poll_interval).
 POLL_INTERVAL_S = 0.1
 
 
@@ -32,9 +33,14 @@ def pending_nodes(state: InMemoryLinkState) -> set[int]:
 
 
 def poll_pending_nodes(
-    state: LinkState, queue: Queue[Message], nodes_mapping: dict[int, int], f_stop: threading.Event
+    state: LinkState,
+    queue: Queue[Message],
+    nodes_mapping: dict[int, int],
+    f_stop: threading.Event,
+    interval_s: float = POLL_INTERVAL_S,
 ) -> None:
-    """Flower's ``add_messages_to_queue`` (same signature and order), visiting only nodes with a message waiting."""
+    """Flower's ``add_messages_to_queue`` (same arguments and order), visiting only nodes with a message waiting;
+    every ``interval_s`` (Flower's loop waits 0.1 s, fixed)."""
     if not isinstance(state, InMemoryLinkState):
         FLOWER_EXTRACTOR(state, queue, nodes_mapping, f_stop)
         return
@@ -43,9 +49,10 @@ def poll_pending_nodes(
         for node_id in (n for n in nodes_mapping if n in pending):
             for message in state.get_message_ins(node_id=node_id, limit=1):
                 queue.put(message)
-        f_stop.wait(POLL_INTERVAL_S)
+        f_stop.wait(interval_s)
 
 
-def install() -> None:
-    """Make this process's simulations use ``poll_pending_nodes`` (the engine looks the function up per run)."""
-    vce_api.add_messages_to_queue = poll_pending_nodes
+def install(interval_s: float = POLL_INTERVAL_S) -> None:
+    """Make this process's simulations use ``poll_pending_nodes``, passing every ``interval_s`` (the engine looks
+    the function up per run)."""
+    vce_api.add_messages_to_queue = partial(poll_pending_nodes, interval_s=interval_s)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
+from flwr.superlink.grid import InMemoryGrid
 from torch import nn
 
 from federated.record import record
@@ -48,6 +49,8 @@ def run(grid: Grid, cfg: ExperimentConfig) -> Path:
     """Every start point's rounds, in order; the records (files, final models, MLflow) are written at the end,
     in the folder returned."""
     check_federated(cfg)
+    if isinstance(grid, InMemoryGrid):  # the simulation's grid: how often it looks for replies (Flower's 0.1 s)
+        grid.pull_interval = cfg.federated.poll_interval
     step = ensemble_distillation(cfg) if cfg.federated.strategy == "feddf" else None
     history: dict[str, list[RoundLog]] = {}
     finals: dict[str, nn.Module] = {}

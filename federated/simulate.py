@@ -83,7 +83,7 @@ def simulate(cfg: ExperimentConfig) -> Path | str:
 
     f, records = cfg.federated, list[Path]()
     one_line_client_failures()
-    polling.install()  # the engine's message hand-out costs the messages in flight, not the federation's size
+    polling.install(f.poll_interval)  # the engine's hand-out costs the messages in flight, not the federation's size
     actor = {"max_restarts": -1, "max_task_retries": CLIENT_TASK_RETRIES}
     try:
         run_simulation(

@@ -21,6 +21,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.superlink.federation import NoOpFederationManager
 
+from federated import polling
 from federated.polling import FLOWER_EXTRACTOR, poll_pending_nodes
 
 RUN = 1
@@ -86,3 +87,27 @@ def test_the_hand_out_matches_flowers_and_asks_only_the_nodes_with_a_message(mon
         assert all(m.metadata.delivered_at for m in messages)
     assert handed["raykd"] == handed["flower"] == sorted(addressed)  # the same messages, in registration order
     assert asked["flower"] == set(range(300)) and asked["raykd"] == set(addressed)
+
+
+def test_installed_hand_out_passes_at_the_configured_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``federated.poll_interval`` sets how often the engine looks for messages (Flower's loop: 0.1 s, fixed)."""
+    monkeypatch.setattr(vce_api, "add_messages_to_queue", FLOWER_EXTRACTOR)  # restored after the test
+    state, mapping = federation(4, [])
+    passes: dict[float, int] = {}
+    for interval in (0.1, 0.01):
+        calls = [0]
+
+        def counted(state: InMemoryLinkState, calls: list[int] = calls) -> set[int]:
+            calls[0] += 1
+            return set()
+
+        monkeypatch.setattr(polling, "pending_nodes", counted)
+        polling.install(interval)
+        stop = threading.Event()
+        thread = threading.Thread(target=vce_api.add_messages_to_queue, args=(state, Queue(), mapping, stop))
+        thread.start()
+        time.sleep(0.5)
+        stop.set()
+        thread.join()
+        passes[interval] = calls[0]
+    assert passes[0.1] <= 6 < passes[0.01]

@@ -63,6 +63,13 @@ class FederatedConfig(Section):
     target_acc: float = Field(0.6, gt=0, le=1, description="test accuracy whose first round is reported")
     client_cpus: float = Field(1.0, gt=0, description="CPUs reserved by each simulated client")
     client_gpus: float = Field(0.0, ge=0, description="GPUs reserved by each simulated client")
+    poll_interval: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="seconds between the simulation's looks for messages, by the engine (to hand them to clients) "
+        "and by the server (for replies); each message fan-out waits up to twice this (Flower's value: 0.1)",
+    )
     fail_client: int | None = Field(None, ge=0, description="fault injection: this client raises during training")
     fail_rounds: list[int] = Field([], description="rounds in which fail_client raises (empty: every round)")
     after_sweep: bool = Field(
