@@ -38,8 +38,11 @@ class References:
 
     The base class supplies none (plain training and DML). Subclasses fetch them from models in
     this process, from a teacher server or from the offline cache; ``prefetch`` lets a remote
-    source overlap the next batch's request with the student's current step.
+    source overlap the requests of the next ``ahead`` batches with the student's current step
+    (more than one keeps a teacher about as slow as the student, or jittery, from making it wait).
     """
+
+    ahead = 1  # upcoming batches ``fit`` offers to ``prefetch`` at each step
 
     def prefetch(self, batch: Batch) -> None:
         """Start fetching ``batch``'s logits early; the default has nothing to start."""
@@ -175,8 +178,8 @@ def fit(
         totals: dict[str, Tensor] = {}  # summed on the device: no host sync per step, one per epoch
         steps = list(batches)
         for i, batch in enumerate(steps):
-            if i + 1 < len(steps):
-                references.prefetch(steps[i + 1])
+            for upcoming in steps[i + 1 : i + 1 + references.ahead]:
+                references.prefetch(upcoming)  # a source ignores batches it has already asked for
             teachers, initial = references(batch)
             x = batch.x.to(device, non_blocking=True)
             logits = StepLogits(

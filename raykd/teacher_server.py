@@ -146,16 +146,16 @@ def start_server(models: list[ServedModel], cfg: TeacherConfig, name: str | None
 
 
 class ServedReferences(References):
-    """Logits from a TeacherServer; with ``prefetch`` the next batch's request overlaps this step."""
+    """Logits from a TeacherServer; ``prefetch`` (a count) next batches' requests are in flight during this step."""
 
-    def __init__(self, server: Any, teacher_keys: list[str], initial_key: str | None, prefetch: bool = True) -> None:
+    def __init__(self, server: Any, teacher_keys: list[str], initial_key: str | None, prefetch: int = 1) -> None:
         self.server, self.teacher_keys, self.initial_key = server, teacher_keys, initial_key
         self.keys = tuple(teacher_keys + ([initial_key] if initial_key else []))
-        self.prefetching = prefetch
+        self.ahead = int(prefetch)  # True/False of older configs read as 1/0
         self.pending: dict[int, tuple[Batch, ray.ObjectRef]] = {}
 
     def prefetch(self, batch: Batch) -> None:
-        if self.prefetching and self.keys:
+        if self.ahead and self.keys and id(batch) not in self.pending:
             self.pending[id(batch)] = (batch, self.server.infer.remote(self.keys, batch.x))
 
     def __call__(self, batch: Batch) -> ReferenceLogits:

@@ -56,6 +56,39 @@ class _Nan(References):
         return [self.logits[: len(batch.x)]], None
 
 
+class _Ahead(References):
+    """Records which batch each step offers for prefetching, and which batch each step asks for."""
+
+    ahead = 2
+
+    def __init__(self) -> None:
+        self.offered: list[int] = []
+        self.asked: list[int] = []
+
+    def prefetch(self, batch: Batch) -> None:
+        self.offered.append(int(batch.index[0]))
+
+    def __call__(self, batch: Batch) -> tuple[list[torch.Tensor], None]:
+        self.asked.append(int(batch.index[0]))
+        return [], None
+
+
+def test_fit_offers_the_next_ahead_batches_for_prefetch() -> None:
+    """With ``ahead = 2`` step i offers batches i+1 and i+2 (none past the epoch's end): two requests in flight."""
+    x, y = torch.randn(40, 4), torch.randint(0, 3, (40,))
+    references = _Ahead()
+    fit(
+        [torch.nn.Linear(4, 3)],
+        CrossEntropy(),
+        TransferBatches(x, y, np.arange(40), None, 10, True, 0),
+        1,
+        1e-2,
+        references=references,
+    )
+    first = references.asked  # the first row of each of the epoch's 4 batches, in step order
+    assert references.offered == [first[1], first[2], first[2], first[3], first[3]]
+
+
 def test_non_finite_loss_names_epoch_and_term() -> None:
     x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
     model = torch.nn.Linear(4, 3)

@@ -85,9 +85,12 @@ def test_trial_in_server_and_cache_mode_equals_inline(ray_session, node_setup: t
     ray = ray_session
     cfg, setup, _ = node_setup
     results = {}
-    for mode in ("inline", "cache", "server"):
-        c = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"mode": mode, "num_cpus": 0.5})})
-        server = start_server([_served(cfg, setup, n) for n in (0, 1)], c.teacher) if mode == "server" else None
+    for mode, ahead in (("inline", 1), ("cache", 1), ("server", 1), ("server-ahead", 3)):  # 3 batches prefetched
+        teacher = {"mode": mode.split("-")[0], "num_cpus": 0.5, "prefetch": ahead}
+        c = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update=teacher)})
+        server = (
+            start_server([_served(cfg, setup, n) for n in (0, 1)], c.teacher) if ahead > 1 or mode == "server" else None
+        )
         results[mode] = run_trial(
             c, "kd", {"temperature": 4.0, "alpha": 0.5}, 0, source=logit_source(c, prepare(c, 0), 0, server)
         )
@@ -102,7 +105,7 @@ def test_trial_in_server_and_cache_mode_equals_inline(ray_session, node_setup: t
         if server is not None:
             ray.kill(server)
     for method in ("", "-dpkd"):
-        for mode in ("cache", "server"):
+        for mode in ("cache", "server", "server-ahead"):
             assert results[mode + method]["test_acc"] == pytest.approx(
                 results["inline" + method]["test_acc"], abs=0.003
             )

@@ -178,7 +178,9 @@ class TeacherConfig(Section):
     max_batch_rows: int = Field(4096, ge=1, description="dynamic batching: most rows merged into one forward")
     batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="dynamic batching: longest wait for more requests")
     max_restarts: int = Field(3, ge=0, description="server restarts after a crash; in-flight requests are retried")
-    prefetch: bool = Field(True, description="request the next batch's logits while the student trains on this one")
+    prefetch: int = Field(
+        1, ge=0, le=64, description="server: batches whose logits are requested ahead of the student's step (0: none)"
+    )
     cache_top_k: int | None = Field(None, ge=1, description="cache mode: each row's K largest logits only; K < classes")
 
 
