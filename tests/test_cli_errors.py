@@ -63,6 +63,8 @@ BAD_OVERRIDES = [
     (["data.augment=[horizontal_flip]", "teacher.mode=cache"], "data.augment: teacher.mode=cache holds logits"),
     (["data.dataset=npz", "data.root=/no/such.npz"], "data.root"),
     (["federated.kd_alpha=0.3"], "federated.kd_alpha: moved to the method row; set methods.0.alpha"),
+    (["teacher.prefetch=-1"], "teacher.prefetch = -1: Input should be greater than or equal to 0"),
+    (["teacher.prefetch=65"], "teacher.prefetch = 65: Input should be less than or equal to 64"),
 ]
 
 

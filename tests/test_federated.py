@@ -220,6 +220,8 @@ BAD = [
     (["federated.fraction_evaluate=.nan"], "federated.fraction_evaluate = nan: Input should be a finite number"),
     (["federated.evaluate_every=0"], "federated.evaluate_every = 0: Input should be greater than or equal to 1"),
     (["federated.evaluate_every=1.5"], "federated.evaluate_every = 1.5: Input should be a valid integer"),
+    (["federated.poll_interval=0"], "federated.poll_interval = 0: Input should be greater than 0"),
+    (["federated.poll_interval=2"], "federated.poll_interval = 2: Input should be less than or equal to 1"),
     (
         ["federated.kd_alpha=0.3"],
         "federated.kd_alpha: moved to the method row; set methods.0.alpha (e.g. methods: [{name: kd, temperature: 4,",
