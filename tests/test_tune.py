@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -102,19 +104,30 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
         start_new_session=True,  # its own process group: a test can kill the server and its workers at once
     )
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
+    try:
+        _wait_until_healthy(uri, server)
+        yield uri
+    finally:  # the whole group: `mlflow server` is a launcher, the server itself is its child
+        with contextlib.suppress(ProcessLookupError):  # a test may have killed the group already
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)
+
+
+def _wait_until_healthy(uri: str, server: subprocess.Popen[bytes], timeout_s: float = 180) -> None:
+    """Return once the server answers ``/health``; a start that fails or outlasts ``timeout_s`` raises."""
+    deadline = time.monotonic() + timeout_s
     while True:
         try:
             with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                break
+                return
         except OSError:
             if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                raise RuntimeError("mlflow server did not start") from None
+                raise RuntimeError(f"mlflow server did not start within {timeout_s:g} s") from None
             time.sleep(0.5)
-    yield uri
-    server.terminate()
-    server.wait(timeout=30)
 
 
 @pytest.mark.slow
