@@ -105,6 +105,7 @@ def child(argv: list[str], record: Path) -> int:
 
     timers = Timers()
     timers.marks["imported"] = time.time()
+    timers.marks["imported.cpu"] = time.process_time()  # the driver's CPU seconds: they do not grow with the load
     stages = {
         "preflight": raykd.sweep.preflight,
         "ensure_ray": raykd.cluster,
@@ -146,6 +147,7 @@ def child(argv: list[str], record: Path) -> int:
     timers.marks["shutdown.start"] = time.time()
     ray.shutdown()
     timers.marks["shutdown.end"] = time.time()
+    timers.marks["shutdown.end.cpu"] = time.process_time()
     record.write_text(
         json.dumps(
             {
@@ -227,6 +229,8 @@ def breakdown(info: dict[str, Any], concurrency: int) -> dict[str, float]:
         "tables, figures, MLflow artifacts": m["run_sweep.end"] - m["fit.end"],
         "ray.shutdown()": m["shutdown.end"] - m["shutdown.start"],
         "interpreter exit": info["exited"] - m["shutdown.end"],
+        "driver CPU: process start + imports": m["imported.cpu"],
+        "driver CPU: start to ray.shutdown() returned": m["shutdown.end.cpu"],
         "driver: result processing (total)": totals.get("driver_result_processing", 0.0),
         "driver: MLflow log_trial_result": totals.get("mlflow_log_trial_result", 0.0),
         "driver: MLflow log_trial_start + end": totals.get("mlflow_log_trial_start", 0.0)

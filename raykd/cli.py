@@ -8,6 +8,8 @@ stderr and exit status 2; Ctrl-C stops cleanly with exit status 130.
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import logging
 import sys
 from collections.abc import Callable
@@ -65,6 +67,8 @@ def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
 
 def run_command(body: Callable[[], int]) -> int:
     """Run a command's body: a ConfigError is one line and exit 2, Ctrl-C a clean stop and exit 130."""
+    atexit.unregister(_skip_final_collection)  # once per process, however many commands it runs (the tests)
+    atexit.register(_skip_final_collection)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
@@ -75,3 +79,15 @@ def run_command(body: Callable[[], int]) -> int:
     except KeyboardInterrupt as err:  # an ``Interrupted`` says how to continue
         print(f"raykd: interrupted{f'; {err}' if str(err) else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _skip_final_collection() -> None:
+    """At exit, collect the garbage once, then freeze what is left so the interpreter's own teardown does not
+    walk it again: with torch, Ray, MLflow and pandas loaded that teardown took 4 s of CPU, frozen 0.9 s.
+
+    Exit handlers run last-registered first, and the commands import Ray and MLflow after this is registered,
+    so their handlers have closed their runs, files and processes by then; the collection here still
+    finalizes every object that is already unreachable.
+    """
+    gc.collect()
+    gc.freeze()

@@ -11,9 +11,7 @@ from collections.abc import Callable
 from functools import cache
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 
 from raykd.config import ModelSpec
 from raykd.errors import ConfigError
@@ -67,6 +65,7 @@ def cnn2d(shape: InputShape, classes: int, width: int | None, depth: int | None)
 
 def resnet(shape: InputShape, classes: int, width: int | None, depth: int | None) -> nn.Module:
     """CIFAR ResNet (He et al. 2016): depth 6n+2, three stages of torchvision BasicBlocks."""
+    from torchvision.models.resnet import BasicBlock  # torchvision takes 2-3 s to import: only for the models it makes
     width, depth = width or 16, depth or 20
     if (depth - 2) % 6:
         raise ConfigError(f"model depth: ResNet depth must be 6n+2 (8, 14, 20, 32, 44, 56, 110); got {depth}")
@@ -101,6 +100,8 @@ REGISTRY: dict[str, tuple[Builder, int | None]] = {
 @cache
 def model_names() -> list[str]:
     """Registry names first, then torchvision's classification models (built without weights)."""
+    import torchvision
+
     return list(REGISTRY) + sorted(torchvision.models.list_models(module=torchvision.models))
 
 
@@ -115,6 +116,8 @@ def build_model(spec: ModelSpec, shape: InputShape, classes: int, field: str = "
         model = _registry_model(spec, shape, classes, field)
     elif spec.name in model_names():
         _check_rank(spec.name, 3, shape, field)
+        import torchvision
+
         model = torchvision.models.get_model(spec.name, weights=None, num_classes=classes, **spec.kwargs)
     else:
         raise ConfigError(

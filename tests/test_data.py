@@ -9,6 +9,7 @@ import pytest
 
 from raykd.config import DataConfig, PartitionConfig
 from raykd.data import label_skew, load_dataset, make_splits, partition, split_nodes
+from raykd.data.stratify import stratified_split
 from raykd.errors import ConfigError
 
 LABELS = np.random.default_rng(0).integers(0, 10, size=3000)
@@ -40,6 +41,33 @@ def test_splits_are_disjoint_seeded_and_stratified() -> None:
     assert abs(len(a.pool) / len(LABELS) - 0.25) < 0.01
     overall, in_val = np.bincount(LABELS) / len(LABELS), np.bincount(LABELS[a.val]) / len(a.val)
     assert np.abs(overall - in_val).max() < 0.02
+
+
+@pytest.mark.parametrize("case", range(40))
+def test_stratified_split_draws_what_scikit_learn_draws(case: int) -> None:
+    """raykd's splits (and so every trained model and table) are scikit-learn's ``train_test_split`` draws."""
+    from sklearn.model_selection import train_test_split
+
+    rng = np.random.default_rng(case)
+    classes = int(rng.integers(2, 12))
+    labels = np.repeat(np.arange(classes), rng.integers(2, 60, size=classes))  # uneven classes: remainder ties
+    labels = rng.permutation(labels)
+    fraction = float(rng.choice([0.1, 0.15, 0.2, 0.25, 1 / 3, 0.5, float(rng.uniform(0.05, 0.6))]))
+    seed = int(rng.integers(0, 2**32))
+    index = np.arange(len(labels))
+    try:
+        expected = train_test_split(index, test_size=fraction, random_state=seed, stratify=labels)
+    except ValueError:
+        with pytest.raises(ValueError):
+            stratified_split(labels, fraction, seed)
+        return
+    got = stratified_split(labels, fraction, seed)
+    assert all(np.array_equal(e, g) for e, g in zip(expected, got, strict=True))
+
+
+def test_stratified_split_refuses_a_class_of_one() -> None:
+    with pytest.raises(ValueError, match="class 2 has only 1 member"):
+        stratified_split(np.array([0, 0, 1, 1, 2]), 0.4, 0)
 
 
 @pytest.mark.parametrize("scheme", ["iid", "dirichlet"])

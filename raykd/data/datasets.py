@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from torch import Tensor
 
 from raykd.config import DataConfig
 from raykd.data.arrays import Arrays, cached_arrays, check_arrays, num_classes
 from raykd.data.sources import load_image_folder, load_npz, load_reference
+from raykd.data.stratify import stratified_split
 from raykd.errors import ConfigError
 from raykd.references import is_reference
 
@@ -59,8 +59,8 @@ def _tensors(x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
 
 def _stratified(x: np.ndarray, y: np.ndarray, test_size: float) -> Arrays:
     """A fixed (seed 0) stratified train/test split of a dataset that ships as one set."""
-    x, x_test, y, y_test = train_test_split(x, y, test_size=test_size, random_state=0, stratify=y)
-    return Arrays(x, y, x_test, y_test)
+    train, test = stratified_split(y, test_size, 0)
+    return Arrays(x[train], y[train], x[test], y[test])
 
 
 def _digits() -> Arrays:
@@ -186,10 +186,9 @@ def load_dataset(cfg: DataConfig, cache_dir: Path) -> Dataset:
 
 def make_splits(labels: np.ndarray, cfg: DataConfig, seed: int) -> Splits:
     """Seeded, stratified: global validation first, then the shared unlabelled pool, rest partitioned."""
-    index = np.arange(len(labels))
-    rest, val = train_test_split(index, test_size=cfg.val_fraction, random_state=seed, stratify=labels)
+    rest, val = stratified_split(labels, cfg.val_fraction, seed)
     if cfg.pool_fraction == 0:
         return Splits(np.sort(rest), np.sort(val), np.array([], dtype=np.int64))
     pool_share = cfg.pool_fraction / (1 - cfg.val_fraction)
-    rest, pool = train_test_split(rest, test_size=pool_share, random_state=(seed + 1) % 2**32, stratify=labels[rest])
-    return Splits(np.sort(rest), np.sort(val), np.sort(pool))
+    kept, pool = stratified_split(labels[rest], pool_share, (seed + 1) % 2**32)
+    return Splits(np.sort(rest[kept]), np.sort(val), np.sort(rest[pool]))

@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from ray import tune
 from ray.tune import PlacementGroupFactory
-from ray.tune.integration.ray_train import TuneReportCallback
 
 from raykd.cluster import WAITER_CPUS, on_this_node
 from raykd.config import ExperimentConfig, cell_key
@@ -21,9 +20,7 @@ from raykd.engine import NonFiniteLoss
 from raykd.errors import InjectedFault
 from raykd.experiment import run_trial
 from raykd.files import write_atomic
-from raykd.learners import run_on_learners
 from raykd.nodes import prepare
-from raykd.peers import run_mutual_learning
 from raykd.sweep.state import finished_result
 from raykd.sweep.students import trial_student
 from raykd.teacher_server import logit_source
@@ -83,9 +80,15 @@ def transfer(cfg: ExperimentConfig, config: dict[str, Any], server_name: str | N
     label, seed = config["arm"]["label"], config["seed"]
     student = trial_student(Path(sweep_dir), config.get("cell", {}), label, setting, seed)
     if cfg.learners.peer_actors and cfg.method(label).name == "dml":
+        from raykd.peers import run_mutual_learning  # the two other ways to train load with the first trial needing them
+
         run_mutual_learning(cfg, label, setting, seed, report=report, save_to=student)
         return
     if cfg.learners.num_workers:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from raykd.learners import run_on_learners
+
         storage = Path(tune.get_context().get_trial_dir())
         run_on_learners(cfg, label, setting, seed, storage, server_name, [TuneReportCallback()], student)
         return
