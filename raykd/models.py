@@ -66,6 +66,7 @@ def cnn2d(shape: InputShape, classes: int, width: int | None, depth: int | None)
 def resnet(shape: InputShape, classes: int, width: int | None, depth: int | None) -> nn.Module:
     """CIFAR ResNet (He et al. 2016): depth 6n+2, three stages of torchvision BasicBlocks."""
     from torchvision.models.resnet import BasicBlock  # torchvision takes 2-3 s to import: only for the models it makes
+
     width, depth = width or 16, depth or 20
     if (depth - 2) % 6:
         raise ConfigError(f"model depth: ResNet depth must be 6n+2 (8, 14, 20, 32, 44, 56, 110); got {depth}")

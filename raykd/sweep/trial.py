@@ -79,8 +79,9 @@ def transfer(cfg: ExperimentConfig, config: dict[str, Any], server_name: str | N
     setting = {k: v for k, v in config["arm"].items() if k not in ("label", "method")}
     label, seed = config["arm"]["label"], config["seed"]
     student = trial_student(Path(sweep_dir), config.get("cell", {}), label, setting, seed)
+    # the two other ways to train (peer actors, Ray Train learners) load with the first trial that needs them
     if cfg.learners.peer_actors and cfg.method(label).name == "dml":
-        from raykd.peers import run_mutual_learning  # the two other ways to train load with the first trial needing them
+        from raykd.peers import run_mutual_learning
 
         run_mutual_learning(cfg, label, setting, seed, report=report, save_to=student)
         return
