@@ -14,6 +14,12 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long end-to-end tests first: pytest-xdist hands tests out in this order, so the two workers end
+    together on short tests instead of one waiting while the other runs a long one last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One node-model/dataset cache for the session, so tiny sweeps share pre-trained nodes."""
@@ -22,7 +28,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_session() -> Any:
-    """A real local Ray instance on loopback, started once and shared by every test that needs Ray."""
+    """A real local Ray instance on loopback, started once per pytest-xdist worker and shared by its tests."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")

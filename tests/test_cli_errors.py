@@ -201,6 +201,7 @@ def test_help_documents_every_section_and_method() -> None:
         assert text in done.stdout
 
 
+@pytest.mark.slow
 def test_corrupted_node_checkpoint_and_logit_cache_are_rebuilt(
     tmp_path: Path, capsys: pytest.CaptureFixture, ray_session: object
 ) -> None:

@@ -78,6 +78,7 @@ def _client_actors(root: int) -> list[int]:
     return actors
 
 
+@pytest.mark.slow
 def test_a_killed_client_actor_is_replaced_and_no_round_loses_an_update(tmp_path: Path, cache_dir: Path) -> None:
     """SIGKILL of one ClientApp actor in round 2 of 3: Ray restarts it and retries its work, every later round
     has every client, the end says so in one line, and the exit status is 0 (every round ran as configured)."""
@@ -104,6 +105,7 @@ def test_a_killed_client_actor_is_replaced_and_no_round_loses_an_update(tmp_path
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_a_diverging_lr_is_one_line_and_exit_3_without_a_traceback_flood(
     tmp_path: Path, cache_dir: Path, ray_address: str
 ) -> None:

@@ -154,6 +154,7 @@ def _when_a_trial_is_running(uri: str, timeout: float = 120) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("uninterrupted")  # one worker runs both, so the module's reference sweep runs once
 @pytest.mark.parametrize("stop", ["sigint", "sigkill-with-lagging-tune-state"])
 def test_interrupted_sweep_resumes_to_the_uninterrupted_table(
     tmp_path: Path, cache_dir: Path, uninterrupted: Path, stop: str

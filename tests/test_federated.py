@@ -298,6 +298,7 @@ def mlflow_run(tmp_path: Path) -> Any:
     return client, run
 
 
+@pytest.mark.slow
 def test_feddf_finishes_rounds_with_a_faulty_client_and_tracks_them(
     tmp_path: Path, cache_dir: Path, ray_address: str
 ) -> None:
@@ -324,6 +325,7 @@ def test_feddf_finishes_rounds_with_a_faulty_client_and_tracks_them(
     assert run.data.params["federated.strategy"] == "feddf"
 
 
+@pytest.mark.slow
 def test_fifty_clients_evaluate_only_the_sampled_ones_in_the_rounds_picked(
     tmp_path: Path, cache_dir: Path, ray_address: str
 ) -> None:
@@ -342,6 +344,7 @@ def test_fifty_clients_evaluate_only_the_sampled_ones_in_the_rounds_picked(
     assert (r1.bytes_down, r2.bytes_down) == (5 * weights, 10 * weights)
 
 
+@pytest.mark.slow
 def test_consolidation_compares_three_starts(tmp_path: Path, cache_dir: Path, ray_address: str) -> None:
     raw = fed_raw(tmp_path, cache_dir, strategy="consolidation", rounds=1, target_acc=0.15)
     raw["federated"]["server"]["epochs"] = 2
@@ -359,6 +362,7 @@ def test_consolidation_compares_three_starts(tmp_path: Path, cache_dir: Path, ra
         assert accuracy(model, data.test_x, data.test_y) == pytest.approx(starts[start]["final_test_acc"], abs=1e-12)
 
 
+@pytest.mark.slow
 def test_fml_joined_to_a_running_cluster_sends_only_memes_and_skips_thin_rounds(
     tmp_path: Path, cache_dir: Path, ray_address: str
 ) -> None:
@@ -396,6 +400,7 @@ def test_tune_bad_grid_value_is_one_line_and_exit_2(
     assert err == "raykd: error: methods[0].alpha = 1.5: Input should be less than or equal to 1"
 
 
+@pytest.mark.slow
 def test_tune_trials_are_simulations_in_child_drivers(tmp_path: Path, cache_dir: Path, ray_address: str) -> None:
     """``python -m raykd.tune --address`` on a config with ``federated.grid``: two trials, each a whole simulation
     started by the trial as a child driver joined to the cluster."""

@@ -33,6 +33,7 @@ NEW += ["skew-kl", "skew-rkl", "reffakd", "miniplm", "dkd", "dist"]
 HOOKED = ["class-similarity", "label-revision", "miniplm", "continuation"]
 
 
+@pytest.mark.slow
 def test_every_new_method_runs_central_trials_alike_in_inline_cache_and_server_mode(
     ray_session, tmp_path: Path, cache_dir: Path
 ) -> None:
@@ -95,6 +96,7 @@ def test_compare_config_holds_every_registered_method() -> None:
     assert len(cfg.seeds) >= 3 and any(len(m.grid()) > 1 for m in cfg.methods if m.name == "kd")
 
 
+@pytest.mark.slow
 def test_compare_config_end_to_end_ci_sized(
     ray_session, tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -16,6 +16,7 @@ from raykd.tune import main
 from tests.conftest import tiny_raw
 
 
+@pytest.mark.slow
 def test_peer_actors_match_in_process_dml(ray_session, tmp_path: Path, cache_dir: Path) -> None:
     raw = tiny_raw(tmp_path, cache_dir, methods=[{"name": "dml"}])
     raw["transfer"]["teachers"] = [1, 2]  # K = 3 peers
@@ -30,6 +31,7 @@ def test_peer_actors_match_in_process_dml(ray_session, tmp_path: Path, cache_dir
         assert on_actors[key] == pytest.approx(in_process[key], rel=1e-5, abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_sweep_runs_dml_peers_as_actors_in_the_trials_placement_group(
     ray_session, tmp_path: Path, cache_dir: Path
 ) -> None:

@@ -46,6 +46,7 @@ def _only_output(tmp_path: Path) -> Path:
     [(1, 1, 0, "ok"), (2, 1, EXIT_TRIALS_FAILED, "failed")],
     ids=["retried-then-recovers", "retries-exhausted-recorded-as-failed"],
 )
+@pytest.mark.slow
 def test_injected_trial_fault_is_retried_then_recorded(
     tmp_path: Path,
     cache_dir: Path,
@@ -80,6 +81,7 @@ def test_injected_trial_fault_is_retried_then_recorded(
     assert children["kd4.0"].info.status == "FAILED" and children["kd4.0"].data.tags["raykd.error"].endswith(error)
 
 
+@pytest.mark.slow
 def test_non_finite_loss_fails_its_trial_naming_epoch_and_term_and_is_not_retrained(
     tmp_path: Path, cache_dir: Path, ray_session: object, capsys: pytest.CaptureFixture
 ) -> None:

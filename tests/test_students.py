@@ -19,6 +19,7 @@ from raykd.tune import main
 from tests.conftest import tiny_raw
 
 
+@pytest.mark.slow
 def test_sweep_keeps_the_chosen_students_and_they_reproduce_the_table(
     ray_session: object, tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -65,6 +65,7 @@ def test_server_float16_logits(ray_session, node_setup: tuple) -> None:
     ray.kill(server)
 
 
+@pytest.mark.slow
 def test_killed_server_restarts_and_answers_every_in_flight_request(ray_session, node_setup: tuple) -> None:
     ray = ray_session
     cfg, setup, teacher = node_setup
@@ -81,6 +82,7 @@ def test_killed_server_restarts_and_answers_every_in_flight_request(ray_session,
     ray.kill(server)
 
 
+@pytest.mark.slow
 def test_trial_in_server_and_cache_mode_equals_inline(ray_session, node_setup: tuple, tmp_path: Path) -> None:
     ray = ray_session
     cfg, setup, _ = node_setup
@@ -156,6 +158,7 @@ def test_node_logits_follow_the_configured_dtype(tmp_path: Path, node_setup: tup
     assert np.allclose(logits.astype(np.float32), predict(teacher, setup.dataset.train_x).numpy(), atol=2e-2)
 
 
+@pytest.mark.slow
 def test_sweep_of_concurrent_trials_sharing_one_server(
     tmp_path: Path, cache_dir: Path, ray_session, capsys: pytest.CaptureFixture
 ) -> None:

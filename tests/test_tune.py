@@ -37,6 +37,7 @@ def _runs_of_latest_sweep(uri: str, experiment: str) -> tuple[object, list]:
     return parents[0], children
 
 
+@pytest.mark.slow
 def test_sweep_tracks_parent_and_child_runs_and_writes_tables(
     tmp_path: Path, cache_dir: Path, ray_session: object, capsys: pytest.CaptureFixture
 ) -> None:
