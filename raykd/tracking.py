@@ -172,12 +172,21 @@ class ParentRun:
             remote("students", lambda name=name, path=path: log_student_model(name, path))
 
     def log_figures(self, figures: dict[str, Figure], folder: Path) -> None:
-        """Each figure as a PNG in ``folder`` and under ``plots/`` in the run."""
+        """Each figure as a PNG in ``folder`` and under ``plots/`` in the run, then closed."""
         for name, fig in figures.items():
             png = io.BytesIO()
             fig.savefig(png, format="png", dpi=120)
             write_atomic(folder / name, png.getvalue())
             remote("plots", lambda name=name, fig=fig: mlflow.log_figure(fig, f"plots/{name}"))
+            close_figure(fig)
+
+
+def close_figure(fig: Figure) -> None:
+    """Let pyplot drop a logged figure: it keeps every figure it made alive until closed, and a study makes
+    dozens. pyplot is imported here, after the figure's maker chose its backend (raykd.plots: Agg)."""
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
 
 
 def metric_key(text: str) -> str:

@@ -58,6 +58,7 @@ def tiny_raw(tmp_path: Path, cache_dir: Path, **sections: Any) -> dict[str, Any]
         "nodes": {"cache_dir": str(cache_dir), "train": {"epochs": 3, "batch_size": 64}},
         "transfer": {"student": 0, "teachers": [1], "set": "pool", "train": {"epochs": 2, "batch_size": 128}},
         "methods": [{"name": "ce", "label": "no-kd"}, {"name": "kd", "temperature": [1, 4], "alpha": 0.5}],
+        "tune": {"max_concurrent_trials": 1},
         "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "tests"},
         "output_dir": str(tmp_path / "runs"),
     }

@@ -44,6 +44,7 @@ SHRINK = [
     "teacher.mode=inline",
     "teacher.num_gpus=0",  # the GPU the config gives its teacher server; an inline teacher takes none
     "tune.cpus_per_trial=1",
+    "tune.max_concurrent_trials=1",
     "tune.gpus_per_trial=0",
     "federated.after_sweep=false",
 ]

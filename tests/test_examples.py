@@ -1,4 +1,5 @@
-"""examples/: the "distil your own model" script runs as a user runs it (its own folder, its own Ray)."""
+"""examples/: the "distil your own model" script runs as a user runs it, in its own folder; it joins the session's
+Ray through RAY_ADDRESS, as in a shell set up for a cluster (the interrupted sweeps of test_faults start their own)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.mark.slow
-def test_distil_your_own_runs_and_its_student_reproduces_its_accuracy(tmp_path: Path) -> None:
+def test_distil_your_own_runs_and_its_student_reproduces_its_accuracy(tmp_path: Path, ray_address: str) -> None:
     done = subprocess.run(
         [sys.executable, "distil_your_own.py", "--tiny", "--out", str(tmp_path)],
         cwd=EXAMPLES,
-        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+        env=os.environ | {"RAY_ADDRESS": ray_address},
         capture_output=True,
         text=True,
         timeout=600,

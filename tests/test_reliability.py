@@ -58,7 +58,7 @@ def test_injected_trial_fault_is_retried_then_recorded(
     kd_status: str,
 ) -> None:
     fault = {"label": "kd", "seed": 0, "times": times}
-    raw = tiny_raw(tmp_path, cache_dir, tune={"max_failures": max_failures, "fail": fault})
+    raw = tiny_raw(tmp_path, cache_dir, tune={"max_failures": max_failures, "fail": fault, "max_concurrent_trials": 1})
     raw["methods"][1]["temperature"] = 4
     assert _sweep(tmp_path, raw) == rc
     printed = capsys.readouterr()
@@ -86,7 +86,7 @@ def test_non_finite_loss_fails_its_trial_naming_epoch_and_term_and_is_not_retrai
     tmp_path: Path, cache_dir: Path, ray_session: object, capsys: pytest.CaptureFixture
 ) -> None:
     raw = tiny_raw(tmp_path, cache_dir, methods=[{"name": "kd", "temperature": 4, "alpha": 0.5}])
-    raw["tune"] = {"max_failures": 1}
+    raw["tune"] = {"max_failures": 1, "max_concurrent_trials": 1}
     assert _sweep(tmp_path, raw, "--set", "transfer.train.lr=1e12") == EXIT_TRIALS_FAILED
     printed = capsys.readouterr().out
     out = _only_output(tmp_path)

@@ -50,6 +50,7 @@ def test_ci_sized_paper_study_runs_end_to_end(
         "federated.rounds=2",
         "federated.local.epochs=1",
         "federated.server.epochs=1",
+        "tune.max_concurrent_trials=1",  # one trial actor: the suite's other worker has the other core
         f"nodes.cache_dir={tmp_path / 'cache'}",
         f"output_dir={tmp_path / 'runs'}",
         f"tracking.uri={uri}",
