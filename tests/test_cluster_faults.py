@@ -111,7 +111,7 @@ def test_a_diverging_lr_is_one_line_and_exit_3_without_a_traceback_flood(
 ) -> None:
     """``federated.local.lr=1e30``: every client's loss is NaN; each round's failures are one warning line, the
     end says what was lost in one line, the records are still written, and the exit status is 3."""
-    raw = fed_raw(tmp_path, cache_dir, client_cpus=0.6)
+    raw = fed_raw(tmp_path, cache_dir)
     done = _start_simulation(tmp_path, raw, "federated.local.lr=1e30", address=ray_address)
     out, err = done.communicate(timeout=300)
     assert done.returncode == 3, err[-3000:]

@@ -404,7 +404,7 @@ def test_tune_bad_grid_value_is_one_line_and_exit_2(
 def test_tune_trials_are_simulations_in_child_drivers(tmp_path: Path, cache_dir: Path, ray_address: str) -> None:
     """``python -m raykd.tune --address`` on a config with ``federated.grid``: two trials, each a whole simulation
     started by the trial as a child driver joined to the cluster."""
-    raw = fed_raw(tmp_path, cache_dir, strategy="kd", rounds=1, client_cpus=0.6)  # the pool leaves the trial room
+    raw = fed_raw(tmp_path, cache_dir, strategy="kd", rounds=1, client_cpus=1.5)  # one actor, beside the trial
     raw["federated"]["grid"] = {"methods.0.alpha": [0.2, 0.8]}
     config = tmp_path / "fed.yaml"
     config.write_text(yaml.safe_dump(raw))
