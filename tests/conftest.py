@@ -50,7 +50,8 @@ def ray_address(ray_session: Any) -> str:
 
 
 def tiny_raw(tmp_path: Path, cache_dir: Path, **sections: Any) -> dict[str, Any]:
-    """A CI-sized experiment on MNIST-1D: short budgets, one seed, a 2x1 KD grid plus no-KD."""
+    """A CI-sized experiment on MNIST-1D: short budgets, one seed, a 2x1 KD grid plus no-KD, one trial at a time
+    (one trial actor, about 13 s of CPU before it trains; the suite's other xdist worker has the other core)."""
     raw: dict[str, Any] = {
         "name": "tiny",
         "seeds": [0],
