@@ -304,9 +304,8 @@ def test_feddf_finishes_rounds_with_a_faulty_client_and_tracks_them(
 ) -> None:
     """FedDF = FedAvg + server ensemble distillation; client 1 fails in round 1, the others are aggregated."""
     raw = fed_raw(tmp_path, cache_dir, strategy="feddf", fail_client=1, fail_rounds=[1], min_successful=2)
-    summary, rounds = simulate(
-        tmp_path, raw, ray_address, rc=3
-    )  # a round lost a client update: finished, but not as configured
+    # a round lost a client update: finished, but not as configured
+    summary, rounds = simulate(tmp_path, raw, ray_address, rc=3)
     r1, r2 = rounds.iloc[1], rounds.iloc[2]
     assert (r1.sampled, r1.succeeded, r1.failed, bool(r1.skipped)) == (3, 2, 1, False)
     assert (r2.succeeded, r2.failed) == (3, 0)
