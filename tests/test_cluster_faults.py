@@ -82,7 +82,7 @@ def _client_actors(root: int) -> list[int]:
 def test_a_killed_client_actor_is_replaced_and_no_round_loses_an_update(tmp_path: Path, cache_dir: Path) -> None:
     """SIGKILL of one ClientApp actor in round 2 of 3: Ray restarts it and retries its work, every later round
     has every client, the end says so in one line, and the exit status is 0 (every round ran as configured)."""
-    raw = fed_raw(tmp_path, cache_dir, rounds=3, client_cpus=0.6)  # a pool of 3 actors on 2 CPUs
+    raw = fed_raw(tmp_path, cache_dir, rounds=3, client_cpus=1)  # a pool of 2 actors for 3 clients
     sim = _start_simulation(tmp_path, raw)
     try:
         assert sim.stdout is not None

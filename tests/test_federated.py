@@ -30,7 +30,6 @@ from federated.task import client_update, global_model, payload_bytes, setup_of,
 from federated.tune import exit_status
 from federated.tune import main as tune_main
 from raykd.config import ExperimentConfig, validate_config
-from raykd.engine import accuracy
 from raykd.methods.base import StepLogits
 from raykd.nodes import new_model
 from raykd.students import load_student
@@ -341,24 +340,6 @@ def test_fifty_clients_evaluate_only_the_sampled_ones_in_the_rounds_picked(
     cfg = validate_config(raw)
     weights = param_bytes(global_model(cfg, setup_of(cfg)))
     assert (r1.bytes_down, r2.bytes_down) == (5 * weights, 10 * weights)
-
-
-@pytest.mark.slow
-def test_consolidation_compares_three_starts(tmp_path: Path, cache_dir: Path, ray_address: str) -> None:
-    raw = fed_raw(tmp_path, cache_dir, strategy="consolidation", rounds=1, target_acc=0.15)
-    raw["federated"]["server"]["epochs"] = 2
-    summary, rounds = simulate(tmp_path, raw, ray_address)
-    starts = summary["starts"]
-    assert list(starts) == ["random", "average", "distilled"]
-    assert list(rounds.start.unique()) == ["random", "average", "distilled"]
-    # the node models' ensemble, distilled on the pool, is a better start than a random model
-    assert starts["distilled"]["start_test_acc"] > starts["random"]["start_test_acc"]
-    assert starts["distilled"]["rounds_to_target"] < starts["random"]["rounds_to_target"]
-    (out,) = (tmp_path / "runs").iterdir()
-    data = setup_of(validate_config(raw)).dataset
-    for start in starts:  # each start's final global model is a student file that reproduces its final accuracy
-        model = load_student(out / f"global_model-{start}.pt")
-        assert accuracy(model, data.test_x, data.test_y) == pytest.approx(starts[start]["final_test_acc"], abs=1e-12)
 
 
 @pytest.mark.slow

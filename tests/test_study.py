@@ -9,7 +9,10 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from federated.task import setup_of
 from raykd.config import load_config, study_cells
+from raykd.engine import accuracy
+from raykd.students import load_student
 from raykd.tune import main
 
 STUDY = Path(__file__).resolve().parents[1] / "tune_configs" / "paper_study.yaml"
@@ -50,7 +53,9 @@ def test_ci_sized_paper_study_runs_end_to_end(
         "federated.rounds=2",
         "federated.local.epochs=1",
         "federated.server.epochs=1",
+        "federated.target_acc=0.15",  # within reach of 2 rounds: rounds to target are compared per start
         "tune.max_concurrent_trials=1",  # one trial actor: the suite's other worker has the other core
+        "federated.client_cpus=2",  # one client actor per simulation, for the same reason
         f"nodes.cache_dir={tmp_path / 'cache'}",
         f"output_dir={tmp_path / 'runs'}",
         f"tracking.uri={uri}",
@@ -87,6 +92,17 @@ def test_ci_sized_paper_study_runs_end_to_end(
     rounds = pd.read_csv(out / "federated.csv")
     assert set(rounds["distribution"]) == {"dir0.1"} and (rounds["error"].isna()).all()
     assert set(rounds["start"]) == {"random", "average", "distilled"}
+    starts = rounds.set_index(["seed", "start"])
+    for seed in (0, 1):  # the node models' ensemble, distilled on the pool, is a better start than a random model
+        distilled, random = starts.loc[(seed, "distilled")], starts.loc[(seed, "random")]
+        assert distilled.start_test_acc > random.start_test_acc
+        assert distilled.rounds_to_target < random.rounds_to_target
+    folder = out / "federated" / "distribution-dir0.1"
+    (run,) = (folder / "seed0").iterdir()
+    data = setup_of(load_config(folder / "config.yaml")).dataset
+    for start, final in starts.loc[0, "final_test_acc"].items():  # each start's final global model, as a student
+        model = load_student(run / f"global_model-{start}.pt")
+        assert accuracy(model, data.test_x, data.test_y) == pytest.approx(final, abs=1e-12)
     assert "## Federated follow-up: consolidation" in text
 
     client = MlflowClient(uri)

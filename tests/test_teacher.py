@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from raykd.config import validate_config
 from raykd.engine import predict
@@ -16,7 +15,6 @@ from raykd.files import file_digest
 from raykd.logit_cache import LogitCache, node_logits
 from raykd.nodes import load_node, node_path, prepare
 from raykd.teacher_server import ServedModel, logit_source, served_model, start_server
-from raykd.tune import main
 from tests.conftest import tiny_raw
 
 
@@ -25,6 +23,7 @@ def node_setup(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> tup
     tmp = tmp_path_factory.mktemp("teacher")
     cfg = validate_config(tiny_raw(tmp, cache_dir))
     setup = prepare(cfg, 0)
+    load_node(cfg, setup, 0, 0)  # the student's node model too: a server can be started for both from the start
     teacher = load_node(cfg, setup, 1, 0)
     return cfg, setup, teacher
 
@@ -87,11 +86,12 @@ def test_trial_in_server_and_cache_mode_equals_inline(ray_session, node_setup: t
     ray = ray_session
     cfg, setup, _ = node_setup
     results = {}
+    # one server for both server modes: prefetching is the client's side of it
+    serving = cfg.teacher.model_copy(update={"mode": "server", "num_cpus": 0.5})
+    server = start_server([_served(cfg, setup, n) for n in (0, 1)], serving)
     for mode, ahead in (("inline", 1), ("cache", 1), ("server", 1), ("server-ahead", 3)):  # 3 batches prefetched
         teacher = {"mode": mode.split("-")[0], "num_cpus": 0.5, "prefetch": ahead}
         c = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update=teacher)})
-        served = c.teacher.mode == "server"
-        server = start_server([_served(cfg, setup, n) for n in (0, 1)], c.teacher) if served else None
         results[mode] = run_trial(
             c, "kd", {"temperature": 4.0, "alpha": 0.5}, 0, source=logit_source(c, prepare(c, 0), 0, server)
         )
@@ -103,8 +103,7 @@ def test_trial_in_server_and_cache_mode_equals_inline(ray_session, node_setup: t
         results[mode + "-dpkd"] = run_trial(
             dpkd, "dpkd", {"temperature": 4.0, "alpha": 0.5}, 0, source=logit_source(dpkd, prepare(dpkd, 0), 0, server)
         )
-        if server is not None:
-            ray.kill(server)
+    ray.kill(server)
     for method in ("", "-dpkd"):
         for mode in ("cache", "server", "server-ahead"):
             assert results[mode + method]["test_acc"] == pytest.approx(
@@ -155,23 +154,6 @@ def test_node_logits_follow_the_configured_dtype(tmp_path: Path, node_setup: tup
     logits, _ = node_logits(half, setup, 1, 0)
     assert logits.dtype == np.float16
     assert np.allclose(logits.astype(np.float32), predict(teacher, setup.dataset.train_x).numpy(), atol=2e-2)
-
-
-@pytest.mark.slow
-def test_sweep_of_concurrent_trials_sharing_one_server(
-    tmp_path: Path, cache_dir: Path, ray_session, capsys: pytest.CaptureFixture
-) -> None:
-    raw = tiny_raw(tmp_path, cache_dir)
-    raw["teacher"] = {"mode": "server", "num_cpus": 0.5}
-    raw["tune"] = {"cpus_per_trial": 0.5}
-    config = tmp_path / "experiment.yaml"
-    config.write_text(yaml.safe_dump(raw))
-    assert main(["--config", str(config)]) == 0
-    out = next((tmp_path / "runs").iterdir())
-    text = (out / "results.md").read_text()
-    assert "Teacher server (cpu):" in text and "teacher mode 'server'" in text
-    trials = __import__("pandas").read_csv(out / "trials.csv")
-    assert (trials["status"] == "ok").all() and len(trials) == 3
 
 
 @pytest.mark.slow

@@ -115,7 +115,9 @@ def test_a_sweep_and_a_simulation_spread_over_two_nodes(two_nodes: str, tmp_path
     # run on the other node and take their logits from the server across nodes
     teacher = {"mode": "server", "num_cpus": 0.5}
     served_dir, served_out, served = _sweep(tmp_path / "server", cache, address, teacher, cpus_per_trial=0.5)
-    (line,) = [x for x in (served_dir / "results.md").read_text().splitlines() if x.startswith("Teacher server")]
+    text = (served_dir / "results.md").read_text()
+    (line,) = [x for x in text.splitlines() if x.startswith("Teacher server (cpu):")]
+    assert "teacher mode 'server'" in text
     server = line.rpartition("on Ray node ")[2]
     assert (served["node"] != server).any()
     assert "node models: 0 of 2 cached" in served_out and (served_dir / "students" / "kd" / "seed0.pt").is_file()
