@@ -35,9 +35,8 @@ def test_peer_actors_match_in_process_dml(ray_session, tmp_path: Path, cache_dir
 def test_sweep_runs_dml_peers_as_actors_in_the_trials_placement_group(
     ray_session, tmp_path: Path, cache_dir: Path
 ) -> None:
-    raw = tiny_raw(
-        tmp_path, cache_dir, methods=[{"name": "dml", "temperature": 1}]
-    )  # one trial: the peers are the test
+    # one trial: what is tested is where its peers run, not the grid
+    raw = tiny_raw(tmp_path, cache_dir, methods=[{"name": "dml", "temperature": 1}])
     raw["learners"] = {"peer_actors": True, "cpus_per_worker": 0.5}
     config = tmp_path / "experiment.yaml"
     config.write_text(yaml.safe_dump(raw))

@@ -94,9 +94,9 @@ def test_ci_sized_paper_study_runs_end_to_end(
     assert set(rounds["start"]) == {"random", "average", "distilled"}
     starts = rounds.set_index(["seed", "start"])
     for seed in (0, 1):  # the node models' ensemble, distilled on the pool, is a better start than a random model
-        distilled, random = starts.loc[(seed, "distilled")], starts.loc[(seed, "random")]
-        assert distilled.start_test_acc > random.start_test_acc
-        assert distilled.rounds_to_target < random.rounds_to_target
+        distilled, from_random = starts.loc[(seed, "distilled")], starts.loc[(seed, "random")]
+        assert distilled.start_test_acc > from_random.start_test_acc
+        assert distilled.rounds_to_target < from_random.rounds_to_target
     folder = out / "federated" / "distribution-dir0.1"
     (run,) = (folder / "seed0").iterdir()
     data = setup_of(load_config(folder / "config.yaml")).dataset
