@@ -5,8 +5,8 @@
 Why: a sweep or a simulation is many short processes (Ray's own, Tune's trial actors, Flower's client actors, child
 drivers), and on 2 cores their start-up, not their training, decides a run's wall time. This samples /proc every
 quarter second and counts each process's CPU under the name Ray gave it last (``ray::ImplicitFunc`` is a trial
-actor). Processes that already ran count only what they used while it ran; a process that lives
-less than a sample is missed. Linux only.
+actor). Processes that already ran count only what they used while it ran; a process that lives less than a
+sample is missed. Linux only.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ TICKS = os.sysconf("SC_CLK_TCK")
 KINDS = [
     ("ray::ImplicitFunc", "trial actor"),
     ("ray::ClientAppActor", "client actor"),
+    ("raylet/raylet", "Ray system"),  # before the next: the raylet's own command line names the worker's script
+    ("default_worker.py", "idle or task worker"),  # a Ray worker that has not taken a title yet
     ("ray::IDLE", "idle or task worker"),
     ("federated.simulate", "simulation driver"),
     ("raykd.tune", "sweep driver"),
     ("federated.tune", "sweep driver"),
     ("gcs_server", "Ray system"),
-    ("raylet", "Ray system"),
     ("dashboard", "Ray system"),
     ("DashboardAgent", "Ray system"),
     ("log_monitor", "Ray system"),

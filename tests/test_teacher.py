@@ -90,7 +90,7 @@ def test_trial_in_server_and_cache_mode_equals_inline(ray_session, node_setup: t
     serving = cfg.teacher.model_copy(update={"mode": "server", "num_cpus": 0.5})
     server = start_server([_served(cfg, setup, n) for n in (0, 1)], serving)
     for mode, ahead in (("inline", 1), ("cache", 1), ("server", 1), ("server-ahead", 3)):  # 3 batches prefetched
-        teacher = {"mode": mode.split("-")[0], "num_cpus": 0.5, "prefetch": ahead}
+        teacher = {"mode": mode.split("-")[0], "prefetch": ahead}
         c = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update=teacher)})
         results[mode] = run_trial(
             c, "kd", {"temperature": 4.0, "alpha": 0.5}, 0, source=logit_source(c, prepare(c, 0), 0, server)
