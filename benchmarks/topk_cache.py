@@ -1,4 +1,4 @@
-"""The top-k logit cache (``teacher.cache_top_k``) against full cached logits on 100 classes.
+"""The top-k logit cache (``teacher.top_k``) against full cached logits on 100 classes.
 
     PYTHONPATH=$PWD python benchmarks/topk_cache.py
 
@@ -68,7 +68,7 @@ def experiment(cache: Path, top_k: int | None) -> ExperimentConfig:
             },
             "transfer": {"student": 0, "teachers": [1], "set": "pool", "train": {"epochs": 15, "batch_size": 128}},
             "methods": [{"name": "kd", **KD}, {"name": "ce"}],
-            "teacher": {"mode": "cache", "cache_top_k": top_k},
+            "teacher": {"mode": "cache", "top_k": top_k},
         }
     )
 

@@ -124,7 +124,7 @@ def check_requests(cfg: ExperimentConfig) -> None:
     """Knobs the chosen mode would silently ignore, refused before anything runs or is written.
 
     Only ``teacher.mode=server`` gives the teacher its own device and GPUs (inline and cache teachers run where
-    the trial runs, on ``tune.gpus_per_trial``); only ``teacher.mode=cache`` reads ``teacher.cache_top_k``;
+    the trial runs, on ``tune.gpus_per_trial``); ``teacher.top_k`` cuts what a server sends or a cache holds;
     ``learners.use_gpu`` needs learners; ``learners.peer_actors`` needs a dml row.
     """
     teacher, learners = cfg.teacher, cfg.learners
@@ -147,10 +147,15 @@ def check_requests(cfg: ExperimentConfig) -> None:
             "learners.use_gpu: true but learners.num_workers is 0 (trials train in their own process, on "
             "tune.gpus_per_trial); allowed: false, or learners.num_workers >= 1"
         )
-    if teacher.cache_top_k is not None and teacher.mode != "cache":
+    if teacher.top_k is not None and teacher.mode == "inline":
         raise ConfigError(
-            f"teacher.cache_top_k: {teacher.cache_top_k} cuts the offline cache but teacher.mode is {teacher.mode}; "
-            "allowed: unset, or teacher.mode=cache"
+            f"teacher.top_k: {teacher.top_k} cuts what a teacher server sends or the offline cache holds, but "
+            "teacher.mode is inline (full logits in the trial); allowed: unset, or teacher.mode server or cache"
+        )
+    if teacher.dtype == "bfloat16" and teacher.mode != "server":
+        raise ConfigError(
+            f"teacher.dtype: bfloat16 is for logits a server sends, but teacher.mode is {teacher.mode} (the cache "
+            "stores NumPy arrays, which have no bfloat16); allowed: float32, float16, or teacher.mode=server"
         )
     if learners.peer_actors and not any(m.name == "dml" for m in cfg.methods):
         raise ConfigError("learners.peer_actors: true but no method row is dml; allowed: false, or a dml row")

@@ -4,17 +4,26 @@
 asking a ``references`` callable for frozen logits (teachers, initial student) for each batch;
 whether those come from an in-process teacher, a server or a cache is the caller's business.
 Batches are built on the CPU (where the data lives) and moved to the models' device per step.
+
+Language models: a token position is a row. A model's (batch, seq, vocab) logits flatten to rows
+(``rows``), a batch's targets are the next tokens, its distill mask the real (non-padding) positions
+and its ``index`` each token's global position (sequence * seq_len + offset), so every method, the
+logit cache and the teacher server handle tokens exactly as they handle samples.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
+from typing import Protocol
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raykd.methods.base import UNLABELLED, Context, Method, StepLogits
@@ -31,6 +40,20 @@ class Batch:
 
 
 ReferenceLogits = tuple[list[Tensor], Tensor | None]
+
+
+def rows(logits: Tensor) -> Tensor:
+    """Logits as (rows, classes): a classifier's (batch, classes) unchanged, an LM's (batch, seq, vocab) flattened."""
+    return logits if logits.ndim == 2 else logits.reshape(-1, logits.shape[-1])
+
+
+def token_rows(y: Tensor, index: Tensor, targets: Tensor, distill: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-sequence tables (steps, batch) as per-token tables (steps, batch * seq_len): targets, the distill
+    mask (only real positions: padding targets are ``UNLABELLED`` in ``y``) and each token's global index."""
+    seq_len = y.shape[1]
+    real = y[index] != UNLABELLED
+    tokens = index[..., None] * seq_len + torch.arange(seq_len)
+    return targets.flatten(1), (distill[..., None] & real).flatten(1), tokens.flatten(1)
 
 
 class References:
@@ -53,6 +76,14 @@ class References:
 
     def __call__(self, batch: Batch) -> ReferenceLogits:
         return [], None
+
+
+class Batches(Protocol):
+    """An epoch's batches: ``TransferBatches``, or a wrapper such as ``raykd.lm.onpolicy.OnPolicyBatches``."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Batch]: ...
 
 
 class NonFiniteLoss(RuntimeError):
@@ -123,11 +154,15 @@ class TransferBatches:
         steps = len(self)
         lab, unl = self._chunks(self.labelled, steps), self._chunks(self.pool, steps)
         index = torch.cat([lab, unl], dim=1)
-        targets = torch.cat([self.y[lab], torch.full(unl.shape, UNLABELLED, dtype=torch.int64)], dim=1)
+        pool_targets = torch.full((*unl.shape, *self.y.shape[1:]), UNLABELLED, dtype=torch.int64)
+        targets = torch.cat([self.y[lab], pool_targets], dim=1)
         distill = torch.cat([torch.full(lab.shape, self.distill_labelled), torch.ones(unl.shape, dtype=torch.bool)], 1)
+        row_index = index
+        if self.y.ndim > 1:  # a language model's sequences: one row per token
+            targets, distill, row_index = token_rows(self.y, index, targets, distill)
         for i in range(steps):
             x = self.x[index[i]]
-            yield Batch(self.augment(x) if self.augment else x, targets[i], distill[i], index[i])
+            yield Batch(self.augment(x) if self.augment else x, targets[i], distill[i], row_index[i])
 
 
 class InlineReferences(References):
@@ -155,10 +190,20 @@ def pick_device(gpus: float) -> torch.device:
     return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
 
 
+def lookahead(batches: Iterable[Batch], ahead: int) -> Iterator[tuple[Batch, list[Batch]]]:
+    """Each batch with the next ``ahead`` ones, built lazily (an on-policy batch samples the student as it is)."""
+    stream = iter(batches)
+    window = deque(islice(stream, ahead + 1))
+    while window:
+        yield window[0], list(window)[1:]
+        window.popleft()
+        window.extend(islice(stream, 1))
+
+
 def fit(
     models: list[nn.Module],
     method: Method,
-    batches: TransferBatches,
+    batches: Batches,
     epochs: int,
     lr: float,
     weight_decay: float = 0.0,
@@ -176,16 +221,15 @@ def fit(
         for model in models:
             model.train()
         totals: dict[str, Tensor] = {}  # summed on the device: no host sync per step, one per epoch
-        steps = list(batches)
-        for i, batch in enumerate(steps):
-            for upcoming in steps[i + 1 : i + 1 + references.ahead]:
-                references.prefetch(upcoming)  # a source ignores batches it has already asked for
+        for batch, upcoming in lookahead(batches, references.ahead):
+            for later in upcoming:
+                references.prefetch(later)  # a source ignores batches it has already asked for
             teachers, initial = references(batch)
             x = batch.x.to(device, non_blocking=True)
             logits = StepLogits(
-                [m(x) for m in models],
-                [t.to(device) for t in teachers],
-                initial.to(device) if initial is not None else None,
+                [rows(m(x)) for m in models],
+                [rows(t.to(device)) for t in teachers],
+                rows(initial.to(device)) if initial is not None else None,
                 batch.index,
             )
             terms = method.losses(logits, batch.targets.to(device), batch.distill.to(device))
@@ -226,15 +270,40 @@ def method_context(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
-    """Logits of ``model`` on ``x`` (on the CPU, whatever the model's device), in eval mode, batched."""
+def predict(
+    model: nn.Module, x: Tensor, batch_size: int = 1024, keep: Callable[[Tensor], Tensor] = lambda logits: logits
+) -> Tensor:
+    """Logits of ``model`` on ``x`` (on the CPU, whatever the model's device), in eval mode, batched.
+
+    ``keep`` maps each batch's logits before they are gathered (e.g. to a top-k), on the model's device, so a
+    language model's full (rows, vocab) logits never exist for the whole set at once.
+    """
     model.eval()
     device = device_of(model)
-    return torch.cat([model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+    return torch.cat([keep(model(x[i : i + batch_size].to(device))).cpu() for i in range(0, len(x), batch_size)])
 
 
 def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    """Top-1 accuracy in [0, 1]; 0 for an empty set."""
+    """Top-1 accuracy in [0, 1] (a language model's: next-token accuracy over real positions); 0 for an empty set."""
     if len(y) == 0:
         return 0.0
+    if y.ndim > 1:
+        return token_scores(model, x, y)[0]
     return float((predict(model, x).argmax(1) == y).float().mean())
+
+
+@torch.no_grad()
+def token_scores(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 64) -> tuple[float, float]:
+    """A language model's next-token accuracy and mean cross-entropy (nats per token) over the real positions.
+
+    Batched, so a vocabulary's logits exist for ``batch_size`` sequences at a time; (0, 0) for no real position.
+    """
+    model.eval()
+    device, hits, nll, count = device_of(model), 0.0, 0.0, 0
+    for i in range(0, len(x), batch_size):
+        logits, targets = rows(model(x[i : i + batch_size].to(device))), y[i : i + batch_size].reshape(-1).to(device)
+        real = targets != UNLABELLED
+        hits += float((logits.argmax(1) == targets)[real].sum())
+        nll += float(F.cross_entropy(logits, targets, ignore_index=UNLABELLED, reduction="sum"))
+        count += int(real.sum())
+    return (hits / count, nll / count) if count else (0.0, 0.0)

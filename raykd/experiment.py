@@ -3,12 +3,15 @@
 Plain PyTorch: the sweep runs many of these as Ray Tune trials, and a notebook can call ``run_trial``
 directly. The caller says where frozen logits come from (a ``LogitSource``: the models in this
 process by default, the offline cache, or a teacher server); the trial never switches on the mode.
-Metrics are accuracies in [0, 1]; ``gain`` is the student's global test accuracy after minus before.
+Metrics are accuracies in [0, 1]; ``gain`` is the student's global test accuracy after minus before. A
+language model's accuracies are next-token accuracies; it also reports perplexities (``*_ppl``) and
+cross-entropies (``*_nll``, nats per token), and its ``gain`` is the drop in test cross-entropy.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import resource
 import time
 from collections.abc import Callable
@@ -21,8 +24,10 @@ import torch
 from torch import Tensor, nn
 
 from raykd.config import ExperimentConfig
-from raykd.data import build_augment
+from raykd.data import Dataset, build_augment
+from raykd.data.tokenizers import tokenizer_record
 from raykd.engine import (
+    Batches,
     InlineReferences,
     References,
     TransferBatches,
@@ -32,7 +37,9 @@ from raykd.engine import (
     pick_device,
     predict,
     seed_everything,
+    token_scores,
 )
+from raykd.lm.onpolicy import OnPolicyBatches
 from raykd.nodes import Setup, load_node, prepare
 from raykd.students import save_student
 
@@ -42,8 +49,9 @@ LoadNode = Callable[[int], nn.Module]
 #: epoch's training alone and ``eval_seconds`` the evaluation after it, so a trial's time outside both (Tune's
 #: reporting, set-up) can be told apart (benchmarks/sweep_concurrency.py).
 TIMING_METRICS = ("epoch_seconds", "eval_seconds", "samples_per_s", "peak_rss_mb")
-#: What a saved student file records of its trial's last epoch.
+#: What a saved student file records of its trial's last epoch (and, for a language model, LM_METRICS).
 STUDENT_METRICS = ("val_acc", "local_val_acc", "test_acc", "test_acc_before", "gain")
+LM_METRICS = ("val_ppl", "test_ppl", "test_ppl_before")
 
 
 class LogitSource(Protocol):
@@ -74,11 +82,35 @@ class InlineLogits:
 
 def student_metrics(model: nn.Module, setup: Setup, student: int) -> dict[str, float]:
     data, local = setup.dataset, setup.nodes[student]
+    if data.tokens:
+        return token_metrics(model, setup, student)
     return {
         "val_acc": accuracy(model, data.train_x[setup.splits.val], data.train_y[setup.splits.val]),
         "local_val_acc": accuracy(model, data.train_x[local.val], data.train_y[local.val]),
         "test_acc": accuracy(model, data.test_x, data.test_y),
     }
+
+
+def token_metrics(model: nn.Module, setup: Setup, student: int) -> dict[str, float]:
+    """A language model's next-token accuracy, cross-entropy (nats per token) and perplexity on each split."""
+    data, local = setup.dataset, setup.nodes[student]
+    splits = {
+        "val": (data.train_x[setup.splits.val], data.train_y[setup.splits.val]),
+        "local_val": (data.train_x[local.val], data.train_y[local.val]),
+        "test": (data.test_x, data.test_y),
+    }
+    metrics = {}
+    for name, (x, y) in splits.items():
+        acc, nll = token_scores(model, x, y)
+        metrics |= {f"{name}_acc": acc, f"{name}_nll": nll, f"{name}_ppl": math.exp(nll)}
+    return metrics
+
+
+def gains(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Test and validation gain: accuracy after minus before, or a language model's drop in cross-entropy."""
+    if "test_nll" in after:
+        return {"gain": before["test_nll"] - after["test_nll"], "val_gain": before["val_nll"] - after["val_nll"]}
+    return {"gain": after["test_acc"] - before["test_acc"], "val_gain": after["val_acc"] - before["val_acc"]}
 
 
 def epoch_metrics(
@@ -95,8 +127,7 @@ def epoch_metrics(
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         **after,
         **{f"{k}_before": v for k, v in before.items()},
-        "gain": after["test_acc"] - before["test_acc"],
-        "val_gain": after["val_acc"] - before["val_acc"],
+        **gains(before, after),
         **{f"loss_{k}" if k != "loss" else k: v for k, v in losses.items()},
     }
 
@@ -184,7 +215,9 @@ def run_trial(
         frozen = teachers if method.teachers == "frozen" else []
         initial = student_id if method.uses_initial_student else None
         trainable, references = [wrap(student)], source.references(frozen, initial, load)
-    batches = transfer_batches(cfg, setup, seed, rank, world)
+    batches: Batches = transfer_batches(cfg, setup, seed, rank, world)
+    if getattr(method, "on_policy", 0) > 0:  # GKD's lambda: part of each batch is the student's own text
+        batches = OnPolicyBatches(batches, student, method.on_policy, seed)  # type: ignore[attr-defined]
     context = method_context(
         batches,
         lambda: [load(n) for n in teachers],
@@ -214,8 +247,22 @@ def save_trial_student(
 ) -> None:
     """The trial's product as a file ``raykd.load_student`` reads: weights, architecture, setting, seed, metrics."""
     data = setup.dataset
-    kept = {k: metrics[k] for k in STUDENT_METRICS}
+    kept = {k: metrics[k] for k in (*STUDENT_METRICS, *LM_METRICS) if k in metrics}
     spec = cfg.nodes.model_of(cfg.transfer.student)
     save_student(
-        path, model, spec, data.input_shape, data.num_classes, label=label, setting=setting, seed=seed, metrics=kept
+        path,
+        model,
+        spec,
+        data.input_shape,
+        data.num_classes,
+        label=label,
+        setting=setting,
+        seed=seed,
+        metrics=kept,
+        **lm_info(data),
     )
+
+
+def lm_info(data: Dataset) -> dict[str, Any]:
+    """What a language-model student file carries to be used again: its task and tokenizer (``raykd.generate``)."""
+    return {"task": "lm", **tokenizer_record(data.tokenizer)} if data.tokens else {}

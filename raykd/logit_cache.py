@@ -10,7 +10,7 @@ Augmented views: the cache holds logits of the un-augmented inputs only (transfo
 raykd's transfer sets are not augmented. A run that augments its inputs must use ``inline`` or
 ``server`` mode, where the teacher sees the same augmented batch as the student.
 
-Many classes (``teacher.cache_top_k: K``): each row keeps only its K largest logits and their class
+Many classes (``teacher.top_k: K``): each row keeps only its K largest logits and their class
 ids, K x (4 + 2) bytes instead of C x 4 at float32 (ids are int32 above 32,767 classes), in one
 structured ``.npy`` with the same checksum. The key includes K, so full and top-k entries never meet.
 Each step's rows are expanded back to dense logits on the training device (``dense_logits``), so no
@@ -28,13 +28,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from raykd.config import ExperimentConfig
-from raykd.engine import Batch, ReferenceLogits, References, pick_device, predict
+from raykd.config import ExperimentConfig, TeacherConfig
+from raykd.engine import Batch, ReferenceLogits, References, pick_device, predict, rows
 from raykd.experiment import LoadNode
 from raykd.files import cached, file_digest, read_checked
-from raykd.nodes import Setup, load_node, node_path, read_node
+from raykd.nodes import Setup, data_digest, load_node, node_path, read_node
 
 TRANSFORM = "none"
+TOKEN_CHUNK = 64  # text sequences per forward pass when building a cache: (64 x seq_len) rows of the vocabulary
 
 
 class LogitCache:
@@ -69,7 +70,7 @@ def _memory_map(path: Path) -> np.ndarray:
 def top_k_rows(logits: Tensor, k: int, dtype: str) -> np.ndarray:
     """Each row's ``k`` largest logits (in ``dtype``, largest first) and their class ids, as one packed record."""
     values, ids = logits.float().topk(k, dim=1)
-    id_type = np.int16 if logits.shape[1] <= np.iinfo(np.int16).max else np.int32
+    id_type = next(t for t in (np.int16, np.uint16, np.int32) if logits.shape[1] <= np.iinfo(t).max + 1)
     rows = np.empty(len(logits), np.dtype([("values", dtype, (k,)), ("ids", id_type, (k,))]))
     rows["values"], rows["ids"] = values.numpy(), ids.numpy()
     return rows
@@ -93,7 +94,9 @@ def read_rows(array: np.ndarray, index: np.ndarray, classes: int, device: torch.
     rows = array[index]
     if rows.dtype.names is None:
         return torch.from_numpy(np.asarray(rows)).to(device).float()
-    values, ids = (torch.from_numpy(np.ascontiguousarray(rows[name])).to(device) for name in ("values", "ids"))
+    # Copies of the record fields: a field is a strided view (torch refuses it), and uint16 ids widen here.
+    values = torch.from_numpy(np.array(rows["values"])).to(device)
+    ids = torch.from_numpy(rows["ids"].astype(np.int64)).to(device)
     return dense_logits(values.float(), ids, classes)
 
 
@@ -121,24 +124,40 @@ class CachedReferences(References):
 def node_logits(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> tuple[np.ndarray, bool]:
     """A pre-trained node model's logits on the whole training split, from the cache or built once.
 
-    The model is loaded only on a miss: a cached run reads no teacher checkpoint. With ``teacher.cache_top_k``
+    The model is loaded only on a miss: a cached run reads no teacher checkpoint. With ``teacher.top_k``
     the array holds top-k records (``top_k_rows``), not dense logits.
     """
     if read_node(node_path(cfg, node, seed)) is None:
         load_node(cfg, setup, node, seed)  # trains and caches it: the key is over the checkpoint's content
-    data = json.dumps(cfg.data.model_dump(mode="json", include={"dataset", "fake_samples", "fake_classes"}))
+    data = json.dumps(cache_identity(cfg))
     cache = LogitCache(cfg.nodes.cache_dir / "logits")
     teacher = cfg.teacher
-    key = cache.key(node_path(cfg, node, seed), data, "train", teacher.dtype, teacher.cache_top_k)
+    key = cache.key(node_path(cfg, node, seed), data, "train", teacher.dtype, teacher.top_k)
 
     def compute() -> np.ndarray:
         model = load_node(cfg, setup, node, seed).to(pick_device(cfg.tune.gpus_per_trial))
-        logits = predict(model, setup.dataset.train_x)
-        if teacher.cache_top_k is not None:
-            return top_k_rows(logits, teacher.cache_top_k, teacher.dtype)
-        return logits.to(getattr(torch, teacher.dtype)).numpy()
+        x = setup.dataset.train_x
+        step = TOKEN_CHUNK if setup.dataset.tokens else max(len(x), 1)  # a vocabulary's logits, a chunk at a time
+        return np.concatenate(
+            [stored_rows(rows(predict(model, x[i : i + step])), teacher) for i in range(0, len(x), step)]
+        )
 
     return cache.get_or_build(key, compute)
+
+
+def stored_rows(logits: Tensor, teacher: TeacherConfig) -> np.ndarray:
+    """Logit rows as the cache stores them: top-k records with ``teacher.top_k``, else dense in ``teacher.dtype``."""
+    if teacher.top_k is not None:
+        return top_k_rows(logits, teacher.top_k, teacher.dtype)
+    return logits.to(getattr(torch, teacher.dtype)).numpy()
+
+
+def cache_identity(cfg: ExperimentConfig) -> dict:
+    """What the cached logits depend on besides the teacher's weights: the data's settings (text: all of them,
+    tokenizer and seq_len included, and the corpus's content)."""
+    if cfg.data.task == "lm":
+        return {**cfg.data.model_dump(mode="json", exclude={"root"}), "content": data_digest(cfg)}
+    return cfg.data.model_dump(mode="json", include={"dataset", "fake_samples", "fake_classes"})
 
 
 class CachedLogits:
@@ -158,6 +177,5 @@ class CachedLogits:
         )
 
     def train_logits(self, nodes: list[int], load: LoadNode) -> list[Tensor]:
-        everything = np.arange(len(self.setup.dataset.train_x))
         cpu, classes = torch.device("cpu"), self.setup.dataset.num_classes
-        return [read_rows(self._logits(n), everything, classes, cpu) for n in nodes]
+        return [read_rows(array, np.arange(len(array)), classes, cpu) for array in map(self._logits, nodes)]

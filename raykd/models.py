@@ -1,4 +1,5 @@
-"""Model registry: small models for embedded data, CIFAR ResNets, any torchvision classifier, user callables.
+"""Model registry: small models for embedded data, CIFAR ResNets, any torchvision classifier, a small GPT for
+text, user callables.
 
 Every builder takes the dataset's per-sample input shape and class count, so teacher and student
 may be different architectures on the same data. ``build_model`` is the one place a model is made:
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cache
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,7 +21,7 @@ from raykd.files import last_line
 from raykd.references import is_reference, resolve
 
 InputShape = tuple[int, ...]
-Builder = Callable[[InputShape, int, int | None, int | None], nn.Module]
+Builder = Callable[..., nn.Module]  # (input shape, classes, width, depth, **kwargs) -> model
 
 
 def _flat_size(features: nn.Module, shape: InputShape) -> int:
@@ -89,13 +91,25 @@ def resnet(shape: InputShape, classes: int, width: int | None, depth: int | None
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, classes))
 
 
-#: Registry: name -> (builder, input rank it needs: 2 for (C, L) signals, 3 for (C, H, W) images, None any)
-REGISTRY: dict[str, tuple[Builder, int | None]] = {
+def gpt(shape: InputShape, vocab: int, width: int | None, depth: int | None, **kwargs: Any) -> nn.Module:
+    """A small decoder-only transformer (``raykd.lm.gpt``); ``kwargs`` may set ``heads`` (default 4)."""
+    from raykd.lm.gpt import gpt as build
+
+    return build(shape, vocab, width, depth, **kwargs)
+
+
+#: Registry: name -> (builder, input rank it needs: 2 for (C, L) signals, 3 for (C, H, W) images, None any;
+#: TOKENS for token ids (seq_len,), a language model's input)
+TOKENS = "tokens"
+REGISTRY: dict[str, tuple[Builder, int | str | None]] = {
     "mlp": (mlp, None),
     "cnn1d": (cnn1d, 2),
     "cnn2d": (cnn2d, 3),
     "resnet": (resnet, 3),
+    "gpt": (gpt, TOKENS),
 }
+#: Registry models that take keyword arguments (``kwargs`` in the YAML), and which.
+KWARGS = {"gpt": ("heads",)}
 
 
 @cache
@@ -106,15 +120,24 @@ def model_names() -> list[str]:
     return list(REGISTRY) + sorted(torchvision.models.list_models(module=torchvision.models))
 
 
-def build_model(spec: ModelSpec, shape: InputShape, classes: int, field: str = "nodes.model") -> nn.Module:
+def build_model(
+    spec: ModelSpec, shape: InputShape, classes: int, field: str = "nodes.model", tokens: bool = False
+) -> nn.Module:
     """Build ``spec`` for inputs of ``shape`` and check it on a dummy batch; any problem is a ConfigError on ``field``.
 
-    Only the architecture: weights named by ``checkpoint``/``init`` are loaded by raykd.nodes.
+    ``tokens``: the inputs are token ids of shape (seq_len,) and the model a language model whose logits are
+    (batch, seq_len, classes). Only the architecture: weights named by ``checkpoint``/``init`` are loaded by
+    raykd.nodes.
     """
     if is_reference(spec.name):
         model = _user_model(spec, shape, classes, field)
     elif spec.name in REGISTRY:
-        model = _registry_model(spec, shape, classes, field)
+        model = _registry_model(spec, shape, classes, field, tokens)
+    elif tokens:
+        raise ConfigError(
+            f"{field}.name = {spec.name!r}: not a language model; allowed for data.task lm: "
+            f"{', '.join(n for n, (_, r) in REGISTRY.items() if r == TOKENS)}, or package.module:callable"
+        )
     elif spec.name in model_names():
         _check_rank(spec.name, 3, shape, field)
         import torchvision
@@ -125,25 +148,32 @@ def build_model(spec: ModelSpec, shape: InputShape, classes: int, field: str = "
             f"{field}.name = {spec.name!r}: unknown model {spec.name!r}; allowed: {', '.join(REGISTRY)}, "
             "a torchvision model name, or package.module:callable"
         )
-    _check_output(model, spec.name, shape, classes, field)
+    _check_output(model, spec.name, shape, classes, field, tokens)
     return model
 
 
-def _check_rank(name: str, rank: int | None, shape: InputShape, field: str) -> None:
-    if rank is not None and len(shape) != rank:
-        kind = {2: "1-D signals (C, L)", 3: "images (C, H, W)"}[rank]
-        fits = [n for n, (_, r) in REGISTRY.items() if r in (None, len(shape))]
-        raise ConfigError(
-            f"{field}: model {name!r} needs {kind} but the data has shape {shape}; allowed: {', '.join(fits)}"
-        )
+def _check_rank(name: str, rank: int | str | None, shape: InputShape, field: str, tokens: bool = False) -> None:
+    fits = [n for n, (_, r) in REGISTRY.items() if (r == TOKENS) == tokens and r in (None, TOKENS, len(shape))]
+    if (rank == TOKENS) != tokens or (rank not in (None, TOKENS) and len(shape) != rank):
+        kind = {2: "1-D signals (C, L)", 3: "images (C, H, W)", None: "features", TOKENS: "text (data.task lm)"}[rank]
+        has = "text tokens (data.task lm)" if tokens else f"shape {shape}"
+        raise ConfigError(f"{field}: model {name!r} needs {kind} but the data has {has}; allowed: {', '.join(fits)}")
 
 
-def _registry_model(spec: ModelSpec, shape: InputShape, classes: int, field: str) -> nn.Module:
+def _registry_model(spec: ModelSpec, shape: InputShape, classes: int, field: str, tokens: bool) -> nn.Module:
     builder, rank = REGISTRY[spec.name]
-    _check_rank(spec.name, rank, shape, field)
-    if spec.kwargs:
+    _check_rank(spec.name, rank, shape, field, tokens)
+    takes = KWARGS.get(spec.name, ())
+    extra = next((k for k in spec.kwargs if k not in takes), None)
+    if extra is not None and not takes:
         raise ConfigError(f"{field}.kwargs: registry model {spec.name!r} takes width and depth, not kwargs")
-    return builder(shape, classes, spec.width, spec.depth)
+    if extra is not None:
+        allowed = ", ".join(takes)
+        raise ConfigError(f"{field}.kwargs.{extra}: model {spec.name!r} takes no {extra!r}; allowed: {allowed}")
+    try:
+        return builder(shape, classes, spec.width, spec.depth, **spec.kwargs)
+    except ValueError as err:
+        raise ConfigError(f"{field}: {spec.name!r}: {err}") from None
 
 
 def _user_model(spec: ModelSpec, shape: InputShape, classes: int, field: str) -> nn.Module:
@@ -164,13 +194,15 @@ def _one_line(err: Exception) -> str:
     return last_line(f"{type(err).__name__}: {err}")
 
 
-def _check_output(model: nn.Module, name: str, shape: InputShape, classes: int, field: str) -> None:
-    """One forward pass on a batch of 2 (eval mode, no grad): logits must be (2, classes)."""
+def _check_output(model: nn.Module, name: str, shape: InputShape, classes: int, field: str, tokens: bool) -> None:
+    """One forward pass on a batch of 2 (eval mode, no grad): logits must be (2, classes), or for token inputs
+    (2, seq_len, classes)."""
     training = model.training
     model.eval()
+    expected = (2, *shape, classes) if tokens else (2, classes)
     try:
         with torch.no_grad():
-            out = model(torch.zeros(2, *shape))
+            out = model(torch.zeros(2, *shape, dtype=torch.int64 if tokens else torch.float32))
     except Exception as err:  # noqa: BLE001 - any failure on the data's shape is the model's, in one line
         raise ConfigError(
             f"{field}: model {name!r} fails on a batch of shape {(2, *shape)}: {_one_line(err)}"
@@ -178,5 +210,5 @@ def _check_output(model: nn.Module, name: str, shape: InputShape, classes: int, 
     finally:
         model.train(training)
     got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-    if got != (2, classes):
-        raise ConfigError(f"{field}: model {name!r} gave output {got} for a batch of 2; expected (2, {classes}) logits")
+    if got != expected:
+        raise ConfigError(f"{field}: model {name!r} gave output {got} for a batch of 2; expected {expected} logits")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from functools import cache
@@ -26,7 +27,8 @@ from torch import nn
 
 from raykd.config import DataConfig, ExperimentConfig, ModelSpec
 from raykd.data import Dataset, NodeData, Splits, build_augment, check_dataset, load_dataset, make_splits, split_nodes
-from raykd.engine import TransferBatches, accuracy, fit, pick_device, seed_everything
+from raykd.data.documents import document_nodes, document_splits
+from raykd.engine import TransferBatches, accuracy, fit, pick_device, seed_everything, token_scores
 from raykd.errors import ConfigError
 from raykd.files import cached, file_digest, held_writes, read_checked
 from raykd.methods.ce import CrossEntropy
@@ -88,7 +90,7 @@ def dataset_of(cfg: ExperimentConfig) -> Dataset:
         if key not in _checked:
             try:
                 check_dataset(cfg, dataset)
-                check_checkpoints(cfg, dataset.input_shape, dataset.num_classes)
+                check_checkpoints(cfg, dataset.input_shape, dataset.num_classes, dataset.tokens)
             except ConfigError:
                 _dataset.cache_clear()  # its cache entry was dropped: a later load builds (and writes) it again
                 raise
@@ -97,8 +99,11 @@ def dataset_of(cfg: ExperimentConfig) -> Dataset:
 
 
 def prepare(cfg: ExperimentConfig, seed: int) -> Setup:
-    """Load the dataset (cached per process), draw the seed's splits and partition the rest."""
+    """Load the dataset (cached per process), draw the seed's splits and partition the rest (text: by document)."""
     dataset = dataset_of(cfg)
+    if dataset.tokens:
+        splits, rest = document_splits(dataset, cfg.data, seed)
+        return Setup(dataset, splits, document_nodes(dataset, rest, cfg.partition, seed))
     labels = dataset.train_y.numpy()
     splits = make_splits(labels, cfg.data, seed)
     return Setup(dataset, splits, split_nodes(splits.partitioned, labels, cfg.partition, seed))
@@ -160,26 +165,25 @@ def node_field(cfg: ExperimentConfig, node: int) -> str:
 
 def new_model(cfg: ExperimentConfig, setup: Setup, node: int) -> nn.Module:
     """The node's architecture with fresh weights (no checkpoint or init applied)."""
-    return build_model(
-        cfg.nodes.model_of(node), setup.dataset.input_shape, setup.dataset.num_classes, node_field(cfg, node)
-    )
+    data = setup.dataset
+    return build_model(cfg.nodes.model_of(node), data.input_shape, data.num_classes, node_field(cfg, node), data.tokens)
 
 
-def start_model(spec: ModelSpec, shape: InputShape, classes: int, field: str) -> nn.Module:
+def start_model(spec: ModelSpec, shape: InputShape, classes: int, field: str, tokens: bool = False) -> nn.Module:
     """``spec`` built, with its checkpoint or init weights loaded; a file that does not fit is one line."""
-    model = build_model(spec, shape, classes, field)
+    model = build_model(spec, shape, classes, field, tokens)
     start, path = weights_start(spec)
     if path is not None:
         fit_weights(model, read_weights(path, f"{field}.{start}"), path, f"{field}.{start}")
     return model
 
 
-def check_checkpoints(cfg: ExperimentConfig, input_shape: InputShape, num_classes: int) -> None:
+def check_checkpoints(cfg: ExperimentConfig, input_shape: InputShape, num_classes: int, tokens: bool = False) -> None:
     """Preflight: every node's architecture builds for the data, and its checkpoint or init file is readable
     and fits it."""
     fields = {node_field(cfg, node): cfg.nodes.model_of(node) for node in range(cfg.partition.num_nodes)}
     for field, spec in fields.items():
-        start_model(spec, input_shape, num_classes, field)
+        start_model(spec, input_shape, num_classes, field, tokens)
 
 
 def train_node(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> dict[str, Any]:
@@ -190,7 +194,7 @@ def train_node(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> dic
     """
     seed_everything(seed * 1000 + node)
     spec, data, local, budget = cfg.nodes.model_of(node), setup.dataset, setup.nodes[node], cfg.nodes.train
-    model = start_model(spec, data.input_shape, data.num_classes, node_field(cfg, node))
+    model = start_model(spec, data.input_shape, data.num_classes, node_field(cfg, node), data.tokens)
     model = model.to(pick_device(cfg.tune.gpus_per_trial))
     start, path = weights_start(spec)
     started = time.perf_counter()
@@ -206,6 +210,7 @@ def train_node(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> dic
         "train_samples": len(local.train),
         "local_val_acc": accuracy(model, data.train_x[local.val], data.train_y[local.val]),
         "test_acc": accuracy(model, data.test_x, data.test_y),
+        **({"test_ppl": math.exp(token_scores(model, data.test_x, data.test_y)[1])} if data.tokens else {}),
         "train_seconds": time.perf_counter() - started,
         "weights_from": start,
         "weights_file": str(path) if path else None,

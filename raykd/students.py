@@ -57,7 +57,9 @@ def read_student(path: Path) -> dict[str, Any]:
 def load_student(path: Path) -> nn.Module:
     """The student rebuilt from its file, in eval mode (a custom model's module must be importable)."""
     record, field = _student(Path(path)), f"student file {path}"
-    model = build_model(ModelSpec(**record["model"]), tuple(record["input_shape"]), record["num_classes"], field)
+    tokens = record["info"].get("task") == "lm"
+    shape, classes = tuple(record["input_shape"]), record["num_classes"]
+    model = build_model(ModelSpec(**record["model"]), shape, classes, field, tokens)
     fit_weights(model, record["state_dict"], Path(path), field)
     return model.eval()
 

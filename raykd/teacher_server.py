@@ -25,7 +25,7 @@ from raykd.config import ExperimentConfig, ModelSpec, TeacherConfig
 from raykd.engine import Batch, ReferenceLogits, References
 from raykd.experiment import InlineLogits, LoadNode, LogitSource
 from raykd.files import file_digest
-from raykd.logit_cache import CachedLogits
+from raykd.logit_cache import CachedLogits, dense_logits
 from raykd.models import build_model
 from raykd.nodes import Setup, node_path
 
@@ -39,6 +39,11 @@ class ServedModel:
     spec: dict[str, Any]
     input_shape: tuple[int, ...]
     num_classes: int
+    tokens: bool = False  # a language model: token ids in, (rows, seq_len, vocab) logits out
+
+
+#: A reply: (logits,) of shape (models, rows, ...), or with ``teacher.top_k`` (values, ids) of the K largest.
+Answer = tuple[Tensor, ...]
 
 
 @dataclass
@@ -52,19 +57,27 @@ class _Request:
 class TeacherServer:
     """Serves ``infer(keys, x) -> logits[len(keys), rows, classes]`` for the models it holds."""
 
-    def __init__(self, models: list[ServedModel], device: str, dtype: str, max_batch_rows: int, wait_ms: float) -> None:
+    def __init__(
+        self,
+        models: list[ServedModel],
+        device: str,
+        dtype: str,
+        max_batch_rows: int,
+        wait_ms: float,
+        top_k: int | None = None,
+    ) -> None:
         self.device = torch.device(device)
-        self.dtype = getattr(torch, dtype)
+        self.dtype, self.top_k = getattr(torch, dtype), top_k
         self.max_batch_rows, self.wait_s = max_batch_rows, wait_ms / 1000
         self.models: dict[str, torch.nn.Module] = {}
         for m in models:
-            model = build_model(ModelSpec(**m.spec), m.input_shape, m.num_classes)
+            model = build_model(ModelSpec(**m.spec), m.input_shape, m.num_classes, tokens=m.tokens)
             model.load_state_dict(torch.load(m.checkpoint, weights_only=True, map_location="cpu")["state_dict"])
             self.models[m.key] = model.eval().requires_grad_(False).to(self.device)
         self.queue: asyncio.Queue[_Request] | None = None
         self.counters = {"requests": 0, "rows": 0, "batches": 0, "max_batch_rows": 0, "wait_s": 0.0, "compute_s": 0.0}
 
-    async def infer(self, keys: tuple[str, ...], x: Tensor) -> Tensor:
+    async def infer(self, keys: tuple[str, ...], x: Tensor) -> Answer:
         if self.queue is None:  # the event loop exists only once a request arrives
             self.queue = asyncio.Queue()
             asyncio.get_running_loop().create_task(self._batch_forever())
@@ -100,7 +113,7 @@ class TeacherServer:
                 continue
             offset = 0
             for r in requests:
-                r.done.set_result(logits[:, offset : offset + len(r.x)].clone())
+                r.done.set_result(tuple(part[:, offset : offset + len(r.x)].clone() for part in logits))
                 offset += len(r.x)
         rows = sum(len(r.x) for r in group)
         c = self.counters
@@ -112,9 +125,15 @@ class TeacherServer:
         c["compute_s"] += time.perf_counter() - started
 
     @torch.no_grad()
-    def _forward(self, keys: tuple[str, ...], x: Tensor) -> Tensor:
+    def _forward(self, keys: tuple[str, ...], x: Tensor) -> Answer:
+        """(logits,) of every model, stacked; with ``top_k``, (values, ids) of each row's K largest, taken on the
+        server's device so only they travel (a language model's vocabulary would not)."""
         x = x.to(self.device, non_blocking=True)
-        return torch.stack([self.models[k](x) for k in keys]).to(self.dtype).cpu()
+        logits = torch.stack([self.models[k](x) for k in keys])
+        if self.top_k is None:
+            return (logits.to(self.dtype).cpu(),)
+        values, ids = logits.float().topk(self.top_k, dim=-1)
+        return values.to(self.dtype).cpu(), ids.to(torch.int32).cpu()
 
     def stats(self) -> dict[str, float | str]:
         """Requests served, merged batches and their sizes, time spent waiting versus computing, and where the
@@ -139,7 +158,8 @@ def start_server(models: list[ServedModel], cfg: TeacherConfig, name: str | None
         max_concurrency=1000,
         runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(cfg.num_cpus)))}},
     )
-    server = actor.remote(models, "cuda" if use_cuda else "cpu", cfg.dtype, cfg.max_batch_rows, cfg.batch_wait_ms)
+    device = "cuda" if use_cuda else "cpu"
+    server = actor.remote(models, device, cfg.dtype, cfg.max_batch_rows, cfg.batch_wait_ms, cfg.top_k)
     what = f"teacher.mode=server: the TeacherServer ({cfg.num_cpus:g} CPUs, {cfg.num_gpus:g} GPUs) starting"
     get_within(server.stats.remote(), START_TIMEOUT_S, what)
     return server
@@ -148,8 +168,10 @@ def start_server(models: list[ServedModel], cfg: TeacherConfig, name: str | None
 class ServedReferences(References):
     """Logits from a TeacherServer; ``prefetch`` (a count) next batches' requests are in flight during this step."""
 
-    def __init__(self, server: Any, teacher_keys: list[str], initial_key: str | None, prefetch: int = 1) -> None:
-        self.server, self.teacher_keys, self.initial_key = server, teacher_keys, initial_key
+    def __init__(
+        self, server: Any, teacher_keys: list[str], initial_key: str | None, prefetch: int = 1, classes: int = 0
+    ) -> None:
+        self.server, self.teacher_keys, self.initial_key, self.classes = server, teacher_keys, initial_key, classes
         self.keys = tuple(teacher_keys + ([initial_key] if initial_key else []))
         self.ahead = int(prefetch)  # True/False of older configs read as 1/0
         self.pending: dict[int, tuple[Batch, ray.ObjectRef]] = {}
@@ -163,14 +185,23 @@ class ServedReferences(References):
             return [], None
         _, ref = self.pending.pop(id(batch), (batch, None))
         ref = ref if ref is not None else self.server.infer.remote(self.keys, batch.x)
-        logits = get_within(ref, ANSWER_TIMEOUT_S, "teacher.mode=server: the TeacherServer's logits").float()
+        answer = get_within(ref, ANSWER_TIMEOUT_S, "teacher.mode=server: the TeacherServer's logits")
+        logits = answer[0].float() if len(answer) == 1 else self._dense(*answer)
         teachers = list(logits[: len(self.teacher_keys)])
         return teachers, (logits[-1] if self.initial_key else None)
 
+    def _dense(self, values: Tensor, ids: Tensor) -> Tensor:
+        """Top-k replies as full rows (``raykd.logit_cache.dense_logits``), back in the reply's (models, ...) shape."""
+        flat = dense_logits(values.float().reshape(-1, values.shape[-1]), ids.reshape(-1, ids.shape[-1]), self.classes)
+        return flat.reshape(*values.shape[:-1], self.classes)
 
-def served_model(key: str, checkpoint: Path, spec: ModelSpec, shape: tuple[int, ...], classes: int) -> ServedModel:
+
+def served_model(
+    key: str, checkpoint: Path, spec: ModelSpec, shape: tuple[int, ...], classes: int, tokens: bool = False
+) -> ServedModel:
     # The weights come from the node cache file; the spec's own checkpoint/init files are not needed (or re-checked).
-    return ServedModel(key, str(checkpoint), spec.model_dump(exclude={"checkpoint", "init"}), tuple(shape), classes)
+    dump = spec.model_dump(exclude={"checkpoint", "init"})
+    return ServedModel(key, str(checkpoint), dump, tuple(shape), classes, tokens)
 
 
 class ServedLogits(InlineLogits):
@@ -188,7 +219,8 @@ class ServedLogits(InlineLogits):
 
     def references(self, frozen: list[int], initial: int | None, load: LoadNode) -> References:
         initial_key = self._key(initial) if initial is not None else None
-        return ServedReferences(self.server, [self._key(n) for n in frozen], initial_key, self.cfg.teacher.prefetch)
+        keys, classes = [self._key(n) for n in frozen], self.setup.dataset.num_classes
+        return ServedReferences(self.server, keys, initial_key, self.cfg.teacher.prefetch, classes)
 
 
 def logit_source(cfg: ExperimentConfig, setup: Setup, seed: int, server: Any = None) -> LogitSource:

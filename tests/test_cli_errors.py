@@ -29,7 +29,7 @@ BAD_OVERRIDES = [
     (["partition.alpha=0"], "partition.alpha = 0: Input should be greater than 0"),
     (["partition.scheme=pathological", "partition.classes_per_node=12"], "partition.classes_per_node: 12 is more"),
     (["partition.scheme=random"], "partition.scheme = 'random': Input should be 'iid', 'dirichlet' or 'pathological'"),
-    (["data.colour=red"], "data.colour: unknown key in data; allowed: dataset, root,"),
+    (["data.colour=red"], "data.colour: unknown key in data; allowed: task, dataset, root,"),
     (["epochs=3"], "epochs: unknown key in the top level; allowed: name, seeds,"),
     (["methods.1.beta=3"], "methods[1].beta: unknown key in methods.1; allowed: label, name, temperature, alpha"),
     (["data.dataset=cifar10"], "data.root: cifar10 needs a local folder"),

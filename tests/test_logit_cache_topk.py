@@ -1,4 +1,4 @@
-"""The top-k logit cache (``teacher.cache_top_k``): what it keeps, what it refuses, what it costs, and a trial on it."""
+"""The top-k logit cache (``teacher.top_k``): what it keeps, what it refuses, what it costs, and a trial on it."""
 
 from __future__ import annotations
 
@@ -39,13 +39,15 @@ def test_the_k_largest_are_kept_and_the_rest_read_as_the_smallest_kept() -> None
     assert expanded(logits, 2).tolist() == [[3.0, 5.0, 3.0, 3.0], [2.0, 2.0, 4.0, 2.0]]
 
 
-def test_records_are_k_times_6_bytes_with_int32_ids_only_past_int16() -> None:
+def test_records_are_k_times_6_bytes_with_int32_ids_only_past_uint16() -> None:
     assert top_k_rows(torch.randn(3, 100), 5, "float32").itemsize == 5 * (4 + 2)
-    assert top_k_rows(torch.randn(1, 32767), 2, "float32")["ids"].dtype == np.int16
-    wide = torch.zeros(1, 32768)
-    wide[0, 32767] = 1.0
-    records = top_k_rows(wide, 1, "float32")
-    assert records["ids"].dtype == np.int32 and records["ids"].tolist() == [[32767]]
+    assert top_k_rows(torch.randn(1, 32768), 2, "float32")["ids"].dtype == np.int16
+    for classes, kind in ((49152, np.uint16), (65536, np.uint16), (65537, np.int32)):  # SmolLM2's vocabulary: uint16
+        wide = torch.zeros(1, classes)
+        wide[0, classes - 1] = 1.0
+        records = top_k_rows(wide, 1, "float32")
+        assert records["ids"].dtype == kind and records["ids"].tolist() == [[classes - 1]]
+        assert read_rows(records, np.array([0]), classes, torch.device("cpu")).argmax().item() == classes - 1
 
 
 def test_kd_loss_is_exact_when_the_dropped_logit_ties_and_close_for_a_sure_teacher() -> None:
@@ -59,27 +61,26 @@ def test_kd_loss_is_exact_when_the_dropped_logit_ties_and_close_for_a_sure_teach
     assert errors == sorted(errors, reverse=True) and errors[-1] < 1e-3
 
 
-def test_k_below_1_or_outside_cache_mode_is_refused(tmp_path: Path) -> None:
+def test_k_below_1_or_in_inline_mode_is_refused(tmp_path: Path) -> None:
     from raykd.cluster import check_requests  # the sweep's check of knobs a mode ignores (imports Ray, starts none)
 
-    with pytest.raises(ConfigError, match="^teacher.cache_top_k = 0: Input should be greater than or equal to 1$"):
-        validate_config(tiny_raw(tmp_path, tmp_path, teacher={"mode": "cache", "cache_top_k": 0}))
-    inline = validate_config(tiny_raw(tmp_path, tmp_path, teacher={"cache_top_k": 3}))
+    with pytest.raises(ConfigError, match="^teacher.top_k = 0: Input should be greater than or equal to 1$"):
+        validate_config(tiny_raw(tmp_path, tmp_path, teacher={"mode": "cache", "top_k": 0}))
+    inline = validate_config(tiny_raw(tmp_path, tmp_path, teacher={"top_k": 3}))
     with pytest.raises(ConfigError) as refused:
         check_requests(inline)
     assert str(refused.value) == (
-        "teacher.cache_top_k: 3 cuts the offline cache but teacher.mode is inline; "
-        "allowed: unset, or teacher.mode=cache"
+        "teacher.top_k: 3 cuts what a teacher server sends or the offline cache holds, but teacher.mode is inline "
+        "(full logits in the trial); allowed: unset, or teacher.mode server or cache"
     )
 
 
 def test_k_of_all_classes_is_refused_in_one_line(tmp_path: Path, cache_dir: Path) -> None:
-    cfg = validate_config(tiny_raw(tmp_path, cache_dir, teacher={"mode": "cache", "cache_top_k": 10}))
+    cfg = validate_config(tiny_raw(tmp_path, cache_dir, teacher={"mode": "cache", "top_k": 10}))
     with pytest.raises(ConfigError) as refused:
         check_dataset(cfg, load_dataset(cfg.data, cache_dir))
     assert str(refused.value) == (
-        "teacher.cache_top_k: 10 would keep every one of the 10 classes of mnist1d; allowed: 1..9, "
-        "or unset for full logits"
+        "teacher.top_k: 10 would keep every one of the 10 classes of mnist1d; allowed: 1..9, or unset for full logits"
     )
 
 
@@ -104,7 +105,7 @@ def test_the_entry_is_keyed_by_k_smaller_by_its_ratio_and_checked(tmp_path: Path
 
 
 def test_a_trial_distils_from_top_k_cached_logits(tmp_path: Path, cache_dir: Path) -> None:
-    cfg = validate_config(tiny_raw(tmp_path, cache_dir, teacher={"mode": "cache", "cache_top_k": 3}))
+    cfg = validate_config(tiny_raw(tmp_path, cache_dir, teacher={"mode": "cache", "top_k": 3}))
     setup = prepare(cfg, 0)
     records, _ = node_logits(cfg, setup, 1, 0)
     assert records.dtype.names == ("values", "ids") and records.shape == (len(setup.dataset.train_x),)

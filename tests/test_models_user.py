@@ -77,7 +77,7 @@ def test_user_model_gets_shape_classes_and_kwargs_and_trains_beside_a_registry_t
         ("no_such_module:net", "nodes.model.name: cannot import module 'no_such_module'"),
         ({"name": "{m}:tiny", "width": 4}, "nodes.model: width/depth are for registry models"),
         ({"name": "mlp", "kwargs": {"hidden": 4}}, "nodes.model.kwargs: registry model 'mlp' takes width and depth"),
-        ("vgg99", "nodes.model.name = 'vgg99': unknown model 'vgg99'; allowed: mlp, cnn1d, cnn2d, resnet, a torch"),
+        ("vgg99", "nodes.model.name = 'vgg99': unknown model 'vgg99'; allowed: mlp, cnn1d, cnn2d, resnet, gpt, a"),
     ],
 )
 def test_a_model_that_cannot_be_built_is_one_line(tmp_path: Path, module: str, spec: object, expected: str) -> None:

@@ -42,7 +42,7 @@ def test_server_matches_in_process_logits_for_concurrent_callers_and_merges_them
     server = start_server([model], cfg.teacher.model_copy(update={"num_cpus": 0.5, "batch_wait_ms": 20}))
     chunks = [setup.dataset.train_x[i * 50 : (i + 1) * 50] for i in range(16)]
     answers = ray.get([server.infer.remote((model.key,), x) for x in chunks])  # 16 callers at once
-    for x, logits in zip(chunks, answers, strict=True):
+    for x, (logits,) in zip(chunks, answers, strict=True):
         assert logits.shape == (1, 50, 10)
         assert torch.allclose(logits[0], predict(teacher, x), atol=1e-5)
     stats = ray.get(server.stats.remote())
@@ -58,7 +58,7 @@ def test_server_float16_logits(ray_session, node_setup: tuple) -> None:
     model = _served(cfg, setup)
     server = start_server([model], cfg.teacher.model_copy(update={"num_cpus": 0.5, "dtype": "float16"}))
     x = setup.dataset.train_x[:64]
-    logits = ray.get(server.infer.remote((model.key,), x))
+    (logits,) = ray.get(server.infer.remote((model.key,), x))
     assert logits.dtype == torch.float16
     assert torch.allclose(logits[0].float(), predict(teacher, x), atol=2e-2)
     ray.kill(server)
@@ -75,7 +75,7 @@ def test_killed_server_restarts_and_answers_every_in_flight_request(ray_session,
     refs = [server.infer.remote((model.key,), x) for x in chunks]
     ray.kill(server, no_restart=False)  # crash with requests in flight
     answers = ray.get(refs, timeout=120)
-    for x, logits in zip(chunks, answers, strict=True):
+    for x, (logits,) in zip(chunks, answers, strict=True):
         assert torch.allclose(logits[0], predict(teacher, x), atol=1e-5)
     assert ray.get(server.stats.remote())["requests"] <= 30  # a fresh process answered the retried ones
     ray.kill(server)

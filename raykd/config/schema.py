@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, AliasChoices, Field, field_validator, model_validator
 
 from raykd.config.base import Section, TrainConfig
 from raykd.config.federated import FederatedConfig
 from raykd.files import MAX_COMPONENT, plain_component
+from raykd.methods import SAMPLE_LEVEL
 from raykd.methods.schema import LABEL, LABEL_RULE, AnyMethodConfig, MethodConfig
 from raykd.references import is_reference
 
@@ -24,6 +25,12 @@ DATASET_ROOTS = {
     "cifar100": "a local folder",
     "npz": "a .npz file",
     "imagefolder": "a folder",
+    "text": "a .txt file or a folder of them",
+}
+#: Datasets of each ``data.task`` (a ``package.module:function`` may serve either).
+TASK_DATASETS = {
+    "classify": ("digits", "mnist1d", "mnist", "fake", "cifar10", "cifar100", "npz", "imagefolder"),
+    "lm": ("pydoc", "text"),
 }
 #: Config sections an ``axes`` variant may change: what the data, nodes and transfer are, not how the sweep runs.
 CELL_SECTIONS = ("data", "partition", "nodes", "transfer", "federated")
@@ -31,7 +38,9 @@ CELL_SECTIONS = ("data", "partition", "nodes", "transfer", "federated")
 FAKE_SAMPLES_PER_CLASS = 20
 #: Seeds seed NumPy, scikit-learn and torch; NumPy and scikit-learn take 0 <= seed < 2**32.
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
-DatasetName = Literal["digits", "mnist1d", "mnist", "fake", "cifar10", "cifar100", "npz", "imagefolder"]
+DatasetName = Literal[
+    "digits", "mnist1d", "mnist", "fake", "cifar10", "cifar100", "npz", "imagefolder", "pydoc", "text"
+]
 
 
 def _as_list(value: Any) -> Any:
@@ -89,12 +98,26 @@ class AugmentSpec(Section):
 
 
 class DataConfig(Section):
+    task: Literal["classify", "lm"] = Field(
+        "classify", description="classify: one label per sample; lm: next-token prediction on text (a token is a row)"
+    )
     dataset: str = Field(
         "mnist1d",
-        description="embedded: digits, mnist1d, mnist, fake; from data.root: cifar10, cifar100, npz, imagefolder; "
-        "or a callable 'package.module:function' returning x, y, x_test, y_test",
+        description="classify: digits, mnist1d, mnist, fake; from data.root: cifar10, cifar100, npz, imagefolder; "
+        "lm: pydoc (embedded, the default for lm), text (data.root); or 'package.module:function' (arrays x, y, "
+        "x_test, y_test; lm: a list of documents or {topic: documents})",
     )
-    root: Path | None = Field(None, description="CIFAR folder, .npz file (x, y, x_test, y_test) or image folder")
+    root: Path | None = Field(
+        None, description="CIFAR folder, .npz file (x, y, x_test, y_test), image folder, or (text) .txt file/folder"
+    )
+    seq_len: int = Field(64, ge=2, le=8192, description="lm: tokens per training sequence (the model's context)")
+    tokenizer: str = Field(
+        "byte",
+        description="lm: byte (UTF-8 bytes, vocab 257), bpe (trained on the training text), or a "
+        "tokenizer.json file/folder",
+    )
+    vocab_size: int = Field(1024, ge=260, le=65536, description="lm, tokenizer bpe: vocabulary size to train")
+    doc_chars: int = Field(2000, ge=100, description="lm: long texts are cut at paragraphs into documents this long")
     kwargs: dict[str, Any] = Field({}, description="keyword arguments of a 'package.module:function' dataset")
     image_size: int = Field(32, ge=1, description="imagefolder: images are resized to image_size x image_size")
     augment: list[AugmentSpec] = Field(
@@ -104,6 +127,14 @@ class DataConfig(Section):
     pool_fraction: float = Field(0.25, ge=0, lt=0.9, description="unlabelled shared pool set aside before partitioning")
     fake_samples: int = Field(1000, ge=100, description="training samples of the 'fake' dataset")
     fake_classes: int = Field(10, ge=2, description="classes of the 'fake' dataset")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lm_default_dataset(cls, value: Any) -> Any:
+        """Text tasks read the embedded pydoc corpus unless a dataset is named."""
+        if isinstance(value, dict) and value.get("task") == "lm" and "dataset" not in value:
+            return {**value, "dataset": "pydoc"}
+        return value
 
     def __hash__(self) -> int:  # kwargs and augment are mutable containers; the loaded dataset is cached by config
         return hash(self.model_dump_json())
@@ -118,6 +149,12 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _room_to_split(self) -> DataConfig:
+        if not is_reference(self.dataset) and self.dataset not in TASK_DATASETS[self.task]:
+            allowed = ", ".join(TASK_DATASETS[self.task])
+            raise ValueError(
+                f"data.dataset: {self.dataset} is not a data.task={self.task} dataset; allowed: {allowed}, "
+                "or package.module:function"
+            )
         if self.val_fraction + self.pool_fraction >= 1:
             raise ValueError(
                 f"data.pool_fraction: {self.pool_fraction:g} with data.val_fraction {self.val_fraction:g} leaves "
@@ -171,7 +208,9 @@ class TeacherConfig(Section):
         "inline",
         description="inline: teacher runs in each trial; server: one shared Ray actor; cache: logits computed once",
     )
-    dtype: Literal["float32", "float16"] = Field("float32", description="dtype of served and cached logits")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="dtype of served and cached logits (bfloat16: server only)"
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="server device; auto = cuda when it has GPUs")
     num_gpus: float = Field(0.0, ge=0, description="GPUs reserved by the server (fractions allowed)")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved by the server (its torch threads)")
@@ -181,7 +220,12 @@ class TeacherConfig(Section):
     prefetch: int = Field(
         1, ge=0, le=64, description="server: batches whose logits are requested ahead of the student's step (0: none)"
     )
-    cache_top_k: int | None = Field(None, ge=1, description="cache mode: each row's K largest logits only; K < classes")
+    top_k: int | None = Field(
+        None,
+        ge=1,
+        validation_alias=AliasChoices("top_k", "cache_top_k"),  # cache_top_k: its name before the server sent top-k
+        description="server and cache modes: each row's (token's) K largest logits only; K < classes (vocabulary)",
+    )
 
 
 class LearnersConfig(Section):
@@ -202,8 +246,10 @@ class FaultConfig(Section):
 
 
 class TuneConfig(Section):
-    select_on: Literal["val_acc", "local_val_acc"] = Field(
-        "val_acc", description="metric the best grid point is chosen on (never the test set)"
+    select_on: Literal["val_acc", "local_val_acc", "val_ppl"] = Field(
+        "val_acc",
+        description="metric the best grid point is chosen on (never the test set); val_ppl (lowest wins, the "
+        "default for data.task lm): validation perplexity",
     )
     cpus_per_trial: float = Field(1.0, gt=0, description="CPUs each trial reserves (node pre-training tasks: 1)")
     gpus_per_trial: float = Field(
@@ -252,6 +298,16 @@ class ExperimentConfig(Section):
         f"(cell); keys may set {', '.join(CELL_SECTIONS)}",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _lm_selects_on_perplexity(cls, value: Any) -> Any:
+        """A language-model study chooses on validation perplexity unless told otherwise."""
+        if isinstance(value, dict) and isinstance(value.get("data"), dict) and value["data"].get("task") == "lm":
+            tune = value.get("tune") if isinstance(value.get("tune"), dict) else {}
+            if "select_on" not in tune:
+                return {**value, "tune": {**tune, "select_on": "val_ppl"}}
+        return value
+
     @field_validator("seeds", mode="before")
     @classmethod
     def _seed_list(cls, value: Any) -> Any:
@@ -283,6 +339,8 @@ class ExperimentConfig(Section):
                 "tune.select_on: local_val_acc needs a local validation split but partition.local_val_fraction "
                 "is 0; allowed: val_acc, or local_val_fraction > 0"
             )
+        if self.tune.select_on == "val_ppl" and self.data.task != "lm":
+            raise ValueError("tune.select_on: val_ppl is a language-model metric; allowed: val_acc, local_val_acc")
         bad_nodes = [n for n in self.nodes.models if not 0 <= n < nodes]
         if bad_nodes:
             raise ValueError(f"nodes.models: node {bad_nodes[0]} does not exist; allowed: 0..{nodes - 1}")
@@ -296,11 +354,31 @@ class ExperimentConfig(Section):
             )
         if self.transfer.set != "local" and self.data.pool_fraction == 0:
             raise ValueError(f"data.pool_fraction: transfer.set={self.transfer.set} needs a pool; allowed: > 0")
+        self._language_model_rules()
         labels = [m.display() for m in self.methods]
         duplicate = next((x for x in labels if labels.count(x) > 1), None)
         if duplicate:
             raise ValueError(f"methods: two rows are called {duplicate!r}; give each a distinct 'label'")
         return self
+
+    def _language_model_rules(self) -> None:
+        """Methods that learn per sample cannot distil tokens; on-policy rows need text and a teacher that scores
+        the student's own samples (inline or server, never the offline cache)."""
+        lm = self.data.task == "lm"
+        sample_level = next((m.name for m in self.methods if lm and m.name in SAMPLE_LEVEL), None)
+        if sample_level is not None:
+            raise ValueError(
+                f"methods: {sample_level} learns per sample in its prepare step and distils classifiers only; "
+                f"allowed for data.task lm: every method but {', '.join(SAMPLE_LEVEL)}"
+            )
+        on_policy = any(max(getattr(m, "on_policy", [0])) > 0 for m in self.methods)
+        if on_policy and not lm:
+            raise ValueError("methods: on_policy > 0 samples text from the student; allowed: 0, or data.task lm")
+        if on_policy and self.teacher.mode == "cache":
+            raise ValueError(
+                "methods: on_policy > 0 needs the teacher to score the student's own samples but teacher.mode=cache "
+                "holds logits of the corpus only; allowed: teacher.mode inline or server, or on_policy 0"
+            )
 
     @field_validator("axes")
     @classmethod

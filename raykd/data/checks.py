@@ -71,16 +71,38 @@ def _check_augment(cfg: ExperimentConfig, data: Dataset) -> None:
 
 
 def _check_top_k(cfg: ExperimentConfig, classes: int) -> None:
-    k = cfg.teacher.cache_top_k
+    k = cfg.teacher.top_k
     if k is not None and k >= classes:
         raise ConfigError(
-            f"teacher.cache_top_k: {k} would keep every one of the {classes} classes of {cfg.data.dataset}; "
+            f"teacher.top_k: {k} would keep every one of the {classes} classes of {cfg.data.dataset}; "
             f"allowed: 1..{classes - 1}, or unset for full logits"
         )
 
 
+def _check_documents(cfg: ExperimentConfig, data: Dataset) -> None:
+    """Text: every node gets training text for every seed (whole documents are dealt out, not rows)."""
+    from raykd.data.documents import document_nodes, document_splits
+
+    for seed in cfg.seeds:
+        _, rest = document_splits(data, cfg.data, seed)
+        empty = next(
+            (i for i, n in enumerate(document_nodes(data, rest, cfg.partition, seed)) if not len(n.train)), None
+        )
+        if empty is not None:
+            raise ConfigError(
+                f"partition.num_nodes: {cfg.partition.scheme} over {cfg.partition.num_nodes} nodes leaves node {empty} "
+                f"no training document at seed {seed} ({len(rest)} documents to share); allowed: fewer nodes, "
+                "another scheme, a smaller data.doc_chars or more text"
+            )
+
+
 def check_dataset(cfg: ExperimentConfig, data: Dataset) -> None:
     """Refuse, in one line naming the field, a config that ``data`` cannot serve (before any training)."""
+    if data.tokens:
+        _check_documents(cfg, data)
+        _check_augment(cfg, data)
+        _check_top_k(cfg, data.num_classes)
+        return
     check_arrays(
         Arrays(data.train_x.numpy(), data.train_y.numpy(), data.test_x.numpy(), data.test_y.numpy()),
         f"data.dataset: {cfg.data.dataset} gave",

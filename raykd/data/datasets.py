@@ -13,6 +13,7 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +31,13 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the usual full-MNIST statistics
 
 @dataclass(frozen=True)
 class Dataset:
-    """A dataset's fixed train/test tensors; ``x`` is float32 (N, *shape), ``y`` int64 (N,)."""
+    """A dataset's fixed train/test tensors; ``x`` is float32 (N, *shape), ``y`` int64 (N,).
+
+    A text dataset (``task`` lm) holds token rows instead: ``x`` int64 (N, seq_len) inputs, ``y`` int64
+    (N, seq_len) next tokens (-1 at padding), ``num_classes`` the vocabulary, ``documents`` each training
+    row's document and ``topics`` each training document's topic (splits and partitions take whole
+    documents), and the ``tokenizer`` that made them.
+    """
 
     name: str
     train_x: Tensor
@@ -38,10 +45,19 @@ class Dataset:
     test_x: Tensor
     test_y: Tensor
     num_classes: int
+    task: str = "classify"
+    documents: np.ndarray | None = None
+    topics: np.ndarray | None = None
+    tokenizer: Any = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train_x.shape[1:])
+
+    @property
+    def tokens(self) -> bool:
+        """Whether inputs are token ids and every position is a row (a language model's data)."""
+        return self.task == "lm"
 
 
 @dataclass(frozen=True)
@@ -176,8 +192,19 @@ def _arrays(cfg: DataConfig, cache_dir: Path) -> Arrays:
     return check_arrays(arrays, f"data.dataset: {cfg.dataset} gave")
 
 
+def _text_dataset(cfg: DataConfig, cache_dir: Path) -> Dataset:
+    """A tokenised corpus (``raykd.data.text``) as token-row tensors; its class count is the vocabulary."""
+    from raykd.data.text import tokenise
+
+    t = tokenise(cfg, cache_dir)
+    tensors = [torch.as_tensor(a, dtype=torch.int64) for a in (t.x, t.y, t.x_test, t.y_test)]
+    return Dataset(cfg.dataset, *tensors, t.tokenizer.vocab_size, "lm", t.documents, t.topics, t.tokenizer)
+
+
 def load_dataset(cfg: DataConfig, cache_dir: Path) -> Dataset:
-    """Load ``cfg.dataset`` as tensors; its class count comes from the training labels."""
+    """Load ``cfg.dataset`` as tensors; its class count comes from the training labels (text: the vocabulary)."""
+    if cfg.task == "lm":
+        return _text_dataset(cfg, cache_dir)
     arrays = _arrays(cfg, cache_dir)
     tx, ty = _tensors(arrays.x, arrays.y)
     vx, vy = _tensors(arrays.x_test, arrays.y_test)

@@ -33,7 +33,13 @@ METHODS: dict[str, str] = {
     "miniplm": "raykd.methods.miniplm:DifferenceSamplingKD",
     "dkd": "raykd.methods.dkd:DecoupledKD",
     "dist": "raykd.methods.dist:DIST",
+    "gkd": "raykd.methods.gkd:GeneralisedKD",
 }
+
+#: Methods whose ``prepare`` learns per-sample or per-class tables from whole samples (labels, one input per
+#: row): they distil classifiers only. Every other method is a function of logit rows and distils a language
+#: model per token unchanged.
+SAMPLE_LEVEL = ("label-revision", "miniplm", "class-similarity", "reffakd")
 
 
 def method_class(name_or_reference: str, field: str = "methods[i].name") -> type[Method]:

@@ -91,5 +91,7 @@ def start_teacher_server(cells: list[Cell], name: str) -> Any:
             for node in cfg.node_ids():
                 path = node_path(cfg, node, seed)
                 spec = cfg.nodes.model_of(node)
-                models[path] = served_model(file_digest(path), path, spec, data.input_shape, data.num_classes)
+                models[path] = served_model(
+                    file_digest(path), path, spec, data.input_shape, data.num_classes, data.tokens
+                )
     return start_server(list(models.values()), cells[0].config.teacher, name=name)
