@@ -44,9 +44,9 @@ def test_records_are_k_times_6_bytes_with_int32_ids_only_past_uint16() -> None:
     assert top_k_rows(torch.randn(1, 32768), 2, "float32")["ids"].dtype == np.int16
     for classes, kind in ((49152, np.uint16), (65536, np.uint16), (65537, np.int32)):  # SmolLM2's vocabulary: uint16
         wide = torch.zeros(1, classes)
-        wide[0, classes - 1] = 1.0
-        records = top_k_rows(wide, 1, "float32")
-        assert records["ids"].dtype == kind and records["ids"].tolist() == [[classes - 1]]
+        wide[0, classes - 1], wide[0, 0] = 2.0, 1.0
+        records = top_k_rows(wide, 2, "float32")
+        assert records["ids"].dtype == kind and records["ids"].tolist() == [[classes - 1, 0]]
         assert read_rows(records, np.array([0]), classes, torch.device("cpu")).argmax().item() == classes - 1
 
 
