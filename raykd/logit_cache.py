@@ -14,15 +14,20 @@ Many classes (``teacher.top_k: K``): each row keeps only its K largest logits an
 ids, K x (4 + 2) bytes instead of C x 4 at float32 (ids are int32 above 32,767 classes), in one
 structured ``.npy`` with the same checksum. The key includes K, so full and top-k entries never meet.
 Each step's rows are expanded back to dense logits on the training device (``dense_logits``), so no
-method knows the cache was cut.
+method knows the cache was cut. What the dropped classes read as is ``teacher.top_k_fill``: ``min``,
+the row's smallest kept logit (nothing more stored), or ``mass``, the teacher's own tail probability
+spread evenly over them (each record also holds the logsumexp of its dropped logits, 4 bytes; the key
+names the fill, so the two never meet either, and ``min`` entries keep the key they always had).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -35,6 +40,7 @@ from raykd.files import cached, file_digest, read_checked
 from raykd.nodes import Setup, data_digest, load_node, node_path, read_node
 
 TRANSFORM = "none"
+Fill = Literal["min", "mass"]  # ``teacher.top_k_fill``: what a top-k row's dropped classes read as
 TOKEN_CHUNK = 64  # text sequences per forward pass when building a cache: (64 x seq_len) rows of the vocabulary
 
 
@@ -44,9 +50,12 @@ class LogitCache:
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
 
-    def key(self, checkpoint: Path, dataset: str, split: str, dtype: str, top_k: int | None = None) -> str:
+    def key(
+        self, checkpoint: Path, dataset: str, split: str, dtype: str, top_k: int | None = None, fill: Fill = "min"
+    ) -> str:
         parts = [file_digest(checkpoint), dataset, split, TRANSFORM, dtype]
         parts += [f"top_k={top_k}"] if top_k is not None else []  # full-logit keys stay as they were
+        parts += ["fill=mass"] if top_k is not None and fill == "mass" else []  # and so do min-fill ones
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
 
     def path(self, key: str) -> Path:
@@ -67,26 +76,62 @@ def _memory_map(path: Path) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
-def top_k_rows(logits: Tensor, k: int, dtype: str) -> np.ndarray:
-    """Each row's ``k`` largest logits (in ``dtype``, largest first) and their class ids, as one packed record."""
-    values, ids = logits.float().topk(k, dim=1)
+def top_k_rows(logits: Tensor, k: int, dtype: str, fill: Fill = "min") -> np.ndarray:
+    """Each row's ``k`` largest logits (in ``dtype``, largest first) and their class ids, as one packed record; with
+    the ``mass`` fill also the logsumexp of the row's dropped logits (``tail_logsumexp``, float32), which only
+    here, where the whole row exists, can be taken."""
+    full = logits.float()
+    values, ids = full.topk(k, dim=1)
     id_type = next(t for t in (np.int16, np.uint16, np.int32) if logits.shape[1] <= np.iinfo(t).max + 1)
-    rows = np.empty(len(logits), np.dtype([("values", dtype, (k,)), ("ids", id_type, (k,))]))
+    tail = [("tail", np.float32)] if fill == "mass" else []
+    rows = np.empty(len(logits), np.dtype([("values", dtype, (k,)), ("ids", id_type, (k,)), *tail]))
     rows["values"], rows["ids"] = values.numpy(), ids.numpy()
+    if fill == "mass":
+        rows["tail"] = tail_logsumexp(full, ids).numpy()
     return rows
 
 
-def dense_logits(values: Tensor, ids: Tensor, classes: int) -> Tensor:
-    """Full rows from their top K: the kept logits in place, every other class at the row's smallest kept logit.
+def tail_logsumexp(logits: Tensor, ids: Tensor) -> Tensor:
+    """logsumexp over the last dimension of the logits not in ``ids``: log(Z * tail mass at T = 1).
+
+    Why this and not the full row's logsumexp: the tail mass from that is 1 - sum(kept probabilities), a
+    difference of numbers near 1 that float32 resolves only to about 1e-6 of the row (a sure teacher's tail
+    would read as 1e-6 where it was 1e-40); the dropped logits' own logsumexp keeps it to float32's relative
+    precision, and the full one is still one ``logaddexp`` away.
+    """
+    return logits.float().scatter(-1, ids.long(), float("-inf")).logsumexp(dim=-1)
+
+
+def dense_logits(values: Tensor, ids: Tensor, classes: int, tail: Tensor | None = None) -> Tensor:
+    """Full rows from their top K: the kept logits in place, every other class at one fill value per row.
+
+    The fill is ``teacher.top_k_fill``: without ``tail`` (``min``) the row's smallest kept logit; with each row's
+    ``tail_logsumexp`` (``mass``) the value that spreads the dropped classes' own probability mass evenly over
+    them (``mass_fill``).
 
     Why the smallest kept one: it is the tightest bound on the dropped logits that the K pairs alone give (each
     dropped logit is at most that), it never lifts a dropped class above a kept one, and it needs nothing more
     stored. It over-states the tail: at temperature T the dropped classes get more mass than they had, by at
     most (C - K) * exp(min_kept / T) / sum_j exp(z_j / T), a bound that falls as K grows or T falls (the KD
     term's error need not: ``benchmarks/topk_cache.py``); at K = 1 every class ties and the row reads as uniform.
+    Over a language model's vocabulary (C - K in the thousands) that over-statement is large, hence ``mass``.
     """
-    rows = values.amin(dim=1, keepdim=True).expand(len(values), classes).contiguous()
+    fill = values.amin(dim=1) if tail is None else mass_fill(values, tail, classes)
+    rows = fill[:, None].expand(len(values), classes).contiguous()
     return rows.scatter_(1, ids.long(), values)
+
+
+def mass_fill(values: Tensor, tail: Tensor, classes: int) -> Tensor:
+    """Per row, the logit that spreads the tail mass (1 - the kept classes' probabilities, at T = 1) evenly over
+    the C - K dropped classes: log(mean exp(dropped logits)) = ``tail`` - log(C - K). A softmax at T = 1 then gives
+    the kept classes exactly their probabilities and the dropped ones, together, exactly theirs (DistillKit's and
+    Megatron's tail), however small: a tail near 0 is a very negative but finite logit, not log(0).
+
+    A mean is never above the largest dropped logit, so the fill is never above the smallest kept one; the
+    ``minimum`` only holds that where the kept values were rounded (float16 records).
+    """
+    fill = tail.float() - math.log(classes - values.shape[1])
+    return torch.minimum(fill, values.amin(dim=1))
 
 
 def read_rows(array: np.ndarray, index: np.ndarray, classes: int, device: torch.device) -> Tensor:
@@ -97,7 +142,8 @@ def read_rows(array: np.ndarray, index: np.ndarray, classes: int, device: torch.
     # Copies of the record fields: a field is a strided view (torch refuses it), and uint16 ids widen here.
     values = torch.from_numpy(np.array(rows["values"])).to(device)
     ids = torch.from_numpy(rows["ids"].astype(np.int64)).to(device)
-    return dense_logits(values.float(), ids, classes)
+    tail = torch.from_numpy(np.array(rows["tail"])).to(device) if "tail" in rows.dtype.names else None
+    return dense_logits(values.float(), ids, classes, tail)  # a record with a tail was stored for ``mass``
 
 
 class CachedReferences(References):
@@ -132,7 +178,7 @@ def node_logits(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> tu
     data = json.dumps(cache_identity(cfg))
     cache = LogitCache(cfg.nodes.cache_dir / "logits")
     teacher = cfg.teacher
-    key = cache.key(node_path(cfg, node, seed), data, "train", teacher.dtype, teacher.top_k)
+    key = cache.key(node_path(cfg, node, seed), data, "train", teacher.dtype, teacher.top_k, teacher.top_k_fill)
 
     def compute() -> np.ndarray:
         model = load_node(cfg, setup, node, seed).to(pick_device(cfg.tune.gpus_per_trial))
@@ -148,7 +194,7 @@ def node_logits(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> tu
 def stored_rows(logits: Tensor, teacher: TeacherConfig) -> np.ndarray:
     """Logit rows as the cache stores them: top-k records with ``teacher.top_k``, else dense in ``teacher.dtype``."""
     if teacher.top_k is not None:
-        return top_k_rows(logits, teacher.top_k, teacher.dtype)
+        return top_k_rows(logits, teacher.top_k, teacher.dtype, teacher.top_k_fill)
     return logits.to(getattr(torch, teacher.dtype)).numpy()
 
 

@@ -25,7 +25,7 @@ from raykd.config import ExperimentConfig, ModelSpec, TeacherConfig
 from raykd.engine import Batch, ReferenceLogits, References
 from raykd.experiment import InlineLogits, LoadNode, LogitSource
 from raykd.files import file_digest
-from raykd.logit_cache import CachedLogits, dense_logits
+from raykd.logit_cache import CachedLogits, Fill, dense_logits, tail_logsumexp
 from raykd.models import build_model
 from raykd.nodes import Setup, node_path
 
@@ -42,7 +42,8 @@ class ServedModel:
     tokens: bool = False  # a language model: token ids in, (rows, seq_len, vocab) logits out
 
 
-#: A reply: (logits,) of shape (models, rows, ...), or with ``teacher.top_k`` (values, ids) of the K largest.
+#: A reply: (logits,) of shape (models, rows, ...), or with ``teacher.top_k`` (values, ids) of the K largest, and
+#: with ``teacher.top_k_fill: mass`` also each row's dropped logits' logsumexp (float32): (values, ids, tail).
 Answer = tuple[Tensor, ...]
 
 
@@ -65,9 +66,10 @@ class TeacherServer:
         max_batch_rows: int,
         wait_ms: float,
         top_k: int | None = None,
+        top_k_fill: Fill = "min",
     ) -> None:
         self.device = torch.device(device)
-        self.dtype, self.top_k = getattr(torch, dtype), top_k
+        self.dtype, self.top_k, self.top_k_fill = getattr(torch, dtype), top_k, top_k_fill
         self.max_batch_rows, self.wait_s = max_batch_rows, wait_ms / 1000
         self.models: dict[str, torch.nn.Module] = {}
         for m in models:
@@ -127,13 +129,15 @@ class TeacherServer:
     @torch.no_grad()
     def _forward(self, keys: tuple[str, ...], x: Tensor) -> Answer:
         """(logits,) of every model, stacked; with ``top_k``, (values, ids) of each row's K largest, taken on the
-        server's device so only they travel (a language model's vocabulary would not)."""
+        server's device so only they travel (a language model's vocabulary would not); with the ``mass`` fill also
+        each row's ``tail_logsumexp``, which only this side, holding the whole row, can take."""
         x = x.to(self.device, non_blocking=True)
         logits = torch.stack([self.models[k](x) for k in keys])
         if self.top_k is None:
             return (logits.to(self.dtype).cpu(),)
         values, ids = logits.float().topk(self.top_k, dim=-1)
-        return values.to(self.dtype).cpu(), ids.to(torch.int32).cpu()
+        answer = values.to(self.dtype).cpu(), ids.to(torch.int32).cpu()
+        return (*answer, tail_logsumexp(logits, ids).cpu()) if self.top_k_fill == "mass" else answer
 
     def stats(self) -> dict[str, float | str]:
         """Requests served, merged batches and their sizes, time spent waiting versus computing, and where the
@@ -159,7 +163,7 @@ def start_server(models: list[ServedModel], cfg: TeacherConfig, name: str | None
         runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(cfg.num_cpus)))}},
     )
     device = "cuda" if use_cuda else "cpu"
-    server = actor.remote(models, device, cfg.dtype, cfg.max_batch_rows, cfg.batch_wait_ms, cfg.top_k)
+    server = actor.remote(models, device, cfg.dtype, cfg.max_batch_rows, cfg.batch_wait_ms, cfg.top_k, cfg.top_k_fill)
     what = f"teacher.mode=server: the TeacherServer ({cfg.num_cpus:g} CPUs, {cfg.num_gpus:g} GPUs) starting"
     get_within(server.stats.remote(), START_TIMEOUT_S, what)
     return server
@@ -190,9 +194,11 @@ class ServedReferences(References):
         teachers = list(logits[: len(self.teacher_keys)])
         return teachers, (logits[-1] if self.initial_key else None)
 
-    def _dense(self, values: Tensor, ids: Tensor) -> Tensor:
-        """Top-k replies as full rows (``raykd.logit_cache.dense_logits``), back in the reply's (models, ...) shape."""
-        flat = dense_logits(values.float().reshape(-1, values.shape[-1]), ids.reshape(-1, ids.shape[-1]), self.classes)
+    def _dense(self, values: Tensor, ids: Tensor, tail: Tensor | None = None) -> Tensor:
+        """Top-k replies as full rows (``raykd.logit_cache.dense_logits``: a reply with each row's tail logsumexp
+        was asked for the ``mass`` fill), back in the reply's (models, ...) shape."""
+        k, flat_tail = values.shape[-1], None if tail is None else tail.reshape(-1)
+        flat = dense_logits(values.float().reshape(-1, k), ids.reshape(-1, k), self.classes, flat_tail)
         return flat.reshape(*values.shape[:-1], self.classes)
 
 

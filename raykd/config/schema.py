@@ -226,6 +226,11 @@ class TeacherConfig(Section):
         validation_alias=AliasChoices("top_k", "cache_top_k"),  # cache_top_k: its name before the server sent top-k
         description="server and cache modes: each row's (token's) K largest logits only; K < classes (vocabulary)",
     )
+    top_k_fill: Literal["min", "mass"] = Field(
+        "min",
+        description="with top_k, what the dropped classes read as: min (the row's smallest kept logit) or mass (the "
+        "teacher's own tail probability at T=1 spread evenly over them; 4 more bytes a row: the dropped logsumexp)",
+    )
 
 
 class LearnersConfig(Section):
