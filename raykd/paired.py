@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from raykd.units import ACCURACY, Units
+
 CONFIDENCE = 0.95
 
 
@@ -124,21 +126,21 @@ def tuning_benefit(trials: pd.DataFrame, tuned: pd.Series, rival: pd.Series, key
     return f"{100 * ratio.mean:+.0f}% [{100 * ratio.low:+.0f}, {100 * ratio.high:+.0f}]"
 
 
-def interval_text(mean: float, low: float, high: float) -> str:
-    """Points with their interval, e.g. ``+2.1 [-0.4, +4.6]``; the bounds left out where n < 2."""
+def interval_text(mean: float, low: float, high: float, units: Units = ACCURACY) -> str:
+    """A difference with its interval, e.g. ``+2.1 [-0.4, +4.6]`` points; the bounds left out where n < 2."""
     if math.isnan(low):
-        return f"{100 * mean:+.1f} [n/a]"
-    return f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+        return f"{units.signed(mean)} [n/a]"
+    return f"{units.signed(mean)} [{units.signed(low)}, {units.signed(high)}]"
 
 
-def paired_rows(paired: pd.DataFrame, axes: Sequence[str]) -> list[dict[str, str]]:
+def paired_rows(paired: pd.DataFrame, axes: Sequence[str], units: Units = ACCURACY) -> list[dict[str, str]]:
     """The comparisons as Markdown-ready rows."""
     return [
         {
             **{a: r[a] for a in axes},
             "tuned row": r["tuned"],
             "against": r["untuned"],
-            "mean difference (pts) [95% CI]": interval_text(r["mean"], r["low"], r["high"]),
+            f"mean difference ({units.gain}) [95% CI]": interval_text(r["mean"], r["low"], r["high"], units),
             "tuned wins": f"{r['wins']}/{r['seeds']} seeds",
         }
         for _, r in paired.iterrows()

@@ -20,11 +20,14 @@ from raykd.experiment import TIMING_METRICS
 from raykd.files import last_line
 from raykd.paired import comparisons, paired_rows, tuning_benefit
 from raykd.plots import figures, paired_figure
+from raykd.units import ACCURACY, NATS, Units, units_of
 
 if TYPE_CHECKING:
     from raykd.config import ExperimentConfig
 
 METRICS = ["val_acc", "local_val_acc", "test_acc", "test_acc_before", "gain", "wall_s"]
+#: A language model's perplexities, read when a trial reports them (``raykd.experiment.LM_METRICS``).
+LM_METRICS = ["val_ppl", "test_ppl", "test_ppl_before"]
 #: Table columns read from a differently named trial metric.
 SOURCES = {"wall_s": "time_total_s"}
 
@@ -32,13 +35,17 @@ SOURCES = {"wall_s": "time_total_s"}
 def trial_rows(results: list[tuple[dict[str, Any], dict[str, Any] | None, BaseException | None]]) -> pd.DataFrame:
     """One row per trial from (Tune config, last metrics, error): its setting, seed, metrics and status."""
     rows = []
+    lm = any("val_ppl" in (metrics or {}) for _, metrics, _ in results)
     for config, metrics, error in results:
         rows.append(
             {
                 **config.get("cell", {}),
                 **config["arm"],
                 "seed": config["seed"],
-                **{m: (metrics or {}).get(SOURCES.get(m, m)) for m in (*METRICS, *TIMING_METRICS)},
+                **{
+                    m: (metrics or {}).get(SOURCES.get(m, m))
+                    for m in (*METRICS, *(LM_METRICS if lm else []), *TIMING_METRICS)
+                },
                 "status": "ok" if error is None else "failed",
                 "error": "" if error is None else last_line(str(error)),
             }
@@ -56,19 +63,24 @@ def per_setting(trials: pd.DataFrame, knobs: list[str], axes: Sequence[str] = ()
     """Mean and std over seeds of each metric, per (cell, method row, setting); failed trials left out."""
     done = trials[trials["status"] == "ok"]
     keys = [*axes, "label", *knobs]
-    grouped = done.groupby(keys, dropna=False, sort=False)[[m for m in METRICS if m in done]]
+    grouped = done.groupby(keys, dropna=False, sort=False)[[m for m in (*METRICS, *LM_METRICS) if m in done]]
     table = grouped.mean().join(grouped.std(ddof=0).fillna(0.0), rsuffix="_std")
     table["seeds"] = grouped.size()
     return table.reset_index()
 
 
 def summary(settings: pd.DataFrame, knobs: list[str], select_on: str, axes: Sequence[str] = ()) -> pd.DataFrame:
-    """One row per (cell, method row): its best setting by mean ``select_on`` (validation), and how many it tried."""
+    """One row per (cell, method row): its best setting by mean ``select_on`` (validation; the highest accuracy or the
+    lowest perplexity), and how many it tried."""
     rows = []
     for _, group in settings.groupby([*axes, "label"], sort=False):
-        best = group.loc[group[select_on].idxmax()]
+        best = group.loc[group[select_on].idxmin() if select_on in LOWER_IS_BETTER else group[select_on].idxmax()]
         rows.append({**best.to_dict(), "settings_tried": len(group), "tuned": len(group) > 1})
     return pd.DataFrame(rows)
+
+
+#: Validation metrics where the lowest value is the best.
+LOWER_IS_BETTER = ("val_ppl",)
 
 
 def pct(mean: float, std: float, signed: bool = False) -> str:
@@ -89,7 +101,25 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def settings_markdown(settings: pd.DataFrame, knobs: list[str], select_on: str) -> str:
+def quality(r: pd.Series | dict[str, Any], units: Units, local: bool = False) -> dict[str, str]:
+    """A row's validation and test columns: accuracies in % (``local``: the student's local validation too), or a
+    language model's perplexities and its next-token accuracy; and its test gain in the study's units."""
+    if units is NATS:
+        columns = {
+            "val ppl": f"{r['val_ppl']:.2f} ± {r['val_ppl_std']:.2f}",
+            "test ppl": f"{r['test_ppl']:.2f} ± {r['test_ppl_std']:.2f}",
+            "next-token acc %": pct(r["test_acc"], r["test_acc_std"]),
+        }
+    else:
+        columns = {
+            "val acc %": pct(r["val_acc"], r["val_acc_std"]),
+            **({"local val acc %": pct(r["local_val_acc"], r["local_val_acc_std"])} if local else {}),
+            "test acc %": pct(r["test_acc"], r["test_acc_std"]),
+        }
+    return {**columns, f"test gain ({units.gain})": units.spread(r["gain"], r["gain_std"])}
+
+
+def settings_markdown(settings: pd.DataFrame, knobs: list[str], select_on: str, units: Units = ACCURACY) -> str:
     best = summary(settings, knobs, select_on).set_index("label")
     rows = []
     for _, r in settings.iterrows():
@@ -100,25 +130,25 @@ def settings_markdown(settings: pd.DataFrame, knobs: list[str], select_on: str) 
             {
                 "method": r["label"] + (" *" if chosen else ""),
                 "setting": _setting(r, knobs),
-                "val acc %": pct(r["val_acc"], r["val_acc_std"]),
-                "local val acc %": pct(r["local_val_acc"], r["local_val_acc_std"]),
-                "test acc %": pct(r["test_acc"], r["test_acc_std"]),
-                "test gain (pts)": pct(r["gain"], r["gain_std"], signed=True),
+                **quality(r, units, local=True),
                 "seeds": int(r["seeds"]),
             }
         )
     return markdown(rows)
 
 
-def summary_markdown(best: pd.DataFrame, knobs: list[str], select_on: str) -> str:
+def summary_markdown(best: pd.DataFrame, knobs: list[str], select_on: str, units: Units = ACCURACY) -> str:
+    start = (
+        {"start ppl": lambda r: f"{r['test_ppl_before']:.2f}"}
+        if units is NATS
+        else {"start acc %": lambda r: pct(r["test_acc_before"], r["test_acc_before_std"])}
+    )
     rows = [
         {
             "method": r["label"],
             "setting": _setting(r, knobs) + (f" (best of {r['settings_tried']} on {select_on})" if r["tuned"] else ""),
-            "start acc %": pct(r["test_acc_before"], r["test_acc_before_std"]),
-            "val acc %": pct(r["val_acc"], r["val_acc_std"]),
-            "test acc %": pct(r["test_acc"], r["test_acc_std"]),
-            "test gain (pts)": pct(r["gain"], r["gain_std"], signed=True),
+            **{name: show(r) for name, show in start.items()},
+            **quality(r, units),
             "wall s/trial": f"{r['wall_s']:.1f}" if pd.notna(r.get("wall_s")) else "-",
         }
         for _, r in best.iterrows()
@@ -126,7 +156,7 @@ def summary_markdown(best: pd.DataFrame, knobs: list[str], select_on: str) -> st
     return markdown(rows)
 
 
-def cell_table(best: pd.DataFrame, order: dict[str, list[str]]) -> str:
+def cell_table(best: pd.DataFrame, order: dict[str, list[str]], units: Units = ACCURACY) -> str:
     """Summary test gain per method row: rows are the later axes and the method, columns the first axis' variants."""
     first, *rest = order
     rows = []
@@ -138,7 +168,7 @@ def cell_table(best: pd.DataFrame, order: dict[str, list[str]]) -> str:
                     **cell,
                     "method": label,
                     **{
-                        v: pct(gains.loc[v, "gain"], gains.loc[v, "gain_std"], signed=True) if v in gains.index else "-"
+                        v: units.spread(gains.loc[v, "gain"], gains.loc[v, "gain_std"]) if v in gains.index else "-"
                         for v in order[first]
                     },
                 }
@@ -147,7 +177,12 @@ def cell_table(best: pd.DataFrame, order: dict[str, list[str]]) -> str:
 
 
 def tuning_table(
-    trials: pd.DataFrame, best: pd.DataFrame, axes: list[str], knobs: list[str], baselines: set[str]
+    trials: pd.DataFrame,
+    best: pd.DataFrame,
+    axes: list[str],
+    knobs: list[str],
+    baselines: set[str],
+    units: Units = ACCURACY,
 ) -> str:
     """Per cell: the tuned rows' gain against the best untuned distillation row's (the paper's tuning benefit).
 
@@ -169,12 +204,12 @@ def tuning_table(
                 {
                     **cell,
                     "tuned row": f"{tuned['label']} ({_setting(tuned, knobs)})",
-                    "tuned gain": pct(tuned["gain"], tuned["gain_std"], signed=True),
+                    "tuned gain": units.spread(tuned["gain"], tuned["gain_std"]),
                     "best untuned": rival["label"],
-                    "its gain": pct(rival["gain"], rival["gain_std"], signed=True),
-                    "no-KD gain": ", ".join(pct(r["gain"], r["gain_std"], signed=True) for _, r in reference.iterrows())
+                    "its gain": units.spread(rival["gain"], rival["gain_std"]),
+                    "no-KD gain": ", ".join(units.spread(r["gain"], r["gain_std"]) for _, r in reference.iterrows())
                     or "-",
-                    "tuned vs untuned (pts)": f"{100 * (tuned['gain'] - rival['gain']):+.1f}",
+                    f"tuned vs untuned ({units.gain})": units.signed(tuned["gain"] - rival["gain"]),
                     "tuning benefit [95% CI]": tuning_benefit(trials, tuned, rival, keys),
                 }
             )
@@ -219,6 +254,7 @@ def study(cfg: ExperimentConfig, run_name: str, trials: pd.DataFrame) -> StudyRe
     knobs = list(dict.fromkeys(k for ks in knobs_of.values() for k in ks))
     order = {axis: list(variants) for axis, variants in cfg.axes.items()}
     trials = in_config_order(trials, cfg)
+    units = units_of(cfg.data.task)
     settings = per_setting(trials, knobs, list(order))
     best = summary(settings, knobs, cfg.tune.select_on, list(order))
     if order:
@@ -226,10 +262,10 @@ def study(cfg: ExperimentConfig, run_name: str, trials: pd.DataFrame) -> StudyRe
     else:
         text = single_report(cfg, run_name, settings, best, knobs)
     pairs = comparisons(trials, best, list(order), knobs)
-    charts = figures(settings, best, knobs_of, order)
+    charts = figures(settings, best, knobs_of, order, units)
     if len(pairs):
-        text += PAIRED_HEAD + markdown(paired_rows(pairs, list(order))) + "\n"
-        charts["paired_differences.png"] = paired_figure(pairs, list(order))
+        text += PAIRED_HEAD + markdown(paired_rows(pairs, list(order), units)) + "\n"
+        charts["paired_differences.png"] = paired_figure(pairs, list(order), units)
     failed = trials[trials["status"] == "failed"]
     if len(failed):
         rows = [
@@ -271,20 +307,22 @@ def cells_report(
         for axis, vs in cfg.axes.items()
     )
     baselines = {m.display() for m in cfg.methods if m.name == "ce"}
+    units = units_of(cfg.data.task)
     text = (
         f"# {run_name}\n\nStudent node {cfg.transfer.student}, teachers {cfg.transfer.teachers}, {cfg.data.dataset}, "
         f"{cfg.partition.num_nodes} nodes, teacher mode '{cfg.teacher.mode}', seeds {cfg.seeds}. Cells: {variants}. "
-        "Accuracies in %, mean ± std over seeds; tuned rows show their best setting on "
-        f"{cfg.tune.select_on}, never chosen on test.\n\n"
-        "## Test gain (points) per cell\n\n" + cell_table(best, order) + "\n\n"
+        f"{units_line(units)}; tuned rows show their best setting on {cfg.tune.select_on}, never chosen on test.\n\n"
+        f"## Test gain ({'points' if units is ACCURACY else units.gain}) per cell\n\n"
+        + cell_table(best, order, units)
+        + "\n\n"
         "## Tuning benefit per cell\n\nTuned gain against the untuned distillation row with the highest test gain "
         "(the strongest rival, so the benefit is a lower bound), with Fieller's 95% interval over the paired seeds; "
         "'n/a' when the rival's own gain interval covers 0 (the ratio is then unbounded).\n\n"
-        + tuning_table(trials, best, list(order), knobs, baselines)
+        + tuning_table(trials, best, list(order), knobs, baselines, units)
         + "\n"
     )
     for cell, part in by_cell(best, list(order)):
-        text += f"\n## {cell_name(cell)}\n\n" + summary_markdown(part, knobs, cfg.tune.select_on) + "\n"
+        text += f"\n## {cell_name(cell)}\n\n" + summary_markdown(part, knobs, cfg.tune.select_on, units) + "\n"
     return text
 
 
@@ -292,17 +330,28 @@ def single_report(
     cfg: ExperimentConfig, run_name: str, settings: pd.DataFrame, best: pd.DataFrame, knobs: list[str]
 ) -> str:
     """A study of one cell: the summary, then every setting tried."""
+    units = units_of(cfg.data.task)
     return (
         f"# {run_name}\n\nStudent node {cfg.transfer.student}, teachers {cfg.transfer.teachers}, "
         f"{cfg.data.dataset}, {cfg.partition.scheme} partition over {cfg.partition.num_nodes} nodes, "
         f"transfer set '{cfg.transfer.set}', teacher mode '{cfg.teacher.mode}', seeds {cfg.seeds}. "
-        "Accuracies in %, mean ± std over seeds.\n\n"
+        f"{units_line(units)}.\n\n"
         f"## Summary (tuned rows: best setting on {cfg.tune.select_on}, never on test)\n\n"
-        + summary_markdown(best, knobs, cfg.tune.select_on)
+        + summary_markdown(best, knobs, cfg.tune.select_on, units)
         + "\n\n## Every setting (* = chosen on validation)\n\n"
-        + settings_markdown(settings, knobs, cfg.tune.select_on)
+        + settings_markdown(settings, knobs, cfg.tune.select_on, units)
         + "\n"
     )
+
+
+def units_line(units: Units) -> str:
+    """The report's sentence on what its numbers are."""
+    if units is NATS:
+        return (
+            "Perplexities and next-token accuracy on held-out text; the gain is the drop in test cross-entropy "
+            "(nats per token) from the student's start; mean ± std over seeds"
+        )
+    return "Accuracies in %, mean ± std over seeds"
 
 
 def server_line(stats: dict[str, Any]) -> str:

@@ -207,7 +207,8 @@ def log_student_model(name: str, path: Path) -> None:
     """
     name = model_name(name)
     model, info = load_student(path), read_student(path)
-    example = torch.zeros(1, *info["input_shape"]).numpy()
+    tokens = info["info"].get("task") == "lm"  # a language model's input is token ids
+    example = torch.zeros(1, *info["input_shape"], dtype=torch.int64 if tokens else torch.float32).numpy()
     requirements = [f"torch=={torch.__version__.split('+')[0]}"]  # inferring them would import the model anew
     mlflow.pytorch.log_model(
         model, name=name, input_example=example, pip_requirements=requirements, serialization_format="pickle"

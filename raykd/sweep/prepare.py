@@ -39,7 +39,7 @@ def prepare_node(cfg: ExperimentConfig, node: int, seed: int, logits: bool) -> d
     load_node(cfg, setup, node, seed)
     built = node_logits(cfg, setup, node, seed)[1] if logits else False
     meta = read_node(node_path(cfg, node, seed))["meta"]  # type: ignore[index]
-    return {"logits_built": built, "test_acc": meta["test_acc"]}
+    return {"logits_built": built, "test_acc": meta["test_acc"], "test_ppl": meta.get("test_ppl")}
 
 
 def node_jobs(cells: list[Cell]) -> list[Job]:
@@ -75,7 +75,12 @@ def prepare_nodes(cells: list[Cell]) -> None:
             node, seed = pending.pop(done[0])
             result = ray.get(done[0])
             built += result["logits_built"]
-            bar.set_postfix_str(f"node {node} seed {seed}: test acc {100 * result['test_acc']:.1f}%")
+            score = (
+                f"test ppl {result['test_ppl']:.2f}"
+                if result["test_ppl"]
+                else f"test acc {100 * result['test_acc']:.1f}%"
+            )
+            bar.set_postfix_str(f"node {node} seed {seed}: {score}")
             bar.update()
     logits = sum(n in logit_nodes(c) for c, n, _ in jobs)
     if logits:

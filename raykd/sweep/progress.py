@@ -41,7 +41,12 @@ class Progress(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         r = trial.last_result
         new = record_finished(self.out, trial.config, r)
-        outcome = f"test {100 * r['test_acc']:.1f}% (gain {100 * r['gain']:+.1f} pts), val {100 * r['val_acc']:.1f}%"
+        if "test_ppl" in r:  # a language model: perplexities, and the drop in cross-entropy
+            outcome = f"test ppl {r['test_ppl']:.2f} (gain {r['gain']:+.3f} nats/token), val ppl {r['val_ppl']:.2f}"
+        else:
+            outcome = (
+                f"test {100 * r['test_acc']:.1f}% (gain {100 * r['gain']:+.1f} pts), val {100 * r['val_acc']:.1f}%"
+            )
         self._line(trial, outcome if new else f"{outcome} (recorded before the interruption; not run again)")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

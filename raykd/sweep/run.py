@@ -175,6 +175,8 @@ def write_report(
     parent.log_figures(figures, out / "plots")
     for _, row in best.iterrows():
         parent.log_metrics({f"{row['label']}.test_gain": row["gain"], f"{row['label']}.val_acc": row["val_acc"]})
+        if "val_ppl" in row:
+            parent.log_metrics({f"{row['label']}.val_ppl": row["val_ppl"], f"{row['label']}.test_ppl": row["test_ppl"]})
     parent.log_metrics({"failed_trials": failed})
     students = keep_chosen(cfg, out, best)
     parent.log_students({name: best_of(paths) for name, paths in students.items()})

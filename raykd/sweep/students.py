@@ -60,8 +60,14 @@ def keep_chosen(cfg: ExperimentConfig, out: Path, best: pd.DataFrame) -> dict[st
 
 
 def best_of(paths: list[Path]) -> Path:
-    """The student with the highest validation accuracy among one row's seeds (never chosen on test)."""
-    return max(paths, key=lambda path: read_student(path)["info"]["metrics"]["val_acc"])
+    """The student with the best validation score among one row's seeds (never chosen on test): the lowest
+    perplexity for a language model, else the highest accuracy."""
+
+    def score(path: Path) -> float:
+        metrics = read_student(path)["info"]["metrics"]
+        return -metrics["val_ppl"] if "val_ppl" in metrics else metrics["val_acc"]
+
+    return max(paths, key=score)
 
 
 def chosen_settings(cfg: ExperimentConfig, summary: pd.DataFrame) -> dict[str, dict[str, Any]]:
