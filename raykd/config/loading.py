@@ -79,6 +79,14 @@ def parse_override(raw: dict[str, Any], assignment: str) -> None:
     set_dotted(raw, key, value, f"--set {key}")
 
 
+def existing_key(section: dict[Any, Any], part: str) -> Any:
+    """The key of ``section`` that the dotted-key segment ``part`` addresses: YAML reads ``{1: ...}`` with an
+    integer key, which ``nodes.models.1`` must reach rather than add a string "1" beside it."""
+    if part in section:
+        return part
+    return next((key for key in section if str(key) == part), part)
+
+
 def set_dotted(raw: dict[str, Any], key: str, value: Any, source: str) -> None:
     """Set ``dotted.key`` (list entries by index) in a raw config dict; ``source`` names the key in errors."""
     node: Any = raw
@@ -90,7 +98,7 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any, source: str) -> None:
                 raise ConfigError(f"{source}: {where} has {len(node)} entries; allowed index 0..{len(node) - 1}")
             node = node[int(part)]
         else:
-            node = node.setdefault(part, {})
+            node = node.setdefault(existing_key(node, part), {})
         if not isinstance(node, (dict, list)):
             raise ConfigError(f"{source}: {'.'.join(parts[: depth + 1])} is a value, not a section")
     last = parts[-1]
@@ -99,7 +107,7 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any, source: str) -> None:
             raise ConfigError(f"{source}: allowed index 0..{len(node) - 1}")
         node[int(last)] = value
     else:
-        node[last] = value
+        node[existing_key(node, last)] = value
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
