@@ -32,6 +32,7 @@ from raykd.tune import EXIT_UNTRACKED, main
 from tests.conftest import tiny_raw
 from tests.test_reliability import _children, _deterministic, _kill_ray_processes, _only_output
 from tests.test_tune import mlflow_server  # noqa: F401 - the fixture
+from tests.watched import Watched
 
 KD = {"name": "kd", "temperature": [1, 2, 4, 8], "alpha": 0.5}
 REPLAYED = "(recorded before the interruption; not run again)"
@@ -119,12 +120,9 @@ def _write(tmp_path: Path, raw: dict) -> Path:
     return config
 
 
-def _until_first_trial(driver: subprocess.Popen) -> str:
-    """Read the driver's output up to its first finished trial; returns that trial's description."""
-    for line in driver.stdout:  # type: ignore[union-attr]
-        if line.startswith("[1/"):
-            return line.split("] ", 1)[1].split(":")[0]
-    raise AssertionError("the sweep ended before its first trial finished")
+def _until_trial(driver: Watched, n: int) -> str:
+    """Wait (bounded) for the driver's line of its ``n``-th finished trial; returns that trial's description."""
+    return driver.line(f"[{n}/", timeout=300).split("] ", 1)[1].split(":")[0]
 
 
 def _resumable(tmp_path: Path, cache_dir: Path) -> dict:
@@ -175,30 +173,24 @@ def test_interrupted_sweep_resumes_to_the_uninterrupted_table(
     if stop != "sigint":
         env["TUNE_GLOBAL_CHECKPOINT_S"] = "100000"  # Tune's state never catches up with the finished trial
     command = [sys.executable, "-m", "raykd.tune"]
+    driver = Watched([*command, "--config", str(config)], env=env, start_new_session=True)
     try:
-        driver = subprocess.Popen(
-            [*command, "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            start_new_session=True,
-        )
-        first = _until_first_trial(driver)
+        first = _until_trial(driver, 1)
         if stop != "sigint":
             _when_a_trial_is_running(raw["tracking"]["uri"])
         os.killpg(driver.pid, signal.SIGINT if stop == "sigint" else signal.SIGKILL)  # as a terminal's Ctrl-C
-        _, err = driver.communicate(timeout=120)
+        _, err = driver.finish(timeout=120)
         leftover = _kill_ray_processes(str(ray_tmp))  # the Ray the driver started ends with it
         out = _only_output(tmp_path)
         assert not (out / "results.md").exists()
         if stop == "sigint":
-            assert not leftover and driver.returncode == 130
+            assert not leftover and driver.process.returncode == 130
             assert "Traceback" not in err and err.strip().splitlines()[-1] == f"{RESUME_HINT}{out}"
             assert "Tuner.restore" not in err and sum(line.startswith("raykd:") for line in err.splitlines()) == 1
         resume = [*command, "--resume", str(out), "--address", ray_address]
         resumed = subprocess.run(resume, capture_output=True, text=True, env=env, timeout=300)
     finally:
+        driver.kill()
         _kill_ray_processes(str(ray_tmp))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert resumed.stdout.startswith("node models: 2 of 2 cached") and "resuming 3 settings" in resumed.stdout
@@ -291,22 +283,16 @@ def test_ctrl_c_stops_a_simulation_in_one_line(tmp_path: Path, cache_dir: Path) 
     config = _write(tmp_path, fed_raw(tmp_path, cache_dir, rounds=12))
     ray_tmp = Path(tempfile.mkdtemp(prefix="rk", dir="/tmp"))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(ray_tmp)}
+    simulation = Watched(
+        [sys.executable, "-m", "federated.simulate", "--config", str(config)], env=env, start_new_session=True
+    )
     try:
-        simulation = subprocess.Popen(
-            [sys.executable, "-m", "federated.simulate", "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            start_new_session=True,
-        )
-        for line in simulation.stdout:  # type: ignore[union-attr]
-            if line.startswith("round 1:"):
-                break
+        simulation.line("round 1:", timeout=300)  # 11 rounds still to run
         os.killpg(simulation.pid, signal.SIGINT)
-        _, err = simulation.communicate(timeout=60)
+        _, err = simulation.finish(timeout=60)
     finally:
+        simulation.kill()
         leftover = _kill_ray_processes(str(ray_tmp))
-    assert simulation.returncode == 130 and not leftover
+    assert simulation.process.returncode == 130 and not leftover
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "raykd: interrupted"
     assert not list((tmp_path / "runs").glob("*/summary.json"))  # no records of a simulation that did not finish
