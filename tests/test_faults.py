@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -125,6 +126,26 @@ def _until_trial(driver: Watched, n: int) -> str:
     return driver.line(f"[{n}/", timeout=300).split("] ", 1)[1].split(":")[0]
 
 
+def test_a_trial_ctrl_c_stopped_is_not_an_ended_one(tmp_path: Path) -> None:
+    """Ctrl-C makes Tune mark its running trials TERMINATED: one that never reported has no config or metrics,
+    one that reported epochs has partial metrics. Neither ended (no ``finished/`` record, no error), so the sweep
+    counts as interrupted (exit 130, one line) instead of tabling them or failing on the missing config."""
+    from raykd.report import trial_rows
+    from raykd.sweep.state import ended, record_finished
+
+    def trial(seed: int) -> dict[str, Any]:
+        return {"arm": {"label": "kd", "method": "kd", "temperature": 4.0}, "seed": seed}
+
+    metrics = {"val_acc": 0.5, "test_acc": 0.4, "config": {}}
+    record_finished(tmp_path, trial(0), metrics)
+    failed = (trial(3), {}, RuntimeError("boom"))
+    outcomes = [(trial(0), metrics, None), (None, None, None), (trial(2), {"val_acc": 0.1}, None), failed]
+    done = ended(outcomes, tmp_path)
+    assert done == [(trial(0), metrics, None), failed]
+    rows = trial_rows(done)
+    assert list(rows["seed"]) == [0, 3] and list(rows["status"]) == ["ok", "failed"]
+
+
 def _resumable(tmp_path: Path, cache_dir: Path) -> dict:
     """Three trials run one at a time, each long enough (10 epochs) for a kill to land inside the next: one
     finishes, one is killed, one has not started."""
@@ -159,7 +180,8 @@ def _when_a_trial_is_running(uri: str, timeout: float = 120) -> None:
 def test_interrupted_sweep_resumes_to_the_uninterrupted_table(
     tmp_path: Path, cache_dir: Path, uninterrupted: Path, ray_address: str, stop: str
 ) -> None:
-    """Ctrl-C: exit 130, no traceback, one line saying how to resume. A SIGKILL inside a trial while Tune's own
+    """Ctrl-C while the last trial trains (none pending): exit 130, no traceback, one line saying how to resume;
+    the stopped trial is not tabled as finished. A SIGKILL inside a trial while Tune's own
     state lags (it is saved only every TUNE_GLOBAL_CHECKPOINT_S): the finished trial's recorded result is
     replayed, the killed one is rerun and its zombie MLflow run closed. Either way the resumed sweep's table and
     chosen student equal the uninterrupted sweep's.
@@ -176,8 +198,9 @@ def test_interrupted_sweep_resumes_to_the_uninterrupted_table(
     driver = Watched([*command, "--config", str(config)], env=env, start_new_session=True)
     try:
         first = _until_trial(driver, 1)
-        if stop != "sigint":
-            _when_a_trial_is_running(raw["tracking"]["uri"])
+        # Ctrl-C while the last trial runs and none is pending: Tune's counts alone would call the sweep finished
+        second = _until_trial(driver, 2) if stop == "sigint" else ""
+        _when_a_trial_is_running(raw["tracking"]["uri"])
         os.killpg(driver.pid, signal.SIGINT if stop == "sigint" else signal.SIGKILL)  # as a terminal's Ctrl-C
         _, err = driver.finish(timeout=120)
         leftover = _kill_ray_processes(str(ray_tmp))  # the Ray the driver started ends with it
@@ -197,8 +220,8 @@ def test_interrupted_sweep_resumes_to_the_uninterrupted_table(
     lines = {line.split("] ", 1)[1].split(":")[0]: line for line in resumed.stdout.splitlines() if line[:1] == "["}
     assert "[3/3" in resumed.stdout
     replayed = [trial for trial, line in lines.items() if line.endswith(REPLAYED)]
-    if stop == "sigint":  # Tune saved its state on the way out: the finished trial is not even replayed
-        assert first not in lines and not replayed
+    if stop == "sigint":  # Tune saved its state on the way out: the finished trials are not even replayed
+        assert first not in lines and second not in lines and not replayed
     else:
         assert replayed == [first]
     pd.testing.assert_frame_equal(_deterministic(out), _deterministic(uninterrupted))
