@@ -70,6 +70,25 @@ def test_extends_merges_sections_and_replaces_lists(tmp_path: Path) -> None:
         load_config(tmp_path / "child.yaml")
 
 
+def test_a_missing_extends_names_the_yaml_that_refers_to_it_and_points_only_to_a_shipped_config(
+    tmp_path: Path,
+) -> None:
+    """A user's own missing file is not sent to tune_configs/; a missing one named like a shipped config is."""
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: mine.yaml\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(child)
+    assert str(err.value) == f"config {child}: extends: no such file {tmp_path / 'mine.yaml'}"
+    child.write_text("extends: default.yaml\n")
+    shipped = CONFIGS[0].parent / "default.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_config(child)
+    expected = f"config {child}: extends: no such file {tmp_path / 'default.yaml'}; raykd ships a config of that name"
+    assert str(err.value) == f"{expected}: {shipped}"
+    with pytest.raises(ConfigError, match=r"^config .*mine.yaml: no such file$"):
+        load_config(tmp_path / "mine.yaml")
+
+
 USER_METHOD = '''
 from dataclasses import dataclass
 from typing import Annotated
