@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         "client updates or were skipped (one line says which and why; records written), 4 ended without records.",
         epilog="config keys (the federated.* section drives the simulation; clients = partition.num_nodes):\n"
         + describe_schema()
-        + "\n\nexample:\n  python -m federated.simulate --config tune_configs/federated_kd.yaml "
-        "--set federated.strategy=fml --set federated.rounds=3",
+        + "\n\nexample:\n  python -m federated.simulate --config tune_configs/federated_kd.yaml \\\n"
+        "    --set federated.strategy=fml --set federated.rounds=3",
     )
     add_run_arguments(parser, DEFAULT_CONFIG)
     return parser

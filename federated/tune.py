@@ -37,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m federated.tune",
         description="Grid-search federated knobs with Ray Tune; every trial is one federated simulation.",
-        epilog="example:\n  python -m federated.tune --config tune_configs/federated_kd.yaml "
-        "--grid methods.0.alpha=[0.25,0.5,0.75] --grid methods.0.temperature=[2,4] --set federated.client_cpus=0.6\n\n"
+        epilog="example:\n  python -m federated.tune --config tune_configs/federated_kd.yaml \\\n"
+        "    --grid methods.0.alpha=[0.25,0.5,0.75] --grid methods.0.temperature=[2,4] \\\n"
+        "    --set federated.client_cpus=0.6\n\n"
         "Exit status: 0 every trial ran as configured, 2 bad input (nothing ran), 3 finished but some trials failed\n"
         "or lost client updates (the results table's error and lost columns say which).",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -199,6 +200,37 @@ def test_help_documents_every_section_and_method() -> None:
     assert done.returncode == 0
     for text in ("--set KEY=VALUE", "partition.alpha", "transfer.set", "tracking.uri", "kd: temperature=4.0", "dpkd"):
         assert text in done.stdout
+    for key in ("nodes.train.epochs", "tune.max_concurrent_trials"):  # keys that once had no description
+        (line,) = [x for x in done.stdout.splitlines() if x.startswith(f"  {key} ")]
+        assert len(line.partition(")  ")[2]) > 10, line
+
+
+@pytest.mark.parametrize("command", ["raykd.tune", "federated.simulate", "federated.tune"])
+def test_help_lines_fit_120_columns(command: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # argparse's own lines: 80 columns
+    done = subprocess.run([sys.executable, "-m", command, "--help"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and len(done.stdout.splitlines()) > 10
+    assert [line for line in done.stdout.splitlines() if len(line) > 120] == []
+
+
+def test_every_config_key_has_a_description() -> None:
+    """``--help`` prints each key (a section's field; a model spec is one key) with its description: a field
+    without one would be a bare key."""
+    from pydantic import BaseModel
+
+    from raykd.config import ExperimentConfig, ModelSpec, Section
+
+    def bare(model: type[BaseModel], prefix: str) -> list[str]:
+        found = []
+        for name, field in model.model_fields.items():
+            kind = field.annotation
+            if isinstance(kind, type) and issubclass(kind, Section) and kind is not ModelSpec:
+                found += bare(kind, f"{prefix}{name}.")
+            elif not field.description:
+                found.append(f"{prefix}{name}")
+        return found
+
+    assert bare(ExperimentConfig, "") == []
 
 
 @pytest.mark.slow

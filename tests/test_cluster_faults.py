@@ -7,10 +7,10 @@ checks run in-process against the session's real Ray (``ray_session``: 2 CPUs, n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,16 +22,17 @@ import yaml
 
 from tests.conftest import tiny_raw
 from tests.test_federated import REPO, fed_raw
+from tests.watched import Watched
 
 # ---------------------------------------------------------------- Flower: a dead client actor, a diverged run
 
 
-def _start_simulation(tmp_path: Path, raw: dict[str, Any], *sets: str, address: str = "") -> subprocess.Popen[str]:
-    """A simulation as a child driver: its own Ray, or the cluster at ``address``."""
+def _start_simulation(tmp_path: Path, raw: dict[str, Any], *sets: str, address: str = "") -> Watched:
+    """A simulation as a child driver: its own Ray, or the cluster at ``address``; its output read as it comes."""
     config = tmp_path / "fed.yaml"
     config.write_text(yaml.safe_dump(raw))
     joins = ["--address", address] if address else []
-    return subprocess.Popen(
+    return Watched(
         [
             sys.executable,
             "-m",
@@ -43,9 +44,6 @@ def _start_simulation(tmp_path: Path, raw: dict[str, Any], *sets: str, address: 
         ],
         cwd=REPO,
         env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
     )
 
 
@@ -78,27 +76,41 @@ def _client_actors(root: int) -> list[int]:
     return actors
 
 
+def _busy_first(actors: list[int]) -> list[int]:
+    """``actors`` with those running a task (Ray titles them ``ray::ClientAppActor.run``) first; gone ones left out."""
+    titles = {}
+    for pid in actors:
+        with contextlib.suppress(OSError):
+            titles[pid] = (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    return sorted(titles, key=lambda pid: b".run" not in titles[pid])
+
+
 @pytest.mark.slow
 def test_a_killed_client_actor_is_replaced_and_no_round_loses_an_update(tmp_path: Path, cache_dir: Path) -> None:
     """SIGKILL of one ClientApp actor in round 2 of 3: Ray restarts it and retries its work, every later round
-    has every client, the end says so in one line, and the exit status is 0 (every round ran as configured)."""
-    raw = fed_raw(tmp_path, cache_dir, rounds=3, client_cpus=1)  # a pool of 2 actors for 3 clients
+    has every client, the end says so in one line, and the exit status is 0 (every round ran as configured).
+
+    Waits are on conditions with deadlines, never on timing: round 1's line (round 2 starts once it is printed),
+    then a ClientAppActor process under the simulation; the kill must land before the last round's line, since
+    the restarts are counted once the rounds end."""
+    rounds = 3
+    raw = fed_raw(tmp_path, cache_dir, rounds=rounds, client_cpus=1)  # a pool of 2 actors for 3 clients
     sim = _start_simulation(tmp_path, raw)
     try:
-        assert sim.stdout is not None
-        for line in sim.stdout:  # round 2 starts as soon as round 1's line is printed
-            if line.startswith("round 1:"):
-                break
-        busy = sorted(_client_actors(sim.pid), key=lambda pid: b".run" not in Path(f"/proc/{pid}/cmdline").read_bytes())
-        assert busy, "no ClientAppActor process found under the simulation"
-        os.kill(busy[0], signal.SIGKILL)
-        out, err = sim.communicate(timeout=300)
+        sim.line("round 1:", timeout=300)
+        victim = sim.until(
+            lambda: _busy_first(_client_actors(sim.pid)), 120, "no ClientAppActor process under the simulation"
+        )[0]
+        os.kill(victim, signal.SIGKILL)
+        assert not any(line.startswith(f"round {rounds}:") for line in sim.out), "the kill came after the last round"
+        out, err = sim.finish(timeout=300)
     finally:
         sim.kill()
-    assert sim.returncode == 0, err[-3000:]
+    assert sim.process.returncode == 0, err[-3000:]
     (run,) = (tmp_path / "runs").iterdir()
-    rounds = pd.read_csv(run / "rounds.csv")
-    assert list(rounds.succeeded[1:]) == [3, 3, 3] and rounds.failed.sum() == 0 and not rounds.skipped.any()
+    rounds_csv = pd.read_csv(run / "rounds.csv")
+    assert list(rounds_csv.succeeded[1:]) == [3] * rounds and rounds_csv.failed.sum() == 0
+    assert not rounds_csv.skipped.any()
     assert json.loads((run / "summary.json").read_text())["actor_restarts"] >= 1
     (said,) = [line for line in err.splitlines() if line.startswith("raykd: ")]
     assert "client actor restart(s): Ray replaced the dead actor(s) and retried their work" in said
@@ -113,8 +125,11 @@ def test_a_diverging_lr_is_one_line_and_exit_3_without_a_traceback_flood(
     end says what was lost in one line, the records are still written, and the exit status is 3."""
     raw = fed_raw(tmp_path, cache_dir)
     done = _start_simulation(tmp_path, raw, "federated.local.lr=1e30", address=ray_address)
-    out, err = done.communicate(timeout=300)
-    assert done.returncode == 3, err[-3000:]
+    try:
+        out, err = done.finish(timeout=300)
+    finally:
+        done.kill()
+    assert done.process.returncode == 3, err[-3000:]
     assert "Traceback" not in err and "ClientAppException" not in err
     (said,) = [line for line in err.splitlines() if line.startswith("raykd: ")]
     assert said.startswith("raykd: 2 of 2 rounds did not run as configured (rounds 1, 2), 6 client updates failed")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from raykd import report
 from raykd.config import load_config, parse_override, validate_config
@@ -69,6 +70,25 @@ def test_extends_merges_sections_and_replaces_lists(tmp_path: Path) -> None:
         load_config(tmp_path / "child.yaml")
 
 
+def test_a_missing_extends_names_the_yaml_that_refers_to_it_and_points_only_to_a_shipped_config(
+    tmp_path: Path,
+) -> None:
+    """A user's own missing file is not sent to tune_configs/; a missing one named like a shipped config is."""
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: mine.yaml\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(child)
+    assert str(err.value) == f"config {child}: extends: no such file {tmp_path / 'mine.yaml'}"
+    child.write_text("extends: default.yaml\n")
+    shipped = CONFIGS[0].parent / "default.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_config(child)
+    expected = f"config {child}: extends: no such file {tmp_path / 'default.yaml'}; raykd ships a config of that name"
+    assert str(err.value) == f"{expected}: {shipped}"
+    with pytest.raises(ConfigError, match=r"^config .*mine.yaml: no such file$"):
+        load_config(tmp_path / "mine.yaml")
+
+
 USER_METHOD = '''
 from dataclasses import dataclass
 from typing import Annotated
@@ -112,3 +132,31 @@ def test_a_user_method_class_is_a_row_whose_dataclass_fields_are_its_knobs(
         validate_config({"methods": [{"name": "my_methods:MarginKD", "margin": -1}]})
     with pytest.raises(ConfigError, match=r"methods.0; allowed: label, name, temperature, alpha, margin$"):
         validate_config({"methods": [{"name": "my_methods:MarginKD", "beta": 1}]})
+
+
+def test_a_dotted_key_reaches_an_integer_mapping_key_from_the_command_line_and_the_api(tmp_path: Path) -> None:
+    """YAML reads ``models: {1: ...}`` with an integer key: ``nodes.models.1.checkpoint`` overrides that entry
+    (``--set`` and ``raykd.load_config(overrides=...)``) instead of adding a string "1" beside it."""
+    import raykd
+    from raykd.cli import config_from_args
+    from raykd.sweep.cli import build_parser
+
+    old, new = tmp_path / "old.pt", tmp_path / "new.pt"
+    old.touch()
+    new.touch()
+    raw = {"methods": [{"name": "kd"}], "nodes": {"models": {1: {"name": "mlp", "checkpoint": str(old)}}}}
+    config = tmp_path / "experiment.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert "\n    1:\n" in config.read_text()  # an integer key, as a user writes it
+    override = f"nodes.models.1.checkpoint={new}"
+    args = build_parser().parse_args(["--config", str(config), "--set", override])
+    configs = [
+        config_from_args(args),
+        raykd.load_config(config, overrides=[override]),
+        raykd.load_config(raw, overrides=[override]),
+    ]
+    for cfg in configs:
+        assert set(cfg.nodes.models) == {1} and cfg.nodes.models[1].checkpoint.resolve() == new.resolve()
+        assert cfg.nodes.models[1].name == "mlp"
+    whole = load_config(config, ["nodes.models.1=cnn1d"])  # the last segment too: the entry replaced, not doubled
+    assert set(whole.nodes.models) == {1} and whole.nodes.models[1].name == "cnn1d"

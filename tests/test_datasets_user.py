@@ -139,7 +139,15 @@ BAD_INPUTS = [
     (lambda p, m: DataConfig(dataset=f"{m}:load", kwargs={"classes": 1}), "y with a single class"),
     (lambda p, m: DataConfig(dataset="npz", root=p / "none.npz"), "data.root: .*none.npz is not a file"),
     (lambda p, m: _bad_npz(p, x_test=None), "data.root: .*bad.npz has no array 'x_test'"),
-    (lambda p, m: _bad_npz(p, y=np.arange(60) % 3 + 1), "y with no sample of class 0 \\(labels span 0..3\\)"),
+    (
+        lambda p, m: _bad_npz(p, y=np.arange(60) % 3 + 1),
+        "y with no sample of class 0 \\(labels span 1..3\\); expected every class 0..C-1 in the training split; "
+        "labels counted from 1\\? subtract 1$",
+    ),
+    (
+        lambda p, m: _bad_npz(p, y=np.arange(60) % 2 * 2),
+        "y with no sample of class 1 \\(labels span 0..2\\); expected every class 0..C-1 in the training split$",
+    ),
     (lambda p, m: _bad_npz(p, y_test=np.full(12, 7)), "y_test with label 7 outside the classes 0..2 of y"),
     (lambda p, m: _bad_npz(p, x_test=np.zeros((12, 3))), "x of per-sample shape \\(2, 5\\) but x_test of \\(3,\\)"),
     (lambda p, m: DataConfig(dataset="imagefolder", root=p / "nothing"), "data.root: .*nothing is not a folder"),

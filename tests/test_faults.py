@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,7 @@ from raykd.tune import EXIT_UNTRACKED, main
 from tests.conftest import tiny_raw
 from tests.test_reliability import _children, _deterministic, _kill_ray_processes, _only_output
 from tests.test_tune import mlflow_server  # noqa: F401 - the fixture
+from tests.watched import Watched
 
 KD = {"name": "kd", "temperature": [1, 2, 4, 8], "alpha": 0.5}
 REPLAYED = "(recorded before the interruption; not run again)"
@@ -119,12 +121,29 @@ def _write(tmp_path: Path, raw: dict) -> Path:
     return config
 
 
-def _until_first_trial(driver: subprocess.Popen) -> str:
-    """Read the driver's output up to its first finished trial; returns that trial's description."""
-    for line in driver.stdout:  # type: ignore[union-attr]
-        if line.startswith("[1/"):
-            return line.split("] ", 1)[1].split(":")[0]
-    raise AssertionError("the sweep ended before its first trial finished")
+def _until_trial(driver: Watched, n: int) -> str:
+    """Wait (bounded) for the driver's line of its ``n``-th finished trial; returns that trial's description."""
+    return driver.line(f"[{n}/", timeout=300).split("] ", 1)[1].split(":")[0]
+
+
+def test_a_trial_ctrl_c_stopped_is_not_an_ended_one(tmp_path: Path) -> None:
+    """Ctrl-C makes Tune mark its running trials TERMINATED: one that never reported has no config or metrics,
+    one that reported epochs has partial metrics. Neither ended (no ``finished/`` record, no error), so the sweep
+    counts as interrupted (exit 130, one line) instead of tabling them or failing on the missing config."""
+    from raykd.report import trial_rows
+    from raykd.sweep.state import ended, record_finished
+
+    def trial(seed: int) -> dict[str, Any]:
+        return {"arm": {"label": "kd", "method": "kd", "temperature": 4.0}, "seed": seed}
+
+    metrics = {"val_acc": 0.5, "test_acc": 0.4, "config": {}}
+    record_finished(tmp_path, trial(0), metrics)
+    failed = (trial(3), {}, RuntimeError("boom"))
+    outcomes = [(trial(0), metrics, None), (None, None, None), (trial(2), {"val_acc": 0.1}, None), failed]
+    done = ended(outcomes, tmp_path)
+    assert done == [(trial(0), metrics, None), failed]
+    rows = trial_rows(done)
+    assert list(rows["seed"]) == [0, 3] and list(rows["status"]) == ["ok", "failed"]
 
 
 def _resumable(tmp_path: Path, cache_dir: Path) -> dict:
@@ -161,7 +180,8 @@ def _when_a_trial_is_running(uri: str, timeout: float = 120) -> None:
 def test_interrupted_sweep_resumes_to_the_uninterrupted_table(
     tmp_path: Path, cache_dir: Path, uninterrupted: Path, ray_address: str, stop: str
 ) -> None:
-    """Ctrl-C: exit 130, no traceback, one line saying how to resume. A SIGKILL inside a trial while Tune's own
+    """Ctrl-C while the last trial trains (none pending): exit 130, no traceback, one line saying how to resume;
+    the stopped trial is not tabled as finished. A SIGKILL inside a trial while Tune's own
     state lags (it is saved only every TUNE_GLOBAL_CHECKPOINT_S): the finished trial's recorded result is
     replayed, the killed one is rerun and its zombie MLflow run closed. Either way the resumed sweep's table and
     chosen student equal the uninterrupted sweep's.
@@ -175,38 +195,33 @@ def test_interrupted_sweep_resumes_to_the_uninterrupted_table(
     if stop != "sigint":
         env["TUNE_GLOBAL_CHECKPOINT_S"] = "100000"  # Tune's state never catches up with the finished trial
     command = [sys.executable, "-m", "raykd.tune"]
+    driver = Watched([*command, "--config", str(config)], env=env, start_new_session=True)
     try:
-        driver = subprocess.Popen(
-            [*command, "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            start_new_session=True,
-        )
-        first = _until_first_trial(driver)
-        if stop != "sigint":
-            _when_a_trial_is_running(raw["tracking"]["uri"])
+        first = _until_trial(driver, 1)
+        # Ctrl-C while the last trial runs and none is pending: Tune's counts alone would call the sweep finished
+        second = _until_trial(driver, 2) if stop == "sigint" else ""
+        _when_a_trial_is_running(raw["tracking"]["uri"])
         os.killpg(driver.pid, signal.SIGINT if stop == "sigint" else signal.SIGKILL)  # as a terminal's Ctrl-C
-        _, err = driver.communicate(timeout=120)
+        _, err = driver.finish(timeout=120)
         leftover = _kill_ray_processes(str(ray_tmp))  # the Ray the driver started ends with it
         out = _only_output(tmp_path)
         assert not (out / "results.md").exists()
         if stop == "sigint":
-            assert not leftover and driver.returncode == 130
+            assert not leftover and driver.process.returncode == 130
             assert "Traceback" not in err and err.strip().splitlines()[-1] == f"{RESUME_HINT}{out}"
             assert "Tuner.restore" not in err and sum(line.startswith("raykd:") for line in err.splitlines()) == 1
         resume = [*command, "--resume", str(out), "--address", ray_address]
         resumed = subprocess.run(resume, capture_output=True, text=True, env=env, timeout=300)
     finally:
+        driver.kill()
         _kill_ray_processes(str(ray_tmp))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert resumed.stdout.startswith("node models: 2 of 2 cached") and "resuming 3 settings" in resumed.stdout
     lines = {line.split("] ", 1)[1].split(":")[0]: line for line in resumed.stdout.splitlines() if line[:1] == "["}
     assert "[3/3" in resumed.stdout
     replayed = [trial for trial, line in lines.items() if line.endswith(REPLAYED)]
-    if stop == "sigint":  # Tune saved its state on the way out: the finished trial is not even replayed
-        assert first not in lines and not replayed
+    if stop == "sigint":  # Tune saved its state on the way out: the finished trials are not even replayed
+        assert first not in lines and second not in lines and not replayed
     else:
         assert replayed == [first]
     pd.testing.assert_frame_equal(_deterministic(out), _deterministic(uninterrupted))
@@ -291,22 +306,16 @@ def test_ctrl_c_stops_a_simulation_in_one_line(tmp_path: Path, cache_dir: Path) 
     config = _write(tmp_path, fed_raw(tmp_path, cache_dir, rounds=12))
     ray_tmp = Path(tempfile.mkdtemp(prefix="rk", dir="/tmp"))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(ray_tmp)}
+    simulation = Watched(
+        [sys.executable, "-m", "federated.simulate", "--config", str(config)], env=env, start_new_session=True
+    )
     try:
-        simulation = subprocess.Popen(
-            [sys.executable, "-m", "federated.simulate", "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            start_new_session=True,
-        )
-        for line in simulation.stdout:  # type: ignore[union-attr]
-            if line.startswith("round 1:"):
-                break
+        simulation.line("round 1:", timeout=300)  # 11 rounds still to run
         os.killpg(simulation.pid, signal.SIGINT)
-        _, err = simulation.communicate(timeout=60)
+        _, err = simulation.finish(timeout=60)
     finally:
+        simulation.kill()
         leftover = _kill_ray_processes(str(ray_tmp))
-    assert simulation.returncode == 130 and not leftover
+    assert simulation.process.returncode == 130 and not leftover
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "raykd: interrupted"
     assert not list((tmp_path / "runs").glob("*/summary.json"))  # no records of a simulation that did not finish

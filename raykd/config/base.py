@@ -15,7 +15,7 @@ class Section(BaseModel):
 class TrainConfig(Section):
     """A plain training budget (Adam)."""
 
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-2, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    epochs: int = Field(30, ge=1, description="passes over the training rows")
+    batch_size: int = Field(64, ge=1, description="rows per optimisation step")
+    lr: float = Field(1e-2, gt=0, description="Adam learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay (L2 penalty)")

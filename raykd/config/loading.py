@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -17,6 +18,11 @@ from raykd.config.schema import CELL_SECTIONS, ExperimentConfig, ModelSpec
 from raykd.errors import ConfigError
 from raykd.methods import METHODS
 from raykd.methods.schema import METHOD_KNOBS, is_method_tag, method_config_of
+
+#: The configs shipped in a source checkout (absent from an installed wheel: no hint then).
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[2] / "tune_configs"
+#: The widest line of the config reference in ``--help`` (a terminal's 120 columns).
+HELP_WIDTH = 120
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,14 @@ def parse_override(raw: dict[str, Any], assignment: str) -> None:
     set_dotted(raw, key, value, f"--set {key}")
 
 
+def existing_key(section: dict[Any, Any], part: str) -> Any:
+    """The key of ``section`` that the dotted-key segment ``part`` addresses: YAML reads ``{1: ...}`` with an
+    integer key, which ``nodes.models.1`` must reach rather than add a string "1" beside it."""
+    if part in section:
+        return part
+    return next((key for key in section if str(key) == part), part)
+
+
 def set_dotted(raw: dict[str, Any], key: str, value: Any, source: str) -> None:
     """Set ``dotted.key`` (list entries by index) in a raw config dict; ``source`` names the key in errors."""
     node: Any = raw
@@ -90,7 +104,7 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any, source: str) -> None:
                 raise ConfigError(f"{source}: {where} has {len(node)} entries; allowed index 0..{len(node) - 1}")
             node = node[int(part)]
         else:
-            node = node.setdefault(part, {})
+            node = node.setdefault(existing_key(node, part), {})
         if not isinstance(node, (dict, list)):
             raise ConfigError(f"{source}: {'.'.join(parts[: depth + 1])} is a value, not a section")
     last = parts[-1]
@@ -99,7 +113,7 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any, source: str) -> None:
             raise ConfigError(f"{source}: allowed index 0..{len(node) - 1}")
         node[int(last)] = value
     else:
-        node[last] = value
+        node[existing_key(node, last)] = value
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -122,14 +136,24 @@ def load_config(path: Path, overrides: list[str] = ()) -> ExperimentConfig:  # t
     return validate_config(raw)
 
 
-def load_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The YAML mapping of ``path`` with its ``extends`` chain merged in, not yet validated."""
+def missing_config(path: Path, referrer: Path | None) -> ConfigError:
+    """A missing config in one line: the YAML whose ``extends`` named it, and the shipped config of that name if
+    there is one (a user's own file gets no pointer to tune_configs/)."""
+    shipped = SHIPPED_CONFIGS / Path(path).name
+    hint = f"; raykd ships a config of that name: {shipped}" if shipped.is_file() else ""
+    where = f"config {referrer}: extends: no such file {path}" if referrer else f"config {path}: no such file"
+    return ConfigError(f"{where}{hint}")
+
+
+def load_raw(path: Path, seen: tuple[Path, ...] = (), referrer: Path | None = None) -> dict[str, Any]:
+    """The YAML mapping of ``path`` with its ``extends`` chain merged in, not yet validated; ``referrer`` is the
+    YAML whose ``extends`` named ``path``."""
     if Path(path).resolve() in seen:
         raise ConfigError(f"config {path}: 'extends' loops back to itself")
     try:
         raw = yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError:
-        raise ConfigError(f"config {path}: no such file (ready configs live in tune_configs/)") from None
+        raise missing_config(path, referrer) from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"config {path}: cannot be read ({err.__class__.__name__}: {err})") from None
     except yaml.YAMLError as err:
@@ -139,7 +163,7 @@ def load_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path}: expected a mapping of sections at the top level")
     if "extends" in raw:
-        base = load_raw(Path(path).parent / str(raw.pop("extends")), (*seen, Path(path).resolve()))
+        base = load_raw(Path(path).parent / str(raw.pop("extends")), (*seen, Path(path).resolve()), Path(path))
         raw = deep_merge(base, raw)
     return raw
 
@@ -206,15 +230,21 @@ def describe_schema() -> str:
                 walk(annotation, default, f"{prefix}{name}.")
                 continue
             shown = "" if field.is_required() else f" (default: {_show(default)})"
-            lines.append(f"  {prefix}{name}{shown}  {field.description or ''}".rstrip())
+            lines.append(_wrapped(f"  {prefix}{name}{shown}  {field.description}"))
 
     walk(ExperimentConfig, None, "")
     lines.append("  methods[i].name, methods[i].label, and per method (list values are grid axes):")
     for name, method in METHOD_KNOBS.items():
         knobs = ", ".join(f"{knob.name}={knob.default} ({knob.description})" for knob in method.knobs)
-        lines.append(f"    {name}: {knobs or 'no knobs'}; {method.summary}")
+        lines.append(_wrapped(f"    {name}: {knobs or 'no knobs'}; {method.summary}"))
     lines.append('    "package.module:Class": your own Method subclass; its dataclass fields are its knobs')
     return "\n".join(lines)
+
+
+def _wrapped(line: str) -> str:
+    """One ``--help`` entry in lines of at most HELP_WIDTH characters, its continuation indented under it."""
+    indent = " " * (len(line) - len(line.lstrip()) + 4)
+    return textwrap.fill(line, HELP_WIDTH, subsequent_indent=indent, break_on_hyphens=False, drop_whitespace=True)
 
 
 def _show(value: Any) -> str:

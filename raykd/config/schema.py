@@ -260,7 +260,9 @@ class TuneConfig(Section):
     gpus_per_trial: float = Field(
         0.0, ge=0, description="GPUs each trial and node pre-training task reserves (fractions share a GPU); > 0: CUDA"
     )
-    max_concurrent_trials: int | None = Field(None, ge=1)
+    max_concurrent_trials: int | None = Field(
+        None, ge=1, description="trials running at once; unset: as many as the cluster's free CPUs and GPUs hold"
+    )
     max_failures: int = Field(0, ge=0, description="retries of a trial that raises before it is recorded as failed")
     fail: Union[FaultConfig, None] = Field(  # noqa: UP007 - typing.Union: _allowed_keys names its keys on a typo
         None, description="fault injection: {label, seed, times}; those trials raise on their first attempts"
@@ -274,7 +276,7 @@ class RayConfig(Section):
 
 class TrackingConfig(Section):
     uri: str | None = Field(None, description="MLflow tracking URI; default: sqlite:///mlflow.db here")
-    experiment: str = Field("raykd", min_length=1)
+    experiment: str = Field("raykd", min_length=1, description="MLflow experiment the sweep's runs are logged under")
     parent_run_id: str | None = Field(
         None, description="MLflow run to nest this run under (raykd.tune sets it for its follow-up simulations)"
     )

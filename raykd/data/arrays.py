@@ -56,9 +56,10 @@ def _check_labels(y: np.ndarray, y_test: np.ndarray, where: str) -> None:
         raise ConfigError(f"{where} y with a single class; expected at least 2 classes")
     missing = np.flatnonzero(np.bincount(y, minlength=classes) == 0)
     if len(missing):
+        counted_from_1 = "; labels counted from 1? subtract 1" if y.min() == 1 else ""
         raise ConfigError(
-            f"{where} y with no sample of class {missing[0]} (labels span 0..{classes - 1}); "
-            "expected every class 0..C-1 in the training split"
+            f"{where} y with no sample of class {missing[0]} (labels span {y.min()}..{y.max()}); "
+            f"expected every class 0..C-1 in the training split{counted_from_1}"
         )
     outside = y_test[(y_test < 0) | (y_test >= classes)]
     if len(outside):

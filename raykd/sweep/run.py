@@ -29,7 +29,7 @@ from raykd.files import write_atomic
 from raykd.sweep.followup import failed_simulations, federated_followup, federated_section
 from raykd.sweep.prepare import prepare_nodes, start_teacher_server
 from raykd.sweep.progress import Progress
-from raykd.sweep.state import Sweep, new_sweep, resume_hint
+from raykd.sweep.state import Sweep, ended, new_sweep, resume_hint
 from raykd.sweep.students import best_of, keep_chosen
 from raykd.sweep.trial import trainable, trial_resources
 from raykd.tracking import ParentRun, parent_run, trial_runs
@@ -83,9 +83,10 @@ def _run(cfg: ExperimentConfig, cells: list[Cell], sweep: Sweep, uri: str, raw: 
         tuner = build_tuner(cfg, cells, sweep, server_name, total, parent.run_id)
         with _quiet_interruption():
             results = tuner.fit()
-        if results.num_terminated + results.num_errors < total:  # Tune stopped on Ctrl-C: no tables yet
+        done = ended([(r.config, r.metrics, r.error) for r in results], sweep.out)
+        if len(done) < total:  # Tune stopped on Ctrl-C: no tables yet
             raise Interrupted(resume_hint(sweep))
-        trials = report.in_config_order(report.trial_rows([(r.config, r.metrics, r.error) for r in results]), cfg)
+        trials = report.in_config_order(report.trial_rows(done), cfg)
         write_atomic(sweep.out / "trials.csv", trials.to_csv(index=False))  # first: nothing below can lose them
         return write_report(cfg, cells, sweep, trials, server, parent)
 

@@ -131,3 +131,18 @@ def finished_result(out: Path, config: dict[str, Any]) -> dict[str, Any] | None:
         return json.loads(finished_file(out, config).read_text())
     except (OSError, ValueError):
         return None
+
+
+#: What Tune holds of one trial: its config, its last metrics and its error (config and metrics None when it never
+#: reported); ``Ended``: one that ended, so its config is known.
+Outcome = tuple[dict[str, Any] | None, dict[str, Any] | None, BaseException | None]
+Ended = tuple[dict[str, Any], dict[str, Any] | None, BaseException | None]
+
+
+def ended(results: list[Outcome], out: Path) -> list[Ended]:
+    """The trials that ended: failed ones that have a config, and those whose final result ``finished/`` records.
+
+    Ctrl-C leaves the running trials TERMINATED to Tune without either (config and metrics None when they had not
+    reported yet, partial metrics otherwise); they are left out, so the sweep counts as interrupted, not finished.
+    """
+    return [(c, m, e) for c, m, e in results if c is not None and (e is not None or finished_file(out, c).is_file())]
