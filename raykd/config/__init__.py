@@ -1,11 +1,12 @@
 """One typed experiment schema: YAML in, ``--set key=value`` overrides, one-line errors out.
 
-``schema`` holds the sections and their rules (``base``: what every section shares; ``federated``: the Flower
-section); ``loading`` reads YAML, applies overrides, expands study axes into cells and turns validation errors
-into one line. Importing this package imports no torch.
+``schema`` holds the sections and their rules (``base``: what every section shares; ``data``: the data section;
+``federated``: the Flower section); ``loading`` reads YAML, applies overrides, expands study axes into cells and
+turns validation errors into one line. Importing this package imports no torch.
 """
 
 from raykd.config.base import Section, TrainConfig
+from raykd.config.data import DATASET_ROOTS, AugmentSpec, DataConfig, DatasetName
 from raykd.config.federated import MOVED_FEDERATED_KEYS, SERVER_TEMPERATURE, FederatedConfig
 from raykd.config.loading import (
     Cell,
@@ -23,10 +24,6 @@ from raykd.config.loading import (
 from raykd.config.paths import check_paths, written_folders
 from raykd.config.schema import (
     CELL_SECTIONS,
-    DATASET_ROOTS,
-    AugmentSpec,
-    DataConfig,
-    DatasetName,
     ExperimentConfig,
     FaultConfig,
     LearnersConfig,
