@@ -5,6 +5,7 @@
     study = raykd.run(cfg)                 # the sweep `python -m raykd.tune` runs
     study.summary                          # one row per method row: its chosen setting and metrics
     model = raykd.load_student(study.students["kd-tuned"][0])
+    raykd.generate(path, "def ")          # a language-model student's greedy continuation
 
 Bad input raises the same one-line ``ConfigError`` the command lines print. Ray, Tune, MLflow and torch
 load only when a function needs them, so ``import raykd`` stays light.
@@ -145,3 +146,10 @@ def load_student(path: str | Path) -> nn.Module:
     from raykd.students import load_student as load  # torch loads with the first student
 
     return load(Path(path))
+
+
+def generate(student: str | Path, prompt: str, new_tokens: int = 60) -> str:
+    """The greedy continuation of ``prompt`` by a language-model student file (it carries its tokenizer)."""
+    from raykd.lm.samples import generate as continue_text  # torch loads with the first sample
+
+    return continue_text(Path(student), prompt, new_tokens)

@@ -171,6 +171,13 @@ def write_report(
         text += section
         figures["federated_rounds.png"] = figure
         failed += failed_simulations(rounds, shaping)
+    students = keep_chosen(cfg, out, best)
+    chosen = {name: best_of(paths) for name, paths in students.items()}
+    if cfg.data.task == "lm":
+        from raykd.lm.samples import samples_section  # language models' samples: torch, loaded for them only
+        from raykd.nodes import dataset_of
+
+        text += samples_section(chosen, dataset_of(cfg).test_x)
     write_atomic(out / "results.md", text)
     parent.log_files(out / "results.md", out / "trials.csv")
     parent.log_figures(figures, out / "plots")
@@ -179,8 +186,7 @@ def write_report(
         if "val_ppl" in row:
             parent.log_metrics({f"{row['label']}.val_ppl": row["val_ppl"], f"{row['label']}.test_ppl": row["test_ppl"]})
     parent.log_metrics({"failed_trials": failed})
-    students = keep_chosen(cfg, out, best)
-    parent.log_students({name: best_of(paths) for name, paths in students.items()})
+    parent.log_students(chosen)
     print("\n" + text, flush=True)
     return SweepResult(out, trials, best, students, failed)
 

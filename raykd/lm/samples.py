@@ -1,0 +1,49 @@
+"""Greedy samples from distilled language-model students, for the report and for ``raykd.generate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from raykd.data.tokenizers import Tokenizer, tokenizer_from_record
+from raykd.lm.generate import greedy_text
+from raykd.students import load_student, read_student
+
+
+def student_tokenizer(path: Path) -> Tokenizer:
+    """The tokenizer a language-model student file carries (it was trained with it)."""
+    info = read_student(path)["info"]
+    if info.get("task") != "lm":
+        raise ValueError(f"student file {path} is not a language model (data.task lm)")
+    return tokenizer_from_record(info)
+
+
+def generate(path: str | Path, prompt: str, new_tokens: int = 60) -> str:
+    """The greedy continuation of ``prompt`` by the language-model student saved at ``path``."""
+    path = Path(path)
+    tokenizer, record = student_tokenizer(path), read_student(path)
+    return greedy_text(load_student(path), tokenizer, prompt, new_tokens, context=record["input_shape"][0])
+
+
+def prompts(test_x: torch.Tensor, tokenizer: Tokenizer, count: int = 2, length: int = 32) -> list[str]:
+    """``count`` prompts: the first ``length`` tokens of test sequences spread over the test split."""
+    picks = torch.linspace(0, len(test_x) - 1, count).long().tolist()
+    return [tokenizer.decode(test_x[i, :length].tolist()) for i in picks]
+
+
+def samples_section(students: dict[str, Path], test_x: torch.Tensor, new_tokens: int = 48) -> str:
+    """A Markdown section: each prompt continued greedily by each row's chosen student, side by side."""
+    if not students:
+        return ""
+    tokenizer = student_tokenizer(next(iter(students.values())))
+    lines = ["\n## Samples (greedy, from each row's chosen student)\n"]
+    for prompt in prompts(test_x, tokenizer):
+        lines.append(f"\nPrompt: `{_one_line(prompt)}`\n\n| method | continuation |\n|---|---|")
+        lines += [f"| {name} | `{_one_line(generate(path, prompt, new_tokens))}` |" for name, path in students.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _one_line(text: str) -> str:
+    """Text for a Markdown table cell: newlines shown as ⏎, pipes and backticks escaped."""
+    return text.replace("\n", "⏎").replace("|", "\\|").replace("`", "'")
