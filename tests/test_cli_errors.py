@@ -66,6 +66,23 @@ BAD_OVERRIDES = [
     (["federated.kd_alpha=0.3"], "federated.kd_alpha: moved to the method row; set methods.0.alpha"),
     (["teacher.prefetch=-1"], "teacher.prefetch = -1: Input should be greater than or equal to 0"),
     (["teacher.prefetch=65"], "teacher.prefetch = 65: Input should be less than or equal to 64"),
+    (["data.task=lm", "data.dataset=mnist1d"], "data.dataset: mnist1d is not a data.task=lm dataset; allowed: pydoc"),
+    (["data.dataset=pydoc"], "data.dataset: pydoc is not a data.task=classify dataset; allowed: digits,"),
+    (["data={task: lm}"], "nodes.model: model 'cnn1d' needs 1-D signals (C, L) but the data has text tokens"),
+    (["data={task: lm}", "nodes.model=resnet18"], "nodes.model.name = 'resnet18': not a language model; allowed"),
+    (
+        ["data={task: lm}", "nodes.model=gpt", "methods=[{name: reffakd}]"],
+        "methods: reffakd learns per sample in its prepare step",
+    ),
+    (["data={task: lm}", "methods=[{name: gkd, on_policy: 0.5}]", "teacher.mode=cache"], "needs the teacher to score"),
+    (["methods=[{name: gkd, on_policy: 0.5}]"], "methods: on_policy > 0 samples text from the student; allowed: 0"),
+    (
+        ["data={task: lm, tokenizer: /no/tok.json}", "nodes.model=gpt"],
+        "data.tokenizer: /no/tok.json is not a tokenizer",
+    ),
+    (["data={task: lm, dataset: text, root: /no/text}", "nodes.model=gpt"], "data.root"),
+    (["data={task: lm}", "nodes.model=gpt", "teacher.mode=cache", "teacher.top_k=300"], "teacher.top_k: 300 would"),
+    (["tune.select_on=val_ppl"], "tune.select_on: val_ppl is a language-model metric; allowed: val_acc, local_val_acc"),
 ]
 
 

@@ -203,12 +203,16 @@ class ExperimentConfig(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _lm_selects_on_perplexity(cls, value: Any) -> Any:
-        """A language-model study chooses on validation perplexity unless told otherwise."""
-        if isinstance(value, dict) and isinstance(value.get("data"), dict) and value["data"].get("task") == "lm":
-            tune = value.get("tune") if isinstance(value.get("tune"), dict) else {}
-            if "select_on" not in tune:
-                return {**value, "tune": {**tune, "select_on": "val_ppl"}}
+    def _language_model_defaults(cls, value: Any) -> Any:
+        """A language-model study chooses on validation perplexity, and fills a top-k row's dropped vocabulary with
+        the teacher's tail mass (benchmarks/lm_topk.py: the row-minimum fill made students worse than no KD),
+        unless told otherwise."""
+        if not (isinstance(value, dict) and isinstance(value.get("data"), dict) and value["data"].get("task") == "lm"):
+            return value
+        defaults = {"tune": {"select_on": "val_ppl"}, "teacher": {"top_k_fill": "mass"}}
+        for section, keys in defaults.items():
+            given = value.get(section) if isinstance(value.get(section), dict) else {}
+            value = {**value, section: {**keys, **given}}
         return value
 
     @field_validator("seeds", mode="before")
