@@ -65,3 +65,30 @@ def tiny_raw(tmp_path: Path, cache_dir: Path, **sections: Any) -> dict[str, Any]
     }
     raw.update(sections)
     return raw
+
+
+def lm_documents(topics: int = 4, per_topic: int = 6) -> dict[str, list[str]]:
+    """A tiny corpus with topics, referenced by ``lm_raw`` as a user's ``package.module:function`` dataset."""
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
+    return {
+        f"topic{t}": [" ".join(words[(t + i + j) % len(words)] for j in range(40)) + "." for i in range(per_topic)]
+        for t in range(topics)
+    }
+
+
+def lm_raw(tmp_path: Path, cache_dir: Path, **sections: Any) -> dict[str, Any]:
+    """A CI-sized language-model study: the tiny corpus above, 16-token sequences, tiny GPTs on 2 nodes."""
+    return tiny_raw(
+        tmp_path,
+        cache_dir,
+        data={"task": "lm", "dataset": "tests.conftest:lm_documents", "seq_len": 16, "doc_chars": 100},
+        partition={"scheme": "iid", "num_nodes": 2, "min_samples": 2},
+        nodes={
+            "cache_dir": str(cache_dir),
+            "model": {"name": "gpt", "width": 16, "depth": 1, "kwargs": {"heads": 2}},
+            "models": {1: {"name": "gpt", "width": 32, "depth": 1, "kwargs": {"heads": 2}}},
+            "train": {"epochs": 2, "batch_size": 16, "lr": 0.01},
+        },
+        transfer={"student": 0, "teachers": [1], "set": "pool", "train": {"epochs": 1, "batch_size": 16}},
+        **sections,
+    )

@@ -27,15 +27,6 @@ from raykd.methods.skew import SkewKL
 TEXT = "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs; ünïcödé too."
 
 
-def lm_documents(topics: int = 4, per_topic: int = 6) -> dict[str, list[str]]:
-    """A tiny corpus with topics (a callable raykd tests reference as a user's dataset)."""
-    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
-    return {
-        f"topic{t}": [" ".join(words[(t + i + j) % len(words)] for j in range(40)) + "." for i in range(per_topic)]
-        for t in range(topics)
-    }
-
-
 def test_byte_and_bpe_tokenizers_round_trip(tmp_path: Path) -> None:
     byte = ByteTokenizer()
     assert byte.decode(byte.encode(TEXT)) == TEXT and max(byte.encode(TEXT)) < byte.vocab_size - 1
@@ -57,7 +48,7 @@ def test_documents_become_next_token_rows_with_padding_masked() -> None:
 
 
 def _lm_data(tmp_path: Path) -> Any:
-    cfg = DataConfig(task="lm", dataset="tests.test_lm_core:lm_documents", seq_len=16, doc_chars=100)
+    cfg = DataConfig(task="lm", dataset="tests.conftest:lm_documents", seq_len=16, doc_chars=100)
     return cfg, load_dataset(cfg, tmp_path)
 
 

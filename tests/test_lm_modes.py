@@ -18,25 +18,7 @@ from raykd.logit_cache import node_logits
 from raykd.nodes import load_node, node_path, prepare
 from raykd.teacher_server import logit_source, served_model, start_server
 from raykd.tune import main
-from tests.conftest import tiny_raw
-
-
-def lm_raw(tmp_path: Path, cache_dir: Path, **sections: Any) -> dict[str, Any]:
-    """A CI-sized language-model study: a tiny corpus with topics, 16-token sequences, tiny GPTs on 2 nodes."""
-    return tiny_raw(
-        tmp_path,
-        cache_dir,
-        data={"task": "lm", "dataset": "tests.test_lm_core:lm_documents", "seq_len": 16, "doc_chars": 100},
-        partition={"scheme": "iid", "num_nodes": 2, "min_samples": 2},
-        nodes={
-            "cache_dir": str(cache_dir),
-            "model": {"name": "gpt", "width": 16, "depth": 1, "kwargs": {"heads": 2}},
-            "models": {1: {"name": "gpt", "width": 32, "depth": 1, "kwargs": {"heads": 2}}},
-            "train": {"epochs": 2, "batch_size": 16, "lr": 0.01},
-        },
-        transfer={"student": 0, "teachers": [1], "set": "pool", "train": {"epochs": 1, "batch_size": 16}},
-        **sections,
-    )
+from tests.conftest import lm_raw
 
 
 @pytest.mark.slow
@@ -74,7 +56,7 @@ def test_token_cache_has_a_row_per_token_and_a_changed_teacher_is_never_read(tmp
     setup = prepare(cfg, 0)
     records, built = node_logits(cfg, setup, 1, 0)
     assert len(records) == setup.dataset.train_x.numel() and records["ids"].shape == (len(records), 4)
-    assert records.dtype.itemsize == 4 * (4 + 2)  # 24 bytes a token against 257 * 4 for full logits
+    assert records.dtype.itemsize == 4 * (4 + 2) + 4  # 28 bytes a token (the mass fill's tail) against 257 * 4
     assert not node_logits(cfg, setup, 1, 0)[1]  # built once, then read
     raw = lm_raw(tmp_path, cache_dir, teacher={"mode": "cache", "top_k": 4})
     raw["nodes"]["train"]["epochs"] = 3  # the teacher node trained longer: new weights, a new cache key

@@ -15,18 +15,9 @@ from raykd.files import file_digest
 from raykd.logit_cache import CachedLogits, LogitCache, dense_logits, node_logits, read_rows, top_k_rows
 from raykd.nodes import load_node, node_path, prepare
 from raykd.teacher_server import ServedReferences, TeacherServer, served_model
-from tests.conftest import tiny_raw
+from tests.conftest import lm_raw, tiny_raw
 
 CPU = torch.device("cpu")
-
-
-def documents() -> dict[str, list[str]]:
-    """A tiny corpus of four topics (referenced by the LM config below as a user's dataset)."""
-    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta"]
-    return {
-        f"topic{t}": [" ".join(words[(t * i + j) % len(words)] for j in range(30)) + "." for i in range(6)]
-        for t in range(4)
-    }
 
 
 def expanded(logits: torch.Tensor, k: int, fill: str) -> torch.Tensor:
@@ -76,20 +67,7 @@ def test_the_cache_key_names_the_mass_fill_only(tmp_path: Path) -> None:
 
 
 def _lm(tmp_path: Path, cache_dir: Path, fill: str) -> object:
-    return validate_config(
-        tiny_raw(
-            tmp_path,
-            cache_dir,
-            data={"task": "lm", "dataset": "tests.test_topk_fill:documents", "seq_len": 16, "doc_chars": 100},
-            partition={"scheme": "iid", "num_nodes": 2, "min_samples": 1},
-            nodes={
-                "cache_dir": str(cache_dir),
-                "model": {"name": "gpt", "width": 16, "depth": 1},
-                "train": {"epochs": 1},
-            },
-            teacher={"mode": "cache", "top_k": 4, "top_k_fill": fill},
-        )
-    )
+    return validate_config(lm_raw(tmp_path, cache_dir, teacher={"mode": "cache", "top_k": 4, "top_k_fill": fill}))
 
 
 @pytest.mark.slow
