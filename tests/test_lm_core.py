@@ -182,3 +182,19 @@ def test_token_scores_count_real_positions_only() -> None:
         (3 * F.cross_entropy(torch.tensor([[0.0, 10, 0, 0]]), torch.tensor([1])).item() + ce) / 4
     )
     assert math.isfinite(nll)
+
+
+def test_a_checkpoint_made_for_another_vocabulary_is_one_line_before_any_work(tmp_path: Path) -> None:
+    from raykd.errors import ConfigError
+    from raykd.nodes import dataset_of
+    from tests.conftest import lm_raw
+
+    other = tmp_path / "bpe300.pt"
+    torch.save(gpt((16,), 300, 32, 1, heads=2).state_dict(), other)  # a teacher trained with a 300-token vocabulary
+    raw = lm_raw(tmp_path, tmp_path / "cache")
+    raw["nodes"]["models"][1]["checkpoint"] = str(other)
+    with pytest.raises(ConfigError) as refused:
+        dataset_of(validate_config(raw))
+    assert str(refused.value).startswith(f"nodes.models.1.checkpoint: {other} does not fit the model: key ")
+    assert "is (300, 32) in the file but (257, 32) in the model" in str(refused.value)
+    assert not (tmp_path / "cache" / "nodes").exists()  # nothing trained or cached
