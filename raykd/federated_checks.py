@@ -18,6 +18,11 @@ FML_METHOD = "federated.fml:FederatedMutualLearning"
 def check_federated(cfg: ExperimentConfig) -> None:
     """Cross-field rules of the federated section; each failure is one line naming its field."""
     f, nodes = cfg.federated, cfg.partition.num_nodes
+    if cfg.data.task == "lm":
+        raise ConfigError(
+            "data.task: lm runs in sweeps (python -m raykd.tune); Flower simulations and a sweep's federated "
+            "follow-up take classification data only for now; allowed: classify"
+        )
     if f.min_clients > nodes:
         raise ConfigError(
             f"federated.min_clients: {f.min_clients} clients per round but partition.num_nodes is {nodes}; "
