@@ -270,17 +270,11 @@ def method_context(
 
 
 @torch.no_grad()
-def predict(
-    model: nn.Module, x: Tensor, batch_size: int = 1024, keep: Callable[[Tensor], Tensor] = lambda logits: logits
-) -> Tensor:
-    """Logits of ``model`` on ``x`` (on the CPU, whatever the model's device), in eval mode, batched.
-
-    ``keep`` maps each batch's logits before they are gathered (e.g. to a top-k), on the model's device, so a
-    language model's full (rows, vocab) logits never exist for the whole set at once.
-    """
+def predict(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
+    """Logits of ``model`` on ``x`` (on the CPU, whatever the model's device), in eval mode, batched."""
     model.eval()
     device = device_of(model)
-    return torch.cat([keep(model(x[i : i + batch_size].to(device))).cpu() for i in range(0, len(x), batch_size)])
+    return torch.cat([model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
 
 
 def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:

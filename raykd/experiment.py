@@ -215,18 +215,19 @@ def run_trial(
         frozen = teachers if method.teachers == "frozen" else []
         initial = student_id if method.uses_initial_student else None
         trainable, references = [wrap(student)], source.references(frozen, initial, load)
-    batches: Batches = transfer_batches(cfg, setup, seed, rank, world)
+    transfer = transfer_batches(cfg, setup, seed, rank, world)
+    batches: Batches = transfer
     if getattr(method, "on_policy", 0) > 0:  # GKD's lambda: part of each batch is the student's own text
-        batches = OnPolicyBatches(batches, student, method.on_policy, seed)  # type: ignore[attr-defined]
+        batches = OnPolicyBatches(transfer, student, method.on_policy, seed)  # type: ignore[attr-defined]
     context = method_context(
-        batches,
+        transfer,
         lambda: [load(n) for n in teachers],
         setup.dataset.num_classes,
         seed,
         lambda: source.train_logits(teachers, load),
     )
     costs = {f"prepare_{k}": v for k, v in method.prepare(context).items()}
-    epochs = EpochReports(student, setup, student_id, batches.rows_per_epoch, costs, report)
+    epochs = EpochReports(student, setup, student_id, transfer.rows_per_epoch, costs, report)
     seed_everything(seed)
     budget = cfg.transfer.train
     fit(trainable, method, batches, budget.epochs, budget.lr, budget.weight_decay, references, epochs)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
 
 import torch
 from torch import nn
@@ -31,9 +30,6 @@ class OnPolicyBatches:
 
     def __len__(self) -> int:
         return len(self.batches)
-
-    def __getattr__(self, name: str) -> Any:  # rows_per_epoch, x, y, labelled, pool: the wrapped batches' own
-        return getattr(self.batches, name)
 
     def __iter__(self) -> Iterator[Batch]:
         for batch in self.batches:
