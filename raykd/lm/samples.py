@@ -27,9 +27,11 @@ def generate(path: str | Path, prompt: str, new_tokens: int = 60) -> str:
 
 
 def prompts(test_x: torch.Tensor, tokenizer: Tokenizer, count: int = 2, length: int = 32) -> list[str]:
-    """``count`` prompts: the first ``length`` tokens of test sequences spread over the test split."""
-    picks = torch.linspace(0, len(test_x) - 1, count).long().tolist()
-    return [tokenizer.decode(test_x[i, :length].tolist()) for i in picks]
+    """``count`` prompts: the first ``length`` tokens of the test sequences that read most like prose (the largest
+    share of letters; documentation is full of grammar and code whose continuation is mostly whitespace)."""
+    texts = [tokenizer.decode(row[:length].tolist()) for row in test_x]
+    letters = torch.tensor([sum(c.isalpha() for c in text) / max(len(text), 1) for text in texts])
+    return [texts[i] for i in sorted(letters.argsort(descending=True, stable=True)[:count].tolist())]
 
 
 def samples_section(students: dict[str, Path], test_x: torch.Tensor, new_tokens: int = 48) -> str:
