@@ -36,7 +36,8 @@ class ModelSpec(Section):
     """
 
     name: str = Field(
-        description="registry name (mlp, cnn1d, cnn2d, resnet), a torchvision model, or package.module:callable"
+        description="registry name (mlp, cnn1d, cnn2d, resnet, gpt), a torchvision model, package.module:callable, "
+        "or a pre-trained causal LM from local files: hf:FOLDER, gguf:FILE, gguf:smollm2"
     )
     width: int | None = Field(None, gt=0, description="channels / hidden units (model default if unset)")
     depth: int | None = Field(None, gt=0, description="layers (mlp) or ResNet depth 6n+2 (resnet)")
