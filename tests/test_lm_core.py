@@ -17,6 +17,7 @@ from raykd.data.documents import document_nodes, document_splits
 from raykd.data.text import PAD_TARGET, paragraphs, sequences
 from raykd.data.tokenizers import ByteTokenizer, bpe, tokenizer_from_record, tokenizer_record
 from raykd.engine import Batch, References, TransferBatches, fit, rows, token_scores
+from raykd.errors import ConfigError
 from raykd.lm.gpt import gpt
 from raykd.lm.onpolicy import OnPolicyBatches
 from raykd.methods.base import UNLABELLED, Method, StepLogits
@@ -185,7 +186,6 @@ def test_token_scores_count_real_positions_only() -> None:
 
 
 def test_a_checkpoint_made_for_another_vocabulary_is_one_line_before_any_work(tmp_path: Path) -> None:
-    from raykd.errors import ConfigError
     from raykd.nodes import dataset_of
     from tests.conftest import lm_raw
 
@@ -198,3 +198,20 @@ def test_a_checkpoint_made_for_another_vocabulary_is_one_line_before_any_work(tm
     assert str(refused.value).startswith(f"nodes.models.1.checkpoint: {other} does not fit the model: key ")
     assert "is (300, 32) in the file but (257, 32) in the model" in str(refused.value)
     assert not (tmp_path / "cache" / "nodes").exists()  # nothing trained or cached
+
+
+def test_a_folder_of_text_files_gives_topics_by_sub_folder_and_a_loose_file_its_own(tmp_path: Path) -> None:
+    root = tmp_path / "corpus"
+    for topic in ("cooking", "sailing"):
+        (root / topic).mkdir(parents=True)
+        for i in range(6):
+            (root / topic / f"{i}.txt").write_text(f"{topic} text number {i}. " * 20, encoding="utf-8")
+    (root / "notes.txt").write_text("a loose file is a topic of its own. " * 20)
+    (root / "ignored.md").write_text("not text")
+    cfg = DataConfig(task="lm", dataset="text", root=root, seq_len=16, doc_chars=200)
+    data = load_dataset(cfg, tmp_path / "cache")
+    assert len(set(data.topics.tolist())) == 3  # cooking, sailing, notes (the .md is not read)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="gave 0 non-empty documents"):
+        load_dataset(DataConfig(task="lm", dataset="text", root=empty), tmp_path / "cache")
