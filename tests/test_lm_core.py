@@ -215,3 +215,27 @@ def test_a_folder_of_text_files_gives_topics_by_sub_folder_and_a_loose_file_its_
     empty.mkdir()
     with pytest.raises(ConfigError, match="gave 0 non-empty documents"):
         load_dataset(DataConfig(task="lm", dataset="text", root=empty), tmp_path / "cache")
+
+
+def test_miniplm_keeps_the_documents_the_teacher_knows_best_and_the_transfer_runs_on_them(tmp_path: Path) -> None:
+    from raykd.experiment import run_trial, transfer_rows
+    from raykd.lm.miniplm import top_documents
+    from raykd.nodes import load_node, prepare
+    from tests.conftest import lm_raw
+
+    documents = np.array([0, 0, 1, 2, 2, 2, 3])
+    rows = np.arange(7)
+    assert top_documents(rows, documents, {0: 0.5, 1: -1.0, 2: 2.0, 3: 0.0}, 0.5).tolist() == [0, 1, 3, 4, 5]
+    raw = lm_raw(tmp_path, tmp_path / "cache")
+    raw["transfer"]["miniplm"] = 0.5
+    cfg = validate_config(raw)
+    setup = prepare(cfg, 0)
+    load = lambda node: load_node(cfg, setup, node, 0)  # noqa: E731
+    cut = transfer_rows(cfg, setup, load, load(0))
+    for before, after in ((setup.nodes[0].train, cut.nodes[0].train), (setup.splits.pool, cut.splits.pool)):
+        kept, had = set(setup.dataset.documents[after]), set(setup.dataset.documents[before])
+        assert kept < had and len(kept) == max(1, round(0.5 * len(had)))  # half of the documents, whole ones
+    assert np.array_equal(cut.splits.val, setup.splits.val)  # evaluation splits untouched
+    assert run_trial(cfg, "kd", {"temperature": 1.0, "alpha": 0.5}, 0)["epoch"] == 1
+    with pytest.raises(Exception, match="transfer.miniplm: selects documents of text"):
+        validate_config({"methods": [{"name": "ce"}], "transfer": {"miniplm": 0.5}})

@@ -96,6 +96,13 @@ class TransferConfig(Section):
         description="local: KD on the student's data; pool: CE on local data, KD on the shared pool; both",
     )
     train: TrainConfig = TrainConfig(epochs=10, lr=3e-3)
+    miniplm: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="lm: keep this fraction of the transfer documents the teacher finds likelier than the student's "
+        "start does (MiniPLM's difference sampling, once before transfer)",
+    )
 
 
 class TeacherConfig(Section):
@@ -278,6 +285,11 @@ class ExperimentConfig(Section):
             raise ValueError(
                 f"methods: {sample_level} learns per sample in its prepare step and distils classifiers only; "
                 f"allowed for data.task lm: every method but {', '.join(SAMPLE_LEVEL)}"
+            )
+        if self.transfer.miniplm is not None and not lm:
+            raise ValueError(
+                "transfer.miniplm: selects documents of text; allowed: unset, or data.task lm (for classes, the "
+                "miniplm method row)"
             )
         on_policy = any(max(getattr(m, "on_policy", [0])) > 0 for m in self.methods)
         if on_policy and not lm:
