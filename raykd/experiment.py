@@ -39,6 +39,7 @@ from raykd.engine import (
     seed_everything,
     token_scores,
 )
+from raykd.lm.hf import save_pretrained
 from raykd.lm.miniplm import difference_sampled
 from raykd.lm.onpolicy import OnPolicyBatches
 from raykd.nodes import Setup, load_node, prepare
@@ -272,6 +273,7 @@ def save_trial_student(
         metrics=kept,
         **lm_info(data),
     )
+    save_pretrained(model, path)  # a transformers student: also a save_pretrained folder beside the file
 
 
 def lm_info(data: Dataset) -> dict[str, Any]:

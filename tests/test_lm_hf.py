@@ -110,3 +110,26 @@ def test_smollm2_from_its_wheel_is_a_real_teacher(tmp_path: Path) -> None:
     assert data.num_classes == 49152
     _, nll = token_scores(load_causal_lm("gguf:smollm2", "test"), data.test_x[:16], data.test_y[:16], batch_size=8)
     assert torch.exp(torch.tensor(nll)) < 40
+
+
+def test_a_transformers_student_is_also_saved_as_its_own_folder(tmp_path: Path, hf_folder: Path) -> None:
+    """An hf: student, distilled from a gpt teacher, comes out as a raykd student file and a save_pretrained folder
+    that transformers loads with no raykd, giving the same logits."""
+    from transformers import AutoModelForCausalLM
+
+    import raykd
+
+    raw = _raw(tmp_path, hf_folder)
+    raw["nodes"]["models"] = {0: {"name": f"hf:{hf_folder}"}, 1: {"name": "gpt", "width": 16, "depth": 1}}
+    cfg = validate_config(raw)
+    student = tmp_path / "student.pt"
+    run_trial(cfg, "kd", {"temperature": 1.0, "alpha": 0.5}, 0, save_to=student)
+    folder = student.with_suffix(".hf")
+    assert (folder / "config.json").is_file() and not list(tmp_path.glob("*.partial"))
+    ids = torch.randint(0, 40, (2, 16))
+    ours = raykd.load_student(student)(ids)
+    theirs = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()(input_ids=ids).logits
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert not torch.allclose(
+        ours, raykd.load_student(student).model.__class__.from_pretrained(hf_folder)(input_ids=ids).logits, atol=1e-5
+    )  # it trained

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,25 @@ def load_tokenizer(name: str) -> Any:
     except Exception as err:  # noqa: BLE001 - as above
         raise ConfigError(f"data.tokenizer: {name!r} has no usable tokenizer ({type(err).__name__})") from None
     return tokenizer.backend_tokenizer
+
+
+def pretrained_folder(student: Path) -> Path:
+    """Where a ``transformers`` student file's own ``save_pretrained`` folder lies: beside it, ``.hf``."""
+    return student.with_suffix(".hf")
+
+
+def save_pretrained(model: nn.Module, student: Path) -> None:
+    """A ``transformers`` student also as its own folder (``AutoModelForCausalLM.from_pretrained`` loads it with no
+    raykd), written whole or not at all; other models have none."""
+    inner = getattr(model, "module", model)  # a DDP-wrapped learner's model
+    if not isinstance(inner, CausalLM):
+        return
+    folder = pretrained_folder(student)
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    inner.model.save_pretrained(partial)
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
 
 
 def content_digest(name: str, field: str) -> str:
