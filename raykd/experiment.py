@@ -39,6 +39,8 @@ from raykd.engine import (
     seed_everything,
     token_scores,
 )
+from raykd.lm.hf import save_pretrained
+from raykd.lm.miniplm import difference_sampled
 from raykd.lm.onpolicy import OnPolicyBatches
 from raykd.nodes import Setup, load_node, prepare
 from raykd.students import save_student
@@ -157,6 +159,15 @@ def transfer_batches(cfg: ExperimentConfig, setup: Setup, seed: int, rank: int =
     )
 
 
+def transfer_rows(cfg: ExperimentConfig, setup: Setup, load: LoadNode, student: nn.Module) -> Setup:
+    """The setup whose rows the transfer draws: as drawn, or cut to the documents the teacher knows best
+    (``transfer.miniplm``, MiniPLM's difference sampling against the student's start)."""
+    if cfg.transfer.miniplm is None:
+        return setup
+    teachers = [load(n) for n in cfg.transfer.teachers]
+    return difference_sampled(setup, cfg.transfer.student, teachers, student, cfg.transfer.miniplm)
+
+
 class EpochReports:
     """``fit``'s per-epoch hook: times the epoch, evaluates the student, reports; keeps the last report."""
 
@@ -215,7 +226,7 @@ def run_trial(
         frozen = teachers if method.teachers == "frozen" else []
         initial = student_id if method.uses_initial_student else None
         trainable, references = [wrap(student)], source.references(frozen, initial, load)
-    transfer = transfer_batches(cfg, setup, seed, rank, world)
+    transfer = transfer_batches(cfg, transfer_rows(cfg, setup, load, student), seed, rank, world)
     batches: Batches = transfer
     if getattr(method, "on_policy", 0) > 0:  # GKD's lambda: part of each batch is the student's own text
         batches = OnPolicyBatches(transfer, student, method.on_policy, seed)  # type: ignore[attr-defined]
@@ -262,6 +273,7 @@ def save_trial_student(
         metrics=kept,
         **lm_info(data),
     )
+    save_pretrained(model, path)  # a transformers student: also a save_pretrained folder beside the file
 
 
 def lm_info(data: Dataset) -> dict[str, Any]:

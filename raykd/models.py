@@ -18,6 +18,7 @@ from torch import nn
 from raykd.config import ModelSpec
 from raykd.errors import ConfigError
 from raykd.files import last_line
+from raykd.lm.hf import is_pretrained, load_causal_lm
 from raykd.references import is_reference, resolve
 
 InputShape = tuple[int, ...]
@@ -129,7 +130,9 @@ def build_model(
     (batch, seq_len, classes). Only the architecture: weights named by ``checkpoint``/``init`` are loaded by
     raykd.nodes.
     """
-    if is_reference(spec.name):
+    if is_pretrained(spec.name):
+        model = _pretrained_model(spec, field, tokens)
+    elif is_reference(spec.name):
         model = _user_model(spec, shape, classes, field)
     elif spec.name in REGISTRY:
         model = _registry_model(spec, shape, classes, field, tokens)
@@ -146,7 +149,7 @@ def build_model(
     else:
         raise ConfigError(
             f"{field}.name = {spec.name!r}: unknown model {spec.name!r}; allowed: {', '.join(REGISTRY)}, "
-            "a torchvision model name, or package.module:callable"
+            "a torchvision model name, package.module:callable, or (text) hf:FOLDER / gguf:FILE"
         )
     _check_output(model, spec.name, shape, classes, field, tokens)
     return model
@@ -174,6 +177,15 @@ def _registry_model(spec: ModelSpec, shape: InputShape, classes: int, field: str
         return builder(shape, classes, spec.width, spec.depth, **spec.kwargs)
     except ValueError as err:
         raise ConfigError(f"{field}: {spec.name!r}: {err}") from None
+
+
+def _pretrained_model(spec: ModelSpec, field: str, tokens: bool) -> nn.Module:
+    """A pre-trained causal LM from local files (``raykd.lm.hf``): text only, and its architecture is its own."""
+    if not tokens:
+        raise ConfigError(f"{field}.name = {spec.name!r}: a language model; allowed with data.task lm only")
+    if spec.width is not None or spec.depth is not None or spec.kwargs:
+        raise ConfigError(f"{field}: {spec.name!r} is pre-trained; its architecture is its own (no width/depth/kwargs)")
+    return load_causal_lm(spec.name, f"{field}.name")
 
 
 def _user_model(spec: ModelSpec, shape: InputShape, classes: int, field: str) -> nn.Module:

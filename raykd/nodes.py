@@ -31,11 +31,14 @@ from raykd.data.documents import document_nodes, document_splits
 from raykd.engine import TransferBatches, accuracy, fit, pick_device, seed_everything, token_scores
 from raykd.errors import ConfigError
 from raykd.files import cached, file_digest, held_writes, read_checked
+from raykd.lm.hf import content_digest, is_pretrained
 from raykd.methods.ce import CrossEntropy
 from raykd.models import InputShape, build_model
 from raykd.students import fit_weights, read_weights
 
 CACHE_FORMAT = 3  # 3: entries carry a SHA-256 beside them
+#: Weights used as they are (a checkpoint file, or a pre-trained hf:/gguf: model): such a node is evaluated only.
+FROZEN_STARTS = ("checkpoint", "pretrained")
 #: A file changed this recently may change again within the clock's resolution: hash it every time.
 RACY_SECONDS = 2.0
 _digests: dict[tuple[str, int, int, int], str] = {}
@@ -126,13 +129,17 @@ def node_key(cfg: ExperimentConfig, node: int, seed: int) -> str:
         "node": node,
         "model": spec.model_dump(mode="json", exclude={"checkpoint", "init"}),
         "weights": [start, weights_digest(path) if path else None],
-        "train": None if start == "checkpoint" else cfg.nodes.train.model_dump(mode="json"),
+        "pretrained": content_digest(spec.name, node_field(cfg, node)) if start == "pretrained" else None,
+        "train": None if start in FROZEN_STARTS else cfg.nodes.train.model_dump(mode="json"),
     }
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def weights_start(spec: ModelSpec) -> tuple[str, Path | None]:
-    """Where a node's weights start: ("checkpoint", file), ("init", file) or ("scratch", None)."""
+    """Where a node's weights start: ("checkpoint", file), ("init", file), ("pretrained", None) for an ``hf:`` or
+    ``gguf:`` model (its weights come with it) or ("scratch", None)."""
+    if is_pretrained(spec.name) and spec.checkpoint is None and spec.init is None:
+        return "pretrained", None
     if spec.checkpoint is not None:
         return "checkpoint", spec.checkpoint
     return ("init", spec.init) if spec.init is not None else ("scratch", None)
@@ -198,7 +205,7 @@ def train_node(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> dic
     model = model.to(pick_device(cfg.tune.gpus_per_trial))
     start, path = weights_start(spec)
     started = time.perf_counter()
-    if start != "checkpoint":
+    if start not in FROZEN_STARTS:
         augment = build_augment(cfg.data.augment, seed + node)
         batches = TransferBatches(
             data.train_x, data.train_y, local.train, None, budget.batch_size, False, seed + node, augment

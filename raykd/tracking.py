@@ -38,6 +38,7 @@ from ray.tune.utils import flatten_dict
 from raykd.cluster import NODE_ID
 from raykd.errors import ConfigError
 from raykd.files import LOCK_WAIT_S, last_line, lock_file, write_atomic
+from raykd.lm.hf import pretrained_folder
 from raykd.students import load_student, read_student
 
 DEFAULT_STORE = "mlflow.db"
@@ -214,6 +215,8 @@ def log_student_model(name: str, path: Path) -> None:
         model, name=name, input_example=example, pip_requirements=requirements, serialization_format="pickle"
     )
     mlflow.log_artifact(str(path), artifact_path=f"students/{name}")
+    if pretrained_folder(path).is_dir():  # a transformers student: its save_pretrained folder too
+        mlflow.log_artifacts(str(pretrained_folder(path)), artifact_path=f"students/{name}/hf")
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from raykd.data.documents import document_nodes, document_splits
 from raykd.data.text import PAD_TARGET, paragraphs, sequences
 from raykd.data.tokenizers import ByteTokenizer, bpe, tokenizer_from_record, tokenizer_record
 from raykd.engine import Batch, References, TransferBatches, fit, rows, token_scores
+from raykd.errors import ConfigError
 from raykd.lm.gpt import gpt
 from raykd.lm.onpolicy import OnPolicyBatches
 from raykd.methods.base import UNLABELLED, Method, StepLogits
@@ -185,7 +186,6 @@ def test_token_scores_count_real_positions_only() -> None:
 
 
 def test_a_checkpoint_made_for_another_vocabulary_is_one_line_before_any_work(tmp_path: Path) -> None:
-    from raykd.errors import ConfigError
     from raykd.nodes import dataset_of
     from tests.conftest import lm_raw
 
@@ -198,3 +198,44 @@ def test_a_checkpoint_made_for_another_vocabulary_is_one_line_before_any_work(tm
     assert str(refused.value).startswith(f"nodes.models.1.checkpoint: {other} does not fit the model: key ")
     assert "is (300, 32) in the file but (257, 32) in the model" in str(refused.value)
     assert not (tmp_path / "cache" / "nodes").exists()  # nothing trained or cached
+
+
+def test_a_folder_of_text_files_gives_topics_by_sub_folder_and_a_loose_file_its_own(tmp_path: Path) -> None:
+    root = tmp_path / "corpus"
+    for topic in ("cooking", "sailing"):
+        (root / topic).mkdir(parents=True)
+        for i in range(6):
+            (root / topic / f"{i}.txt").write_text(f"{topic} text number {i}. " * 20, encoding="utf-8")
+    (root / "notes.txt").write_text("a loose file is a topic of its own. " * 20)
+    (root / "ignored.md").write_text("not text")
+    cfg = DataConfig(task="lm", dataset="text", root=root, seq_len=16, doc_chars=200)
+    data = load_dataset(cfg, tmp_path / "cache")
+    assert len(set(data.topics.tolist())) == 3  # cooking, sailing, notes (the .md is not read)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="gave 0 non-empty documents"):
+        load_dataset(DataConfig(task="lm", dataset="text", root=empty), tmp_path / "cache")
+
+
+def test_miniplm_keeps_the_documents_the_teacher_knows_best_and_the_transfer_runs_on_them(tmp_path: Path) -> None:
+    from raykd.experiment import run_trial, transfer_rows
+    from raykd.lm.miniplm import top_documents
+    from raykd.nodes import load_node, prepare
+    from tests.conftest import lm_raw
+
+    documents = np.array([0, 0, 1, 2, 2, 2, 3])
+    rows = np.arange(7)
+    assert top_documents(rows, documents, {0: 0.5, 1: -1.0, 2: 2.0, 3: 0.0}, 0.5).tolist() == [0, 1, 3, 4, 5]
+    raw = lm_raw(tmp_path, tmp_path / "cache")
+    raw["transfer"]["miniplm"] = 0.5
+    cfg = validate_config(raw)
+    setup = prepare(cfg, 0)
+    load = lambda node: load_node(cfg, setup, node, 0)  # noqa: E731
+    cut = transfer_rows(cfg, setup, load, load(0))
+    for before, after in ((setup.nodes[0].train, cut.nodes[0].train), (setup.splits.pool, cut.splits.pool)):
+        kept, had = set(setup.dataset.documents[after]), set(setup.dataset.documents[before])
+        assert kept < had and len(kept) == max(1, round(0.5 * len(had)))  # half of the documents, whole ones
+    assert np.array_equal(cut.splits.val, setup.splits.val)  # evaluation splits untouched
+    assert run_trial(cfg, "kd", {"temperature": 1.0, "alpha": 0.5}, 0)["epoch"] == 1
+    with pytest.raises(Exception, match="transfer.miniplm: selects documents of text"):
+        validate_config({"methods": [{"name": "ce"}], "transfer": {"miniplm": 0.5}})

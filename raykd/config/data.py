@@ -63,8 +63,8 @@ class DataConfig(Section):
     seq_len: int = Field(64, ge=2, le=8192, description="lm: tokens per training sequence (the model's context)")
     tokenizer: str = Field(
         "byte",
-        description="lm: byte (UTF-8 bytes, vocab 257), bpe (trained on the training text), or a "
-        "tokenizer.json file/folder",
+        description="lm: byte (UTF-8 bytes, vocab 257), bpe (trained on the training text), a pre-trained model's "
+        "own (hf:FOLDER, gguf:FILE, gguf:smollm2), or a tokenizer.json file/folder",
     )
     vocab_size: int = Field(1024, ge=260, le=65536, description="lm, tokenizer bpe: vocabulary size to train")
     doc_chars: int = Field(2000, ge=100, description="lm: long texts are cut at paragraphs into documents this long")

@@ -36,7 +36,8 @@ class ModelSpec(Section):
     """
 
     name: str = Field(
-        description="registry name (mlp, cnn1d, cnn2d, resnet), a torchvision model, or package.module:callable"
+        description="registry name (mlp, cnn1d, cnn2d, resnet, gpt), a torchvision model, package.module:callable, "
+        "or a pre-trained causal LM from local files: hf:FOLDER, gguf:FILE, gguf:smollm2"
     )
     width: int | None = Field(None, gt=0, description="channels / hidden units (model default if unset)")
     depth: int | None = Field(None, gt=0, description="layers (mlp) or ResNet depth 6n+2 (resnet)")
@@ -95,6 +96,13 @@ class TransferConfig(Section):
         description="local: KD on the student's data; pool: CE on local data, KD on the shared pool; both",
     )
     train: TrainConfig = TrainConfig(epochs=10, lr=3e-3)
+    miniplm: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="lm: keep this fraction of the transfer documents the teacher finds likelier than the student's "
+        "start does (MiniPLM's difference sampling, once before transfer)",
+    )
 
 
 class TeacherConfig(Section):
@@ -277,6 +285,11 @@ class ExperimentConfig(Section):
             raise ValueError(
                 f"methods: {sample_level} learns per sample in its prepare step and distils classifiers only; "
                 f"allowed for data.task lm: every method but {', '.join(SAMPLE_LEVEL)}"
+            )
+        if self.transfer.miniplm is not None and not lm:
+            raise ValueError(
+                "transfer.miniplm: selects documents of text; allowed: unset, or data.task lm (for classes, the "
+                "miniplm method row)"
             )
         on_policy = any(max(getattr(m, "on_policy", [0])) > 0 for m in self.methods)
         if on_policy and not lm:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from raykd.errors import ConfigError
 from raykd.files import cached
+from raykd.lm.hf import is_pretrained, load_tokenizer
 
 EOS_TEXT = "<|endoftext|>"
 
@@ -112,11 +113,14 @@ def from_file(path: Path) -> HFTokenizer:
 
 
 def build_tokenizer(spec: str, vocab_size: int, train_texts: list[str], cache_dir: Path) -> Tokenizer:
-    """``byte``, ``bpe`` (trained on ``train_texts``) or a path to a user's tokenizer."""
+    """``byte``, ``bpe`` (trained on ``train_texts``), a pre-trained model's (``hf:``/``gguf:``) or a path to a
+    user's tokenizer."""
     if spec == "byte":
         return ByteTokenizer()
     if spec == "bpe":
         return bpe(train_texts, vocab_size, cache_dir)
+    if is_pretrained(spec):  # a pre-trained teacher's own vocabulary, shared by its students
+        return HFTokenizer(load_tokenizer(spec), spec)
     return from_file(Path(spec))
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 
 from raykd.config import ExperimentConfig, cell_key
 from raykd.files import safe_component
+from raykd.lm.hf import pretrained_folder
 from raykd.students import read_student
 
 TRIALS = ".trials"
@@ -54,6 +55,9 @@ def keep_chosen(cfg: ExperimentConfig, out: Path, best: pd.DataFrame) -> dict[st
                 target = chosen_student(out, cell, label, seed)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 source.replace(target)
+                if pretrained_folder(source).is_dir():  # a transformers student's save_pretrained folder
+                    shutil.rmtree(pretrained_folder(target), ignore_errors=True)
+                    pretrained_folder(source).replace(pretrained_folder(target))
                 kept.setdefault(row_name(cell, label), []).append(target)
     shutil.rmtree(out / "students" / TRIALS, ignore_errors=True)
     return kept
