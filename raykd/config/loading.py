@@ -179,8 +179,9 @@ def describe_error(err: ValidationError) -> str:
     """The first validation error as one line: ``field.path = value: what is allowed``."""
     first = err.errors()[0]
     loc = list(first["loc"])
-    if loc[:1] == ["methods"]:  # a row's discriminator tags follow its index; elsewhere a key may share a method's
-        tags = next((i for i, p in enumerate(loc[2:], 2) if not is_method_tag(p)), len(loc))  # name (transfer.miniplm)
+    if loc[:1] == ["methods"]:
+        # a row's discriminator tags follow its index; elsewhere a key may share a method's name (transfer.miniplm)
+        tags = next((i for i, p in enumerate(loc[2:], 2) if not is_method_tag(p)), len(loc))
         loc = loc[:2] + loc[tags:]
     if loc[:1] == ["methods"] and len(loc) > 3 and isinstance(loc[-1], int):
         loc = loc[:-1]  # a knob's grid position: the value shown identifies it
