@@ -27,7 +27,7 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -198,7 +198,7 @@ def stored_rows(logits: Tensor, teacher: TeacherConfig) -> np.ndarray:
     return logits.to(getattr(torch, teacher.dtype)).numpy()
 
 
-def cache_identity(cfg: ExperimentConfig) -> dict:
+def cache_identity(cfg: ExperimentConfig) -> dict[str, Any]:
     """What the cached logits depend on besides the teacher's weights: the data's settings (text: all of them,
     tokenizer and seq_len included, and the corpus's content)."""
     if cfg.data.task == "lm":
