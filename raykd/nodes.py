@@ -216,14 +216,21 @@ def train_node(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> dic
         "seed": seed,
         "train_samples": len(local.train),
         "local_val_acc": accuracy(model, data.train_x[local.val], data.train_y[local.val]),
-        "test_acc": accuracy(model, data.test_x, data.test_y),
-        **({"test_ppl": math.exp(token_scores(model, data.test_x, data.test_y)[1])} if data.tokens else {}),
+        **test_scores(model, data),
         "train_seconds": time.perf_counter() - started,
         "weights_from": start,
         "weights_file": str(path) if path else None,
         "weights_digest": weights_digest(path) if path else None,
     }
     return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "meta": meta}
+
+
+def test_scores(model: nn.Module, data: Dataset) -> dict[str, float]:
+    """A node's test accuracy and, for a language model, its test perplexity: one pass over the test split."""
+    if not data.tokens:
+        return {"test_acc": accuracy(model, data.test_x, data.test_y)}
+    acc, nll = token_scores(model, data.test_x, data.test_y)
+    return {"test_acc": acc, "test_ppl": math.exp(nll)}
 
 
 def _load_record(path: Path) -> dict[str, Any]:

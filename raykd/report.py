@@ -137,17 +137,19 @@ def settings_markdown(settings: pd.DataFrame, knobs: list[str], select_on: str, 
     return markdown(rows)
 
 
+def start_column(r: pd.Series, units: Units) -> dict[str, str]:
+    """The student's score before transfer: its test perplexity, or its test accuracy in %."""
+    if units is NATS:
+        return {"start ppl": f"{r['test_ppl_before']:.2f}"}
+    return {"start acc %": pct(r["test_acc_before"], r["test_acc_before_std"])}
+
+
 def summary_markdown(best: pd.DataFrame, knobs: list[str], select_on: str, units: Units = ACCURACY) -> str:
-    start = (
-        {"start ppl": lambda r: f"{r['test_ppl_before']:.2f}"}
-        if units is NATS
-        else {"start acc %": lambda r: pct(r["test_acc_before"], r["test_acc_before_std"])}
-    )
     rows = [
         {
             "method": r["label"],
             "setting": _setting(r, knobs) + (f" (best of {r['settings_tried']} on {select_on})" if r["tuned"] else ""),
-            **{name: show(r) for name, show in start.items()},
+            **start_column(r, units),
             **quality(r, units),
             "wall s/trial": f"{r['wall_s']:.1f}" if pd.notna(r.get("wall_s")) else "-",
         }

@@ -49,8 +49,8 @@ class ByteTokenizer:
 class HFTokenizer:
     """A Hugging Face ``tokenizers.Tokenizer``; its end-of-text id is ``<|endoftext|>``'s, else its last id."""
 
-    def __init__(self, tokenizer: Any, spec: str) -> None:
-        self.tokenizer, self.spec = tokenizer, spec
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
         self.vocab_size = tokenizer.get_vocab_size()
         ends = (tokenizer.token_to_id(t) for t in (EOS_TEXT, "</s>", "<|im_end|>"))
         end = next((i for i in ends if i is not None), None)
@@ -97,7 +97,7 @@ def bpe(texts: list[str], vocab_size: int, cache_dir: Path) -> HFTokenizer:
         lambda: _train_bpe(texts, vocab_size),
         lambda tmp, tok: tok.save(str(tmp)),
     )
-    return HFTokenizer(raw, f"bpe:{vocab_size}")
+    return HFTokenizer(raw)
 
 
 def from_file(path: Path) -> HFTokenizer:
@@ -107,7 +107,7 @@ def from_file(path: Path) -> HFTokenizer:
     if not file.is_file():
         raise ConfigError(f"data.tokenizer: {path} is not a tokenizer.json file or a folder holding one")
     try:
-        return HFTokenizer(tokenizers.Tokenizer.from_file(str(file)), str(file))
+        return HFTokenizer(tokenizers.Tokenizer.from_file(str(file)))
     except Exception as err:  # noqa: BLE001 - a malformed file fails in the Rust parser: one line
         raise ConfigError(f"data.tokenizer: {file} is not a tokenizers file ({type(err).__name__}: {err})") from None
 
@@ -120,7 +120,7 @@ def build_tokenizer(spec: str, vocab_size: int, train_texts: list[str], cache_di
     if spec == "bpe":
         return bpe(train_texts, vocab_size, cache_dir)
     if is_pretrained(spec):  # a pre-trained teacher's own vocabulary, shared by its students
-        return HFTokenizer(load_tokenizer(spec), spec)
+        return HFTokenizer(load_tokenizer(spec))
     return from_file(Path(spec))
 
 
@@ -136,4 +136,4 @@ def tokenizer_from_record(record: dict[str, str]) -> Tokenizer:
     if record.get("tokenizer") == "byte":
         return ByteTokenizer()
     tokenizers = _tokenizers_module()
-    return HFTokenizer(tokenizers.Tokenizer.from_str(record["tokenizer_json"]), "json")
+    return HFTokenizer(tokenizers.Tokenizer.from_str(record["tokenizer_json"]))

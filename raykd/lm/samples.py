@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from raykd.data.tokenizers import Tokenizer, tokenizer_from_record
 from raykd.lm.generate import greedy_text
@@ -19,11 +20,15 @@ def student_tokenizer(path: Path) -> Tokenizer:
     return tokenizer_from_record(info)
 
 
+def loaded(path: Path) -> tuple[nn.Module, Tokenizer, int]:
+    """A language-model student file's model, tokenizer and context (its sequence length), read once."""
+    return load_student(path), student_tokenizer(path), read_student(path)["input_shape"][0]
+
+
 def generate(path: str | Path, prompt: str, new_tokens: int = 60) -> str:
     """The greedy continuation of ``prompt`` by the language-model student saved at ``path``."""
-    path = Path(path)
-    tokenizer, record = student_tokenizer(path), read_student(path)
-    return greedy_text(load_student(path), tokenizer, prompt, new_tokens, context=record["input_shape"][0])
+    model, tokenizer, context = loaded(Path(path))
+    return greedy_text(model, tokenizer, prompt, new_tokens, context)
 
 
 def prompts(test_x: torch.Tensor, tokenizer: Tokenizer, count: int = 2, length: int = 32) -> list[str]:
@@ -38,11 +43,12 @@ def samples_section(students: dict[str, Path], test_x: torch.Tensor, new_tokens:
     """A Markdown section: each prompt continued greedily by each row's chosen student, side by side."""
     if not students:
         return ""
-    tokenizer = student_tokenizer(next(iter(students.values())))
+    models = {name: loaded(path) for name, path in students.items()}  # one read of each file
     lines = ["\n## Samples (greedy, from each row's chosen student)\n"]
-    for prompt in prompts(test_x, tokenizer):
+    for prompt in prompts(test_x, next(iter(models.values()))[1]):
         lines.append(f"\nPrompt: `{_one_line(prompt)}`\n\n| method | continuation |\n|---|---|")
-        lines += [f"| {name} | `{_one_line(generate(path, prompt, new_tokens))}` |" for name, path in students.items()]
+        for name, (model, tokenizer, context) in models.items():
+            lines.append(f"| {name} | `{_one_line(greedy_text(model, tokenizer, prompt, new_tokens, context))}` |")
     return "\n".join(lines) + "\n"
 
 
