@@ -17,12 +17,27 @@ from flwr.common.constant import ErrorCode
 from ray import cloudpickle
 from torch import set_num_threads
 
-from federated.task import DIVERGED, client_accuracy, client_update, settings
+from federated.task import DIVERGED, client_scores, client_update, for_strategy, settings
 from raykd.config import ExperimentConfig
 from raykd.engine import NonFiniteLoss
 from raykd.errors import ConfigError, InjectedFault
 
 PRIVATE = "fml-private"
+#: The ConfigRecord key naming the strategy a message belongs to (``federated.compare`` runs several in turn).
+STRATEGY = "strategy"
+#: The ConfigRecord key naming the simulation's TeacherServer actor (kd with a served ``federated.teacher``).
+TEACHER = "teacher-actor"
+
+
+def experiment_of(msg: Message, context: Context, experiment: ExperimentConfig | None) -> ExperimentConfig:
+    """The experiment as the message's strategy runs it."""
+    cfg = settings(context.run_config, experiment)
+    return for_strategy(cfg, str(msg.content["config"].get(STRATEGY, cfg.federated.strategy)))
+
+
+def private_key(cfg: ExperimentConfig) -> str:
+    """Where a client's private model lives in its ``Context.state``: one per compared strategy."""
+    return f"{PRIVATE}-{cfg.federated.strategy}" if cfg.federated.compare else PRIVATE
 
 
 def node_of(context: Context, cfg: ExperimentConfig) -> int:
@@ -38,32 +53,34 @@ def node_of(context: Context, cfg: ExperimentConfig) -> int:
 
 def train(msg: Message, context: Context, experiment: ExperimentConfig | None) -> Message:
     """One client's training round: the global model in, the local update (and its own timings) out."""
-    cfg = settings(context.run_config, experiment)
+    cfg = experiment_of(msg, context, experiment)
     node, server_round = node_of(context, cfg), int(msg.content["config"]["server-round"])
     f = cfg.federated
     if node == f.fail_client and (not f.fail_rounds or server_round in f.fail_rounds):
         raise InjectedFault(f"client {node}: injected fault in round {server_round} (federated.fail_client)")
     set_num_threads(max(1, int(f.client_cpus)))
-    private = context.state.array_records.get(PRIVATE)
+    private = context.state.array_records.get(private_key(cfg))
     wall, cpu = perf_counter(), process_time()
     try:
-        sent, kept, metrics = client_update(cfg, node, server_round, msg.content["arrays"], private)
+        served = msg.content["config"].get(TEACHER)
+        sent, kept, metrics = client_update(cfg, node, server_round, msg.content["arrays"], private, served)
     except NonFiniteLoss as err:  # a diverged update is a result to report, not a crash to trace back
         return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{DIVERGED} {err}"), reply_to=msg)
     timing = {"train_s": perf_counter() - wall, "train_cpu_s": process_time() - cpu}
     if kept is not None:
-        context.state[PRIVATE] = kept
+        context.state[private_key(cfg)] = kept
     reply = RecordDict({"arrays": sent, "metrics": MetricRecord({**metrics, **timing, "partition-id": node})})
     return Message(reply, reply_to=msg)
 
 
 def evaluate(msg: Message, context: Context, experiment: ExperimentConfig | None) -> Message:
-    """One client's evaluation: the accuracy, on its validation split, of the model it would use."""
-    cfg = settings(context.run_config, experiment)
+    """One client's evaluation: the scores (accuracy; text: perplexity), on its validation split, of the model it
+    would use."""
+    cfg = experiment_of(msg, context, experiment)
     node = node_of(context, cfg)
-    acc = client_accuracy(cfg, node, msg.content["arrays"], context.state.array_records.get(PRIVATE))
+    found = client_scores(cfg, node, msg.content["arrays"], context.state.array_records.get(private_key(cfg)))
     return Message(
-        RecordDict({"metrics": MetricRecord({"acc": acc, "partition-id": node, "num-examples": 1})}), reply_to=msg
+        RecordDict({"metrics": MetricRecord({**found, "partition-id": node, "num-examples": 1})}), reply_to=msg
     )
 
 

@@ -16,8 +16,9 @@ from matplotlib.figure import Figure  # noqa: E402
 from torch import nn  # noqa: E402
 
 from federated.strategy import LISTED_CLIENTS, RoundLog  # noqa: E402
-from federated.task import private_model_path, setup_of  # noqa: E402
+from federated.task import private_folder, setup_of  # noqa: E402
 from raykd.config import ExperimentConfig  # noqa: E402
+from raykd.experiment import lm_info  # noqa: E402
 from raykd.files import write_atomic  # noqa: E402
 from raykd.students import save_student  # noqa: E402
 from raykd.tracking import log_simulation, resolve_uri  # noqa: E402
@@ -34,8 +35,13 @@ def spread(name: str, per_client: dict[int, float]) -> dict[str, float | None]:
     return {f"{name}_max": max(values, default=None), f"{name}_sum": sum(values) if values else None}
 
 
-def table(history: dict[str, list[RoundLog]]) -> pd.DataFrame:
-    """One row per (start point, round), accuracies in [0, 1], one column per client.
+def mean(values: dict[int, float]) -> float | None:
+    return sum(values.values()) / len(values) if values else None
+
+
+def table(history: dict[str, list[RoundLog]], text: bool = False) -> pd.DataFrame:
+    """One row per (run: start point or compared strategy, round), accuracies in [0, 1], one column per client; a
+    text's (``text``) perplexities beside them. Bytes: each way, and what a served kd teacher sent (``teacher_bytes``).
 
     Timing columns (seconds): the round's server-side phases, and the max and sum over clients of the
     local training time each client measured (wall and CPU).
@@ -48,7 +54,8 @@ def table(history: dict[str, list[RoundLog]]) -> pd.DataFrame:
                     "start": start or "-",
                     "round": r.round,
                     "test_acc": r.test_acc,
-                    "mean_client_acc": sum(r.client_acc.values()) / len(r.client_acc) if r.client_acc else None,
+                    "mean_client_acc": mean(r.client_acc),
+                    **({"test_ppl": r.test_ppl, "mean_client_ppl": mean(r.client_ppl)} if text else {}),
                     "sampled": r.sampled,
                     "evaluated": r.evaluated,
                     "succeeded": r.succeeded,
@@ -58,6 +65,7 @@ def table(history: dict[str, list[RoundLog]]) -> pd.DataFrame:
                     "skipped": r.skipped,
                     "bytes_down": r.bytes_down,
                     "bytes_up": r.bytes_up,
+                    "teacher_bytes": r.teacher_bytes,
                     "train_loss": r.train_loss,
                     "round_s": r.round_s,
                     "train_phase_s": r.train_phase_s,
@@ -65,6 +73,7 @@ def table(history: dict[str, list[RoundLog]]) -> pd.DataFrame:
                     **spread("client_train_s", r.client_train_s),
                     **spread("client_train_cpu_s", r.client_train_cpu_s),
                     **{f"client{c}_acc": a for c, a in sorted(r.client_acc.items())},
+                    **{f"client{c}_ppl": a for c, a in sorted(r.client_ppl.items())},
                 }
             )
     return pd.DataFrame(rows)
@@ -77,18 +86,21 @@ def summary(
     what was lost (``lost``, one line or None), how often Ray restarted a dead client actor, and how many client
     actors each Ray node held (``client_actor_nodes``, by node id)."""
     target = cfg.federated.target_acc
-    out: dict[str, Any] = {"strategy": cfg.federated.strategy, "target_acc": target, "starts": {}}
+    f = cfg.federated
+    out: dict[str, Any] = {"strategy": f.strategy if not f.compare else f.compare, "target_acc": target, "starts": {}}
     out["actor_restarts"], out["client_actor_nodes"] = restarts, nodes or {}
     for start, rounds in history.items():
         out["starts"][start or "-"] = {
             "start_test_acc": rounds[0].test_acc,
             "final_test_acc": rounds[-1].test_acc,
+            **({"final_test_ppl": rounds[-1].test_ppl} if cfg.data.task == "lm" else {}),
             "rounds_to_target": rounds_to_target(rounds, target),
             "failed_clients": sum(r.failed for r in rounds),
             "diverged_clients": sum(r.diverged for r in rounds),
             "skipped_rounds": sum(r.skipped for r in rounds),
             "total_bytes_down": sum(r.bytes_down for r in rounds),
             "total_bytes_up": sum(r.bytes_up for r in rounds),
+            "total_teacher_bytes": sum(r.teacher_bytes for r in rounds),
         }
     starts = out["starts"]
     baseline = starts.get("random", {}).get("rounds_to_target")
@@ -123,14 +135,18 @@ def lost(cfg: ExperimentConfig, history: dict[str, list[RoundLog]]) -> str | Non
 
 
 def figure(rows: pd.DataFrame, cfg: ExperimentConfig) -> Figure:
-    """Global test accuracy against rounds, one line per start point, with the target accuracy."""
+    """Global test accuracy (a text's: perplexity) against rounds, one line per run, with the target accuracy."""
     fig, ax = plt.subplots(figsize=(6, 4))
+    text = "test_ppl" in rows
     for start, part in rows.groupby("start", sort=False):
-        ax.plot(
-            part["round"], 100 * part["test_acc"], marker="o", label=f"{cfg.federated.strategy} {start}".strip(" -")
-        )
-    ax.axhline(100 * cfg.federated.target_acc, color="grey", linestyle=":", label="target")
-    ax.set(xlabel="round", ylabel="global test accuracy (%)", title=f"{cfg.name}: {cfg.data.dataset}")
+        name = str(start) if cfg.federated.compare else f"{cfg.federated.strategy} {start}".strip(" -")
+        ax.plot(part["round"], part["test_ppl"] if text else 100 * part["test_acc"], marker="o", label=name)
+    if text:
+        ax.set(ylabel="global test perplexity (logit-exchange: clients' mean)", yscale="log")
+    else:
+        ax.axhline(100 * cfg.federated.target_acc, color="grey", linestyle=":", label="target")
+        ax.set(ylabel="global test accuracy (%)")
+    ax.set(xlabel="round", title=f"{cfg.name}: {cfg.data.dataset}")
     ax.legend()
     fig.tight_layout()
     return fig
@@ -158,8 +174,8 @@ def _summary_metrics(info: dict[str, Any]) -> dict[str, float]:
 def save_models(
     cfg: ExperimentConfig, out: Path, finals: dict[str, nn.Module], info: dict[str, Any]
 ) -> dict[str, Path]:
-    """The final global model of each start point as a student file (``raykd.load_student``), and FML's private
-    models, which the clients left in ``output_dir``, moved beside them; returns the global models by name."""
+    """The final global model of each run as a student file (``raykd.load_student``), and the private models (fml,
+    logit-exchange) that the clients left in ``output_dir``, moved beside them; returns the global models by name."""
     setup = setup_of(cfg)
     saved = {}
     for start, model in finals.items():
@@ -171,12 +187,13 @@ def save_models(
             cfg.nodes.model,
             setup.dataset.input_shape,
             setup.dataset.num_classes,
-            strategy=cfg.federated.strategy,
+            strategy=start if cfg.federated.compare else cfg.federated.strategy,
             start=start or "-",
             seed=cfg.seeds[0],
-            metrics={"test_acc": numbers["final_test_acc"]},
+            metrics={k.removeprefix("final_"): v for k, v in numbers.items() if k.startswith("final_test")},
+            **lm_info(setup.dataset),
         )
-    private = private_model_path(cfg, 0).parent
+    private = private_folder(cfg)
     if private.is_dir():
         private.replace(out / "private_models")
         if not any(private.parent.iterdir()):
@@ -195,7 +212,7 @@ def record(
     MLflow run (the global model as an MLflow PyTorch model). ``restarts`` and ``nodes``: see ``summary``."""
     run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(cfg.output_dir) / run_name
-    rows, info = table(history), summary(cfg, history, restarts, nodes)
+    rows, info = table(history, cfg.data.task == "lm"), summary(cfg, history, restarts, nodes)
     models = save_models(cfg, out, finals, info)
     write_atomic(out / "rounds.csv", rows.to_csv(index=False))
     write_atomic(out / "summary.json", json.dumps(info, indent=2))

@@ -1,7 +1,7 @@
-"""The Flower ServerApp: start points, one strategy run per start point, then the records.
+"""The Flower ServerApp: strategies and start points, one strategy run for each, then the records.
 
-Consolidation compares three starts (random, averaged, KD-consolidated node models) on the same
-clients within one Flower run, so the three FedAvg runs share one simulation and one Ray start.
+Consolidation compares three starts (random, averaged, KD-consolidated node models) and ``federated.compare``
+several strategies on the same clients within one Flower run, so the runs share one simulation and one Ray start.
 """
 
 from __future__ import annotations
@@ -9,15 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from flwr.app import ArrayRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.superlink.grid import InMemoryGrid
 from torch import nn
 
+from federated.client_app import STRATEGY, TEACHER
 from federated.record import record
 from federated.strategy import FederatedStrategy, RoundLog, ServerStep
 from federated.task import (
     distil_on_pool,
+    for_strategy,
     from_arrays,
     global_model,
     settings,
@@ -45,36 +47,52 @@ def ensemble_distillation(cfg: ExperimentConfig) -> ServerStep:
     return step
 
 
-def run(grid: Grid, cfg: ExperimentConfig) -> Path:
-    """Every start point's rounds, in order; the records (files, final models, MLflow) are written at the end,
-    in the folder returned."""
+def run(grid: Grid, cfg: ExperimentConfig, teacher: str | None = None) -> Path:
+    """Every strategy's and start point's rounds, in order; the records (files, final models, MLflow) are written at
+    the end, in the folder returned. ``teacher``: the name of the TeacherServer actor the clients ask, if any."""
     check_federated(cfg)
     if isinstance(grid, InMemoryGrid):  # the simulation's grid: how often it looks for replies (Flower's 0.1 s)
         grid.pull_interval = cfg.federated.poll_interval
-    step = ensemble_distillation(cfg) if cfg.federated.strategy == "feddf" else None
     history: dict[str, list[RoundLog]] = {}
     finals: dict[str, nn.Module] = {}
-    for start, arrays in starting_points(cfg).items():
-        if start:
-            print(f"start point: {start}", flush=True)
-        strategy = FederatedStrategy(cfg, step)
-        result = strategy.start(
-            grid=grid, initial_arrays=arrays, num_rounds=cfg.federated.rounds, evaluate_fn=strategy.evaluate_global
-        )
-        history[start] = [strategy.rounds[r] for r in sorted(strategy.rounds)]
-        final = result.arrays if len(result.arrays) else arrays  # no round aggregated: the start is the model
-        finals[start] = from_arrays(global_model(cfg, setup_of(cfg)), final)
+    compared = len(cfg.federated.strategies) > 1
+    for strategy_name in cfg.federated.strategies:
+        run_cfg = for_strategy(cfg, strategy_name)
+        step = ensemble_distillation(run_cfg) if strategy_name == "feddf" else None
+        for start, arrays in starting_points(run_cfg).items():
+            label = "-".join(part for part in (strategy_name if compared else "", start) if part)
+            if label:
+                print(f"{'strategy' if compared else 'start point'}: {label}", flush=True)
+            strategy = FederatedStrategy(run_cfg, step)
+            config = ConfigRecord({STRATEGY: strategy_name, **({TEACHER: teacher} if teacher else {})})
+            result = strategy.start(
+                grid=grid,
+                initial_arrays=arrays,
+                num_rounds=cfg.federated.rounds,
+                train_config=config,
+                evaluate_config=config,
+                evaluate_fn=strategy.evaluate_global,
+            )
+            history[label] = [strategy.rounds[r] for r in sorted(strategy.rounds)]
+            if strategy_name != "logit-exchange":  # its products are the clients' private models
+                final = result.arrays if len(result.arrays) else arrays  # no round aggregated: the start is the model
+                finals[label] = from_arrays(global_model(cfg, setup_of(cfg)), final)
     return record(cfg, history, finals, actor_restarts(CLIENT_ACTOR), actor_nodes(CLIENT_ACTOR))
 
 
-def build(experiment: ExperimentConfig | None = None, recorded: Callable[[Path], None] | None = None) -> ServerApp:
+def build(
+    experiment: ExperimentConfig | None = None,
+    recorded: Callable[[Path], None] | None = None,
+    teacher: str | None = None,
+) -> ServerApp:
     """A ServerApp for the experiment ``experiment`` (the simulate CLI), or for pyproject's run config when None;
-    ``recorded`` is told the records' folder (the simulate CLI reads its outcome from there)."""
+    ``recorded`` is told the records' folder (the simulate CLI reads its outcome from there); ``teacher`` names the
+    TeacherServer actor the simulate CLI started (``task.serve_teacher``)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        out = run(grid, settings(context.run_config, experiment))
+        out = run(grid, settings(context.run_config, experiment), teacher)
         if recorded is not None:
             recorded(out)
 

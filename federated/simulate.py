@@ -60,18 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def preflight(cfg: ExperimentConfig) -> None:
     """Everything checkable before Ray starts: cross-field rules, the data against the whole config (splits,
-    partitions, every node's model and weights: ``dataset_of``), the MLflow store."""
+    partitions, every node's model and weights: ``dataset_of``; the kd teacher's), the MLflow store."""
     # The core and MLflow load here, after parsing: --help never pays for torch or mlflow.
-    from raykd.nodes import dataset_of
+    from raykd.nodes import TEACHER_FIELD, dataset_of, start_model
     from raykd.tracking import check_reachable, resolve_uri
 
     check_federated(cfg)
-    dataset_of(cfg)
+    data = dataset_of(cfg)
+    if cfg.federated.teacher is not None:
+        start_model(cfg.federated.teacher, data.input_shape, data.num_classes, TEACHER_FIELD, data.tokens)
     check_reachable(resolve_uri(cfg.tracking.uri))
 
 
-def simulate(cfg: ExperimentConfig) -> Path | str:
+def simulate(cfg: ExperimentConfig, teacher: str | None = None) -> Path | str:
     """Run the configured simulation in this (driver) process; the records' folder, or why there are none.
+    ``teacher``: the name of the TeacherServer actor started for it (``task.serve_teacher``), if any.
 
     Flower shuts Ray down when it ends. Client actors are restarted by Ray when they die (Flower would put a
     dead actor back in its pool and fail every later message sent to it), their in-flight work retried.
@@ -87,7 +90,7 @@ def simulate(cfg: ExperimentConfig) -> Path | str:
     actor = {"max_restarts": -1, "max_task_retries": CLIENT_TASK_RETRIES}
     try:
         run_simulation(
-            server_app=server_app.build(cfg, records.append),
+            server_app=server_app.build(cfg, records.append, teacher),
             client_app=client_app.build(cfg),
             num_supernodes=cfg.partition.num_nodes,
             backend_config={"client_resources": {"num_cpus": f.client_cpus, "num_gpus": f.client_gpus, **actor}},
@@ -138,6 +141,7 @@ def outcome(out: Path | str) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     import ray  # after parsing: --help never pays for Ray
 
+    from federated.task import serve_teacher
     from raykd.cluster import Capacity, check_flower_pool, connect_ray
     from raykd.files import held_writes
 
@@ -147,8 +151,9 @@ def _simulate(args: argparse.Namespace) -> int:
         if ray.is_initialized():
             raise RuntimeError("federated.simulate must be its own Ray driver (Flower shuts Ray down at the end)")
         connect_ray(cfg, log_to_driver=True)
+        served = serve_teacher(cfg)  # (name, handle): the handle held while the simulation runs
         check_flower_pool(cfg, Capacity.now())
-    return outcome(simulate(cfg))
+    return outcome(simulate(cfg, served[0] if served else None))
 
 
 def _stop_on_ctrl_c(signum: int, frame: FrameType | None) -> None:

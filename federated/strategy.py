@@ -1,7 +1,8 @@
-"""Flower's FedAvg with what raykd's study needs: traffic, failures, per-client accuracy, a server step.
+"""Flower's FedAvg with what raykd's study needs: traffic, failures, per-client scores, a server step.
 
-All five strategies are this one server loop: they differ in what clients do (``task.client_update``),
-where the rounds start (``task.starting_points``) and, for FedDF, a server step applied to the average.
+All six strategies are this one server loop: they differ in what clients do (``task.client_update``),
+where the rounds start (``task.starting_points``), for FedDF a server step applied to the average and, for
+logit-exchange, what is merged: the clients' predictions on the public rows (``exchange.consensus``), not weights.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from federated.task import DIVERGED, global_test_accuracy, payload_bytes
+from federated.exchange import consensus
+from federated.task import DIVERGED, global_scores, payload_bytes, setup_of
 from raykd.config import ExperimentConfig
 from raykd.engine import NonFiniteLoss
 from raykd.files import last_line
@@ -54,7 +56,10 @@ class RoundLog:
     bytes_up: int = 0
     train_loss: float | None = None
     test_acc: float | None = None
+    test_ppl: float | None = None  # text: perplexity per token (logit-exchange: the evaluated clients' mean)
     client_acc: dict[int, float] = field(default_factory=dict)
+    client_ppl: dict[int, float] = field(default_factory=dict)
+    teacher_bytes: int = 0  # kd with a served teacher: the top-k logits its TeacherServer sent the clients
     round_s: float | None = None
     train_phase_s: float | None = None
     server_eval_s: float | None = None
@@ -68,26 +73,30 @@ def reason_of(error: str) -> str:
     return last_line(error).rpartition("Message: ")[2].removesuffix("'>")
 
 
-def client_acc_text(acc: dict[int, float]) -> str:
-    """A round's client accuracies (%) for its log line: each client's when few, else their count, mean, min and
-    max, so the line stays one screen wide however many clients evaluate (rounds.csv keeps every value)."""
+def client_acc_text(acc: dict[int, float], name: str = "client acc %", scale: float = 100.0) -> str:
+    """A round's client scores for its log line (accuracies in %, or perplexities with ``scale`` 1): each client's
+    when few, else their count, mean, min and max, so the line stays one screen wide however many clients evaluate
+    (rounds.csv keeps every value)."""
     if not acc:
-        return "client acc - (not evaluated this round)"
+        return f"{name.removesuffix(' %')} - (not evaluated this round)"
     if len(acc) <= LISTED_CLIENTS:
-        return "client acc % " + " ".join(f"{c}:{100 * a:.1f}" for c, a in sorted(acc.items()))
-    values = [100 * a for a in acc.values()]
-    return (
-        f"client acc % n={len(values)} mean {sum(values) / len(values):.1f} min {min(values):.1f} max {max(values):.1f}"
-    )
+        return f"{name} " + " ".join(f"{c}:{scale * a:.1f}" for c, a in sorted(acc.items()))
+    values = [scale * a for a in acc.values()]
+    return f"{name} n={len(values)} mean {sum(values) / len(values):.1f} min {min(values):.1f} max {max(values):.1f}"
 
 
 def round_line(entry: RoundLog) -> str:
-    """The round's one log line: test accuracy, clients that trained, their accuracies, traffic."""
+    """The round's one log line: test score, clients that trained, their scores, traffic (a text's perplexities)."""
     skipped = " (round skipped)" if entry.skipped else ""
+    test = f"test acc {100 * (entry.test_acc or 0):.1f}%"
+    clients = client_acc_text(entry.client_acc)
+    if entry.test_ppl is not None or entry.client_ppl:
+        test = f"test ppl {entry.test_ppl:.1f}" if entry.test_ppl is not None else "test ppl -"
+        clients = client_acc_text(entry.client_ppl, "client ppl", 1.0)
+    teacher = f" teacher {entry.teacher_bytes}" if entry.teacher_bytes else ""
     return (
-        f"round {entry.round}: test acc {100 * (entry.test_acc or 0):.1f}% | clients ok {entry.succeeded}/"
-        f"{entry.sampled}{skipped} | {client_acc_text(entry.client_acc)} | "
-        f"bytes down {entry.bytes_down} up {entry.bytes_up}"
+        f"round {entry.round}: {test} | clients ok {entry.succeeded}/{entry.sampled}{skipped} | {clients} | "
+        f"bytes down {entry.bytes_down} up {entry.bytes_up}{teacher}"
     )
 
 
@@ -160,6 +169,7 @@ class FederatedStrategy(FedAvg):
         ok = self._split(server_round, replies, "training")
         for reply in ok:
             metrics = reply.content["metrics"]
+            entry.teacher_bytes += int(metrics.get("teacher_bytes", 0))
             if "train_s" in metrics:
                 node = int(metrics["partition-id"])
                 entry.client_train_s[node] = float(metrics["train_s"])
@@ -177,6 +187,8 @@ class FederatedStrategy(FedAvg):
                 self.cfg.federated.min_successful,
             )
             return None, None
+        if self.cfg.federated.strategy == "logit-exchange":
+            return self._consensus(ok)
         arrays, metrics = super().aggregate_train(server_round, ok)
         if arrays is not None:
             arrays = self._new_global(server_round, [m.content[self.arrayrecord_key] for m in ok], arrays)
@@ -184,6 +196,15 @@ class FederatedStrategy(FedAvg):
                 return None, None
         entry.train_loss = float(metrics["train_loss"]) if metrics is not None else None
         return arrays, metrics
+
+    def _consensus(self, ok: list[Message]) -> tuple[ArrayRecord, MetricRecord | None]:
+        """logit-exchange's aggregate: the clients' predictions merged into the next consensus (no weights)."""
+        contents, x = [m.content for m in ok], self.cfg.federated.exchange
+        classes = setup_of(self.cfg).dataset.num_classes
+        merged = consensus(
+            [c[self.arrayrecord_key] for c in contents], classes, x.top_k, x.aggregate, x.era_temperature
+        )
+        return merged, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
 
     def _new_global(self, server_round: int, clients: list[ArrayRecord], averaged: ArrayRecord) -> ArrayRecord | None:
         """The round's new global model (the average, after FedDF's server step), or None when it diverged:
@@ -208,6 +229,8 @@ class FederatedStrategy(FedAvg):
         aggregates nothing)."""
         if not self.cfg.federated.evaluates_clients(server_round):
             return []
+        if self.cfg.federated.strategy == "logit-exchange":  # clients evaluate their own models: nothing to send
+            arrays = ArrayRecord()
         messages = self._sent(server_round, super().configure_evaluate(server_round, arrays, config, grid))
         self._round(server_round).evaluated = len(messages)
         return messages
@@ -216,19 +239,32 @@ class FederatedStrategy(FedAvg):
         replies = list(replies)
         ok = self._split(server_round, replies, "evaluation")
         self._round(server_round).eval_failed = len(replies) - len(ok)
+        entry = self._round(server_round)
+        tested: dict[str, list[float]] = {"acc": [], "ppl": []}
         for reply in ok:
-            metrics = reply.content["metrics"]
-            self._round(server_round).client_acc[int(metrics["partition-id"])] = float(metrics["acc"])
+            metrics, node = reply.content["metrics"], int(reply.content["metrics"]["partition-id"])
+            entry.client_acc[node] = float(metrics["acc"])
+            if "ppl" in metrics:
+                entry.client_ppl[node] = float(metrics["ppl"])
+            for name, values in tested.items():
+                if f"test_{name}" in metrics:
+                    values.append(float(metrics[f"test_{name}"]))
+        if tested["acc"]:  # logit-exchange: no global model, so the global numbers are the clients' mean
+            entry.test_acc = sum(tested["acc"]) / len(tested["acc"])
+            entry.test_ppl = sum(tested["ppl"]) / len(tested["ppl"]) if tested["ppl"] else None
         return super().aggregate_evaluate(server_round, ok)
 
     def evaluate_global(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        """Server-side test accuracy of the global model; called before round 1 and after every round."""
+        """Server-side test scores of the global model; called before round 1 and after every round (logit-exchange
+        has no global model: its numbers come from the clients' evaluation)."""
         entry = self._round(server_round)
         started = time.perf_counter()
-        entry.test_acc = global_test_accuracy(self.cfg, arrays)
+        if self.cfg.federated.strategy != "logit-exchange":
+            found = global_scores(self.cfg, arrays)
+            entry.test_acc, entry.test_ppl = found["acc"], found.get("ppl")
         entry.server_eval_s = time.perf_counter() - started
         if server_round in self._started:
             entry.round_s = time.perf_counter() - self._started[server_round]
         if server_round > 0:
             print(round_line(entry), flush=True)
-        return MetricRecord({"test_acc": entry.test_acc})
+        return MetricRecord({"test_acc": entry.test_acc} if entry.test_acc is not None else {})

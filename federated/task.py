@@ -7,7 +7,9 @@ a raykd method, every partition is raykd's, and every model comes from raykd's m
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import math
+import uuid
+from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -17,28 +19,35 @@ import torch
 from flwr.app import ArrayRecord
 from torch import nn
 
+from federated.exchange import ConsensusReferences, predictions, public_rows
 from raykd.config import SERVER_TEMPERATURE, ExperimentConfig, load_config
 from raykd.data import build_augment
 from raykd.engine import (
     InlineReferences,
+    References,
     TransferBatches,
     accuracy,
     fit,
     method_context,
     pick_device,
     seed_everything,
+    token_scores,
 )
+from raykd.experiment import lm_info
+from raykd.files import file_digest
 from raykd.methods.base import Method
 from raykd.methods.ce import CrossEntropy
 from raykd.methods.kd import KnowledgeDistillation
 from raykd.models import build_model
-from raykd.nodes import Setup, load_node, new_model, prepare
+from raykd.nodes import Setup, load_node, load_teacher, new_model, prepare, teacher_path
 from raykd.students import save_student
 
 #: Folder of ``output_dir`` where FML clients leave their private models until the run's records take them.
 PRIVATE_FOLDER = ".fml-private"
 #: How a failure reason starts when a loss or model went non-finite (a client's update, or the server's step).
 DIVERGED = "diverged:"
+#: The Ray namespace of the federated kd teacher's TeacherServer actor (teacher.mode server), where clients find it.
+TEACHER_NAMESPACE = "raykd"
 #: The Flower app's folder (this repository, or the unpacked FAB under ``flwr run``): relative paths start here.
 APP_DIR = Path(__file__).resolve().parents[1]
 
@@ -49,6 +58,13 @@ def settings(run_config: Mapping[str, Any], cfg: ExperimentConfig | None) -> Exp
     The run config names a YAML (``config``) and ``;``-separated ``--set`` overrides (``set``), read once.
     """
     return cfg if cfg is not None else _run_config(str(run_config["config"]), str(run_config.get("set", "")))
+
+
+def for_strategy(cfg: ExperimentConfig, strategy: str) -> ExperimentConfig:
+    """``cfg`` as one of the strategies it compares runs it (``federated.compare``)."""
+    if strategy == cfg.federated.strategy:
+        return cfg
+    return cfg.model_copy(update={"federated": cfg.federated.model_copy(update={"strategy": strategy})})
 
 
 @cache
@@ -69,7 +85,8 @@ def setup_of(cfg: ExperimentConfig) -> Setup:
 
 def global_model(cfg: ExperimentConfig, setup: Setup) -> nn.Module:
     """The architecture every client shares (and FML's meme): ``nodes.model``."""
-    return build_model(cfg.nodes.model, setup.dataset.input_shape, setup.dataset.num_classes)
+    data = setup.dataset
+    return build_model(cfg.nodes.model, data.input_shape, data.num_classes, tokens=data.tokens)
 
 
 def to_arrays(model: nn.Module) -> ArrayRecord:
@@ -91,6 +108,14 @@ def average(models: list[nn.Module], weights: list[float]) -> dict[str, torch.Te
     total = sum(weights)
     states = [m.state_dict() for m in models]
     return {k: sum(w / total * s[k].float() for w, s in zip(weights, states, strict=True)) for k in states[0]}
+
+
+def scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Accuracy, and for a language model (per token) also perplexity: what every federated metric reports."""
+    if y.ndim == 1:
+        return {"acc": accuracy(model, x, y)}
+    acc, nll = token_scores(model, x, y)
+    return {"acc": acc, "ppl": math.exp(nll)}
 
 
 def _local_batches(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> TransferBatches:
@@ -120,16 +145,23 @@ def server_temperature(cfg: ExperimentConfig) -> float:
 
 
 def client_update(
-    cfg: ExperimentConfig, node: int, server_round: int, received: ArrayRecord, private: ArrayRecord | None
+    cfg: ExperimentConfig,
+    node: int,
+    server_round: int,
+    received: ArrayRecord,
+    private: ArrayRecord | None,
+    served: str | None = None,
 ) -> tuple[ArrayRecord, ArrayRecord | None, dict[str, float]]:
-    """One client's round: (arrays to send, FML private model to keep, metrics).
+    """One client's round: (arrays to send, private model to keep, metrics); ``served``: the name of the
+    simulation's TeacherServer actor, if it has one.
 
-    fedavg / feddf / consolidation: cross-entropy on the local partition. kd: the round's global model,
-    frozen, teaches the local student started from it: the only teacher that has seen every client's
-    classes (a peer's pre-trained node model has not, and on non-IID local data gave no gain in the
-    measurements of ../shared/RESEARCH.md), and it costs no extra communication. fml: private and meme
-    models learn mutually. kd and fml train with the first method row (``client_method``); its ``prepare``
-    sees the client's local data and, for kd, the global model as the teacher.
+    fedavg / feddf / consolidation: cross-entropy on the local partition. kd: a frozen teacher distils into the local
+    student started from the round's global model: ``federated.teacher`` (served by the TeacherServer, or loaded here)
+    or else the global model itself, the only teacher that has seen every client's classes at no extra communication
+    (a peer's pre-trained node model has not, and on non-IID local data gave no gain in the measurements of
+    ../shared/RESEARCH.md). fml: private and meme models learn mutually. logit-exchange: the private model distils
+    the received consensus on the public rows and sends its own predictions there. kd, fml and logit-exchange train
+    with the first method row (``client_method``).
     """
     setup, f = setup_of(cfg), cfg.federated
     device = pick_device(f.client_gpus)  # CUDA when the client reserved GPUs
@@ -137,66 +169,162 @@ def client_update(
     seed_everything(seed)
     batches = _local_batches(cfg, setup, node, seed)
     losses: dict[str, float] = {}
-    model = from_arrays(global_model(cfg, setup), received).to(device)
-    kept: nn.Module | None = None
-    if f.strategy == "fml":
-        kept = new_model(cfg, setup, node)
-        if private is not None:
-            from_arrays(kept, private)
-        kept = kept.to(device)
-        trainable, method, references = [kept, model], client_method(cfg), None
-    elif f.strategy == "kd":
-        teacher = copy.deepcopy(model)
-        trainable, method = [model], client_method(cfg)
-        references = InlineReferences([teacher], teacher if method.uses_initial_student else None)
-        method.prepare(method_context(batches, lambda: [teacher], setup.dataset.num_classes, seed))
+    if f.strategy == "logit-exchange":
+        model = new_model(cfg, setup, node) if private is None else from_arrays(new_model(cfg, setup, node), private)
+        kept: nn.Module | None = model.to(device)
+        trainable, method, references, batches = _exchange_training(cfg, setup, received, [model], batches)
     else:
-        trainable, method, references = [model], CrossEntropy(), None
-    fit(
-        trainable,
-        method,
-        batches,
-        f.local.epochs,
-        f.local.lr,
-        f.local.weight_decay,
-        references,
-        on_epoch=lambda epoch, terms: losses.update(terms),
+        model = from_arrays(global_model(cfg, setup), received).to(device)
+        kept = None
+        if f.strategy == "fml":
+            kept = new_model(cfg, setup, node) if private is None else from_arrays(new_model(cfg, setup, node), private)
+            kept = kept.to(device)
+            trainable, method, references = [kept, model], client_method(cfg), None
+        elif f.strategy == "kd":
+            trainable, method = [model], client_method(cfg)
+            references = kd_references(cfg, setup, model, method, batches, seed, served)
+        else:
+            trainable, method, references = [model], CrossEntropy(), None
+    on_epoch = lambda epoch, terms: losses.update(terms)  # noqa: E731
+    fit(trainable, method, batches, f.local.epochs, f.local.lr, f.local.weight_decay, references, on_epoch=on_epoch)
+    if kept is not None and server_round == f.rounds:  # a private model is the product: saved in its last round
+        _save_private(cfg, setup, node, kept)
+    if f.strategy == "logit-exchange":
+        sent = predictions(model, setup.dataset.train_x[public_rows(cfg, setup)], f.exchange.top_k)
+    else:
+        sent = to_arrays(model)
+    metrics = {
+        "train_loss": losses["loss"],
+        "num-examples": float(len(setup.nodes[node].train)),
+        "teacher_bytes": float(getattr(references, "received_bytes", 0)),  # what a TeacherServer sent this client
+    }
+    return sent, (to_arrays(kept) if kept is not None else None), metrics
+
+
+def _exchange_training(
+    cfg: ExperimentConfig, setup: Setup, received: ArrayRecord, models: list[nn.Module], local: TransferBatches
+) -> tuple[list[nn.Module], Method, References | None, TransferBatches]:
+    """logit-exchange's local training: cross-entropy on the local rows in round 1 (no consensus yet), then the
+    method row over the local rows and the public ones, whose teacher is the consensus."""
+    if not len(received):
+        return models, CrossEntropy(), None, local
+    data, public = setup.dataset, public_rows(cfg, setup)
+    batches = TransferBatches(
+        data.train_x, data.train_y, local.labelled.numpy(), public, local.batch_size, False, seed=cfg.seeds[0]
     )
-    if kept is not None and server_round == f.rounds:  # FML's product: the private model, saved in its last round
-        save_student(
-            private_model_path(cfg, node),
-            kept,
-            cfg.nodes.model_of(node),
-            setup.dataset.input_shape,
-            setup.dataset.num_classes,
-            client=node,
-            strategy="fml",
-            seed=cfg.seeds[0],
-        )
-    metrics = {"train_loss": losses["loss"], "num-examples": float(len(setup.nodes[node].train))}
-    return to_arrays(model), (to_arrays(kept) if kept is not None else None), metrics
+    seq_len = data.train_y.shape[1] if data.tokens else 1
+    return models, client_method(cfg), ConsensusReferences(received, public, seq_len, data.num_classes), batches
+
+
+def kd_references(
+    cfg: ExperimentConfig,
+    setup: Setup,
+    model: nn.Module,
+    method: Method,
+    batches: TransferBatches,
+    seed: int,
+    served: str | None,
+) -> References:
+    """kd's teacher for one client round, after ``method.prepare`` has seen it: ``federated.teacher`` from the
+    simulation's TeacherServer named ``served`` (top-k as ``teacher.top_k`` says) or else loaded in this process;
+    without one, the round's global model (frozen)."""
+    if cfg.federated.teacher is None:
+        teacher = copy.deepcopy(model)
+        references: References = InlineReferences([teacher], teacher if method.uses_initial_student else None)
+        teachers: Callable[[], list[nn.Module]] = lambda: [teacher]  # noqa: E731
+    else:
+        teachers = lambda: [federated_teacher(cfg).to(pick_device(cfg.federated.client_gpus))]  # noqa: E731
+        references = served_teacher(cfg, setup, served) if served else InlineReferences(teachers())
+    method.prepare(method_context(batches, teachers, setup.dataset.num_classes, seed))
+    return references
+
+
+def serve_teacher(cfg: ExperimentConfig) -> tuple[str, Any] | None:
+    """kd with ``federated.teacher`` and ``teacher.mode: server``: the teacher, trained on the public pool first if it
+    has no weights of its own, served by one TeacherServer actor that every client asks: (its name, unique to this
+    simulation, and its handle), or None when no strategy asks a served teacher. The simulation's driver starts it
+    before Flower's client actors take the cluster's CPUs; it ends with the driver."""
+    f = cfg.federated
+    if "kd" not in f.strategies or f.teacher is None or cfg.teacher.mode != "server":
+        return None
+    from raykd.teacher_server import served_model, start_server
+
+    setup, seed = setup_of(cfg), cfg.seeds[0]
+    load_teacher(cfg, setup, seed)  # trains and caches it when missing
+    path, data = teacher_path(cfg, seed), setup.dataset
+    model = served_model(file_digest(path), path, f.teacher, data.input_shape, data.num_classes, data.tokens)
+    name = f"raykd-federated-teacher-{uuid.uuid4().hex[:12]}"
+    return name, start_server([model], cfg.teacher, name, TEACHER_NAMESPACE)
+
+
+def served_teacher(cfg: ExperimentConfig, setup: Setup, actor: str) -> References:
+    """The federated teacher's logits from the simulation's TeacherServer actor, named ``actor``."""
+    import ray
+
+    from raykd.teacher_server import ServedReferences
+
+    key = file_digest(teacher_path(cfg, cfg.seeds[0]))
+    server = ray.get_actor(actor, namespace=TEACHER_NAMESPACE)
+    return ServedReferences(server, [key], None, cfg.teacher.prefetch, setup.dataset.num_classes)
+
+
+_TEACHERS: dict[str, nn.Module] = {}
+
+
+def federated_teacher(cfg: ExperimentConfig) -> nn.Module:
+    """``federated.teacher``, loaded once per process (a client actor serves many rounds)."""
+    key = str(teacher_path(cfg, cfg.seeds[0]))
+    if key not in _TEACHERS:
+        _TEACHERS[key] = load_teacher(cfg, setup_of(cfg), cfg.seeds[0])
+    return _TEACHERS[key]
+
+
+def _save_private(cfg: ExperimentConfig, setup: Setup, node: int, model: nn.Module) -> None:
+    save_student(
+        private_model_path(cfg, node),
+        model,
+        cfg.nodes.model_of(node),
+        setup.dataset.input_shape,
+        setup.dataset.num_classes,
+        client=node,
+        strategy=cfg.federated.strategy,
+        seed=cfg.seeds[0],
+        **lm_info(setup.dataset),
+    )
 
 
 def private_model_path(cfg: ExperimentConfig, node: int) -> Path:
-    """Where an FML client leaves its private model; the server's records move it into the run's folder."""
-    return Path(cfg.output_dir) / PRIVATE_FOLDER / f"{cfg.name}-seed{cfg.seeds[0]}" / f"client{node}.pt"
+    """Where an FML or logit-exchange client leaves its private model (in a folder per strategy when strategies are
+    compared); the server's records move them into the run's folder."""
+    return private_folder(cfg) / (cfg.federated.strategy if cfg.federated.compare else "") / f"client{node}.pt"
 
 
-def client_accuracy(cfg: ExperimentConfig, node: int, received: ArrayRecord, private: ArrayRecord | None) -> float:
-    """Accuracy on the client's own validation split of the model it would use: FML's private one, else global."""
+def private_folder(cfg: ExperimentConfig) -> Path:
+    """The folder of one simulation's private models, until its records take them."""
+    return Path(cfg.output_dir) / PRIVATE_FOLDER / f"{cfg.name}-seed{cfg.seeds[0]}"
+
+
+def client_scores(
+    cfg: ExperimentConfig, node: int, received: ArrayRecord, private: ArrayRecord | None
+) -> dict[str, float]:
+    """``scores`` on the client's own validation split of the model it would use: its private one (fml,
+    logit-exchange), else the global one; logit-exchange, which has no global model, adds its test scores."""
     setup = setup_of(cfg)
     if private is not None:
         model = from_arrays(new_model(cfg, setup, node), private)
     else:
         model = from_arrays(global_model(cfg, setup), received)
     data, local = setup.dataset, setup.nodes[node]
-    return accuracy(model, data.train_x[local.val], data.train_y[local.val])
+    out = scores(model, data.train_x[local.val], data.train_y[local.val])
+    if cfg.federated.strategy == "logit-exchange":
+        out |= {f"test_{name}": value for name, value in scores(model, data.test_x, data.test_y).items()}
+    return out
 
 
-def global_test_accuracy(cfg: ExperimentConfig, arrays: ArrayRecord) -> float:
-    """The global model's accuracy on the global test set (the server's metric every round)."""
+def global_scores(cfg: ExperimentConfig, arrays: ArrayRecord) -> dict[str, float]:
+    """The global model's ``scores`` on the global test set (the server's metric every round)."""
     data = setup_of(cfg).dataset
-    return accuracy(from_arrays(global_model(cfg, setup_of(cfg)), arrays), data.test_x, data.test_y)
+    return scores(from_arrays(global_model(cfg, setup_of(cfg)), arrays), data.test_x, data.test_y)
 
 
 def distil_on_pool(cfg: ExperimentConfig, student: nn.Module, teachers: list[nn.Module]) -> nn.Module:
@@ -228,6 +356,8 @@ def starting_points(cfg: ExperimentConfig) -> dict[str, ArrayRecord]:
     setup, seed = setup_of(cfg), cfg.seeds[0]
     seed_everything(seed)
     random_start = global_model(cfg, setup)
+    if cfg.federated.strategy == "logit-exchange":  # no global model: round 1 sends no consensus
+        return {"": ArrayRecord()}
     if cfg.federated.strategy != "consolidation":
         return {"": to_arrays(random_start)}
     nodes = [load_node(cfg, setup, node, seed) for node in range(cfg.partition.num_nodes)]

@@ -17,11 +17,13 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -113,23 +115,27 @@ def prepare(cfg: ExperimentConfig, seed: int) -> Setup:
 
 
 def node_key(cfg: ExperimentConfig, node: int, seed: int) -> str:
-    """Content key of a node model: any change to what shapes it gives a new key.
+    """Content key of a node model: any change to what shapes it gives a new key."""
+    share = {"partition": cfg.partition.model_dump(mode="json"), "node": node}
+    return model_key(cfg, cfg.nodes.model_of(node), node_field(cfg, node), seed, share)
 
-    A node from a ``checkpoint`` is keyed by the file's content instead of a training budget; one
+
+def model_key(cfg: ExperimentConfig, spec: ModelSpec, field: str, seed: int, share: dict[str, Any]) -> str:
+    """Content key of a model trained on ``share`` of the data (a node's partition, or the public pool).
+
+    A model from a ``checkpoint`` is keyed by the file's content instead of a training budget; one
     fine-tuned from ``init`` by both. Paths are left out: a moved file is the same model.
     """
-    spec = cfg.nodes.model_of(node)
     start, path = weights_start(spec)
     fields: dict[str, Any] = {
         "format": CACHE_FORMAT,
         "data": cfg.data.model_dump(mode="json", exclude={"root"}),
         "data_content": data_digest(cfg),
-        "partition": cfg.partition.model_dump(mode="json"),
+        **share,
         "seed": seed,
-        "node": node,
         "model": spec.model_dump(mode="json", exclude={"checkpoint", "init"}),
         "weights": [start, weights_digest(path) if path else None],
-        "pretrained": content_digest(spec.name, node_field(cfg, node)) if start == "pretrained" else None,
+        "pretrained": content_digest(spec.name, field) if start == "pretrained" else None,
         "train": None if start in FROZEN_STARTS else cfg.nodes.train.model_dump(mode="json"),
     }
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
@@ -199,23 +205,40 @@ def train_node(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> dic
     A ``checkpoint`` node is only evaluated; an ``init`` node trains from its file's weights. It
     trains on CUDA when the sweep reserves GPUs (``tune.gpus_per_trial``); the file holds CPU tensors.
     """
-    seed_everything(seed * 1000 + node)
-    spec, data, local, budget = cfg.nodes.model_of(node), setup.dataset, setup.nodes[node], cfg.nodes.train
-    model = start_model(spec, data.input_shape, data.num_classes, node_field(cfg, node), data.tokens)
+    local = setup.nodes[node]
+    spec, field = cfg.nodes.model_of(node), node_field(cfg, node)
+    record = train_record(cfg, setup, spec, field, (local.train, local.val), seed, node)
+    record["meta"] = {"node": node, "seed": seed, **record["meta"]}
+    return record
+
+
+def train_record(
+    cfg: ExperimentConfig,
+    setup: Setup,
+    spec: ModelSpec,
+    field: str,
+    rows: tuple[np.ndarray, np.ndarray],
+    seed: int,
+    salt: int,
+) -> dict[str, Any]:
+    """``spec`` trained with cross-entropy on the training ``rows`` (nodes.train's budget) unless its weights are used
+    as they are; its cache record: CPU weights and meta (validation on the second ``rows``, test scores, where the
+    weights came from). ``salt`` (a node id) makes its random draws its own."""
+    seed_everything(seed * 1000 + salt)
+    (train, val), data, budget = rows, setup.dataset, cfg.nodes.train
+    model = start_model(spec, data.input_shape, data.num_classes, field, data.tokens)
     model = model.to(pick_device(cfg.tune.gpus_per_trial))
     start, path = weights_start(spec)
     started = time.perf_counter()
     if start not in FROZEN_STARTS:
-        augment = build_augment(cfg.data.augment, seed + node)
+        augment = build_augment(cfg.data.augment, seed + salt)
         batches = TransferBatches(
-            data.train_x, data.train_y, local.train, None, budget.batch_size, False, seed + node, augment
+            data.train_x, data.train_y, train, None, budget.batch_size, False, seed + salt, augment
         )
         fit([model], CrossEntropy(), batches, budget.epochs, budget.lr, budget.weight_decay)
     meta = {
-        "node": node,
-        "seed": seed,
-        "train_samples": len(local.train),
-        "local_val_acc": accuracy(model, data.train_x[local.val], data.train_y[local.val]),
+        "train_samples": len(train),
+        "local_val_acc": accuracy(model, data.train_x[val], data.train_y[val]),
         **test_scores(model, data),
         "train_seconds": time.perf_counter() - started,
         "weights_from": start,
@@ -244,12 +267,37 @@ def read_node(path: Path) -> dict[str, Any] | None:
 
 def load_node(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> nn.Module:
     """The node's pre-trained model from the cache, training (and caching) it first if needed."""
-    saved, _ = cached(
-        node_path(cfg, node, seed),
-        _load_record,
-        lambda: train_node(cfg, setup, node, seed),
-        lambda tmp, record: torch.save(record, tmp),
+    return _cached_model(
+        node_path(cfg, node, seed), new_model(cfg, setup, node), lambda: train_node(cfg, setup, node, seed)
     )
-    model = new_model(cfg, setup, node)
+
+
+#: The config key of the federated kd teacher (for error lines and its cache key).
+TEACHER_FIELD = "federated.teacher"
+#: The public-pool teacher's draws differ from every node's (a node's salt is its id).
+TEACHER_SALT = 999_983
+
+
+def teacher_path(cfg: ExperimentConfig, seed: int) -> Path:
+    """The cache file of ``federated.teacher``: trained once on the public pool (or its own weights, as they are)."""
+    assert cfg.federated.teacher is not None
+    key = model_key(cfg, cfg.federated.teacher, TEACHER_FIELD, seed, {"public": "pool"})
+    return cfg.nodes.cache_dir / "nodes" / f"teacher-seed{seed}-{key}.pt"
+
+
+def load_teacher(cfg: ExperimentConfig, setup: Setup, seed: int) -> nn.Module:
+    """``federated.teacher`` from the cache, first trained on the public pool with nodes.train when it has no weights
+    of its own (a checkpoint, an hf:/gguf: model): the teacher a server holds, having seen no client's private data."""
+    spec, data = cfg.federated.teacher, setup.dataset
+    assert spec is not None
+    model = build_model(spec, data.input_shape, data.num_classes, TEACHER_FIELD, data.tokens)
+    rows = (setup.splits.pool, setup.splits.val)
+    build = lambda: train_record(cfg, setup, spec, TEACHER_FIELD, rows, seed, TEACHER_SALT)  # noqa: E731
+    return _cached_model(teacher_path(cfg, seed), model, build)
+
+
+def _cached_model(path: Path, model: nn.Module, build: Callable[[], dict[str, Any]]) -> nn.Module:
+    """``model`` with the weights of the cache record at ``path``, built (and cached) first when missing."""
+    saved, _ = cached(path, _load_record, build, lambda tmp, record: torch.save(record, tmp))
     model.load_state_dict(saved["state_dict"])
     return model

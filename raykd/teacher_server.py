@@ -150,11 +150,15 @@ class TeacherServer:
         return c
 
 
-def start_server(models: list[ServedModel], cfg: TeacherConfig, name: str | None = None) -> Any:
-    """Create the server actor with its resources, restart policy and (optionally) a name to look it up by."""
+def start_server(
+    models: list[ServedModel], cfg: TeacherConfig, name: str | None = None, namespace: str | None = None
+) -> Any:
+    """Create the server actor with its resources, restart policy and (optionally) a name, in ``namespace``, to look
+    it up by (processes of another namespace, such as Flower's client actors, find it by both)."""
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and cfg.num_gpus > 0 and torch.cuda.is_available())
     actor = ray.remote(TeacherServer).options(
         name=name,
+        namespace=namespace,
         num_cpus=cfg.num_cpus,
         num_gpus=cfg.num_gpus,
         max_restarts=cfg.max_restarts,
@@ -170,7 +174,8 @@ def start_server(models: list[ServedModel], cfg: TeacherConfig, name: str | None
 
 
 class ServedReferences(References):
-    """Logits from a TeacherServer; ``prefetch`` (a count) next batches' requests are in flight during this step."""
+    """Logits from a TeacherServer; ``prefetch`` (a count) next batches' requests are in flight during this step.
+    ``received_bytes`` counts what the server's answers carried (a federated round reports it)."""
 
     def __init__(
         self, server: Any, teacher_keys: list[str], initial_key: str | None, prefetch: int = 1, classes: int = 0
@@ -179,6 +184,7 @@ class ServedReferences(References):
         self.keys = tuple(teacher_keys + ([initial_key] if initial_key else []))
         self.ahead = int(prefetch)  # True/False of older configs read as 1/0
         self.pending: dict[int, tuple[Batch, ray.ObjectRef]] = {}
+        self.received_bytes = 0
 
     def prefetch(self, batch: Batch) -> None:
         if self.ahead and self.keys and id(batch) not in self.pending:
@@ -190,6 +196,7 @@ class ServedReferences(References):
         _, ref = self.pending.pop(id(batch), (batch, None))
         ref = ref if ref is not None else self.server.infer.remote(self.keys, batch.x)
         answer = get_within(ref, ANSWER_TIMEOUT_S, "teacher.mode=server: the TeacherServer's logits")
+        self.received_bytes += sum(part.nbytes for part in answer)
         logits = answer[0].float() if len(answer) == 1 else self._dense(*answer)
         teachers = list(logits[: len(self.teacher_keys)])
         return teachers, (logits[-1] if self.initial_key else None)

@@ -228,7 +228,7 @@ BAD = [
     (["federated.fml_beta=0.2"], "federated.fml_beta: moved to the method row; set methods.0.beta (e.g. methods:"),
     (["federated.grid={federated.temperature: [2, 4]}"], "federated.temperature: moved to the method row"),
     (["federated.strategy=fml"], "methods[0].name: federated.strategy=fml trains with the first method row, 'ce' is"),
-    (["federated.strategy=kd", "methods.0={name: dml}"], "methods[0].name: federated.strategy=kd distils the frozen"),
+    (["federated.strategy=kd", "methods.0={name: dml}"], "methods[0].name: federated.strategy=kd distils a frozen"),
     (["federated.strategy=fedprox"], "federated.strategy = 'fedprox': Input should be 'fedavg', 'kd', 'fml'"),
     (["federated.min_successful=4"], "federated.min_successful: 4 but only 3 clients are sampled per round"),
     (["federated.fail_client=3"], "federated.fail_client: client 3 does not exist; allowed: 0..2"),

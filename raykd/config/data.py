@@ -68,6 +68,11 @@ class DataConfig(Section):
     )
     vocab_size: int = Field(1024, ge=260, le=65536, description="lm, tokenizer bpe: vocabulary size to train")
     doc_chars: int = Field(2000, ge=100, description="lm: long texts are cut at paragraphs into documents this long")
+    max_documents: int | None = Field(
+        None,
+        ge=10,
+        description="lm: keep a fixed (seed 0) sample of this many documents (a smaller corpus); unset: all",
+    )
     kwargs: dict[str, Any] = Field({}, description="keyword arguments of a 'package.module:function' dataset")
     image_size: int = Field(32, ge=1, description="imagefolder: images are resized to image_size x image_size")
     augment: list[AugmentSpec] = Field(

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from raykd.config.base import Section, TrainConfig
+from raykd.config.base import ModelSpec, Section, TrainConfig
 
 #: KD temperature of the server's pool distillation when no method row has a ``temperature`` knob.
 SERVER_TEMPERATURE = 4.0
@@ -23,14 +23,53 @@ MOVED_FEDERATED_KEYS = {
 }
 
 
+Strategy = Literal["fedavg", "kd", "fml", "consolidation", "feddf", "logit-exchange"]
+
+
+class ExchangeConfig(Section):
+    """Strategy logit-exchange (FedMD / DS-FL): what clients send instead of weights, and how the server merges it."""
+
+    top_k: int = Field(
+        32,
+        ge=1,
+        description="each public row's (token's) K largest log-probabilities sent, with the "
+        "dropped mass; K >= the classes (vocabulary) sends them all",
+    )
+    aggregate: Literal["mean", "era"] = Field(
+        "mean",
+        description="mean: the clients' probabilities averaged; era: DS-FL's entropy-reduction averaging (the mean "
+        "sharpened at era_temperature)",
+    )
+    era_temperature: float = Field(0.5, gt=0, le=1, description="era: the average's softmax temperature (< 1 sharpens)")
+    public_rows: int | None = Field(
+        None,
+        ge=1,
+        description="shared public rows (pool samples; text: pool sequences) used, the first of a fixed "
+        "draw; unset: the whole pool (data.pool_fraction)",
+    )
+
+
 class FederatedConfig(Section):
     """Flower simulation (``python -m federated.simulate``): the clients are the partition's nodes."""
 
-    strategy: Literal["fedavg", "kd", "fml", "consolidation", "feddf"] = Field(
+    strategy: Strategy = Field(
         "fedavg",
-        description="fedavg; kd: clients distil the global model into their update; fml: private + meme models; "
-        "consolidation: FedAvg from random, averaged and KD-consolidated node models; feddf: server ensemble KD",
+        description="fedavg; kd: clients distil a frozen teacher (federated.teacher, else the global model) into their "
+        "update; fml: private + meme models; consolidation: FedAvg from random, averaged and KD-consolidated node "
+        "models; feddf: server ensemble KD on the pool; logit-exchange: clients send top-k logits on the public pool "
+        "instead of weights and distil the consensus (models may differ: nodes.models)",
     )
+    compare: list[Strategy] = Field(
+        [],
+        description="strategies run one after another in this simulation on the same clients and compared in one "
+        "table (replaces strategy; e.g. [fedavg, kd, logit-exchange])",
+    )
+    teacher: ModelSpec | None = Field(
+        None,
+        description="kd: a frozen teacher model every client distils (a checkpoint, hf:/gguf: model, or trained once "
+        "on the public pool with nodes.train); teacher.mode server serves it from one Ray actor (teacher.top_k)",
+    )
+    exchange: ExchangeConfig = Field(ExchangeConfig(), description="strategy logit-exchange")
     grid: dict[str, list[Any]] = Field(
         {},
         description="Ray Tune grid over simulations, {dotted key: [values]}: python -m raykd.tune runs each point",
@@ -93,6 +132,11 @@ class FederatedConfig(Section):
                     f"federated.{key}: moved to the method row; set methods.0.{knob} (e.g. methods: [{example}])"
                 )
         return value
+
+    @property
+    def strategies(self) -> list[str]:
+        """The strategies this simulation runs, in order: ``compare``, else ``strategy`` alone."""
+        return list(self.compare) or [self.strategy]
 
     def evaluates_clients(self, server_round: int) -> bool:
         """Whether clients evaluate in ``server_round``: every ``evaluate_every`` rounds, and always in the last

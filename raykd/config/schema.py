@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, AliasChoices, Field, field_validator, model_validator
 
-from raykd.config.base import Section, TrainConfig
+from raykd.config.base import ModelSpec, Section, TrainConfig
 from raykd.config.data import DATASET_ROOTS, DataConfig
 from raykd.config.federated import FederatedConfig
 from raykd.files import MAX_COMPONENT, plain_component
@@ -27,43 +27,6 @@ Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 def _as_list(value: Any) -> Any:
     return value if isinstance(value, list) else [value]
-
-
-class ModelSpec(Section):
-    """An architecture (registry, torchvision or ``package.module:callable``), optionally with weights to start from.
-
-    Names are checked when the model is built (raykd.models), so this schema imports no torch.
-    """
-
-    name: str = Field(
-        description="registry name (mlp, cnn1d, cnn2d, resnet, gpt), a torchvision model, package.module:callable, "
-        "or a pre-trained causal LM from local files: hf:FOLDER, gguf:FILE, gguf:smollm2"
-    )
-    width: int | None = Field(None, gt=0, description="channels / hidden units (model default if unset)")
-    depth: int | None = Field(None, gt=0, description="layers (mlp) or ResNet depth 6n+2 (resnet)")
-    kwargs: dict[str, Any] = Field(
-        {}, description="keyword arguments of a package.module:callable or torchvision model"
-    )
-    checkpoint: Path | None = Field(None, description="pre-trained weights: the node's model is this file, not trained")
-    init: Path | None = Field(None, description="weights to start from; the node is then trained (fine-tuned)")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_name(cls, value: Any) -> Any:
-        return {"name": value} if isinstance(value, str) else value
-
-    @field_validator("checkpoint", "init")
-    @classmethod
-    def _existing_file(cls, path: Path | None) -> Path | None:
-        if path is not None and not path.is_file():
-            raise ValueError("no such file (expected a state_dict, node or student file saved by torch.save)")
-        return path.resolve() if path is not None else None  # absolute: Ray workers run in other folders
-
-    @model_validator(mode="after")
-    def _one_start(self) -> ModelSpec:
-        if self.checkpoint is not None and self.init is not None:
-            raise ValueError("give checkpoint (use the weights as they are) or init (train from them), not both")
-        return self
 
 
 class PartitionConfig(Section):

@@ -51,7 +51,9 @@ def paragraphs(text: str, doc_chars: int) -> list[str]:
     return [p for p in [*pieces, current] if p.strip()]
 
 
-def _corpus(by_topic: Mapping[str, list[str]], doc_chars: int) -> Corpus:
+def _corpus(by_topic: Mapping[str, list[str]], doc_chars: int, max_documents: int | None = None) -> Corpus:
+    """The texts cut into documents; with ``max_documents``, a fixed (seed 0) sample of them, in corpus order, so a
+    heavy model's run can shrink the corpus while keeping its mix of topics."""
     documents, topics = [], []
     names = sorted(by_topic)
     for topic, name in enumerate(names):
@@ -59,6 +61,9 @@ def _corpus(by_topic: Mapping[str, list[str]], doc_chars: int) -> Corpus:
             pieces = paragraphs(text, doc_chars)
             documents += pieces
             topics += [topic] * len(pieces)
+    if max_documents is not None and max_documents < len(documents):
+        kept = np.sort(np.random.default_rng(0).permutation(len(documents))[:max_documents])
+        documents, topics = [documents[i] for i in kept], [topics[i] for i in kept]
     return Corpus(documents, np.array(topics, dtype=np.int64), names)
 
 
@@ -104,7 +109,7 @@ def load_corpus(cfg: DataConfig) -> Corpus:
         by_topic = _text_files(Path(cfg.root))  # type: ignore[arg-type]
     else:
         by_topic = _pydoc()
-    corpus = _corpus(by_topic, cfg.doc_chars)
+    corpus = _corpus(by_topic, cfg.doc_chars, cfg.max_documents)
     if len(corpus.documents) < 10:
         where = cfg.root if cfg.dataset == "text" else cfg.dataset
         raise ConfigError(
