@@ -141,7 +141,7 @@ def outcome(out: Path | str) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     import ray  # after parsing: --help never pays for Ray
 
-    from federated.task import serve_teacher
+    from federated.task import serve_teacher, teacher_cpus
     from raykd.cluster import Capacity, check_flower_pool, connect_ray
     from raykd.files import held_writes
 
@@ -151,8 +151,8 @@ def _simulate(args: argparse.Namespace) -> int:
         if ray.is_initialized():
             raise RuntimeError("federated.simulate must be its own Ray driver (Flower shuts Ray down at the end)")
         connect_ray(cfg, log_to_driver=True)
-        served = serve_teacher(cfg)  # (name, handle): the handle held while the simulation runs
-        check_flower_pool(cfg, Capacity.now())
+        check_flower_pool(cfg, Capacity.now(), beside=teacher_cpus(cfg))
+    served = serve_teacher(cfg)  # (name, handle): the handle held while the simulation runs
     return outcome(simulate(cfg, served[0] if served else None))
 
 

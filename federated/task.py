@@ -10,6 +10,7 @@ import copy
 import math
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -164,56 +165,73 @@ def client_update(
     with the first method row (``client_method``).
     """
     setup, f = setup_of(cfg), cfg.federated
-    device = pick_device(f.client_gpus)  # CUDA when the client reserved GPUs
     seed = cfg.seeds[0] * 100_003 + server_round * 101 + node  # distinct per (seed, round, client)
     seed_everything(seed)
-    batches = _local_batches(cfg, setup, node, seed)
+    local = _local_round(cfg, setup, node, seed, received, private, served)
     losses: dict[str, float] = {}
-    if f.strategy == "logit-exchange":
-        model = new_model(cfg, setup, node) if private is None else from_arrays(new_model(cfg, setup, node), private)
-        kept: nn.Module | None = model.to(device)
-        trainable, method, references, batches = _exchange_training(cfg, setup, received, [model], batches)
-    else:
-        model = from_arrays(global_model(cfg, setup), received).to(device)
-        kept = None
-        if f.strategy == "fml":
-            kept = new_model(cfg, setup, node) if private is None else from_arrays(new_model(cfg, setup, node), private)
-            kept = kept.to(device)
-            trainable, method, references = [kept, model], client_method(cfg), None
-        elif f.strategy == "kd":
-            trainable, method = [model], client_method(cfg)
-            references = kd_references(cfg, setup, model, method, batches, seed, served)
-        else:
-            trainable, method, references = [model], CrossEntropy(), None
     on_epoch = lambda epoch, terms: losses.update(terms)  # noqa: E731
-    fit(trainable, method, batches, f.local.epochs, f.local.lr, f.local.weight_decay, references, on_epoch=on_epoch)
+    budget = f.local
+    fit(local.trainable, local.method, local.batches, budget.epochs, budget.lr, budget.weight_decay, local.references,
+        on_epoch=on_epoch)  # fmt: skip
+    kept = local.kept
     if kept is not None and server_round == f.rounds:  # a private model is the product: saved in its last round
         _save_private(cfg, setup, node, kept)
     if f.strategy == "logit-exchange":
-        sent = predictions(model, setup.dataset.train_x[public_rows(cfg, setup)], f.exchange.top_k)
+        sent = predictions(local.model, setup.dataset.train_x[public_rows(cfg, setup)], f.exchange.top_k)
     else:
-        sent = to_arrays(model)
+        sent = to_arrays(local.model)
     metrics = {
         "train_loss": losses["loss"],
         "num-examples": float(len(setup.nodes[node].train)),
-        "teacher_bytes": float(getattr(references, "received_bytes", 0)),  # what a TeacherServer sent this client
+        "teacher_bytes": float(getattr(local.references, "received_bytes", 0)),  # what a TeacherServer sent
     }
     return sent, (to_arrays(kept) if kept is not None else None), metrics
 
 
-def _exchange_training(
-    cfg: ExperimentConfig, setup: Setup, received: ArrayRecord, models: list[nn.Module], local: TransferBatches
-) -> tuple[list[nn.Module], Method, References | None, TransferBatches]:
-    """logit-exchange's local training: cross-entropy on the local rows in round 1 (no consensus yet), then the
-    method row over the local rows and the public ones, whose teacher is the consensus."""
-    if not len(received):
-        return models, CrossEntropy(), None, local
-    data, public = setup.dataset, public_rows(cfg, setup)
-    batches = TransferBatches(
-        data.train_x, data.train_y, local.labelled.numpy(), public, local.batch_size, False, seed=cfg.seeds[0]
-    )
-    seq_len = data.train_y.shape[1] if data.tokens else 1
-    return models, client_method(cfg), ConsensusReferences(received, public, seq_len, data.num_classes), batches
+@dataclass
+class LocalRound:
+    """What a client trains in one round: the model it sends from, the private one it keeps, and how it trains."""
+
+    model: nn.Module
+    kept: nn.Module | None
+    trainable: list[nn.Module]
+    method: Method
+    references: References | None
+    batches: TransferBatches
+
+
+def _local_round(
+    cfg: ExperimentConfig,
+    setup: Setup,
+    node: int,
+    seed: int,
+    received: ArrayRecord,
+    private: ArrayRecord | None,
+    served: str | None,
+) -> LocalRound:
+    """The strategy's local training: its models, loss, teacher and batches (see ``client_update``)."""
+    f, device = cfg.federated, pick_device(cfg.federated.client_gpus)  # CUDA when the client reserved GPUs
+    batches = _local_batches(cfg, setup, node, seed)
+    own = new_model(cfg, setup, node) if private is None else from_arrays(new_model(cfg, setup, node), private)
+    if f.strategy == "logit-exchange":
+        own = own.to(device)
+        if not len(received):  # round 1: no consensus yet
+            return LocalRound(own, own, [own], CrossEntropy(), None, batches)
+        data, public = setup.dataset, public_rows(cfg, setup)
+        with_public = TransferBatches(
+            data.train_x, data.train_y, batches.labelled.numpy(), public, batches.batch_size, False, seed=seed
+        )
+        seq_len = data.train_y.shape[1] if data.tokens else 1
+        consensus_of = ConsensusReferences(received, public, seq_len, data.num_classes)
+        return LocalRound(own, own, [own], client_method(cfg), consensus_of, with_public)
+    model = from_arrays(global_model(cfg, setup), received).to(device)
+    if f.strategy == "fml":
+        return LocalRound(model, own, [own, model], client_method(cfg), None, batches)
+    if f.strategy == "kd":
+        method = client_method(cfg)
+        return LocalRound(model, None, [model], method, kd_references(cfg, setup, model, method, batches, seed, served),
+                          batches)  # fmt: skip
+    return LocalRound(model, None, [model], CrossEntropy(), None, batches)
 
 
 def kd_references(
@@ -239,19 +257,34 @@ def kd_references(
     return references
 
 
-def serve_teacher(cfg: ExperimentConfig) -> tuple[str, Any] | None:
-    """kd with ``federated.teacher`` and ``teacher.mode: server``: the teacher, trained on the public pool first if it
-    has no weights of its own, served by one TeacherServer actor that every client asks: (its name, unique to this
-    simulation, and its handle), or None when no strategy asks a served teacher. The simulation's driver starts it
-    before Flower's client actors take the cluster's CPUs; it ends with the driver."""
+def teacher_cpus(cfg: ExperimentConfig) -> float:
+    """CPUs the simulation's TeacherServer will hold beside Flower's clients (0 without one)."""
     f = cfg.federated
-    if "kd" not in f.strategies or f.teacher is None or cfg.teacher.mode != "server":
+    served = "kd" in f.strategies and f.teacher is not None and cfg.teacher.mode == "server"
+    return cfg.teacher.num_cpus if served else 0.0
+
+
+def serve_teacher(cfg: ExperimentConfig) -> tuple[str, Any] | None:
+    """kd with ``federated.teacher``: the teacher made ready in the driver (trained once on the public pool when it has
+    no weights of its own, cached) and, with ``teacher.mode: server``, served by one TeacherServer actor that every
+    client asks: (its name, unique to this simulation, and its handle); None when no client asks a served teacher.
+    The simulation's driver starts it before Flower's client actors take the cluster's CPUs; it ends with the driver."""
+    f = cfg.federated
+    if "kd" not in f.strategies or f.teacher is None:
         return None
+    from raykd.nodes import read_node
     from raykd.teacher_server import served_model, start_server
 
     setup, seed = setup_of(cfg), cfg.seeds[0]
-    load_teacher(cfg, setup, seed)  # trains and caches it when missing
     path, data = teacher_path(cfg, seed), setup.dataset
+    if not path.is_file():
+        print(f"federated.teacher: training {f.teacher.name} on the public pool ({len(setup.splits.pool)} rows)")
+    load_teacher(cfg, setup, seed)  # trains and caches it when missing
+    meta = read_node(path)["meta"]  # type: ignore[index]
+    score = f"test ppl {meta['test_ppl']:.1f}" if "test_ppl" in meta else f"test acc {100 * meta['test_acc']:.1f}%"
+    print(f"federated.teacher: {f.teacher.name} ready, {score} ({meta['weights_from']})", flush=True)
+    if not teacher_cpus(cfg):
+        return None
     model = served_model(file_digest(path), path, f.teacher, data.input_shape, data.num_classes, data.tokens)
     name = f"raykd-federated-teacher-{uuid.uuid4().hex[:12]}"
     return name, start_server([model], cfg.teacher, name, TEACHER_NAMESPACE)

@@ -82,7 +82,10 @@ BAD_OVERRIDES = [
     ),
     (["data={task: lm, dataset: text, root: /no/text}", "nodes.model=gpt"], "data.root"),
     (["data={task: lm}", "nodes.model=gpt", "teacher.mode=cache", "teacher.top_k=300"], "teacher.top_k: 300 would"),
-    (["data={task: lm}", "nodes.model=gpt", "federated.after_sweep=true"], "data.task: lm runs in sweeps"),
+    (
+        ["data={task: lm}", "nodes.model=gpt", "federated.after_sweep=true", "federated.strategy=fml"],
+        "federated.strategy: fml takes classification data only",
+    ),
     (["tune.select_on=val_ppl"], "tune.select_on: val_ppl is a language-model metric; allowed: val_acc, local_val_acc"),
 ]
 
