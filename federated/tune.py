@@ -30,7 +30,8 @@ from raykd.files import last_line
 if TYPE_CHECKING:
     import pandas as pd
 
-METRICS = ("final_test_acc", "rounds_to_target", "failed_clients")
+#: The summary numbers each trial reports; a language model's runs add ``final_test_ppl``.
+METRICS = ("final_test_acc", "final_test_ppl", "rounds_to_target", "failed_clients")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +76,11 @@ def check_points(config: Path, overrides: list[str], points: list[dict[str, Any]
     configs = [load_config(config, overrides + _assignments(p)) for p in points]
     for cfg in configs:
         check_federated(cfg)
+        if cfg.federated.compare:
+            raise ConfigError(
+                "federated.compare: a trial runs one strategy; unset it and grid the strategy instead, "
+                "e.g. --grid federated.strategy=[fedavg,kd]"
+            )
     return configs[0]
 
 
@@ -92,7 +98,7 @@ def run_trial(config: dict[str, Any], base: list[str], out: str, cwd: str) -> No
     sets = [a for s in _assignments(config) for a in ("--set", s)]
     summary = run_simulation_child([*base, *sets], folder, cwd)
     (start,) = summary["starts"].values()
-    metrics = {m: start[m] if start[m] is not None else float("nan") for m in METRICS}
+    metrics = {m: float("nan") if start.get(m) is None else start[m] for m in METRICS if m in start}
     tune.report({**metrics, "lost": summary["lost"] or ""})  # what rounds lost (exit 3 of the child), or nothing
 
 
@@ -117,7 +123,8 @@ def sweep(args: argparse.Namespace, cfg: ExperimentConfig, axes: dict[str, list[
     rows = [
         {
             **r.config,
-            **{m: (r.metrics or {}).get(m) for m in (*METRICS, "lost")},
+            **{m: v for m, v in (r.metrics or {}).items() if m in METRICS},
+            "lost": (r.metrics or {}).get("lost"),
             "error": "" if r.error is None else last_line(str(r.error), 200),
         }
         for r in results
