@@ -187,6 +187,7 @@ def save_models(
             cfg.nodes.model,
             setup.dataset.input_shape,
             setup.dataset.num_classes,
+            setup.dataset.preprocess,
             strategy=start if cfg.federated.compare else cfg.federated.strategy,
             start=start or "-",
             seed=cfg.seeds[0],

@@ -319,6 +319,7 @@ def _save_private(cfg: ExperimentConfig, setup: Setup, node: int, model: nn.Modu
         cfg.nodes.model_of(node),
         setup.dataset.input_shape,
         setup.dataset.num_classes,
+        setup.dataset.preprocess,
         client=node,
         strategy=cfg.federated.strategy,
         seed=cfg.seeds[0],

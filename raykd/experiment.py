@@ -267,6 +267,7 @@ def save_trial_student(
         spec,
         data.input_shape,
         data.num_classes,
+        data.preprocess,
         label=label,
         setting=setting,
         seed=seed,
