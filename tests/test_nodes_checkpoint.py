@@ -150,7 +150,9 @@ def test_student_file_round_trip_reproduces_outputs_and_accuracy(tmp_path: Path,
     student = load_node(cfg, setup, 0, 0).eval()
     data = setup.dataset
     info = {"label": "kd", "setting": {"temperature": 4.0}, "seed": 0, "test_acc": np.float64(0.5), "gain": 0.1}
-    path = save_student(tmp_path / "out" / "student.pt", student, cfg.nodes.model, data.input_shape, 10, data.preprocess, **info)
+    path = save_student(
+        tmp_path / "out" / "student.pt", student, cfg.nodes.model, data.input_shape, 10, data.preprocess, **info
+    )
     loaded = load_student(path)
     assert not loaded.training and torch.equal(loaded(data.test_x), student(data.test_x))
     assert accuracy(loaded, data.test_x, data.test_y) == accuracy(student, data.test_x, data.test_y)

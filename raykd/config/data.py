@@ -93,7 +93,7 @@ class DataConfig(Section):
         "keep",
         description="imagefolder: 1 (grayscale), 3 (RGB) or keep (1 when every image is grayscale, else 3)",
     )
-    normalize: Literal["train-stats", "none"] | Normalize = Field(
+    normalize: Normalize | Literal["train-stats", "none"] = Field(
         "train-stats",
         description="imagefolder: train-stats (each channel's mean/std over the training images), none (pixels in "
         "[0,1], as torchvision's ToTensor gives), or {mean: [...], std: [...]}; student files carry it",
@@ -116,6 +116,14 @@ class DataConfig(Section):
 
     def __hash__(self) -> int:  # kwargs and augment are mutable containers; the loaded dataset is cached by config
         return hash(self.model_dump_json())
+
+    @field_validator("normalize", mode="before")
+    @classmethod
+    def _normalize_choice(cls, value: Any) -> Any:
+        """A misspelt choice is named with every allowed one (a mapping is checked as ``Normalize``)."""
+        if isinstance(value, str) and value not in ("train-stats", "none"):
+            raise ValueError(f"{value!r} is not a choice; allowed: train-stats, none, or {{mean: [...], std: [...]}}")
+        return value
 
     @field_validator("dataset")
     @classmethod

@@ -203,7 +203,8 @@ def _arrays(cfg: DataConfig, cache_dir: Path) -> tuple[Arrays, dict[str, Any]]:
         "fake": lambda: _fake(cfg.fake_samples, cfg.fake_classes),
     }
     arrays = builders[cfg.dataset]() if cfg.dataset in builders else _cifar(cfg.dataset, root)  # type: ignore[arg-type]
-    return check_arrays(arrays, f"data.dataset: {cfg.dataset} gave"), dict(BUILTIN_PREPROCESS.get(cfg.dataset, IDENTITY))
+    preprocess = dict(BUILTIN_PREPROCESS.get(cfg.dataset, IDENTITY))
+    return check_arrays(arrays, f"data.dataset: {cfg.dataset} gave"), preprocess
 
 
 def _text_dataset(cfg: DataConfig, cache_dir: Path) -> Dataset:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from raykd.config.data import Normalize
 from raykd.data.arrays import Arrays, as_array, cached_arrays, check_arrays
 from raykd.data.preprocess import decode_images, folder_channels, image_record, standardise, statistics
@@ -70,7 +71,7 @@ def folder_digest(root: Path, files: list[tuple[str, Path]]) -> str:
 def _build_folder(
     root: Path, train: list[tuple[str, Path]], test: list[tuple[str, Path]], size: int, channels: int
 ) -> Arrays:
-    """Decode both splits to raw pixels; classes are the sorted train class folders (torchvision ImageFolder's order)."""
+    """Both splits as raw pixels; classes are the sorted train class folders (torchvision ImageFolder's order)."""
     classes = class_names(train)
     unknown = sorted({name for name, _ in test} - set(classes))
     if unknown:
