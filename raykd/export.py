@@ -14,6 +14,7 @@ import argparse
 import importlib.util
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -46,9 +47,12 @@ def export_student(student: str | Path, format: str, out: str | Path | None = No
 
 
 def _torchscript(model: nn.Module, example: torch.Tensor, metadata: str, tmp: Path) -> None:
-    """Traced, not scripted: a user's module needs no TorchScript-compatible Python, only a fixed graph."""
-    traced = torch.jit.trace(model, example)
-    torch.jit.save(traced, str(tmp), _extra_files={f"{PREPROCESS_KEY}.json": metadata})
+    """Traced, not scripted: a user's module needs no TorchScript-compatible Python, only a fixed graph. torch
+    deprecates TorchScript (README: prefer ONNX); the user asked for it, so its warning is not repeated here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
+        traced = torch.jit.trace(model, example)
+        torch.jit.save(traced, str(tmp), _extra_files={f"{PREPROCESS_KEY}.json": metadata})
 
 
 def _onnx(model: nn.Module, example: torch.Tensor, metadata: str, tmp: Path) -> None:
@@ -60,7 +64,13 @@ def _onnx(model: nn.Module, example: torch.Tensor, metadata: str, tmp: Path) -> 
 
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(
-        model, (example,), input_names=["input"], output_names=["logits"], dynamic_shapes=({0: batch},), dynamo=True
+        model,
+        (example,),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_shapes=({0: batch},),
+        dynamo=True,
+        verbose=False,
     )
     proto = program.model_proto
     onnx.helper.set_model_props(proto, {PREPROCESS_KEY: metadata})
