@@ -33,6 +33,7 @@ from filelock import FileLock
 from matplotlib.figure import Figure
 from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.utils import flatten_dict
@@ -230,9 +231,9 @@ def log_student_model(name: str, path: Path) -> None:
         pip_requirements=requirements,
         code_paths=code_paths or None,
         serialization_format="pickle",
-        registered_model_name=name,
         metadata={"preprocess": about.get("preprocess"), "setting": info.get("setting", {}), "seed": info.get("seed")},
     )
+    register(name, logged)
     numbers = {k: float(v) for k, v in info.get("metrics", {}).items() if isinstance(v, (int, float))}
     mlflow.log_metrics(numbers, model_id=logged.model_id)
     setting = {"seed": info.get("seed"), **info.get("setting", {})}
@@ -240,6 +241,18 @@ def log_student_model(name: str, path: Path) -> None:
     mlflow.log_artifact(str(path), artifact_path=f"students/{name}")
     if pretrained_folder(path).is_dir():  # a transformers student: its save_pretrained folder too
         mlflow.log_artifacts(str(pretrained_folder(path)), artifact_path=f"students/{name}/hf")
+
+
+def register(name: str, logged: ModelInfo) -> None:
+    """A new version of registered model ``name`` (created on first use), through the client: MLflow's fluent
+    ``registered_model_name`` prints two lines per model to stderr."""
+    client = MlflowClient()
+    try:
+        client.create_registered_model(name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    client.create_model_version(name, logged.model_uri, logged.run_id, model_id=logged.model_id)
 
 
 def model_dependencies(model: nn.Module) -> tuple[list[str], list[str], str]:
