@@ -1,5 +1,7 @@
 """``python -m raykd.export STUDENT --format onnx|torchscript [--out FILE]``: a student where raykd is not installed.
 
+``model_dependencies`` says what a pickled student needs elsewhere (the MLflow model's requirements and code).
+
 The exported file holds the model alone (traced with a dynamic batch); its preprocessing record rides along
 as metadata (ONNX ``metadata_props`` key ``raykd_preprocess``; TorchScript extra file ``raykd_preprocess.json``),
 so whoever serves it can make inputs the way training did. ONNX needs ``pip install "raykd[export]"``
@@ -15,6 +17,7 @@ import importlib.util
 import json
 import sys
 import warnings
+from importlib.metadata import packages_distributions, version
 from pathlib import Path
 
 import torch
@@ -29,6 +32,8 @@ from raykd.students import load_student, read_student
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 PREPROCESS_KEY = "raykd_preprocess"
 ONNX_PACKAGES = ("onnx", "onnxscript")
+#: Folders that hold installed distributions: a model class from there is a requirement, not code to ship.
+INSTALLED = ("site-packages", "dist-packages")
 
 
 def export_student(student: str | Path, format: str, out: str | Path | None = None) -> Path:
@@ -75,6 +80,24 @@ def _onnx(model: nn.Module, example: torch.Tensor, metadata: str, tmp: Path) -> 
     proto = program.model_proto
     onnx.helper.set_model_props(proto, {PREPROCESS_KEY: metadata})
     onnx.save(proto, str(tmp))
+
+
+def model_dependencies(model: nn.Module) -> tuple[list[str], list[str], str]:
+    """What loading the pickled ``model`` elsewhere needs: pip requirements (torch, and each installed
+    distribution its classes come from), code paths (each module of its classes that is not installed: the
+    user's own) and why a class cannot travel (defined in a script's ``__main__``), empty when all can."""
+    requirements, code, why_not = {f"torch=={version('torch').split('+')[0]}"}, set(), ""
+    owners = packages_distributions()
+    for top in sorted({type(m).__module__.split(".")[0] for m in model.modules()} - {"torch", "builtins"}):
+        source = getattr(sys.modules.get(top), "__file__", None)
+        installed = source is not None and any(part in INSTALLED for part in Path(source).parts)
+        if top == "__main__" or source is None:
+            why_not = f"its class is defined in {top}, which has no module file to ship; define it in a module"
+        elif installed and top in owners:
+            requirements.add(f"{owners[top][0]}=={version(owners[top][0])}")
+        else:
+            code.add(str(Path(source).parent if Path(source).name == "__init__.py" else Path(source)))
+    return sorted(requirements), sorted(code), why_not
 
 
 def build_parser() -> argparse.ArgumentParser:

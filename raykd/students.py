@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -27,24 +27,30 @@ STUDENT_FORMAT = "raykd-student-1"
 SPEC_FIELDS = {"name", "kwargs", "width", "depth"}
 
 
-def save_student(
-    path: Path,
-    model: nn.Module,
-    spec: ModelSpec,
-    input_shape: InputShape,
-    num_classes: int,
-    preprocess: dict[str, Any],
-    **info: Any,
-) -> Path:
-    """Write the student atomically, with the ``preprocess`` record its inputs need (``raykd.data.preprocess``);
-    ``info`` must hold plain values (numbers, text, lists, dicts)."""
+class StudentData(Protocol):
+    """What a student file records of its data; a ``raykd.data.Dataset`` has it all, so no caller can forget the
+    preprocessing (a test may pass a ``SimpleNamespace``)."""
+
+    @property
+    def input_shape(self) -> InputShape: ...
+
+    @property
+    def num_classes(self) -> int: ...
+
+    @property
+    def preprocess(self) -> dict[str, Any]: ...
+
+
+def save_student(path: Path, model: nn.Module, spec: ModelSpec, data: StudentData, **info: Any) -> Path:
+    """Write the student atomically, with its input shape, classes and the ``preprocess`` record its inputs need
+    (``raykd.data.preprocess``); ``info`` must hold plain values (numbers, text, lists, dicts)."""
     record = {
         "format": STUDENT_FORMAT,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "model": spec.model_dump(mode="json", include=SPEC_FIELDS),
-        "input_shape": [int(d) for d in input_shape],
-        "num_classes": int(num_classes),
-        "preprocess": _json(preprocess),
+        "input_shape": [int(d) for d in data.input_shape],
+        "num_classes": int(data.num_classes),
+        "preprocess": _json(data.preprocess),
         "info": _json(info),
     }
     return write_atomic(Path(path), lambda tmp: torch.save(record, tmp))

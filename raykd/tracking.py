@@ -15,14 +15,12 @@ import io
 import logging
 import os
 import re
-import sys
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from importlib.metadata import packages_distributions, version
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +35,10 @@ from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.utils import flatten_dict
-from torch import nn
 
 from raykd.cluster import NODE_ID
 from raykd.errors import ConfigError
+from raykd.export import model_dependencies
 from raykd.files import LOCK_WAIT_S, last_line, lock_file, write_atomic
 from raykd.lm.hf import pretrained_folder
 from raykd.students import load_student, read_student
@@ -59,8 +57,6 @@ for _name, _value in HTTP_LIMITS.items():
     os.environ.setdefault(_name, _value)
 logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # its warning on pickled models, once per student
 log = logging.getLogger("raykd.tracking")
-#: Folders that hold installed distributions: a model class from there is a requirement, not code to ship.
-INSTALLED = ("site-packages", "dist-packages")
 
 
 def resolve_uri(uri: str | None) -> str:
@@ -253,24 +249,6 @@ def register(name: str, logged: ModelInfo) -> None:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     client.create_model_version(name, logged.model_uri, logged.run_id, model_id=logged.model_id)
-
-
-def model_dependencies(model: nn.Module) -> tuple[list[str], list[str], str]:
-    """What loading the pickled ``model`` elsewhere needs: pip requirements (torch, and each installed
-    distribution its classes come from), code paths (each module of its classes that is not installed: the
-    user's own) and why a class cannot travel (defined in a script's ``__main__``), empty when all can."""
-    requirements, code, why_not = {f"torch=={version('torch').split('+')[0]}"}, set(), ""
-    owners = packages_distributions()
-    for top in sorted({type(m).__module__.split(".")[0] for m in model.modules()} - {"torch", "builtins"}):
-        source = getattr(sys.modules.get(top), "__file__", None)
-        installed = source is not None and any(part in INSTALLED for part in Path(source).parts)
-        if top == "__main__" or source is None:
-            why_not = f"its class is defined in {top}, which has no module file to ship; define it in a module"
-        elif installed and top in owners:
-            requirements.add(f"{owners[top][0]}=={version(owners[top][0])}")
-        else:
-            code.add(str(Path(source).parent if Path(source).name == "__init__.py" else Path(source)))
-    return sorted(requirements), sorted(code), why_not
 
 
 @contextmanager

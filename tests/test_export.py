@@ -16,6 +16,7 @@ from raykd.errors import ConfigError
 from raykd.export import PREPROCESS_KEY, export_student, main
 from raykd.models import build_model
 from raykd.students import load_student, read_weights, save_student
+from tests.conftest import student_data
 
 SHAPE = (1, 8, 8)
 RECORD = array_record(1 / 255, [0.5], [0.25])
@@ -27,7 +28,9 @@ def student(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     spec = ModelSpec(name="cnn2d", width=4)
     model = build_model(spec, SHAPE, 3)
-    return save_student(tmp_path_factory.mktemp("export") / "student.pt", model, spec, SHAPE, 3, RECORD, seed=0)
+    return save_student(
+        tmp_path_factory.mktemp("export") / "student.pt", model, spec, student_data(SHAPE, 3, RECORD), seed=0
+    )
 
 
 @pytest.mark.parametrize("key", ["model_state_dict", "state_dict", "model"])

@@ -19,9 +19,11 @@ from torch import nn
 
 from raykd.config import ModelSpec
 from raykd.data.preprocess import IDENTITY
+from raykd.export import model_dependencies
 from raykd.models import build_model
 from raykd.students import load_student, read_student, save_student
-from raykd.tracking import log_student_model, model_dependencies
+from raykd.tracking import log_student_model
+from tests.conftest import student_data
 
 USER_MODULE = """
 from math import prod
@@ -56,7 +58,9 @@ def user_student(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     model = build_model(spec, (1, 6), 3)
     info = {"label": "kd", "setting": {"temperature": 4.0, "alpha": 0.5}, "seed": 1}
     metrics = {"val_acc": 0.75, "test_acc": 0.625, "test_acc_before": 0.5}
-    return save_student(tmp_path / "student.pt", model, spec, (1, 6), 3, IDENTITY, metrics=metrics, **info)
+    return save_student(
+        tmp_path / "student.pt", model, spec, student_data((1, 6), 3, IDENTITY), metrics=metrics, **info
+    )
 
 
 def test_a_logged_student_carries_its_code_metrics_setting_and_loads_without_raykd(

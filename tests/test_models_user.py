@@ -66,9 +66,7 @@ def test_user_model_gets_shape_classes_and_kwargs_and_trains_beside_a_registry_t
         tmp_path / "student.pt",
         student,
         cfg.nodes.model,
-        setup.dataset.input_shape,
-        10,
-        setup.dataset.preprocess,
+        setup.dataset,
         seed=0,
     )
     x = setup.dataset.test_x[:50]

@@ -137,7 +137,7 @@ def test_predict_applies_the_students_preprocessing_to_image_files(tmp_path: Pat
     torch.manual_seed(0)
     spec = ModelSpec(name="cnn2d", width=4)
     model = build_model(spec, data.input_shape, data.num_classes).eval()
-    path = save_student(tmp_path / "student.pt", model, spec, data.input_shape, data.num_classes, data.preprocess)
+    path = save_student(tmp_path / "student.pt", model, spec, data)
     assert read_student(path)["preprocess"] == data.preprocess
     files = sorted((root / "test").glob("*/*.png"))
     expected = model(data.test_x).detach()
@@ -156,7 +156,7 @@ def test_predict_on_array_datasets_uses_the_raw_values(tmp_path: Path, cache_dir
 
     spec = ModelSpec(name="mlp", width=8)
     model = build_model(spec, data.input_shape, data.num_classes).eval()
-    path = save_student(tmp_path / "digits.pt", model, spec, data.input_shape, data.num_classes, data.preprocess)
+    path = save_student(tmp_path / "digits.pt", model, spec, data)
     images = load_digits().images[:5]  # raw 0..16 values, as scikit-learn ships them
     expected = model(torch.as_tensor(images / 16.0, dtype=torch.float32)[:, None]).detach()
     assert torch.allclose(raykd.predict(path, images[:, None]), expected)
