@@ -20,6 +20,7 @@ from raykd.errors import ConfigError
 from raykd.models import build_model
 from raykd.nodes import load_node, node_path, prepare, read_node
 from raykd.students import read_student, save_student
+from raykd.sweep.preflight import preflight
 from tests.conftest import tiny_raw
 
 SIZE, CLASSES = 8, ("bars", "cross", "dots")
@@ -115,6 +116,19 @@ def test_channels_and_normalize_shape_the_inputs_and_the_record(tmp_path: Path) 
     wrong = DataConfig(dataset="imagefolder", root=root, channels=1, normalize={"mean": [0.1, 0.2, 0.3], "std": [1]})
     with pytest.raises(ConfigError, match=r"^data.normalize: mean has 3 values but the images have 1 channel"):
         load_dataset(wrong, tmp_path / "c")
+
+
+def test_a_sweep_says_what_its_image_inputs_are(
+    tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = gray_folder(tmp_path / "shapes")
+    preflight(validate_config(image_config(tmp_path, cache_dir, root, normalize="none")))
+    assert capsys.readouterr().out == (
+        "data: images in as 1 x 8 x 8, pixels in [0, 1] (data.channels, data.normalize: a checkpoint must have "
+        "been trained on the same)\n"
+    )
+    preflight(validate_config(image_config(tmp_path, cache_dir, root, channels=3)))
+    assert "data: images in as 3 x 8 x 8, (pixels in [0, 1] - mean [" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

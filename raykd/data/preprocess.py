@@ -105,6 +105,18 @@ def standardise(raw: np.ndarray | Tensor, record: dict[str, Any]) -> Tensor:
     return (x * record["scale"] - mean) / std
 
 
+def describe(record: dict[str, Any]) -> str:
+    """One line saying what an image-folder model's inputs are, printed as a sweep starts: a user's checkpoint
+    trained on other inputs shows here, not as a silently low accuracy."""
+    size, unit = record["size"], all(m == 0 for m in record["mean"]) and all(s == 1 for s in record["std"])
+    numbers = {k: ", ".join(f"{v:.3g}" for v in record[k]) for k in ("mean", "std")}
+    how = "pixels in [0, 1]" if unit else f"(pixels in [0, 1] - mean [{numbers['mean']}]) / std [{numbers['std']}]"
+    return (
+        f"data: images in as {record['channels']} x {size} x {size}, {how} (data.channels, data.normalize: a "
+        "checkpoint must have been trained on the same)"
+    )
+
+
 def model_inputs(record: dict[str, Any], inputs: Any, input_shape: Sequence[int]) -> Tensor:
     """A batch the model takes, from raw ``inputs``: image files or PIL images (image records), or raw values
     (one sample of ``input_shape`` or a batch of them; 0..255 pixels for images)."""
