@@ -158,6 +158,13 @@ def predict(student: str | Path | nn.Module, inputs: Any) -> torch.Tensor:
     return logits(student if not isinstance(student, (str, Path)) else Path(student), inputs)
 
 
+def export_student(student: str | Path, format: str, out: str | Path | None = None) -> Path:
+    """Write a student file as ONNX or TorchScript, its preprocessing in the metadata (see ``raykd.export``)."""
+    from raykd.export import export_student as export  # torch (and onnx) load with the first export
+
+    return export(student, format, out)
+
+
 def generate(student: str | Path, prompt: str, new_tokens: int = 60) -> str:
     """The greedy continuation of ``prompt`` by a language-model student file (it carries its tokenizer)."""
     from raykd.lm.samples import generate as continue_text  # torch loads with the first sample

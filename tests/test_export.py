@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import raykd
 from raykd.config import ModelSpec
 from raykd.data.preprocess import array_record
 from raykd.errors import ConfigError
@@ -86,7 +87,7 @@ def test_onnx_export_runs_in_onnxruntime_with_the_students_outputs(student: Path
 def test_export_defaults_beside_the_student_and_refuses_unknown_formats(
     student: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert export_student(student, "torchscript") == student.with_name("student.torchscript.pt")
+    assert raykd.export_student(student, "torchscript") == student.with_name("student.torchscript.pt")
     with pytest.raises(ConfigError, match=r"^export --format: 'tflite' is not a format; allowed: onnx, torchscript$"):
         export_student(student, "tflite")
     assert main([str(student.with_name("absent.pt")), "--format", "onnx"]) == 2
