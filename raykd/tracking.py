@@ -230,7 +230,8 @@ def log_student_model(name: str, path: Path) -> None:
         metadata={"preprocess": about.get("preprocess"), "setting": info.get("setting", {}), "seed": info.get("seed")},
     )
     register(name, logged)
-    numbers = {k: float(v) for k, v in info.get("metrics", {}).items() if isinstance(v, (int, float))}
+    # A model's metrics are its run's too: keyed by the model, so they never join the run's own histories.
+    numbers = {f"{name}.{k}": float(v) for k, v in info.get("metrics", {}).items() if isinstance(v, (int, float))}
     mlflow.log_metrics(numbers, model_id=logged.model_id)
     setting = {"seed": info.get("seed"), **info.get("setting", {})}
     mlflow.log_model_params({k: str(v) for k, v in setting.items() if v is not None}, model_id=logged.model_id)

@@ -50,7 +50,7 @@ def test_sweep_keeps_the_chosen_students_and_they_reproduce_the_table(
     assert sorted(m.name for m in client.search_registered_models()) == ["tiny-kd", "tiny-no-kd"]
     kd = next(m for m in logged if m.name == "tiny-kd")
     kd_info = read_student(out / "students" / "kd" / "seed0.pt")["info"]
-    metrics = {m.key: m.value for m in kd.metrics}
+    metrics = {m.key.removeprefix("tiny-kd."): m.value for m in kd.metrics}
     assert metrics["val_acc"] == kd_info["metrics"]["val_acc"] and metrics["test_acc"] == kd_info["metrics"]["test_acc"]
     assert float(kd.params["temperature"]) == kd_info["setting"]["temperature"] and kd.params["seed"] == "0"
     mlflow.set_tracking_uri(raw["tracking"]["uri"])
