@@ -34,6 +34,7 @@ PREPROCESS_KEY = "raykd_preprocess"
 ONNX_PACKAGES = ("onnx", "onnxscript")
 #: Folders that hold installed distributions: a model class from there is a requirement, not code to ship.
 INSTALLED = ("site-packages", "dist-packages")
+RAYKD = __name__.split(".")[0]
 
 
 def export_student(student: str | Path, format: str, out: str | Path | None = None) -> Path:
@@ -84,8 +85,9 @@ def _onnx(model: nn.Module, example: torch.Tensor, metadata: str, tmp: Path) -> 
 
 def model_dependencies(model: nn.Module) -> tuple[list[str], list[str], str]:
     """What loading the pickled ``model`` elsewhere needs: pip requirements (torch, and each installed
-    distribution its classes come from), code paths (each module of its classes that is not installed: the
-    user's own) and why a class cannot travel (defined in a script's ``__main__``), empty when all can."""
+    distribution its classes come from), code paths (each package or module of its classes that is not
+    installed, the user's own; raykd's for its GPT) and why a class cannot travel (defined in a script's
+    ``__main__``), empty when all can."""
     requirements, code, why_not = {f"torch=={version('torch').split('+')[0]}"}, set(), ""
     owners = packages_distributions()
     for top in sorted({type(m).__module__.split(".")[0] for m in model.modules()} - {"torch", "builtins"}):
@@ -93,7 +95,7 @@ def model_dependencies(model: nn.Module) -> tuple[list[str], list[str], str]:
         installed = source is not None and any(part in INSTALLED for part in Path(source).parts)
         if top == "__main__" or source is None:
             why_not = f"its class is defined in {top}, which has no module file to ship; define it in a module"
-        elif installed and top in owners:
+        elif installed and top in owners and top != RAYKD:  # raykd itself is on no index: its code travels
             requirements.add(f"{owners[top][0]}=={version(owners[top][0])}")
         else:
             code.add(str(Path(source).parent if Path(source).name == "__init__.py" else Path(source)))

@@ -17,6 +17,7 @@ import torch
 import yaml
 from torch import nn
 
+import raykd
 from raykd.config import ModelSpec
 from raykd.data.preprocess import IDENTITY
 from raykd.export import model_dependencies
@@ -114,6 +115,9 @@ def test_dependencies_name_installed_distributions_and_refuse_a_script_class() -
     class Script(nn.Module):
         pass
 
+    from raykd.lm.gpt import GPT
+
+    assert model_dependencies(GPT(16, 4, 8, 1, 2))[1] == [str(Path(raykd.__file__).parent)]
     Script.__module__ = "__main__"  # as a class defined in a user's script is
     _, code, why_not = model_dependencies(nn.Sequential(Script()))
     assert code == [] and why_not.startswith("its class is defined in __main__")
