@@ -194,6 +194,7 @@ def save_models(
         )
     private = private_folder(cfg)
     if private.is_dir():
+        out.mkdir(parents=True, exist_ok=True)  # logit-exchange saves no global model first
         private.replace(out / "private_models")
         if not any(private.parent.iterdir()):
             private.parent.rmdir()
