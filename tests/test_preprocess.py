@@ -162,6 +162,9 @@ def test_predict_applies_the_students_preprocessing_to_image_files(tmp_path: Pat
     assert torch.allclose(raykd.predict(student, raw.transpose(0, 3, 1, 2)), expected)  # raw 0..255 pixels
     with pytest.raises(ConfigError, match=r"raykd.predict: inputs of shape \(2, 4, 4\); allowed: \(3, 4, 4\)"):
         raykd.predict(student, np.zeros((2, 4, 4)))
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(ConfigError, match=r"^raykd.predict: inputs: cannot read image .*broken.png"):
+        raykd.predict(student, [tmp_path / "broken.png"])
 
 
 def test_predict_on_array_datasets_uses_the_raw_values(tmp_path: Path, cache_dir: Path) -> None:

@@ -41,37 +41,39 @@ def image_record(channels: int, size: int, mean: Sequence[float], std: Sequence[
     return {**record, "inputs": "image", "channels": channels, "size": size, "classes": classes}
 
 
-def _open(item: Path | Image.Image) -> Image.Image:
+def _open(item: Path | Image.Image, field: str) -> Image.Image:
     """An image to read (a file is opened lazily: only its header so far); an unreadable file is one line."""
     try:
         return item if isinstance(item, Image.Image) else Image.open(item)
     except (OSError, UnidentifiedImageError) as err:
-        raise _unreadable(item, err) from None
+        raise _unreadable(item, err, field) from None
 
 
-def _unreadable(item: Path | Image.Image, err: Exception) -> ConfigError:
-    return ConfigError(f"data.root: cannot read image {item} ({type(err).__name__}: {err})")
+def _unreadable(item: Path | Image.Image, err: Exception, field: str) -> ConfigError:
+    return ConfigError(f"{field}: cannot read image {item} ({type(err).__name__}: {err})")
 
 
 def folder_channels(paths: Sequence[Path]) -> int:
     """``data.channels: keep``: 1 when every image is grayscale, else 3 (colour, palette or alpha images)."""
     for path in paths:
-        with _open(path) as image:
+        with _open(path, "data.root") as image:
             if image.mode not in GRAY_MODES:
                 return 3
     return 1
 
 
-def decode_images(images: Sequence[Path | Image.Image], channels: int, size: int) -> np.ndarray:
+def decode_images(
+    images: Sequence[Path | Image.Image], channels: int, size: int, field: str = "data.root"
+) -> np.ndarray:
     """Images as raw pixels 0..255, float32 (N, channels, size, size): grayscale (``L``) or RGB, resized bilinearly."""
     mode = "L" if channels == 1 else "RGB"
     pixels = []
     for item in images:
-        image = _open(item)
+        image = _open(item, field)
         try:
             pixels.append(np.asarray(image.convert(mode).resize((size, size), Image.Resampling.BILINEAR)))
         except OSError as err:  # a truncated file fails only when its pixels are read
-            raise _unreadable(item, err) from None
+            raise _unreadable(item, err, field) from None
         finally:
             if image is not item:  # a file opened here; a caller's PIL image stays open
                 image.close()
@@ -100,7 +102,7 @@ def statistics(raw: np.ndarray, normalize: str | Normalize) -> tuple[list[float]
 def standardise(raw: np.ndarray | Tensor, record: dict[str, Any]) -> Tensor:
     """``(raw * scale - mean) / std`` per channel, as float32: what the model was trained on."""
     x = torch.as_tensor(np.asarray(raw) if not isinstance(raw, Tensor) else raw, dtype=torch.float32)
-    shape = (1, -1) + (1,) * (x.dim() - 2) if x.dim() >= 2 else (-1,)
+    shape = (1, -1) + (1,) * (x.dim() - 2)  # inputs are (N, C, ...): every source's arrays, every predict batch
     mean, std = (torch.tensor(record[k], dtype=torch.float32).reshape(shape) for k in ("mean", "std"))
     return (x * record["scale"] - mean) / std
 
@@ -108,7 +110,8 @@ def standardise(raw: np.ndarray | Tensor, record: dict[str, Any]) -> Tensor:
 def describe(record: dict[str, Any]) -> str:
     """One line saying what an image-folder model's inputs are, printed as a sweep starts: a user's checkpoint
     trained on other inputs shows here, not as a silently low accuracy."""
-    size, unit = record["size"], all(m == 0 for m in record["mean"]) and all(s == 1 for s in record["std"])
+    size = record["size"]
+    unit = all(m == 0 for m in record["mean"]) and all(s == 1 for s in record["std"])
     numbers = {k: ", ".join(f"{v:.3g}" for v in record[k]) for k in ("mean", "std")}
     how = "pixels in [0, 1]" if unit else f"(pixels in [0, 1] - mean [{numbers['mean']}]) / std [{numbers['std']}]"
     return (
@@ -128,7 +131,7 @@ def model_inputs(record: dict[str, Any], inputs: Any, input_shape: Sequence[int]
         if record["inputs"] != "image":
             raise ConfigError("raykd.predict: inputs are image files, but this student takes arrays; pass an array")
         images = [item if isinstance(item, Image.Image) else Path(item) for item in inputs]
-        inputs = decode_images(images, record["channels"], record["size"])
+        inputs = decode_images(images, record["channels"], record["size"], "raykd.predict: inputs")
     x = torch.as_tensor(np.asarray(inputs) if not isinstance(inputs, Tensor) else inputs)
     if tuple(x.shape) == tuple(input_shape):
         x = x[None]
