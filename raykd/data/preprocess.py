@@ -35,7 +35,9 @@ def array_record(scale: float, mean: Sequence[float], std: Sequence[float]) -> d
     return {"inputs": "array", "scale": float(scale), "mean": [float(m) for m in mean], "std": [float(s) for s in std]}
 
 
-def image_record(channels: int, size: int, mean: Sequence[float], std: Sequence[float], classes: list[str]) -> dict:
+def image_record(
+    channels: int, size: int, mean: Sequence[float], std: Sequence[float], classes: list[str]
+) -> dict[str, Any]:
     """The record of an image folder: decode to ``channels`` x ``size`` x ``size`` pixels 0..255, then standardise."""
     record = array_record(PIXEL_SCALE, mean, std)
     return {**record, "inputs": "image", "channels": channels, "size": size, "classes": classes}
