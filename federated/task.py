@@ -313,17 +313,8 @@ def federated_teacher(cfg: ExperimentConfig) -> nn.Module:
 
 
 def _save_private(cfg: ExperimentConfig, setup: Setup, node: int, model: nn.Module) -> None:
-    save_student(
-        private_model_path(cfg, node),
-        model,
-        cfg.nodes.model_of(node),
-        setup.dataset.input_shape,
-        setup.dataset.num_classes,
-        client=node,
-        strategy=cfg.federated.strategy,
-        seed=cfg.seeds[0],
-        **lm_info(setup.dataset),
-    )
+    info = {"client": node, "strategy": cfg.federated.strategy, "seed": cfg.seeds[0], **lm_info(setup.dataset)}
+    save_student(private_model_path(cfg, node), model, cfg.nodes.model_of(node), setup.dataset, **info)
 
 
 def private_model_path(cfg: ExperimentConfig, node: int) -> Path:

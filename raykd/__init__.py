@@ -5,8 +5,29 @@ The core (``raykd.data``, ``raykd.models``, ``raykd.methods``, ``raykd.engine``,
 shells around it; ``raykd.api`` is the Python API both command lines wrap.
 """
 
-from raykd.api import Simulation, Study, generate, load_config, load_student, run, simulate
+from raykd.api import (
+    Simulation,
+    Study,
+    export_student,
+    generate,
+    load_config,
+    load_student,
+    predict,
+    run,
+    simulate,
+)
 from raykd.errors import ConfigError
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "Simulation", "Study", "generate", "load_config", "load_student", "run", "simulate"]
+__all__ = [
+    "ConfigError",
+    "Simulation",
+    "Study",
+    "export_student",
+    "generate",
+    "load_config",
+    "load_student",
+    "predict",
+    "run",
+    "simulate",
+]

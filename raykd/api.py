@@ -5,6 +5,7 @@
     study = raykd.run(cfg)                 # the sweep `python -m raykd.tune` runs
     study.summary                          # one row per method row: its chosen setting and metrics
     model = raykd.load_student(study.students["kd-tuned"][0])
+    raykd.predict(model, ["cat.png"])     # logits for raw inputs, preprocessed as the student file says
     raykd.generate(path, "def ")          # a language-model student's greedy continuation
 
 Bad input raises the same one-line ``ConfigError`` the command lines print. Ray, Tune, MLflow and torch
@@ -32,6 +33,7 @@ from raykd.files import held_writes
 
 if TYPE_CHECKING:
     import pandas as pd
+    import torch
     from torch import nn
 
 
@@ -146,6 +148,21 @@ def load_student(path: str | Path) -> nn.Module:
     from raykd.students import load_student as load  # torch loads with the first student
 
     return load(Path(path))
+
+
+def predict(student: str | Path | nn.Module, inputs: Any) -> torch.Tensor:
+    """A classifier student's logits (N, classes) for raw ``inputs``, preprocessed as its file says: image files
+    or PIL images for an image-folder student, else raw arrays (see ``raykd.students.predict``)."""
+    from raykd.students import predict as logits  # torch loads with the first student
+
+    return logits(student if not isinstance(student, (str, Path)) else Path(student), inputs)
+
+
+def export_student(student: str | Path, format: str, out: str | Path | None = None) -> Path:
+    """Write a student file as ONNX or TorchScript, its preprocessing in the metadata (see ``raykd.export``)."""
+    from raykd.export import export_student as export  # torch (and onnx) load with the first export
+
+    return export(student, format, out)
 
 
 def generate(student: str | Path, prompt: str, new_tokens: int = 60) -> str:

@@ -31,15 +31,18 @@ from filelock import FileLock
 from matplotlib.figure import Figure
 from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.utils import flatten_dict
 
 from raykd.cluster import NODE_ID
 from raykd.errors import ConfigError
+from raykd.export import model_dependencies
 from raykd.files import LOCK_WAIT_S, last_line, lock_file, write_atomic
 from raykd.lm.hf import pretrained_folder
 from raykd.students import load_student, read_student
+from raykd.sweep.students import row_name, setting_name
 
 DEFAULT_STORE = "mlflow.db"
 #: MLflow's defaults retry an unreachable server for minutes (7 retries, 120 s timeouts); these bound it to
@@ -53,6 +56,7 @@ HTTP_LIMITS = {
 for _name, _value in HTTP_LIMITS.items():
     os.environ.setdefault(_name, _value)
 logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # its warning on pickled models, once per student
+log = logging.getLogger("raykd.tracking")
 
 
 def resolve_uri(uri: str | None) -> str:
@@ -167,10 +171,11 @@ class ParentRun:
         """Metrics under keys MLflow accepts: a method label or cell name may hold any character."""
         remote("sweep metrics", lambda: mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()}))
 
-    def log_students(self, best: dict[str, Path]) -> None:
-        """Each method row's best student (over seeds, on validation) as an MLflow model in the parent run."""
+    def log_students(self, sweep: str, best: dict[str, Path]) -> None:
+        """Each method row's best student (over seeds, on validation) as an MLflow model in the parent run, named
+        (and registered as) ``<sweep>-<row>``: each sweep of a config adds a version."""
         for name, path in best.items():
-            remote("students", lambda name=name, path=path: log_student_model(name, path))
+            remote("students", lambda name=name, path=path: log_student_model(f"{sweep}-{name}", path))
 
     def log_figures(self, figures: dict[str, Figure], folder: Path) -> None:
         """Each figure as a PNG in ``folder`` and under ``plots/`` in the run, then closed."""
@@ -201,22 +206,50 @@ def model_name(text: str) -> str:
 
 
 def log_student_model(name: str, path: Path) -> None:
-    """A student file as an MLflow PyTorch model (with an input example, so its signature is recorded) and as
-    the file itself; ``mlflow.pytorch.load_model`` then loads it (a custom model's module must be importable).
+    """A student file as an MLflow PyTorch model named ``name`` (registered under it too): with an input example
+    (its signature), its own metrics (val/test accuracy) and setting, the code and requirements its classes need
+    (``model_dependencies``), and the file itself; ``mlflow.pytorch.load_model`` then loads it elsewhere.
 
     It is pickled (not torch.export's pt2), so any module the user wrote loads back as that module.
     """
     name = model_name(name)
-    model, info = load_student(path), read_student(path)
-    tokens = info["info"].get("task") == "lm"  # a language model's input is token ids
-    example = torch.zeros(1, *info["input_shape"], dtype=torch.int64 if tokens else torch.float32).numpy()
-    requirements = [f"torch=={torch.__version__.split('+')[0]}"]  # inferring them would import the model anew
-    mlflow.pytorch.log_model(
-        model, name=name, input_example=example, pip_requirements=requirements, serialization_format="pickle"
+    model, about = load_student(path), read_student(path)
+    info = about["info"]
+    tokens = info.get("task") == "lm"  # a language model's input is token ids
+    example = torch.zeros(1, *about["input_shape"], dtype=torch.int64 if tokens else torch.float32).numpy()
+    requirements, code_paths, why_not = model_dependencies(model)
+    if why_not:
+        log.warning("MLflow model %s: no code_paths (%s)", name, why_not)
+    logged = mlflow.pytorch.log_model(
+        model,
+        name=name,
+        input_example=example,
+        pip_requirements=requirements,
+        code_paths=code_paths or None,
+        serialization_format="pickle",
+        metadata={"preprocess": about.get("preprocess"), "setting": info.get("setting", {}), "seed": info.get("seed")},
     )
+    register(name, logged)
+    # A model's metrics are its run's too: keyed by the model, so they never join the run's own histories.
+    numbers = {f"{name}.{k}": float(v) for k, v in info.get("metrics", {}).items() if isinstance(v, (int, float))}
+    mlflow.log_metrics(numbers, model_id=logged.model_id)
+    setting = {"seed": info.get("seed"), **info.get("setting", {})}
+    mlflow.log_model_params({k: str(v) for k, v in setting.items() if v is not None}, model_id=logged.model_id)
     mlflow.log_artifact(str(path), artifact_path=f"students/{name}")
     if pretrained_folder(path).is_dir():  # a transformers student: its save_pretrained folder too
         mlflow.log_artifacts(str(pretrained_folder(path)), artifact_path=f"students/{name}/hf")
+
+
+def register(name: str, logged: ModelInfo) -> None:
+    """A new version of registered model ``name`` (created on first use), through the client: MLflow's fluent
+    ``registered_model_name`` prints two lines per model to stderr."""
+    client = MlflowClient()
+    try:
+        client.create_registered_model(name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    client.create_model_version(name, logged.model_uri, logged.run_id, model_id=logged.model_id)
 
 
 @contextmanager
@@ -278,6 +311,7 @@ class TrialRuns(MLflowLoggerCallback):
         new = trial not in self._trial_runs
         super().log_trial_start(trial)
         if new:
+            self.client.set_tag(self._trial_runs[trial], "mlflow.runName", trial_run_name(trial.config))
             parent = self.tags["mlflow.parentRunId"]
             older = self.client.search_runs(
                 [self.mlflow_util.experiment_id],
@@ -305,6 +339,14 @@ class TrialRuns(MLflowLoggerCallback):
         if failed:
             self.client.set_tag(self._trial_runs[trial], "raykd.error", trial_error(trial))
         super().log_trial_end(trial, failed)
+
+
+def trial_run_name(config: dict[str, Any]) -> str:
+    """A trial's MLflow run name, ``[<cell>/]<row> <setting> seed<S>``, so the UI tells rows, settings and seeds
+    apart (Tune's own name is ``trainable_<id>``)."""
+    arm = config["arm"]
+    setting = {k: v for k, v in arm.items() if k not in ("label", "method")}
+    return f"{row_name(config.get('cell') or {}, arm['label'])} {setting_name(setting)} seed{config['seed']}"
 
 
 def trial_runs(uri: str, experiment: str, parent_run_id: str, sweep_name: str) -> TrialRuns:
@@ -340,4 +382,4 @@ def log_simulation(
         for path in files:
             mlflow.log_artifact(str(path))
         for name, path in models.items():
-            log_student_model(name, path)
+            log_student_model(f"{raw['name']}-{name}", path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -47,6 +48,11 @@ def ray_address(ray_session: Any) -> str:
         assert time.monotonic() < deadline, f"the session's Ray stayed busy: {ray_session.available_resources()}"
         time.sleep(0.2)
     return str(ray_session.get_runtime_context().gcs_address)
+
+
+def student_data(shape: tuple[int, ...], classes: int, preprocess: dict[str, Any]) -> SimpleNamespace:
+    """What ``save_student`` records of a dataset, for a student made without one."""
+    return SimpleNamespace(input_shape=shape, num_classes=classes, preprocess=preprocess)
 
 
 def tiny_raw(tmp_path: Path, cache_dir: Path, **sections: Any) -> dict[str, Any]:

@@ -94,7 +94,7 @@ def test_image_folder_is_decoded_once_and_cached_by_content(tmp_path: Path, monk
     def no_decode(*args: Any) -> None:
         raise AssertionError("decoded again instead of reading the cache")
 
-    monkeypatch.setattr(sources_module, "_decode", no_decode)
+    monkeypatch.setattr(sources_module, "decode_images", no_decode)
     assert torch.equal(load_dataset(cfg, cache).train_x, data.train_x)
     monkeypatch.undo()
     entry.write_bytes(entry.read_bytes()[:-20])  # a corrupted entry is rebuilt, not read

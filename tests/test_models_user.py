@@ -62,7 +62,13 @@ def test_user_model_gets_shape_classes_and_kwargs_and_trains_beside_a_registry_t
     student, teacher = load_node(cfg, setup, 0, 0), load_node(cfg, setup, 1, 0)
     assert student[1].out_features == 5 and student[3].out_features == 10
     assert type(student[1]) is torch.nn.Linear and len(teacher) != len(student)  # different architectures
-    path = save_student(tmp_path / "student.pt", student, cfg.nodes.model, setup.dataset.input_shape, 10, seed=0)
+    path = save_student(
+        tmp_path / "student.pt",
+        student,
+        cfg.nodes.model,
+        setup.dataset,
+        seed=0,
+    )
     x = setup.dataset.test_x[:50]
     assert torch.equal(load_student(path)(x), student.eval()(x))  # a custom model rebuilds from its module
 

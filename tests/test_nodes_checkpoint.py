@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from raykd.config import ExperimentConfig, ModelSpec, validate_config
+from raykd.data.preprocess import IDENTITY
 from raykd.engine import accuracy
 from raykd.errors import ConfigError
 from raykd.models import build_model
 from raykd.nodes import check_checkpoints, load_node, node_key, node_path, prepare, read_node
 from raykd.students import load_student, read_student, read_weights, save_student
-from tests.conftest import tiny_raw
+from tests.conftest import student_data, tiny_raw
 
 SHAPE = (1, 40)
 StateDict = dict[str, torch.Tensor]
@@ -47,7 +48,9 @@ def as_node_file(tmp_path: Path, path: Path) -> Path:
 def as_student_file(tmp_path: Path, path: Path) -> Path:
     model = build_model(ModelSpec(name="mlp", width=16), SHAPE, 10)
     model.load_state_dict(torch.load(path, weights_only=True))
-    return save_student(tmp_path / "student-file.pt", model, ModelSpec(name="mlp", width=16), SHAPE, 10)
+    return save_student(
+        tmp_path / "student-file.pt", model, ModelSpec(name="mlp", width=16), student_data(SHAPE, 10, IDENTITY)
+    )
 
 
 def as_state_dict(tmp_path: Path, path: Path) -> Path:
@@ -149,7 +152,7 @@ def test_student_file_round_trip_reproduces_outputs_and_accuracy(tmp_path: Path,
     student = load_node(cfg, setup, 0, 0).eval()
     data = setup.dataset
     info = {"label": "kd", "setting": {"temperature": 4.0}, "seed": 0, "test_acc": np.float64(0.5), "gain": 0.1}
-    path = save_student(tmp_path / "out" / "student.pt", student, cfg.nodes.model, data.input_shape, 10, **info)
+    path = save_student(tmp_path / "out" / "student.pt", student, cfg.nodes.model, data, **info)
     loaded = load_student(path)
     assert not loaded.training and torch.equal(loaded(data.test_x), student(data.test_x))
     assert accuracy(loaded, data.test_x, data.test_y) == accuracy(student, data.test_x, data.test_y)

@@ -46,8 +46,20 @@ def test_sweep_keeps_the_chosen_students_and_they_reproduce_the_table(
     client = mlflow.MlflowClient(raw["tracking"]["uri"])
     experiment = client.get_experiment_by_name("tests").experiment_id
     logged = mlflow.search_logged_models(experiment_ids=[experiment], output_format="list")
-    assert sorted(m.name for m in logged) == ["kd", "no-kd"]
+    assert sorted(m.name for m in logged) == ["tiny-kd", "tiny-no-kd"]  # <sweep>-<row>, registered under it too
+    assert sorted(m.name for m in client.search_registered_models()) == ["tiny-kd", "tiny-no-kd"]
+    kd = next(m for m in logged if m.name == "tiny-kd")
+    kd_info = read_student(out / "students" / "kd" / "seed0.pt")["info"]
+    metrics = {m.key.removeprefix("tiny-kd."): m.value for m in kd.metrics}
+    assert metrics["val_acc"] == kd_info["metrics"]["val_acc"] and metrics["test_acc"] == kd_info["metrics"]["test_acc"]
+    assert float(kd.params["temperature"]) == kd_info["setting"]["temperature"] and kd.params["seed"] == "0"
     mlflow.set_tracking_uri(raw["tracking"]["uri"])
-    model = mlflow.pytorch.load_model(f"models:/{next(m for m in logged if m.name == 'kd').model_id}")
+    model = mlflow.pytorch.load_model(f"models:/{kd.model_id}")
     expected = load_student(out / "students" / "kd" / "seed0.pt")(data.test_x[:8])
     assert torch.equal(model.eval()(data.test_x[:8]), expected)
+    children = client.search_runs([experiment], "tags.`mlflow.parentRunId` != ''")
+    assert sorted(r.info.run_name for r in children) == [
+        "kd temperature=1-alpha=0.5 seed0",
+        "kd temperature=4-alpha=0.5 seed0",
+        "no-kd default seed0",
+    ]

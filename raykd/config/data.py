@@ -47,6 +47,20 @@ class AugmentSpec(Section):
         return {"name": value} if isinstance(value, str) else value
 
 
+class Normalize(Section):
+    """Explicit per-channel statistics: an input becomes (pixel / 255 - mean) / std."""
+
+    mean: list[float] = Field(min_length=1, description="one value per channel (or one for all)")
+    std: list[float] = Field(min_length=1, description="one positive value per channel (or one for all)")
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, std: list[float]) -> list[float]:
+        if min(std) <= 0:
+            raise ValueError(f"std holds {min(std):g}; allowed: positive numbers")
+        return std
+
+
 class DataConfig(Section):
     task: Literal["classify", "lm"] = Field(
         "classify", description="classify: one label per sample; lm: next-token prediction on text (a token is a row)"
@@ -75,6 +89,15 @@ class DataConfig(Section):
     )
     kwargs: dict[str, Any] = Field({}, description="keyword arguments of a 'package.module:function' dataset")
     image_size: int = Field(32, ge=1, description="imagefolder: images are resized to image_size x image_size")
+    channels: Literal[1, 3, "keep"] = Field(
+        "keep",
+        description="imagefolder: 1 (grayscale), 3 (RGB) or keep (1 when every image is grayscale, else 3)",
+    )
+    normalize: Normalize | Literal["train-stats", "none"] = Field(
+        "train-stats",
+        description="imagefolder: train-stats (each channel's mean/std over the training images), none (pixels in "
+        "[0,1], as torchvision's ToTensor gives), or {mean: [...], std: [...]}; student files carry it",
+    )
     augment: list[AugmentSpec] = Field(
         [], description="train-time image transforms: random_crop (padding, default 4), horizontal_flip"
     )
@@ -93,6 +116,14 @@ class DataConfig(Section):
 
     def __hash__(self) -> int:  # kwargs and augment are mutable containers; the loaded dataset is cached by config
         return hash(self.model_dump_json())
+
+    @field_validator("normalize", mode="before")
+    @classmethod
+    def _normalize_choice(cls, value: Any) -> Any:
+        """A misspelt choice is named with every allowed one (a mapping is checked as ``Normalize``)."""
+        if isinstance(value, str) and value not in ("train-stats", "none"):
+            raise ValueError(f"{value!r} is not a choice; allowed: train-stats, none, or {{mean: [...], std: [...]}}")
+        return value
 
     @field_validator("dataset")
     @classmethod

@@ -11,7 +11,7 @@ pool are drawn from the training split with the experiment's seed, before partit
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from torch import Tensor
 
 from raykd.config import DataConfig
 from raykd.data.arrays import Arrays, cached_arrays, check_arrays, num_classes
+from raykd.data.preprocess import IDENTITY, TOKENS, array_record
 from raykd.data.sources import load_image_folder, load_npz, load_reference
 from raykd.data.stratify import stratified_split
 from raykd.errors import ConfigError
@@ -49,6 +50,8 @@ class Dataset:
     documents: np.ndarray | None = None
     topics: np.ndarray | None = None
     tokenizer: Any = None
+    #: How raw inputs became ``x`` (``raykd.data.preprocess``); every student file carries it.
+    preprocess: dict[str, Any] = field(default_factory=lambda: dict(IDENTITY))
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -173,15 +176,26 @@ def _fake(samples: int, classes: int) -> Arrays:
     return Arrays(x[:samples], y[:samples], x[samples:], y[samples:])
 
 
-def _arrays(cfg: DataConfig, cache_dir: Path) -> Arrays:
-    """The four arrays of ``cfg.dataset``, checked (user sources check before they cache anything)."""
+#: How each built-in dataset's raw inputs (pixels 0..255, digits' 0..16) became the arrays its models see.
+BUILTIN_PREPROCESS = {
+    "digits": array_record(1 / 16, [0.0], [1.0]),
+    "mnist": array_record(1 / 255, [MNIST_MEAN], [MNIST_STD]),
+    "cifar10": array_record(1 / 255, CIFAR_MEAN.tolist(), CIFAR_STD.tolist()),
+    "cifar100": array_record(1 / 255, CIFAR_MEAN.tolist(), CIFAR_STD.tolist()),
+    "fake": array_record(1 / 255, [0.0], [1.0]),
+}
+
+
+def _arrays(cfg: DataConfig, cache_dir: Path) -> tuple[Arrays, dict[str, Any]]:
+    """The four arrays of ``cfg.dataset``, checked (user sources check before they cache anything), and the
+    preprocessing that made them from raw inputs (a user's arrays are used as they are)."""
     root = Path(cfg.root) if cfg.root is not None else None
     if is_reference(cfg.dataset):
-        return load_reference(cfg.dataset, cfg.kwargs)
+        return load_reference(cfg.dataset, cfg.kwargs), dict(IDENTITY)
     if cfg.dataset == "npz":
-        return load_npz(root)  # type: ignore[arg-type]
+        return load_npz(root), dict(IDENTITY)  # type: ignore[arg-type]
     if cfg.dataset == "imagefolder":
-        return load_image_folder(root, cfg.image_size, cache_dir)  # type: ignore[arg-type]
+        return load_image_folder(root, cfg.image_size, cfg.channels, cfg.normalize, cache_dir)  # type: ignore[arg-type]
     builders = {
         "digits": _digits,
         "mnist": _mnist,
@@ -189,7 +203,8 @@ def _arrays(cfg: DataConfig, cache_dir: Path) -> Arrays:
         "fake": lambda: _fake(cfg.fake_samples, cfg.fake_classes),
     }
     arrays = builders[cfg.dataset]() if cfg.dataset in builders else _cifar(cfg.dataset, root)  # type: ignore[arg-type]
-    return check_arrays(arrays, f"data.dataset: {cfg.dataset} gave")
+    preprocess = dict(BUILTIN_PREPROCESS.get(cfg.dataset, IDENTITY))
+    return check_arrays(arrays, f"data.dataset: {cfg.dataset} gave"), preprocess
 
 
 def _text_dataset(cfg: DataConfig, cache_dir: Path) -> Dataset:
@@ -198,17 +213,18 @@ def _text_dataset(cfg: DataConfig, cache_dir: Path) -> Dataset:
 
     t = tokenise(cfg, cache_dir)
     tensors = [torch.as_tensor(a, dtype=torch.int64) for a in (t.x, t.y, t.x_test, t.y_test)]
-    return Dataset(cfg.dataset, *tensors, t.tokenizer.vocab_size, "lm", t.documents, t.topics, t.tokenizer)
+    vocab = t.tokenizer.vocab_size
+    return Dataset(cfg.dataset, *tensors, vocab, "lm", t.documents, t.topics, t.tokenizer, dict(TOKENS))
 
 
 def load_dataset(cfg: DataConfig, cache_dir: Path) -> Dataset:
     """Load ``cfg.dataset`` as tensors; its class count comes from the training labels (text: the vocabulary)."""
     if cfg.task == "lm":
         return _text_dataset(cfg, cache_dir)
-    arrays = _arrays(cfg, cache_dir)
+    arrays, preprocess = _arrays(cfg, cache_dir)
     tx, ty = _tensors(arrays.x, arrays.y)
     vx, vy = _tensors(arrays.x_test, arrays.y_test)
-    return Dataset(cfg.dataset, tx, ty, vx, vy, num_classes(arrays))
+    return Dataset(cfg.dataset, tx, ty, vx, vy, num_classes(arrays), preprocess=preprocess)
 
 
 def make_splits(labels: np.ndarray, cfg: DataConfig, seed: int) -> Splits:

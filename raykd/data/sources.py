@@ -1,7 +1,9 @@
 """A user's own data: an ``.npz`` file, an ImageFolder-style directory, or a ``package.module:function``.
 
-Files a user names are only read. An image folder is decoded once and cached under the cache
-folder by a digest of its content, so editing, adding or renaming an image gives a new entry.
+Files a user names are only read. An image folder is decoded once (``data.channels``, ``data.image_size``) and
+its raw pixels cached under the cache folder by a digest of its content, so editing, adding or renaming an image
+gives a new entry; ``data.normalize`` is applied after, and recorded (``raykd.data.preprocess``). An ``.npz`` and
+a callable's arrays are used as they are.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from raykd.config.data import Normalize
 from raykd.data.arrays import Arrays, as_array, cached_arrays, check_arrays
+from raykd.data.preprocess import decode_images, folder_channels, image_record, standardise, statistics
 from raykd.errors import ConfigError
 from raykd.references import resolve
 
@@ -65,39 +68,39 @@ def folder_digest(root: Path, files: list[tuple[str, Path]]) -> str:
     return digest.hexdigest()
 
 
-def _decode(files: list[tuple[str, Path]], size: int) -> np.ndarray:
-    """RGB images resized to ``size`` x ``size``, as float32 (N, 3, size, size) in [0, 1]."""
-    images = []
-    for _, path in files:
-        try:
-            with Image.open(path) as image:
-                images.append(np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)))
-        except (OSError, UnidentifiedImageError) as err:
-            raise ConfigError(f"data.root: cannot read image {path} ({type(err).__name__}: {err})") from None
-    return (np.stack(images).astype(np.float32) / 255.0).transpose(0, 3, 1, 2)
-
-
-def _build_folder(root: Path, train: list[tuple[str, Path]], test: list[tuple[str, Path]], size: int) -> Arrays:
-    """Decode both splits; classes are the sorted train class folders (torchvision ImageFolder's order)."""
-    classes = {name: i for i, name in enumerate(sorted({name for name, _ in train}))}
+def _build_folder(
+    root: Path, train: list[tuple[str, Path]], test: list[tuple[str, Path]], size: int, channels: int
+) -> Arrays:
+    """Both splits as raw pixels; classes are the sorted train class folders (torchvision ImageFolder's order)."""
+    classes = class_names(train)
     unknown = sorted({name for name, _ in test} - set(classes))
     if unknown:
         raise ConfigError(f"data.root: {root}/test/{unknown[0]}/ is a class that {root}/train/ does not have")
-    x, x_test = _decode(train, size), _decode(test, size)
-    mean, std = x.mean(axis=(0, 2, 3), keepdims=True), x.std(axis=(0, 2, 3), keepdims=True) + 1e-6
-    labels = [np.array([classes[name] for name, _ in files], dtype=np.int64) for files in (train, test)]
-    arrays = Arrays((x - mean) / std, labels[0], (x_test - mean) / std, labels[1])
-    return check_arrays(arrays, f"data.root: {root} holds")
+    x, x_test = (decode_images([path for _, path in files], channels, size) for files in (train, test))
+    labels = [np.array([classes.index(name) for name, _ in files], dtype=np.int64) for files in (train, test)]
+    return check_arrays(Arrays(x, labels[0], x_test, labels[1]), f"data.root: {root} holds")
 
 
-def load_image_folder(root: Path, size: int, cache_dir: Path) -> Arrays:
-    """``root/train/<class>/*`` and ``root/test/<class>/*`` as standardised arrays (train's channel statistics)."""
+def class_names(train: list[tuple[str, Path]]) -> list[str]:
+    return sorted({name for name, _ in train})
+
+
+def load_image_folder(
+    root: Path, size: int, channels: int | str, normalize: str | Normalize, cache_dir: Path
+) -> tuple[Arrays, dict[str, Any]]:
+    """``root/train/<class>/*`` and ``root/test/<class>/*`` as model inputs, and the preprocessing record that made
+    them (``data.channels``, ``data.normalize``). The raw pixels are cached; the statistics are applied after."""
     if not root.is_dir():
         raise ConfigError(f"data.root: {root} is not a folder; imagefolder needs train/<class>/* and test/<class>/*")
     train, test = _split_files(root, "train"), _split_files(root, "test")
+    depth = folder_channels([path for _, path in train + test]) if channels == "keep" else int(channels)
     key = folder_digest(root, train + test)[:24]
-    path = cache_dir / "datasets" / f"imagefolder-{key}-{size}px.npz"
-    return cached_arrays(path, lambda: _build_folder(root, train, test, size))
+    path = cache_dir / "datasets" / f"imagefolder-{key}-{size}px-{depth}ch.npz"
+    raw = cached_arrays(path, lambda: _build_folder(root, train, test, size, depth))
+    mean, std = statistics(raw.x, normalize)
+    record = image_record(depth, size, mean, std, class_names(train))
+    x, x_test = (standardise(a, record).numpy() for a in (raw.x, raw.x_test))
+    return Arrays(x, raw.y, x_test, raw.y_test), record
 
 
 def _unpack(result: Any, reference: str) -> Arrays:

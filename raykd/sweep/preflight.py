@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from raykd.config import ExperimentConfig, check_paths, study_cells
+from raykd.data.preprocess import describe
 from raykd.errors import ConfigError
 from raykd.federated_checks import check_federated
 from raykd.files import held_writes
@@ -28,8 +29,9 @@ def preflight(cfg: ExperimentConfig, sweep: Sweep | None = None) -> str:
     if sweep:
         check_run_exists(uri, str(sweep.parent_run_id), f"--resume {sweep.out}")
     with held_writes():
-        for cell in cells:
-            dataset_of(cell.config)  # checked against the cell: splits, partitions, models, weights files
+        records = [dataset_of(cell.config).preprocess for cell in cells]  # checked against the cell
+    for line in dict.fromkeys(describe(r) for r in records if r["inputs"] == "image"):
+        print(line, flush=True)
     return uri
 
 

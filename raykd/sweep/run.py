@@ -186,7 +186,7 @@ def write_report(
         if "val_ppl" in row:
             parent.log_metrics({f"{row['label']}.val_ppl": row["val_ppl"], f"{row['label']}.test_ppl": row["test_ppl"]})
     parent.log_metrics({"failed_trials": failed})
-    parent.log_students(chosen)
+    parent.log_students(cfg.name, chosen)
     print("\n" + text, flush=True)
     return SweepResult(out, trials, best, students, failed)
 
