@@ -164,7 +164,13 @@ def varying(row: MethodConfig) -> list[str]:
 
 
 class SeedGroups(Searcher):
-    """Each setting the sampler draws runs as one trial per seed; the sampler learns the mean over those seeds."""
+    """Each setting the sampler draws runs as one trial per seed; the sampler learns the mean over those seeds.
+
+    A setting drawn again (TPE repeats points of a list) is not run again: the sampler is told the mean it
+    already has (or nothing, while that setting still runs) and draws anew, up to ``REDRAWS`` times.
+    """
+
+    REDRAWS = 20
 
     def __init__(
         self, inner: Searcher, row: MethodConfig, cell: Cell, seeds: list[int], samples: int, metric: str
@@ -176,8 +182,10 @@ class SeedGroups(Searcher):
         self.cell = cell.variants
         self.queue: list[tuple[str, dict[str, Any]]] = []
         self.members: dict[str, str] = {}  # Tune trial id -> the sampler's id of its setting
-        self.scores: dict[str, list[float]] = {}
-        self.drawn = 0
+        self.scores: dict[str, list[float]] = {}  # the sampler's id -> its seeds' scores so far
+        self.means: dict[str, float | None] = {}  # the sampler's id -> its mean over seeds, once all ended
+        self.seen: dict[str, str] = {}  # a drawn setting (JSON) -> the sampler's id that runs it
+        self.drawn = self.asked = 0
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True  # the space is the row's, given to the sampler at construction
@@ -186,17 +194,32 @@ class SeedGroups(Searcher):
         if not self.queue:
             if self.drawn >= self.samples:
                 return Searcher.FINISHED
-            setting_id = f"setting{self.drawn}"
-            drawn = self.inner.suggest(setting_id)
-            if not isinstance(drawn, dict):
+            drawn = self.draw()
+            if not isinstance(drawn, tuple):
                 return drawn  # None: wait for results; FINISHED
             self.drawn += 1
-            arm = {**self.row, **self.fixed, **drawn}
+            setting_id, arm = drawn[0], {**self.row, **self.fixed, **drawn[1]}
             cell = {"cell": self.cell} if self.cell else {}
             self.queue = [(setting_id, {"arm": arm, "seed": seed, **cell}) for seed in self.seeds]
         setting_id, config = self.queue.pop(0)
         self.members[trial_id] = setting_id
         return config
+
+    def draw(self) -> tuple[str, dict[str, Any]] | str | None:
+        """The sampler's next setting that has not run yet (after ``REDRAWS`` repeats, a repeat)."""
+        for _ in range(self.REDRAWS):
+            setting_id = f"setting{self.asked}"
+            self.asked += 1
+            drawn = self.inner.suggest(setting_id)
+            if not isinstance(drawn, dict):
+                return drawn
+            key = json.dumps(drawn, sort_keys=True)
+            if key not in self.seen:
+                self.seen[key] = setting_id
+                return setting_id, drawn
+            known = self.means.get(self.seen[key])
+            self.inner.on_trial_complete(setting_id, None if known is None else {"score": known}, known is None)
+        return setting_id, drawn
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         setting_id = self.members.pop(trial_id, None)
@@ -207,7 +230,8 @@ class SeedGroups(Searcher):
         done = self.scores[setting_id]
         if len(done) == len(self.seeds):
             finite = [v for v in done if not math.isnan(v)]
-            scored = {"score": sum(finite) / len(finite)} if finite else None
+            self.means[setting_id] = sum(finite) / len(finite) if finite else None
+            scored = {"score": self.means[setting_id]} if finite else None
             self.inner.on_trial_complete(setting_id, scored, error=not finite)
 
     def save(self, checkpoint_path: str) -> None:
