@@ -7,7 +7,7 @@ compares settings of one row in one cell; the rows with one setting share a firs
 ``optuna`` draw ``tune.num_samples`` settings through Optuna's samplers (Ray Tune's ``OptunaSearch``), and
 ``SeedGroups`` runs each drawn setting at every seed, telling the sampler the mean over the seeds: a setting
 is what the report chooses, and its seeds start from different students, so one seed's score would mostly
-rank the seed. ASHA ranks trials by ``val_gain`` (the seed's start subtracted) for the same reason.
+rank the seed. ASHA decides per setting, on ``val_gain`` (each seed's start subtracted), for the same reason.
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ class Stage:
     trials: int
     searcher: Searcher | None = None
     scheduler: TrialScheduler | None = None
-    samples: int = 1
 
 
 def stages(cfg: ExperimentConfig, cells: list[Cell]) -> list[Stage]:
@@ -81,11 +80,10 @@ def searched_stage(cell: Cell, row: MethodConfig, name: str) -> Stage:
     scheduler = asha(cfg) if cfg.tune.scheduler == "asha" else FIFOScheduler()
     if cfg.tune.search == "grid":
         arms = [arm(row, s) for s in row.grid()]
-        space = grid_space(cfg, arms, [cell]) | ({"cell": cell.variants} if cfg.axes else {})
-        return Stage(name, space, len(arms) * len(cfg.seeds), scheduler=scheduler)
+        return Stage(name, grid_space(cfg, arms, [cell]), len(arms) * len(cfg.seeds), scheduler=scheduler)
     samples = cfg.tune.num_samples
     groups = SeedGroups(sampler(cfg, row), row, cell, cfg.seeds, samples, cfg.tune.select_on)
-    return Stage(name, {}, samples * len(cfg.seeds), searcher=groups, scheduler=scheduler, samples=samples)
+    return Stage(name, {}, samples * len(cfg.seeds), searcher=groups, scheduler=scheduler)
 
 
 def asha(cfg: ExperimentConfig) -> SettingASHA:
