@@ -140,7 +140,7 @@ def test_a_stopped_setting_is_never_chosen_and_its_cost_counts_its_epochs() -> N
 @pytest.mark.slow
 @pytest.mark.parametrize(("search", "scheduler"), [("random", "fifo"), ("optuna", "asha"), ("grid", "asha")])
 def test_each_searcher_and_scheduler_runs_a_tiny_sweep(
-    tmp_path: Path, cache_dir: Path, ray_session: object, search: str, scheduler: str
+    tmp_path: Path, cache_dir: Path, ray_session: object, search: str, scheduler: str, capsys: pytest.CaptureFixture
 ) -> None:
     row = RANGED if search != "grid" else {"name": "kd", "temperature": [1, 4], "alpha": [0.1, 0.9]}
     raw = _raw(tmp_path, cache_dir, row, search=search, scheduler=scheduler, num_samples=4)
@@ -154,6 +154,7 @@ def test_each_searcher_and_scheduler_runs_a_tiny_sweep(
     assert set(kd["status"]) <= {"ok", "stopped"}
     if search == "grid":  # one order, seeded training: T=4, alpha=0.9 is behind at the first rung
         assert (kd["status"] == "stopped").any() and kd["epochs"].sum() < len(kd) * 4
+        assert "(stopped by ASHA at epoch 1)" in capsys.readouterr().out
     text = (out / "results.md").read_text()
     assert "## Search cost" in text and (out / "plots" / "search_progress.png").is_file()
     summary = text.split("## Summary")[1].split("\n\n")[1]

@@ -74,7 +74,8 @@ def _run(cfg: ExperimentConfig, cells: list[Cell], sweep: Sweep, uri: str, raw: 
         if not sweep.resumed:
             parent.log_config(raw, sweep.out / "config.yaml")
             sweep.save(parent.run_id)
-        progress = Progress(sum(stage.trials for stage in plan), sweep.out)
+        budgets = {cell.key: cell.config.transfer.train.epochs for cell in cells}
+        progress = Progress(sum(stage.trials for stage in plan), sweep.out, budgets)
         done: list[Ended] = []
         for stage in plan:
             tuner = build_tuner(cfg, cells, sweep, server_name, stage, [progress, trial_runs_of(cfg, sweep, parent)])
@@ -84,7 +85,6 @@ def _run(cfg: ExperimentConfig, cells: list[Cell], sweep: Sweep, uri: str, raw: 
             if len(finished) < stage.trials:  # Tune stopped on Ctrl-C: no tables yet
                 raise Interrupted(resume_hint(sweep))
             done += finished
-        budgets = {cell.key: cell.config.transfer.train.epochs for cell in cells}
         trials = report.in_config_order(report.trial_rows(done, budgets), cfg)
         write_atomic(sweep.out / "trials.csv", trials.to_csv(index=False))  # first: nothing below can lose them
         return write_report(cfg, cells, sweep, trials, server, parent)

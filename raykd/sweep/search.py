@@ -145,6 +145,7 @@ def sampler(cfg: ExperimentConfig, row: MethodConfig) -> Searcher:
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per stage: raykd prints what it drew
     space = {k: domain(getattr(row, k), isinstance(row.first()[k], int)) for k in varying(row)}
     seed, samples = cfg.tune.search_seed, cfg.tune.num_samples
     draws = (
