@@ -58,9 +58,13 @@ def run_sweep(cfg: ExperimentConfig, uri: str, resume: Sweep | None = None) -> S
     plan = stages(cfg, cells)
     total = sum(stage.trials for stage in plan)
     verb = "resuming" if sweep.resumed else "sweep:"
-    where = f"{len(cells)} cells, " if cfg.axes else ""
+    where = f"{len(cells)} cells x " if cfg.axes else ""
+    settings = total // (len(cfg.seeds) * len(cells))  # per cell: every row's grid points or drawn settings
     how = f"{cfg.tune.search} search, {cfg.tune.scheduler} scheduler"
-    print(f"{verb} {where}{total} trials ({how}); output in {sweep.out}", flush=True)
+    print(
+        f"{verb} {where}{settings} settings x {len(cfg.seeds)} seeds = {total} trials ({how}); output in {sweep.out}",
+        flush=True,
+    )
     try:
         return _run(cfg, cells, sweep, uri, raw, plan)
     except KeyboardInterrupt:  # a Ctrl-C outside Tune's loop (or a second one while Tune saves its state)
