@@ -9,7 +9,9 @@ epochs), teacher logits cached:
 - ``default``: tune_configs/default.yaml (Dirichlet 0.5, pool transfer, seeds 0-2);
 - ``paper``: tune_configs/paper_study.yaml's hardest non-IID cell (2 classes per node, pool transfer, seeds 0-4).
 Searches, over the same seeds: ``grid`` (16 settings), ``asha`` (the grid with per-setting ASHA: grace 2
-epochs, reduction factor 3), ``optuna`` (TPE, 5 of the same 16 points) and ``optuna+asha``. The goal of
+epochs, reduction factor 3), ``optuna`` (TPE, 5 of the same 16 points; sampler seeds 0, 1, 2, since one
+search is one draw), ``optuna+asha``, ``optuna ranges`` (TPE, 5 settings from T in [1, 8] on a log scale and
+alpha in [0.1, 0.75]) and ``random`` (5 of the 16 points, uniformly). The goal of
 issue 26: a search whose choice's test gain is the grid's (the paired 95% interval of the difference covers
 0) at 35% or less of the grid's trial-epochs. Every sweep runs in this process on a 2-CPU Ray, under a
 temporary folder; the first one of each study also pre-trains its node models (timed apart).
@@ -44,11 +46,15 @@ STUDIES = {
         + ["federated.after_sweep=false"],
     ),
 }
+RANGES = ["methods.0.temperature={low: 1, high: 8, log: true}", "methods.0.alpha={low: 0.1, high: 0.75}"]
+OPTUNA = ["tune.search=optuna", "tune.num_samples=5"]
 SEARCHES = {
     "grid": [],
     "asha": ["tune.scheduler=asha"],
-    "optuna": ["tune.search=optuna", "tune.num_samples=5"],
-    "optuna+asha": ["tune.search=optuna", "tune.num_samples=5", "tune.scheduler=asha"],
+    **{f"optuna s{seed}": [*OPTUNA, f"tune.search_seed={seed}"] for seed in range(3)},
+    **{f"optuna+asha s{seed}": [*OPTUNA, f"tune.search_seed={seed}", "tune.scheduler=asha"] for seed in range(3)},
+    "optuna ranges s0": [*OPTUNA, *RANGES],
+    "random s0": ["tune.search=random", "tune.num_samples=5"],
 }
 
 
@@ -60,7 +66,7 @@ def config(study: str, search: str, work: Path, extra: tuple[str, ...] = ()) -> 
         "teacher.mode=cache",
         "tune.grace_epochs=2",
         "tune.reduction_factor=3",
-        f"name={study}-{search.replace('+', '-')}",
+        f"name={study}-{search.replace('+', '-').replace(' ', '-')}",
         f"output_dir={work / 'runs'}",
         f"nodes.cache_dir={work / 'cache'}",
         f"tracking.uri=sqlite:///{work / 'mlflow.db'}",
