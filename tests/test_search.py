@@ -16,10 +16,10 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from raykd import report
-from raykd.config import Cell, validate_config
+from raykd.config import Cell, study_cells, validate_config
 from raykd.errors import ConfigError
 from raykd.search_cost import progress
-from raykd.sweep.search import SeedGroups, SettingASHA, domain, sampler
+from raykd.sweep.search import SeedGroups, SettingASHA, domain, sampler, stages
 from raykd.tune import main
 from tests.conftest import tiny_raw
 from tests.watched import Watched
@@ -83,6 +83,19 @@ def test_knob_domains_follow_the_range() -> None:
     steps = validate_config({"methods": [row], "tune": {"search": "random"}})
     drawn = {domain(steps.methods[0].ranges()["t_max"], integer=True).sample() for _ in range(60)}
     assert drawn == {1, 2, 3}  # both ends included
+
+
+def test_each_searched_row_of_each_cell_is_its_own_stage(tmp_path: Path, cache_dir: Path) -> None:
+    raw = _raw(tmp_path, cache_dir, RANGED, search="optuna", num_samples=3)
+    raw["methods"].insert(1, {"name": "kd", "label": "kd-untuned", "temperature": 4})
+    raw["axes"] = {"set": {"local": {"transfer.set": "local"}, "pool": {"transfer.set": "pool"}}}
+    cfg = validate_config(raw)
+    plan = stages(cfg, study_cells(cfg))
+    assert [s.trials for s in plan] == [2 * 2 * 2, 3 * 2, 3 * 2]  # one-setting rows x seeds x cells, then draws
+    assert plan[0].name == "tune" and len({s.name for s in plan}) == 3 and plan[0].searcher is None
+    assert all(isinstance(s.searcher, SeedGroups) for s in plan[1:])
+    grid = validate_config(_raw(tmp_path, cache_dir, {"name": "kd", "temperature": [1, 4]}))
+    assert [s.trials for s in stages(grid, study_cells(grid))] == [3 * 2]  # a grid without ASHA: one stage
 
 
 def test_seed_groups_run_a_setting_at_every_seed_and_score_it_by_their_mean() -> None:
