@@ -179,10 +179,14 @@ def test_each_searcher_and_scheduler_runs_a_tiny_sweep(
 
 
 @pytest.mark.slow
-def test_resume_continues_an_interrupted_optuna_search(tmp_path: Path, cache_dir: Path, ray_address: str) -> None:
+@pytest.mark.parametrize(("search", "scheduler"), [("optuna", "fifo"), ("random", "asha")])
+def test_resume_continues_an_interrupted_search(
+    tmp_path: Path, cache_dir: Path, ray_address: str, search: str, scheduler: str
+) -> None:
     """Ctrl-C after the first setting's trials: the resumed sweep keeps them, restores the sampler's state (the
-    settings drawn before keep their trials) and draws only the rest."""
-    raw = _raw(tmp_path, cache_dir, RANGED, search="optuna", num_samples=3, max_concurrent_trials=1)
+    settings drawn before keep their trials) and draws only the rest; with ASHA too."""
+    raw = _raw(tmp_path, cache_dir, RANGED, search=search, scheduler=scheduler, num_samples=3)
+    raw["tune"]["max_concurrent_trials"] = 1
     raw["transfer"]["train"]["epochs"] = 6
     config = tmp_path / "experiment.yaml"
     config.write_text(yaml.safe_dump(raw))
@@ -200,6 +204,7 @@ def test_resume_continues_an_interrupted_optuna_search(tmp_path: Path, cache_dir
     trials = pd.read_csv(out / "trials.csv")
     kd = trials[trials["label"] == "kd"]
     assert len(kd) == 3 * 2 and kd.groupby(["temperature", "alpha"])["seed"].nunique().eq(2).all()
+    assert set(kd["status"]) <= {"ok", "stopped"}
     temperature = float(first.split("temperature=")[1].split()[0])
     assert any(math.isclose(t, temperature, rel_tol=1e-4) for t in kd["temperature"])  # drawn before, kept
     assert "## Search cost" in (out / "results.md").read_text()
