@@ -263,12 +263,13 @@ def in_config_order(trials: pd.DataFrame, cfg: ExperimentConfig) -> pd.DataFrame
 
 @dataclass(frozen=True)
 class StudyReport:
-    """A sweep's Markdown report, its figures, its summary rows and its paired comparisons."""
+    """A sweep's Markdown report, its figures, its summary rows, its paired comparisons and what its search cost."""
 
     text: str
     figures: dict[str, Figure]
     best: pd.DataFrame
     paired: pd.DataFrame
+    search_cost: list[dict[str, Any]]  # per searched row and cell (``raykd.search_cost.cost_rows``)
 
 
 def study(cfg: ExperimentConfig, run_name: str, trials: pd.DataFrame) -> StudyReport:
@@ -293,8 +294,9 @@ def study(cfg: ExperimentConfig, run_name: str, trials: pd.DataFrame) -> StudyRe
     if len(pairs):
         text += PAIRED_HEAD + markdown(paired_rows(pairs, list(order), units)) + "\n"
         charts["paired_differences.png"] = paired_figure(pairs, list(order), units)
-    if searched_rows(cfg):
-        text += search_section(cfg, markdown(cost_rows(cfg, trials, best, knobs)))
+    cost = cost_rows(cfg, trials, best, knobs)
+    if cost:
+        text += search_section(cfg, markdown(cost))
         lower = cfg.tune.select_on in LOWER_IS_BETTER
         charts["search_progress.png"] = progress_figure(cfg, trials, knobs, units, lower)
     failed = trials[trials["status"] == "failed"]
@@ -310,7 +312,7 @@ def study(cfg: ExperimentConfig, run_name: str, trials: pd.DataFrame) -> StudyRe
             for _, r in failed.iterrows()
         ]
         text += "\n## Failed trials\n\n" + markdown(rows) + "\n"
-    return StudyReport(text, charts, best, pairs)
+    return StudyReport(text, charts, best, pairs, cost)
 
 
 PAIRED_HEAD = (

@@ -124,3 +124,12 @@ def search_section(cfg: ExperimentConfig, table: str) -> str:
         "with a stopped trial is never chosen. The chosen setting is the best mean validation score "
         f"({cfg.tune.select_on}) over the seeds.\n\n" + table + "\n"
     )
+
+
+def cost_metrics(rows: list[dict], axes: list[str]) -> dict[str, float]:
+    """Each searched row's trials, stopped trials and trial-epochs as the sweep's MLflow metrics."""
+    metrics = {}
+    for r in rows:
+        name = ".".join(["search", *(str(r[a]) for a in axes), str(r["method"])])
+        metrics.update({f"{name}.{k.replace('-', '_')}": float(r[k]) for k in ("trials", "stopped", "trial-epochs")})
+    return metrics

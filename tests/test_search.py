@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.search import Searcher
 
@@ -170,6 +171,10 @@ def test_each_searcher_and_scheduler_runs_a_tiny_sweep(
         assert "(stopped by ASHA at epoch 1)" in capsys.readouterr().out
     text = (out / "results.md").read_text()
     assert "## Search cost" in text and (out / "plots" / "search_progress.png").is_file()
+    client = MlflowClient(raw["tracking"]["uri"])
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.data.metrics["search.kd.trial_epochs"] == kd["epochs"].sum()
     summary = text.split("## Summary")[1].split("\n\n")[1]
     chosen = next(line for line in summary.splitlines() if line.startswith("| kd |"))
     knobs = dict(part.split("=") for part in chosen.split("|")[2].split(" (")[0].strip().split(", "))

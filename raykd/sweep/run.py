@@ -26,6 +26,7 @@ from raykd.cluster import ANSWER_TIMEOUT_S, get_within
 from raykd.config import Cell, ExperimentConfig, study_cells
 from raykd.errors import Interrupted
 from raykd.files import write_atomic
+from raykd.search_cost import cost_metrics
 from raykd.sweep.followup import failed_simulations, federated_followup, federated_section
 from raykd.sweep.prepare import prepare_nodes, start_teacher_server
 from raykd.sweep.progress import Progress
@@ -167,6 +168,7 @@ def write_report(
         write_atomic(out / "paired.csv", study.paired.to_csv(index=False))
         parent.log_files(out / "paired.csv")
         parent.log_metrics(paired_metrics(study.paired, list(cfg.axes)))
+        parent.log_metrics(cost_metrics(study.search_cost, list(cfg.axes)))
     else:  # report.study summarises successful trials and needs one
         text, figures, best = report.failures_only(sweep.name, trials), {}, trials.iloc[:0]
     if server is not None:
