@@ -148,11 +148,11 @@ class TuneConfig(Section):
     search_seed: int = Field(0, ge=0, description="random / optuna: the sampler's seed (the same seed, the same draws)")
     scheduler: Literal["fifo", "asha"] = Field(
         "fifo",
-        description="fifo: every trial trains to the end; asha: a searched row's trials behind at a rung stop early "
-        "(ranked by validation gain over the seed's start)",
+        description="fifo: every trial trains to the end; asha: a searched row's settings behind at a rung stop early "
+        "(ranked by their seeds' mean validation gain over each seed's start)",
     )
-    grace_epochs: int = Field(2, ge=1, description="asha: transfer epochs every trial trains before it may stop")
-    reduction_factor: float = Field(3.0, gt=1, description="asha: 1/reduction_factor of the trials go on at a rung")
+    grace_epochs: int = Field(2, ge=1, description="asha: transfer epochs every setting trains before it may stop")
+    reduction_factor: float = Field(3.0, gt=1, description="asha: 1/reduction_factor of the settings go on at a rung")
 
 
 class RayConfig(Section):
