@@ -134,15 +134,13 @@ def client_method(cfg: ExperimentConfig) -> Method:
     or from none; fml needs a ``federated.fml:FederatedMutualLearning`` row (its alpha, beta, temperature).
     """
     row = cfg.methods[0]
-    return row.build(row.grid()[0])
+    return row.build(row.first())
 
 
 def server_temperature(cfg: ExperimentConfig) -> float:
     """The pool KD temperature (feddf, consolidation): the first method row with a ``temperature`` knob (at its
     first grid point), else ``SERVER_TEMPERATURE``."""
-    return next(
-        (row.grid()[0]["temperature"] for row in cfg.methods if "temperature" in row.knobs()), SERVER_TEMPERATURE
-    )
+    return next((row.first()["temperature"] for row in cfg.methods if "temperature" in row.knobs()), SERVER_TEMPERATURE)
 
 
 def client_update(

@@ -82,7 +82,7 @@ def _check_client_method(cfg: ExperimentConfig, strategy: str) -> None:
             f"methods[0].name: federated.strategy=fml trains with the first method row, {row.name!r} is not FML; "
             f"e.g. methods: [{{name: '{FML_METHOD}', alpha: 0.5, beta: 0.5}}]"
         )
-    if strategy in ("kd", "logit-exchange") and row.build(row.grid()[0]).teachers == "peers":
+    if strategy in ("kd", "logit-exchange") and row.build(row.first()).teachers == "peers":
         raise ConfigError(
             f"methods[0].name: federated.strategy={strategy} distils a frozen teacher into each client; "
             f"{row.name!r} trains peers (FML is strategy fml); e.g. methods: [{{name: kd, alpha: 0.5}}]"

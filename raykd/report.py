@@ -8,6 +8,7 @@ A study with ``axes`` is summarised per cell (one combination of axis variants),
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -16,10 +17,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from raykd.cells import by_cell, cell_name
+from raykd.config import cell_key
 from raykd.experiment import TIMING_METRICS
 from raykd.files import last_line
 from raykd.paired import comparisons, paired_rows, tuning_benefit
 from raykd.plots import figures, paired_figure
+from raykd.search_cost import cost_rows, progress_figure, search_section, searched_rows
 from raykd.units import ACCURACY, NATS, Units, units_of
 
 if TYPE_CHECKING:
@@ -32,11 +35,21 @@ LM_METRICS = ["val_ppl", "test_ppl", "test_ppl_before"]
 SOURCES = {"wall_s": "time_total_s"}
 
 
-def trial_rows(results: list[tuple[dict[str, Any], dict[str, Any] | None, BaseException | None]]) -> pd.DataFrame:
-    """One row per trial from (Tune config, last metrics, error): its setting, seed, metrics and status."""
-    rows = []
+def trial_rows(
+    results: list[tuple[dict[str, Any], dict[str, Any] | None, BaseException | None]], budgets: dict[str, int]
+) -> pd.DataFrame:
+    """One row per trial from (Tune config, last metrics, error): its setting, seed, metrics, the epochs it trained
+    (``order``: when Tune started it) and its status: ok, failed, or stopped (by a scheduler, before its cell's
+    ``budgets`` of transfer epochs). A setting a sampler drew twice is one trial (the second replays the first)."""
+    rows, seen = [], set()
     lm = any("val_ppl" in (metrics or {}) for _, metrics, _ in results)
-    for config, metrics, error in results:
+    for order, (config, metrics, error) in enumerate(results):
+        key = json.dumps([config.get("cell"), config["arm"], config["seed"]], sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        epochs = (metrics or {}).get("epoch")
+        stopped = error is None and epochs is not None and epochs < budgets[cell_key(config.get("cell", {}))]
         rows.append(
             {
                 **config.get("cell", {}),
@@ -46,7 +59,9 @@ def trial_rows(results: list[tuple[dict[str, Any], dict[str, Any] | None, BaseEx
                     m: (metrics or {}).get(SOURCES.get(m, m))
                     for m in (*METRICS, *(LM_METRICS if lm else []), *TIMING_METRICS)
                 },
-                "status": "ok" if error is None else "failed",
+                "epochs": epochs,
+                "order": order,
+                "status": "failed" if error is not None else ("stopped" if stopped else "ok"),
                 "error": "" if error is None else last_line(str(error)),
             }
         )
@@ -60,9 +75,11 @@ def failures_only(run_name: str, trials: pd.DataFrame) -> str:
 
 
 def per_setting(trials: pd.DataFrame, knobs: list[str], axes: Sequence[str] = ()) -> pd.DataFrame:
-    """Mean and std over seeds of each metric, per (cell, method row, setting); failed trials left out."""
-    done = trials[trials["status"] == "ok"]
+    """Mean and std over seeds of each metric, per (cell, method row, setting); failed trials left out, and settings
+    a scheduler stopped early (their scores are from fewer epochs, so they never compete with finished ones)."""
     keys = [*axes, "label", *knobs]
+    stopped = trials.groupby(keys, dropna=False, sort=False)["status"].transform(lambda s: (s == "stopped").any())
+    done = trials[(trials["status"] == "ok") & ~stopped]  # a setting stopped at any seed is never chosen
     grouped = done.groupby(keys, dropna=False, sort=False)[[m for m in (*METRICS, *LM_METRICS) if m in done]]
     table = grouped.mean().join(grouped.std(ddof=0).fillna(0.0), rsuffix="_std")
     table["seeds"] = grouped.size()
@@ -226,14 +243,18 @@ def in_config_order(trials: pd.DataFrame, cfg: ExperimentConfig) -> pd.DataFrame
     """
     arms = {}
     for m in cfg.methods:
-        for setting in m.grid():
+        for setting in [] if m.ranges() else m.grid():  # sampled settings follow, in the order Tune started them
             arms[(m.display(), *(setting[k] for k in m.knobs()))] = len(arms)
     knobs_of = {m.display(): m.knobs() for m in cfg.methods}
+    arm = pd.Series(
+        [arms.get((r["label"], *(r[k] for k in knobs_of[r["label"]])), len(arms)) for _, r in trials.iterrows()],
+        index=trials.index,
+        dtype=int,
+    )
     order = {
         **{f"_{axis}": trials[axis].map({v: i for i, v in enumerate(variants)}) for axis, variants in cfg.axes.items()},
-        "_arm": [
-            arms.get((r["label"], *(r[k] for k in knobs_of[r["label"]])), len(arms)) for _, r in trials.iterrows()
-        ],
+        "_arm": arm,
+        "_order": trials["order"].where(arm == len(arms), 0),  # sampled settings: in the order Tune started them
         "_seed": trials["seed"].map({seed: i for i, seed in enumerate(cfg.seeds)}),
     }
     ordered = trials.assign(**order).sort_values(list(order), kind="stable")
@@ -242,12 +263,13 @@ def in_config_order(trials: pd.DataFrame, cfg: ExperimentConfig) -> pd.DataFrame
 
 @dataclass(frozen=True)
 class StudyReport:
-    """A sweep's Markdown report, its figures, its summary rows and its paired comparisons."""
+    """A sweep's Markdown report, its figures, its summary rows, its paired comparisons and what its search cost."""
 
     text: str
     figures: dict[str, Figure]
     best: pd.DataFrame
     paired: pd.DataFrame
+    search_cost: list[dict[str, Any]]  # per searched row and cell (``raykd.search_cost.cost_rows``)
 
 
 def study(cfg: ExperimentConfig, run_name: str, trials: pd.DataFrame) -> StudyReport:
@@ -259,6 +281,10 @@ def study(cfg: ExperimentConfig, run_name: str, trials: pd.DataFrame) -> StudyRe
     units = units_of(cfg.data.task)
     settings = per_setting(trials, knobs, list(order))
     best = summary(settings, knobs, cfg.tune.select_on, list(order))
+    keys = [*order, "label"]
+    tried = {key: len(part[knobs].drop_duplicates()) for key, part in trials.groupby(keys, sort=False)}
+    best["settings_tried"] = [tried[tuple(r[keys])] for _, r in best.iterrows()]  # stopped settings too
+    best["tuned"] = best["label"].isin(searched_rows(cfg))
     if order:
         text = cells_report(cfg, run_name, trials, settings, best, knobs)
     else:
@@ -268,6 +294,11 @@ def study(cfg: ExperimentConfig, run_name: str, trials: pd.DataFrame) -> StudyRe
     if len(pairs):
         text += PAIRED_HEAD + markdown(paired_rows(pairs, list(order), units)) + "\n"
         charts["paired_differences.png"] = paired_figure(pairs, list(order), units)
+    cost = cost_rows(cfg, trials, best, knobs)
+    if cost:
+        text += search_section(cfg, markdown(cost))
+        lower = cfg.tune.select_on in LOWER_IS_BETTER
+        charts["search_progress.png"] = progress_figure(cfg, trials, knobs, units, lower)
     failed = trials[trials["status"] == "failed"]
     if len(failed):
         rows = [
@@ -281,7 +312,7 @@ def study(cfg: ExperimentConfig, run_name: str, trials: pd.DataFrame) -> StudyRe
             for _, r in failed.iterrows()
         ]
         text += "\n## Failed trials\n\n" + markdown(rows) + "\n"
-    return StudyReport(text, charts, best, pairs)
+    return StudyReport(text, charts, best, pairs, cost)
 
 
 PAIRED_HEAD = (

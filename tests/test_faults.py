@@ -142,7 +142,7 @@ def test_a_trial_ctrl_c_stopped_is_not_an_ended_one(tmp_path: Path) -> None:
     outcomes = [(trial(0), metrics, None), (None, None, None), (trial(2), {"val_acc": 0.1}, None), failed]
     done = ended(outcomes, tmp_path)
     assert done == [(trial(0), metrics, None), failed]
-    rows = trial_rows(done)
+    rows = trial_rows(done, {"": 10})
     assert list(rows["seed"]) == [0, 3] and list(rows["status"]) == ["ok", "failed"]
 
 

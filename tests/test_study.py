@@ -109,7 +109,8 @@ def test_ci_sized_paper_study_runs_end_to_end(
     parent = client.get_run(json.loads((out / "sweep.json").read_text())["parent_run_id"])
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     heatmaps = {f"plots/heatmap_kd-tuned_distribution-dir0.1_transfer_set-{t}.png" for t in ("local", "pool")}
-    assert {"plots/gain_by_cell.png", "plots/federated_rounds.png", "plots/paired_differences.png", *heatmaps} == plots
+    figures = {"gain_by_cell.png", "federated_rounds.png", "paired_differences.png", "search_progress.png"}
+    assert {*(f"plots/{name}" for name in figures), *heatmaps} == plots
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"results.md", "trials.csv", "federated.csv", "paired.csv"} <= artifacts
     assert "paired.dir0.1.pool.kd-tuned-vs-no-kd.mean" in parent.data.metrics

@@ -58,7 +58,8 @@ def test_sweep_tracks_parent_and_child_runs_and_writes_tables(
     artifacts = {a.path for a in MlflowClient(uri).list_artifacts(parent.info.run_id)}
     assert {"results.md", "trials.csv", "config.yaml", "plots"} <= artifacts
     plots = {a.path for a in MlflowClient(uri).list_artifacts(parent.info.run_id, "plots")}
-    assert plots == {"plots/gain_bars.png", "plots/heatmap_kd.png", "plots/paired_differences.png"}
+    expected = {"gain_bars.png", "heatmap_kd.png", "paired_differences.png", "search_progress.png"}
+    assert plots == {f"plots/{name}" for name in expected}
 
     out = next((tmp_path / "runs").iterdir())
     trials = pd.read_csv(out / "trials.csv")

@@ -8,7 +8,7 @@ import itertools
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -17,7 +17,7 @@ from raykd.config.base import Section
 from raykd.config.schema import CELL_SECTIONS, ExperimentConfig, ModelSpec
 from raykd.errors import ConfigError
 from raykd.methods import METHODS
-from raykd.methods.schema import METHOD_KNOBS, is_method_tag, method_config_of
+from raykd.methods.schema import KNOB_FORMS, METHOD_KNOBS, is_method_tag, method_config_of
 
 #: The configs shipped in a source checkout (absent from an installed wheel: no hint then).
 SHIPPED_CONFIGS = Path(__file__).resolve().parents[2] / "tune_configs"
@@ -183,6 +183,7 @@ def describe_error(err: ValidationError) -> str:
         # a row's discriminator tags follow its index; elsewhere a key may share a method's name (transfer.miniplm)
         tags = next((i for i, p in enumerate(loc[2:], 2) if not is_method_tag(p)), len(loc))
         loc = loc[:2] + loc[tags:]
+        loc = [part for i, part in enumerate(loc) if not (i == 3 and part in KNOB_FORMS)]  # a knob's form tag
     if loc[:1] == ["methods"] and len(loc) > 3 and isinstance(loc[-1], int):
         loc = loc[:-1]  # a knob's grid position: the value shown identifies it
     field = ""
@@ -209,17 +210,20 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     """Field names of the section at ``loc`` (walking nested sections, lists and method tags)."""
     model: Any = ExperimentConfig
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or part in KNOB_FORMS:
             continue
         if is_method_tag(part):
             model = method_config_of(part, model)
             continue
-        annotation = model.model_fields[part].annotation
-        while get_origin(annotation) in (list, dict, Union) or (get_origin(annotation) is Annotated):
-            args = [a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
-            annotation = args[0] if args else get_args(annotation)[-1]
-        model = annotation
+        model = _model_in(model.model_fields[part].annotation)
     return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The first config model inside a field's annotation (through lists, dicts, unions and Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for m in map(_model_in, get_args(annotation)) if m is not None), None)
 
 
 def describe_schema() -> str:

@@ -17,12 +17,17 @@ from raykd.config.data import DATASET_ROOTS, DataConfig
 from raykd.config.federated import FederatedConfig
 from raykd.files import MAX_COMPONENT, plain_component
 from raykd.methods import SAMPLE_LEVEL
-from raykd.methods.schema import LABEL, LABEL_RULE, AnyMethodConfig, MethodConfig
+from raykd.methods.schema import LABEL, LABEL_RULE, AnyMethodConfig, KnobRange, MethodConfig
 
 #: Config sections an ``axes`` variant may change: what the data, nodes and transfer are, not how the sweep runs.
 CELL_SECTIONS = ("data", "partition", "nodes", "transfer", "federated")
 #: Seeds seed NumPy, scikit-learn and torch; NumPy and scikit-learn take 0 <= seed < 2**32.
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
+
+
+def highest(knob: Any) -> float:
+    """A knob's largest value: its list's maximum, or its range's high end."""
+    return knob.high if isinstance(knob, KnobRange) else max(knob)
 
 
 def _as_list(value: Any) -> Any:
@@ -134,6 +139,20 @@ class TuneConfig(Section):
     fail: Union[FaultConfig, None] = Field(  # noqa: UP007 - typing.Union: _allowed_keys names its keys on a typo
         None, description="fault injection: {label, seed, times}; those trials raise on their first attempts"
     )
+    search: Literal["grid", "random", "optuna"] = Field(
+        "grid",
+        description="how a row with several settings is searched: grid (every list point), random or optuna (TPE): "
+        "tune.num_samples settings drawn from its lists and ranges, each run at every seed and scored by the mean",
+    )
+    num_samples: int = Field(8, ge=1, description="random / optuna: settings sampled per searched row and cell")
+    search_seed: int = Field(0, ge=0, description="random / optuna: the sampler's seed (the same seed, the same draws)")
+    scheduler: Literal["fifo", "asha"] = Field(
+        "fifo",
+        description="fifo: every trial trains to the end; asha: a searched row's settings behind at a rung stop early "
+        "(ranked by their seeds' mean validation gain over each seed's start)",
+    )
+    grace_epochs: int = Field(2, ge=1, description="asha: transfer epochs every setting trains before it may stop")
+    reduction_factor: float = Field(3.0, gt=1, description="asha: 1/reduction_factor of the settings go on at a rung")
 
 
 class RayConfig(Section):
@@ -232,12 +251,29 @@ class ExperimentConfig(Section):
             )
         if self.transfer.set != "local" and self.data.pool_fraction == 0:
             raise ValueError(f"data.pool_fraction: transfer.set={self.transfer.set} needs a pool; allowed: > 0")
+        self._search_rules()
         self._language_model_rules()
         labels = [m.display() for m in self.methods]
         duplicate = next((x for x in labels if labels.count(x) > 1), None)
         if duplicate:
             raise ValueError(f"methods: two rows are called {duplicate!r}; give each a distinct 'label'")
         return self
+
+    def _search_rules(self) -> None:
+        """Ranges are sampled, never gridded; ASHA ranks trials of different seeds by their gain on the global
+        validation split (each seed's start subtracted), which a local split does not report."""
+        for i, row in enumerate(self.methods):
+            knob = next(iter(row.ranges()), None)
+            if knob is not None and self.tune.search == "grid":
+                raise ValueError(
+                    f"methods[{i}].{knob}: a range is sampled, never a grid axis; allowed: a list, or tune.search "
+                    "random or optuna"
+                )
+        if self.tune.scheduler == "asha" and self.tune.select_on == "local_val_acc":
+            raise ValueError(
+                "tune.scheduler: asha ranks trials by their gain on the global validation split; allowed with "
+                "tune.select_on val_acc or val_ppl"
+            )
 
     def _language_model_rules(self) -> None:
         """Methods that learn per sample cannot distil tokens; on-policy rows need text and a teacher that scores
@@ -254,7 +290,7 @@ class ExperimentConfig(Section):
                 "transfer.miniplm: selects documents of text; allowed: unset, or data.task lm (for classes, the "
                 "miniplm method row)"
             )
-        on_policy = any(max(getattr(m, "on_policy", [0])) > 0 for m in self.methods)
+        on_policy = any(highest(getattr(m, "on_policy", [0])) > 0 for m in self.methods)
         if on_policy and not lm:
             raise ValueError("methods: on_policy > 0 samples text from the student; allowed: 0, or data.task lm")
         if on_policy and self.teacher.mode == "cache":

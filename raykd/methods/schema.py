@@ -1,15 +1,16 @@
 """The YAML schema of a method row, built from the method's knobs without importing the method (or torch).
 
 Built-in methods' knobs are read from their sources (``raykd.methods.knobs``); a row named
-``"package.module:Class"`` imports that user class and takes its dataclass fields. Every knob is a list:
-a Ray Tune grid axis, a scalar being an axis of one value.
+``"package.module:Class"`` imports that user class and takes its dataclass fields. A knob is a list (a Ray
+Tune grid axis, a scalar being an axis of one value) or, for a numeric knob, a range ``{low, high, log}`` that
+a searcher samples (``tune.search``); the knob's own rule applies to both ends.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -37,7 +38,39 @@ if TYPE_CHECKING:
 
 
 def _as_axis(value: Any) -> Any:
-    return value if isinstance(value, list) else [value]
+    return value if isinstance(value, (list, dict, KnobRange)) else [value]
+
+
+class KnobRange(BaseModel):
+    """A numeric knob's interval for a searcher to sample (never a grid axis); ``log``: sampled on a log scale."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> KnobRange:
+        if not self.low < self.high:
+            raise ValueError(f"low {self.low:g} must be below high {self.high:g}; allowed: low < high")
+        if self.log and self.low <= 0:
+            raise ValueError(f"low {self.low:g} has no logarithm; allowed: low > 0 with log: true, or log: false")
+        return self
+
+
+#: Discriminator tags of a knob's two forms, left out of error locations.
+KNOB_FORMS = ("range", "list")
+
+
+def _knob_form(value: Any) -> str:
+    return "range" if isinstance(value, (dict, KnobRange)) else "list"
+
+
+def _is_number(annotation: Any) -> bool:
+    """Whether a knob's type is an int or a float (not a bool or a Literal): only those take a range."""
+    base = get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
+    return base in (int, float)
 
 
 #: What a row label or axis name may hold: it names table rows and columns and MLflow metrics, whose
@@ -66,10 +99,26 @@ class MethodConfig(BaseModel):
     def knobs(self) -> list[str]:
         return [f for f in type(self).model_fields if f not in ("name", "label")]
 
+    def ranges(self) -> dict[str, KnobRange]:
+        """The knobs given as ranges: only a searcher samples them (``tune.search`` random or optuna)."""
+        return {n: getattr(self, n) for n in self.knobs() if isinstance(getattr(self, n), KnobRange)}
+
+    def searched(self) -> bool:
+        """Whether the row has more than one setting: a range, or a list of several values."""
+        return bool(self.ranges()) or len(self.grid()) > 1
+
     def grid(self) -> list[dict[str, Any]]:
-        """Every concrete setting: the product of the knob lists."""
+        """Every concrete setting: the product of the knob lists (a row with ranges has no grid: an error)."""
+        if self.ranges():
+            raise ValueError(f"{self.display()}: knobs {', '.join(self.ranges())} are ranges, which have no grid")
         names = self.knobs()
         return [dict(zip(names, v, strict=True)) for v in itertools.product(*(getattr(self, n) for n in names))]
+
+    def first(self) -> dict[str, Any]:
+        """One concrete setting (each list's first value, each range's low end): what the method is, whatever
+        its knobs (its teachers, whether it reads the initial student)."""
+        values = {n: getattr(self, n) for n in self.knobs()}
+        return {n: v.low if isinstance(v, KnobRange) else v[0] for n, v in values.items()}
 
     def build(self, setting: dict[str, Any]) -> Method:
         """The method at one grid point; its class is imported only now (it brings torch)."""
@@ -77,13 +126,18 @@ class MethodConfig(BaseModel):
 
 
 def _method_config(name: str, method: MethodKnobs) -> type[MethodConfig]:
-    """A method's YAML schema from its knobs: each knob becomes a list (grid axis) of its annotated type."""
+    """A method's YAML schema from its knobs: each knob becomes a list (grid axis) of its annotated type, and a
+    numeric knob may also be a range whose ends follow the same rule."""
     fields: dict[str, Any] = {"name": (Literal[name], ...)}  # type: ignore[valid-type]
     for knob in method.knobs:
-        fields[knob.name] = (
-            Annotated[list[knob.annotation], BeforeValidator(_as_axis), Field(min_length=1)],  # type: ignore[misc]
-            [knob.default],
-        )
+        axis: Any = Annotated[list[knob.annotation], Field(min_length=1)]  # type: ignore[name-defined]
+        if _is_number(knob.annotation):
+            ends = create_model(
+                f"{name}-{knob.name}-range", __base__=KnobRange, low=(knob.annotation, ...), high=(knob.annotation, ...)
+            )
+            tagged = Union[Annotated[ends, Tag("range")], Annotated[axis, Tag("list")]]  # noqa: UP007
+            axis = Annotated[tagged, Discriminator(_knob_form)]
+        fields[knob.name] = (Annotated[axis, BeforeValidator(_as_axis)], [knob.default])
     return create_model(f"{name}-config", __base__=MethodConfig, **fields)
 
 

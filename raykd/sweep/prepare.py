@@ -26,7 +26,7 @@ def logit_nodes(cfg: ExperimentConfig) -> list[int]:
     """Nodes whose frozen logits some method row reads from the cache: teachers, and the initial student."""
     if cfg.teacher.mode != "cache":
         return []
-    methods = [m.build(m.grid()[0]) for m in cfg.methods]
+    methods = [m.build(m.first()) for m in cfg.methods]
     frozen = cfg.transfer.teachers if any(m.teachers == "frozen" for m in methods) else []
     initial = [cfg.transfer.student] if any(m.uses_initial_student for m in methods) else []
     return initial + frozen

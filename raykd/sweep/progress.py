@@ -9,6 +9,7 @@ from typing import Any
 
 from ray import tune
 
+from raykd.config import cell_key
 from raykd.sweep.state import record_finished
 from raykd.tracking import trial_error
 
@@ -24,8 +25,9 @@ def describe(config: dict[str, Any]) -> str:
 class Progress(tune.Callback):
     """Counts finished trials out of ``total``; the count survives a resume (Tune pickles callbacks)."""
 
-    def __init__(self, total: int, out: Path) -> None:
+    def __init__(self, total: int, out: Path, budgets: dict[str, int]) -> None:
         self.total, self.out, self.finished, self.started = total, out, 0, time.monotonic()
+        self.budgets = budgets  # transfer epochs per cell: a trial that ended before them was stopped
 
     def get_state(self) -> dict[str, int]:
         return {"finished": self.finished}
@@ -47,6 +49,8 @@ class Progress(tune.Callback):
             outcome = (
                 f"test {100 * r['test_acc']:.1f}% (gain {100 * r['gain']:+.1f} pts), val {100 * r['val_acc']:.1f}%"
             )
+        if r.get("epoch", 0) < self.budgets[cell_key(trial.config.get("cell", {}))]:
+            outcome += f" (stopped by ASHA at epoch {r.get('epoch', 0)})"
         self._line(trial, outcome if new else f"{outcome} (recorded before the interruption; not run again)")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

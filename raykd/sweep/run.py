@@ -26,18 +26,15 @@ from raykd.cluster import ANSWER_TIMEOUT_S, get_within
 from raykd.config import Cell, ExperimentConfig, study_cells
 from raykd.errors import Interrupted
 from raykd.files import write_atomic
+from raykd.search_cost import cost_metrics
 from raykd.sweep.followup import failed_simulations, federated_followup, federated_section
 from raykd.sweep.prepare import prepare_nodes, start_teacher_server
 from raykd.sweep.progress import Progress
-from raykd.sweep.state import Sweep, ended, new_sweep, resume_hint
+from raykd.sweep.search import Stage, stages
+from raykd.sweep.state import Ended, Sweep, ended, new_sweep, resume_hint
 from raykd.sweep.students import best_of, keep_chosen
 from raykd.sweep.trial import trainable, trial_resources
 from raykd.tracking import ParentRun, parent_run, trial_runs
-
-
-def arms_of(cfg: ExperimentConfig) -> list[dict[str, Any]]:
-    """Every (method row, setting) of the config: the sweep's first grid axis, in the config's order."""
-    return [{"label": m.display(), "method": m.name, **s} for m in cfg.methods for s in m.grid()]
 
 
 @dataclass(frozen=True)
@@ -59,34 +56,41 @@ def run_sweep(cfg: ExperimentConfig, uri: str, resume: Sweep | None = None) -> S
     raw = cfg.model_dump(mode="json")
     if not sweep.resumed:
         write_atomic(sweep.out / "config.yaml", yaml.safe_dump(raw, sort_keys=False))
-    arms = arms_of(cfg)
-    total = len(arms) * len(cfg.seeds) * len(cells)
+    plan = stages(cfg, cells)
+    total = sum(stage.trials for stage in plan)
     verb = "resuming" if sweep.resumed else "sweep:"
     where = f"{len(cells)} cells x " if cfg.axes else ""
+    settings = total // (len(cfg.seeds) * len(cells))  # per cell: every row's grid points or drawn settings
+    how = f"{cfg.tune.search} search, {cfg.tune.scheduler} scheduler"
     print(
-        f"{verb} {where}{len(arms)} settings x {len(cfg.seeds)} seeds = {total} trials; output in {sweep.out}",
+        f"{verb} {where}{settings} settings x {len(cfg.seeds)} seeds = {total} trials ({how}); output in {sweep.out}",
         flush=True,
     )
     try:
-        return _run(cfg, cells, sweep, uri, raw, total)
+        return _run(cfg, cells, sweep, uri, raw, plan)
     except KeyboardInterrupt:  # a Ctrl-C outside Tune's loop (or a second one while Tune saves its state)
         raise Interrupted(resume_hint(sweep)) from None
 
 
-def _run(cfg: ExperimentConfig, cells: list[Cell], sweep: Sweep, uri: str, raw: dict, total: int) -> SweepResult:
+def _run(cfg: ExperimentConfig, cells: list[Cell], sweep: Sweep, uri: str, raw: dict, plan: list[Stage]) -> SweepResult:
     server_name = f"raykd-teacher-{sweep.name}" if cfg.teacher.mode == "server" else None
     server = start_teacher_server(cells, server_name) if server_name else None
     with parent_run(uri, cfg.tracking.experiment, sweep.name, sweep.parent_run_id) as parent:
         if not sweep.resumed:
             parent.log_config(raw, sweep.out / "config.yaml")
             sweep.save(parent.run_id)
-        tuner = build_tuner(cfg, cells, sweep, server_name, total, parent.run_id)
-        with _quiet_interruption():
-            results = tuner.fit()
-        done = ended([(r.config, r.metrics, r.error) for r in results], sweep.out)
-        if len(done) < total:  # Tune stopped on Ctrl-C: no tables yet
-            raise Interrupted(resume_hint(sweep))
-        trials = report.in_config_order(report.trial_rows(done), cfg)
+        budgets = {cell.key: cell.config.transfer.train.epochs for cell in cells}
+        progress = Progress(sum(stage.trials for stage in plan), sweep.out, budgets)
+        done: list[Ended] = []
+        for stage in plan:
+            tuner = build_tuner(cfg, cells, sweep, server_name, stage, [progress, trial_runs_of(cfg, sweep, parent)])
+            with _quiet_interruption():
+                results = tuner.fit()
+            finished = ended([(r.config, r.metrics, r.error) for r in results], sweep.out)
+            if len(finished) < stage.trials:  # Tune stopped on Ctrl-C: no tables yet
+                raise Interrupted(resume_hint(sweep))
+            done += finished
+        trials = report.in_config_order(report.trial_rows(done, budgets), cfg)
         write_atomic(sweep.out / "trials.csv", trials.to_csv(index=False))  # first: nothing below can lose them
         return write_report(cfg, cells, sweep, trials, server, parent)
 
@@ -111,37 +115,46 @@ def _quiet_interruption() -> Iterator[None]:
 
 
 def build_tuner(
-    cfg: ExperimentConfig, cells: list[Cell], sweep: Sweep, server_name: str | None, total: int, parent_id: str
+    cfg: ExperimentConfig,
+    cells: list[Cell],
+    sweep: Sweep,
+    server_name: str | None,
+    stage: Stage,
+    callbacks: list[tune.Callback],
 ) -> tune.Tuner:
-    """A new Tuner over the sweep's grid, or the interrupted one restored from the sweep's folder."""
+    """A new Tuner for one stage of the sweep, or that stage restored from the sweep's folder (its searcher's and
+    scheduler's state with it)."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # raykd prints its own one line per trial
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # fresh Tune state: --resume reruns little
     resources, concurrent = trial_resources(cfg, ray.cluster_resources().get("CPU", 0))
     configs = {cell.key: cell.config for cell in cells}
     run = tune.with_parameters(trainable, cells=configs, server_name=server_name, sweep_dir=str(sweep.out))
     run = tune.with_resources(run, resources)
-    if sweep.resumed:
-        return tune.Tuner.restore(str(sweep.out / "tune"), run, resume_unfinished=True, resume_errored=True)
-    space = {"arm": tune.grid_search(arms_of(cfg)), "seed": tune.grid_search(cfg.seeds)}
-    if cfg.axes:
-        space["cell"] = tune.grid_search([cell.variants for cell in cells])
+    if sweep.resumed and tune.Tuner.can_restore(str(sweep.out / stage.name)):
+        return tune.Tuner.restore(str(sweep.out / stage.name), run, resume_unfinished=True, resume_errored=True)
     return tune.Tuner(
         run,
-        param_space=space,
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=not cfg.learners.num_workers),
+        param_space=stage.space,
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=concurrent,
+            reuse_actors=not cfg.learners.num_workers,
+            search_alg=stage.searcher,
+            scheduler=stage.scheduler,
+            num_samples=stage.trials if stage.searcher else 1,
+        ),
         run_config=tune.RunConfig(
-            name="tune",
+            name=stage.name,
             storage_path=str(sweep.out),
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
-            callbacks=callbacks(cfg, sweep, total, parent_id),
+            callbacks=callbacks,
         ),
     )
 
 
-def callbacks(cfg: ExperimentConfig, sweep: Sweep, total: int, parent_id: str) -> list[tune.Callback]:
-    """The driver's per-trial work: a progress line, and the trial's MLflow child run."""
-    return [Progress(total, sweep.out), trial_runs(sweep.uri, cfg.tracking.experiment, parent_id, sweep.name)]
+def trial_runs_of(cfg: ExperimentConfig, sweep: Sweep, parent: ParentRun) -> tune.Callback:
+    """The driver's MLflow work per trial: its child run under the sweep's parent run."""
+    return trial_runs(sweep.uri, cfg.tracking.experiment, parent.run_id, sweep.name)
 
 
 def write_report(
@@ -155,6 +168,7 @@ def write_report(
         write_atomic(out / "paired.csv", study.paired.to_csv(index=False))
         parent.log_files(out / "paired.csv")
         parent.log_metrics(paired_metrics(study.paired, list(cfg.axes)))
+        parent.log_metrics(cost_metrics(study.search_cost, list(cfg.axes)))
     else:  # report.study summarises successful trials and needs one
         text, figures, best = report.failures_only(sweep.name, trials), {}, trials.iloc[:0]
     if server is not None:

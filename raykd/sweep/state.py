@@ -1,6 +1,7 @@
 """A sweep's home: its output folder, and what ``--resume`` needs to find it again after the driver died.
 
-The folder holds ``config.yaml``, Ray Tune's state (``tune/``), ``sweep.json`` (the MLflow store
+The folder holds ``config.yaml``, Ray Tune's state (``tune/``, and ``search-*/`` for searched rows, each with
+its searcher's and scheduler's state), ``sweep.json`` (the MLflow store
 and parent run) and ``finished/`` (each finished trial's final result, written by the driver as it prints
 the trial's line). Tune's state is saved every second or so and may lag a killed driver; ``finished/``
 does not, so ``--resume`` replays a recorded result instead of training that trial again. Every gap in
@@ -82,10 +83,17 @@ def open_sweep(path: Path, address: str | None) -> tuple[ExperimentConfig, Sweep
         raise ConfigError(
             f"--resume {path}: sweep.json is missing or unreadable (the sweep stopped before it started); {anew}"
         ) from None
-    if not tune.Tuner.can_restore(str(path / "tune")):
+    started = [folder for folder in stage_folders(path) if tune.Tuner.can_restore(str(folder))]
+    if not started:
         raise ConfigError(f"--resume {path}: no Ray Tune state in {path / 'tune'} (no trial had started); {anew}")
-    check_tune_state(path / "tune", f"--resume {path}", anew)
+    for folder in started:
+        check_tune_state(folder, f"--resume {path}", anew)
     return cfg, sweep
+
+
+def stage_folders(out: Path) -> list[Path]:
+    """The Ray Tune experiments of a sweep's folder: ``tune/``, and one ``search-*/`` per searched row and cell."""
+    return [folder for folder in (out / "tune", *sorted(out.glob("search-*"))) if folder.is_dir()]
 
 
 def check_tune_state(folder: Path, what: str, anew: str) -> None:
@@ -103,7 +111,8 @@ def check_tune_state(folder: Path, what: str, anew: str) -> None:
 
 def resume_hint(sweep: Sweep) -> str:
     """What an interrupted sweep's user can do next: continue it, or (before any trial started) run it anew."""
-    if (sweep.out / "sweep.json").is_file() and tune.Tuner.can_restore(str(sweep.out / "tune")):
+    started = any(tune.Tuner.can_restore(str(folder)) for folder in stage_folders(sweep.out))
+    if (sweep.out / "sweep.json").is_file() and started:
         return f"continue with: python -m raykd.tune --resume {sweep.out}"
     return f"no trial had started; run it anew with --config {sweep.out / 'config.yaml'}"
 
