@@ -29,7 +29,7 @@ import mlflow.pytorch
 import torch
 from filelock import FileLock
 from matplotlib.figure import Figure
-from mlflow.entities import Metric, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.air.integrations.mlflow import MLflowLoggerCallback
@@ -341,3 +341,65 @@ def log_simulation(
             mlflow.log_artifact(str(path))
         for name, path in models.items():
             log_student_model(name, path)
+
+
+def trial_params(config: dict[str, Any]) -> dict[str, str]:
+    """A trial's Tune config as the params its child run holds (Tune's callback flattens it with ``/``)."""
+    return {k: str(v) for k, v in flatten_dict(config).items()}
+
+
+def fill_in_trials(uri: str, parent_id: str, sweep_name: str, trials: list[tuple[dict, dict[str, Any]]]) -> int:
+    """One FINISHED child run per finished trial (Tune config, final metrics) of the sweep's parent run: a run the
+    outage left open gets its final metrics and ends; a missing one is created. Returns how many it wrote."""
+    client = MlflowClient(uri)
+    experiment = client.get_run(parent_id).info.experiment_id
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=50000)
+    written = 0
+    for config, metrics in trials:
+        params = trial_params(config)
+        runs = [r for r in children if params.items() <= r.data.params.items() and r.info.status != "KILLED"]
+        if any(r.info.status == "FINISHED" for r in runs):
+            continue
+        if runs:
+            run_id = runs[0].info.run_id
+        else:
+            tags = {"mlflow.parentRunId": parent_id, "raykd.sweep": sweep_name, "raykd.note": "filled in later"}
+            run_id = client.create_run(experiment, run_name=_trial_name(config), tags=tags).info.run_id
+            client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(metric_key(k), v, now, 0) for k, v in numbers.items()])
+        client.set_terminated(run_id, "FINISHED")
+        written += 1
+    return written
+
+
+def _trial_name(config: dict[str, Any]) -> str:
+    setting = " ".join(f"{k}={v}" for k, v in config["arm"].items() if k not in ("label", "method"))
+    cell = " ".join(f"{k}={v}" for k, v in config.get("cell", {}).items())
+    return " ".join(filter(None, [cell, config["arm"]["label"], setting, f"seed{config['seed']}"]))
+
+
+def finish_parent(uri: str, parent_id: str, files: list[Path], figures: list[Path], students: dict[str, Path]) -> int:
+    """Reopen the sweep's parent run, log the sweep's files, figures and chosen students it lacks, and end it
+    FINISHED; returns how many items it logged (0 on a second call: nothing is logged twice)."""
+    client = MlflowClient(uri)
+    mlflow.set_tracking_uri(uri)
+    has = {a.path for a in client.list_artifacts(parent_id)}
+    for folder in {"plots", "students"} & has:
+        has |= {a.path for a in client.list_artifacts(parent_id, folder)}
+    logged = 0
+    with mlflow.start_run(run_id=parent_id):
+        for path in files:
+            if path.name not in has:
+                mlflow.log_artifact(str(path))
+                logged += 1
+        for path in figures:
+            if f"plots/{path.name}" not in has:
+                mlflow.log_artifact(str(path), artifact_path="plots")
+                logged += 1
+        for name, path in students.items():
+            if f"students/{model_name(name)}" not in has:
+                log_student_model(name, path)
+                logged += 1
+    return logged

@@ -72,7 +72,15 @@ def test_sweep_tracks_parent_and_child_runs_and_writes_tables(
 
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """A real ``mlflow server`` on loopback with its own sqlite store and artifact folder.
+    """A real ``mlflow server`` on loopback with its own sqlite store and artifact folder."""
+    with serve_mlflow(tmp_path) as uri:
+        yield uri
+
+
+@contextlib.contextmanager
+def serve_mlflow(tmp_path: Path) -> Iterator[str]:
+    """A real ``mlflow server`` on a free loopback port, its store ``server.db`` and artifacts in ``tmp_path`` (a
+    second one on the same folder serves what the first, killed, had recorded).
 
     The store's tables are created here first, with MLflow's own migrations (this process has MLflow loaded
     already), and the server runs without its job runner (a second process raykd never uses): a loaded 2-core

@@ -80,7 +80,11 @@ def _sweep(args: argparse.Namespace) -> int:
             return federated_grid(args, cfg)
         study = run(cfg)
     if study.untracked:
-        print(f"raykd: {study.untracked}; the local results in {study.out} are complete", file=sys.stderr)
+        print(
+            f"raykd: {study.untracked}; the local results in {study.out} are complete; once MLflow answers again, "
+            f"fill it in with: python -m raykd.tracking_sync {study.out}",
+            file=sys.stderr,
+        )
     if study.failed:
         what = "trial(s) or simulation(s)" if study.config.federated.after_sweep else "trial(s)"
         print(

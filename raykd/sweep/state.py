@@ -74,7 +74,10 @@ def open_sweep(path: Path, address: str | None) -> tuple[ExperimentConfig, Sweep
     cfg = load_config(path / "config.yaml", [f"ray.address={address}"] if address else [])
     anew = f"run it anew with --config {path / 'config.yaml'}"
     if (path / "results.md").exists():
-        raise ConfigError(f"--resume {path}: this sweep already finished (results.md is there); nothing to resume")
+        raise ConfigError(
+            f"--resume {path}: this sweep already finished (results.md is there); nothing to resume "
+            f"(to fill MLflow in after an outage: python -m raykd.tracking_sync {path})"
+        )
     try:
         record = json.loads((path / "sweep.json").read_text())
         sweep = Sweep(path, str(record["uri"]), str(record["parent_run_id"]))
