@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -288,7 +289,18 @@ def simulate(tmp_path: Path, raw: dict[str, Any], address: str, rc: int = 0) -> 
     done = _run(["--config", str(config)], address)
     assert done.returncode == rc, done.stderr[-3000:]
     (out,) = (tmp_path / "runs").iterdir()
+    _check_quiet(done, out)
     return json.loads((out / "summary.json").read_text()), pd.read_csv(out / "rounds.csv")
+
+
+def _check_quiet(done: subprocess.CompletedProcess[str], out: Path) -> None:
+    """Flower's own lines went to the records' flower.log (plain text), not to the console; raykd's lines did."""
+    flower = (out / "flower.log").read_text()
+    printed = done.stdout + done.stderr
+    assert flower.startswith(("INFO ", "WARNING ")) and "\x1b[" not in flower + printed
+    assert not re.search(r"^(INFO|WARNING|DEBUG) +:", printed, re.M), printed[:3000]
+    assert re.search(r"^ray: joined \S+ \(\d+ CPUs, \d+ GPUs\)$", done.stdout, re.M)
+    assert f"Flower's log: {out / 'flower.log'}" in done.stdout
 
 
 def mlflow_run(tmp_path: Path) -> Any:

@@ -46,8 +46,12 @@ def test_sweep_tracks_parent_and_child_runs_and_writes_tables(
     assert _sweep(tmp_path, raw) == 0
     printed = capsys.readouterr().out
     assert "[5/5" in printed and "## Summary" in printed and "(best of 4 on val_acc)" in printed
-
+    assert "\r" not in printed  # no progress-bar frames in a redirected log
+    out = next((tmp_path / "runs").iterdir())
     uri = raw["tracking"]["uri"]
+    assert printed.endswith(f"report: {out / 'results.md'}\nMLflow runs: mlflow ui --backend-store-uri {uri}\n")
+    assert list((tmp_path / "mlartifacts").rglob("results.md"))  # beside the store, not in the working folder
+
     parent, children = _runs_of_latest_sweep(uri, "tests")
     assert parent.info.status == "FINISHED" and len(children) == 5
     assert {c.info.status for c in children} == {"FINISHED"}
@@ -60,7 +64,6 @@ def test_sweep_tracks_parent_and_child_runs_and_writes_tables(
     plots = {a.path for a in MlflowClient(uri).list_artifacts(parent.info.run_id, "plots")}
     assert plots == {"plots/gain_bars.png", "plots/heatmap_kd.png", "plots/paired_differences.png"}
 
-    out = next((tmp_path / "runs").iterdir())
     trials = pd.read_csv(out / "trials.csv")
     assert len(trials) == 5 and (trials["status"] == "ok").all()
     kd = trials[trials["label"] == "kd"]
