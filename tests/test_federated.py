@@ -424,3 +424,16 @@ def test_tune_exits_3_with_one_line_when_trials_failed_or_lost_updates() -> None
     assert exit_status(table) == (0, None)
     table = pd.DataFrame({"error": ["", "RuntimeError: x", ""], "lost": ["1 of 2 rounds ...", "", None]})
     assert exit_status(table) == (3, "raykd: of 3 trials, 1 failed and 1 lost client updates; see results.csv")
+
+
+def test_the_python_api_shows_the_simulation_as_it_runs(
+    tmp_path: Path, cache_dir: Path, ray_address: str, capfd: pytest.CaptureFixture
+) -> None:
+    """``raykd.simulate`` prints the simulation's own lines (its cluster, each round, where its records are) while
+    it runs, and returns its records."""
+    import raykd
+
+    sim = raykd.simulate(fed_raw(tmp_path, cache_dir, strategy="fedavg", rounds=1))
+    printed = capfd.readouterr().out
+    assert re.search(r"^ray: joined \S+ \(\d+ CPUs", printed, re.M) and f"records in {sim.out}" in printed
+    assert "test acc" in printed and len(sim.rounds) == 2 and (sim.out / "flower.log").is_file()
