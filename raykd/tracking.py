@@ -353,28 +353,23 @@ def log_simulation(
             log_student_model(name, path)
 
 
-def trial_params(config: dict[str, Any]) -> dict[str, str]:
-    """A trial's Tune config as the params its child run holds (Tune's callback flattens it with ``/``)."""
-    return {k: str(v) for k, v in flatten_dict(config).items()}
-
-
-def fill_in_trials(uri: str, parent_id: str, sweep_name: str, trials: list[tuple[dict, dict[str, Any]]]) -> int:
-    """One FINISHED child run per finished trial (Tune config, final metrics) of the sweep's parent run: a run the
-    outage left open gets its final metrics and ends; a missing one is created. Returns how many it wrote."""
+def fill_in_trials(uri: str, parent_id: str, sweep: str, trials: list[tuple[str, dict, dict[str, Any]]]) -> int:
+    """One FINISHED child run per finished trial (run name, Tune config, final metrics) of the sweep's parent run: a
+    run the outage left open gets its final metrics and ends; a missing one is created. Returns how many it wrote."""
     client = MlflowClient(uri)
     experiment = client.get_run(parent_id).info.experiment_id
     children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=50000)
     written = 0
-    for config, metrics in trials:
-        params = trial_params(config)
+    for name, config, metrics in trials:
+        params = {k: str(v) for k, v in flatten_dict(config).items()}  # as Tune's callback logs a trial's config
         runs = [r for r in children if params.items() <= r.data.params.items() and r.info.status != "KILLED"]
         if any(r.info.status == "FINISHED" for r in runs):
             continue
         if runs:
             run_id = runs[0].info.run_id
         else:
-            tags = {"mlflow.parentRunId": parent_id, "raykd.sweep": sweep_name, "raykd.note": "filled in later"}
-            run_id = client.create_run(experiment, run_name=_trial_name(config), tags=tags).info.run_id
+            tags = {"mlflow.parentRunId": parent_id, "raykd.sweep": sweep, "raykd.note": "filled in later"}
+            run_id = client.create_run(experiment, run_name=name, tags=tags).info.run_id
             client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
         numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         now = int(time.time() * 1000)
@@ -384,32 +379,19 @@ def fill_in_trials(uri: str, parent_id: str, sweep_name: str, trials: list[tuple
     return written
 
 
-def _trial_name(config: dict[str, Any]) -> str:
-    setting = " ".join(f"{k}={v}" for k, v in config["arm"].items() if k not in ("label", "method"))
-    cell = " ".join(f"{k}={v}" for k, v in config.get("cell", {}).items())
-    return " ".join(filter(None, [cell, config["arm"]["label"], setting, f"seed{config['seed']}"]))
-
-
-def finish_parent(uri: str, parent_id: str, files: list[Path], figures: list[Path], students: dict[str, Path]) -> int:
-    """Reopen the sweep's parent run, log the sweep's files, figures and chosen students it lacks, and end it
+def finish_parent(uri: str, parent_id: str, files: list[tuple[Path, str | None]], students: dict[str, Path]) -> int:
+    """Reopen the sweep's parent run, log the (file, artifact folder) pairs and chosen students it lacks, and end it
     FINISHED; returns how many items it logged (0 on a second call: nothing is logged twice)."""
     client = MlflowClient(uri)
     mlflow.set_tracking_uri(uri)
     has = {a.path for a in client.list_artifacts(parent_id)}
     for folder in {"plots", "students"} & has:
         has |= {a.path for a in client.list_artifacts(parent_id, folder)}
-    logged = 0
+    missing = [(p, d) for p, d in files if "/".join(filter(None, [d, p.name])) not in has]
+    todo = {n: p for n, p in students.items() if f"students/{model_name(n)}" not in has}
     with mlflow.start_run(run_id=parent_id):
-        for path in files:
-            if path.name not in has:
-                mlflow.log_artifact(str(path))
-                logged += 1
-        for path in figures:
-            if f"plots/{path.name}" not in has:
-                mlflow.log_artifact(str(path), artifact_path="plots")
-                logged += 1
-        for name, path in students.items():
-            if f"students/{model_name(name)}" not in has:
-                log_student_model(name, path)
-                logged += 1
-    return logged
+        for path, folder in missing:
+            mlflow.log_artifact(str(path), artifact_path=folder)
+        for name, path in todo.items():
+            log_student_model(name, path)
+    return len(missing) + len(todo)

@@ -31,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def finished_trials(out: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(Tune config, final metrics) of every trial of the sweep in ``out`` that finished, in the sweep's order."""
+def finished_trials(out: Path) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(run name, Tune config, final metrics) of every trial of the sweep in ``out`` that finished, in order."""
     from raykd.sweep.run import arms_of  # the sweep shell (Ray Tune) loads after parsing
     from raykd.sweep.state import finished_result
 
@@ -44,8 +44,15 @@ def finished_trials(out: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
                 config = {"arm": arm, "seed": seed, **({"cell": cell.variants} if cfg.axes else {})}
                 metrics = finished_result(out, config)
                 if metrics is not None:
-                    trials.append((config, metrics))
+                    trials.append((run_name(config), config, metrics))
     return trials
+
+
+def run_name(config: dict[str, Any]) -> str:
+    """A filled-in trial run's name: its cell, row, setting and seed (Tune's trial names died with the outage)."""
+    setting = [f"{k}={v}" for k, v in config["arm"].items() if k not in ("label", "method")]
+    cell = [f"{k}={v}" for k, v in config.get("cell", {}).items()]
+    return " ".join([*cell, config["arm"]["label"], *setting, f"seed{config['seed']}"])
 
 
 def chosen_students(out: Path) -> dict[str, Path]:
@@ -71,10 +78,10 @@ def sync(out: Path, uri: str | None = None) -> tuple[int, int]:
     check_reachable(uri)
     check_run_exists(uri, record["parent_run_id"], f"sweep {out}")
     runs = fill_in_trials(uri, record["parent_run_id"], out.name, finished_trials(out))
-    files = [out / name for name in ("config.yaml", "trials.csv", "paired.csv", "federated.csv", "results.md")]
-    figures = sorted((out / "plots").glob("*.png"))
-    present = [f for f in files if f.is_file()]
-    items = finish_parent(uri, record["parent_run_id"], present, figures, chosen_students(out))
+    names = ("config.yaml", "trials.csv", "paired.csv", "federated.csv", "results.md")
+    files = [(out / n, None) for n in names if (out / n).is_file()]
+    files += [(p, "plots") for p in sorted((out / "plots").glob("*.png"))]
+    items = finish_parent(uri, record["parent_run_id"], files, chosen_students(out))
     print(f"raykd: MLflow at {uri}: {runs} trial run(s) filled in, {items} sweep item(s) logged; sweep run FINISHED")
     return runs, items
 
