@@ -75,7 +75,7 @@ def entries(cache_dir: Path, configs: list[ExperimentConfig]) -> list[Entry]:
         if path.suffix == ".lock":
             continue
         kind = path.relative_to(cache_dir).parts[0] if path.parent != cache_dir else "other"
-        known = configs and kind in KEYED
+        known = bool(configs) and kind in KEYED
         stat = path.stat()
         age = (now - stat.st_mtime) / 86400
         found.append(Entry(path, kind, stat.st_size, age, path.resolve() in used if known else None))
