@@ -179,12 +179,15 @@ class _NoColour:
         return getattr(self.stream, name)
 
 
-def plain_when_redirected() -> None:
-    """stdout and stderr without colour codes when they go to a file or a pipe, not a terminal."""
-    for name in ("stdout", "stderr"):
-        stream = getattr(sys, name)
-        if not stream.isatty() and not isinstance(stream, _NoColour):
-            setattr(sys, name, _NoColour(stream))
+@contextmanager
+def plain_when_redirected() -> Iterator[None]:
+    """stdout and stderr without colour codes, while the block runs, where they go to a file or a pipe."""
+    before = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (s if s.isatty() else _NoColour(s) for s in before)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = before
 
 
 def outcome(out: Path | str) -> int:
@@ -236,10 +239,10 @@ def _stop_on_ctrl_c(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point (exit codes: see the module docstring); Ctrl-C is one line and 130."""
     args = build_parser().parse_args(argv)
-    plain_when_redirected()
     previous = signal.signal(signal.SIGINT, _stop_on_ctrl_c)
     try:
-        code = run_command(lambda: _simulate(args))
+        with plain_when_redirected():
+            code = run_command(lambda: _simulate(args))
     finally:
         signal.signal(signal.SIGINT, previous)
     if code == EXIT_INTERRUPTED:  # Flower's ServerApp thread is no daemon and never ends once cut off: exit now
