@@ -437,3 +437,14 @@ def test_the_python_api_shows_the_simulation_as_it_runs(
     printed = capfd.readouterr().out
     assert re.search(r"^ray: joined \S+ \(\d+ CPUs", printed, re.M) and f"records in {sim.out}" in printed
     assert "test acc" in printed and len(sim.rounds) == 2 and (sim.out / "flower.log").is_file()
+
+
+def test_verbose_prints_flowers_lines_too(tmp_path: Path, cache_dir: Path, ray_address: str) -> None:
+    """``--verbose``: Flower's own log lines on the console as well as in flower.log."""
+    config = tmp_path / "fed.yaml"
+    config.write_text(yaml.safe_dump(fed_raw(tmp_path, cache_dir, strategy="fedavg", rounds=1)))
+    done = _run(["--config", str(config), "--verbose"], ray_address)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (out,) = (tmp_path / "runs").iterdir()
+    assert re.search(r"^INFO +:", done.stdout + done.stderr, re.M) and (out / "flower.log").stat().st_size
+    assert "\x1b[" not in done.stdout + done.stderr  # redirected: no colour codes, even in Flower's own lines
