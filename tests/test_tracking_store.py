@@ -26,3 +26,13 @@ def test_artifacts_land_beside_the_sqlite_store_not_in_the_working_folder(
     assert run.info.status == "FINISHED"
     assert run.info.artifact_uri.startswith((store / ARTIFACTS).as_uri())
     assert list((store / ARTIFACTS).rglob("trials.csv")) and not list(elsewhere.iterdir())
+
+
+def test_sync_of_an_unfinished_sweep_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from raykd.tracking_sync import main
+
+    assert main([str(tmp_path)]) == 2
+    expected = (
+        f"raykd: error: sweep {tmp_path}: holds no results.md (not a finished sweep); finish it with --resume first\n"
+    )
+    assert capsys.readouterr().err == expected
