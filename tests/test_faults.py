@@ -217,7 +217,9 @@ def test_interrupted_sweep_resumes_to_the_uninterrupted_table(
         driver.kill()
         _kill_ray_processes(str(ray_tmp))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert resumed.stdout.startswith("node models: 2 of 2 cached") and "resuming 3 settings" in resumed.stdout
+    cluster, nodes = resumed.stdout.splitlines()[:2]  # the cluster it joined, then its nodes: none trained again
+    assert cluster.startswith("ray: joined ") and nodes.startswith("node models: 2 of 2 cached")
+    assert "resuming 3 settings" in resumed.stdout
     lines = {line.split("] ", 1)[1].split(":")[0]: line for line in resumed.stdout.splitlines() if line[:1] == "["}
     assert "[3/3" in resumed.stdout
     replayed = [trial for trial, line in lines.items() if line.endswith(REPLAYED)]
