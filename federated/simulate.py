@@ -19,10 +19,14 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import Any, TextIO
 
 import federated  # noqa: F401  (sets Flower's environment before flwr is imported)
 from raykd.cli import (
@@ -38,6 +42,10 @@ from raykd.federated_checks import check_federated
 from raykd.files import last_line
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "tune_configs" / "federated_kd.yaml"
+#: Flower's own log lines (INFO and up, no colour codes), in the simulation's records folder; raykd prints its own.
+FLOWER_LOG = "flower.log"
+#: A terminal's colour codes, which Flower's messages may carry.
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 #: Retries of a client's work on its restarted actor when the actor died mid-task (Ray restarts it every time).
 CLIENT_TASK_RETRIES = 1
 
@@ -55,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         "    --set federated.strategy=fml --set federated.rounds=3",
     )
     add_run_arguments(parser, DEFAULT_CONFIG)
+    parser.add_argument("--verbose", action="store_true", help=f"also print Flower's own log lines ({FLOWER_LOG})")
     return parser
 
 
@@ -120,6 +129,67 @@ def one_line_client_failures() -> None:
         flower.addFilter(_ClientTracebacks())
 
 
+class _PlainText(logging.Formatter):
+    """Flower's records as plain text for a file: level, time and message, colour codes removed."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return ANSI.sub("", super().format(record))
+
+
+@contextmanager
+def flower_log(folder: Path, verbose: bool) -> Iterator[Path]:
+    """Flower's log lines go to a file in ``folder`` while the block runs (and to the console only when
+    ``verbose``): they were nine lines in ten of a simulation's output. Yields the file's path."""
+    flower = logging.getLogger("flwr")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"flower-{os.getpid()}.log"  # moved into the records folder once they exist
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(_PlainText("%(levelname)s %(asctime)s %(message)s"))
+    console = [] if verbose else list(flower.handlers)
+    for h in console:
+        flower.removeHandler(h)
+    flower.addHandler(handler)
+    try:
+        yield path
+    finally:
+        flower.removeHandler(handler)
+        handler.close()
+        for h in console:
+            flower.addHandler(h)
+
+
+def keep_log(log: Path, out: Path | str) -> Path:
+    """Move Flower's log into the records folder ``out``; without records (``out`` says why) it stays where it is."""
+    if isinstance(out, str):
+        return log
+    return log.replace(out / FLOWER_LOG)
+
+
+class _NoColour:
+    """A redirected stream without colour codes (Ray colours the lines it forwards from its workers and raylets,
+    whatever the stream is); everything else is the wrapped stream's."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(ANSI.sub("", text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+@contextmanager
+def plain_when_redirected() -> Iterator[None]:
+    """stdout and stderr without colour codes, while the block runs, where they go to a file or a pipe."""
+    before = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (s if s.isatty() else _NoColour(s) for s in before)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = before
+
+
 def outcome(out: Path | str) -> int:
     """The exit status of a finished simulation, and its one line on stderr when it is not 0."""
     if isinstance(out, str):
@@ -153,7 +223,11 @@ def _simulate(args: argparse.Namespace) -> int:
         connect_ray(cfg, log_to_driver=True)
         check_flower_pool(cfg, Capacity.now(), beside=teacher_cpus(cfg))
     served = serve_teacher(cfg)  # (name, handle): the handle held while the simulation runs
-    return outcome(simulate(cfg, served[0] if served else None))
+    print(f"simulation: {cfg.federated.strategy}, {cfg.partition.num_nodes} clients, {cfg.federated.rounds} rounds")
+    with flower_log(cfg.output_dir, args.verbose) as log:
+        out = simulate(cfg, served[0] if served else None)
+    print(f"Flower's log: {keep_log(log, out)}", flush=True)
+    return outcome(out)
 
 
 def _stop_on_ctrl_c(signum: int, frame: FrameType | None) -> None:
@@ -167,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGINT, _stop_on_ctrl_c)
     try:
-        code = run_command(lambda: _simulate(args))
+        with plain_when_redirected():
+            code = run_command(lambda: _simulate(args))
     finally:
         signal.signal(signal.SIGINT, previous)
     if code == EXIT_INTERRUPTED:  # Flower's ServerApp thread is no daemon and never ends once cut off: exit now

@@ -131,16 +131,25 @@ def simulate(cfg: ExperimentConfig | str | Path | dict[str, Any]) -> Simulation:
         config.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         before = set(cfg.output_dir.iterdir())
         address = ["--address", ray.get_runtime_context().gcs_address] if ray.is_initialized() else []
-        done = subprocess.run(
-            [sys.executable, "-m", "federated.simulate", "--config", str(config), *address],
-            capture_output=True,
-            text=True,
-        )
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines() or ["no output"]
-        raise (ConfigError if done.returncode == 2 else RuntimeError)(lines[-1].removeprefix("raykd: error: "))
+        command = [sys.executable, "-m", "federated.simulate", "--config", str(config), *address]
+        returncode, errors = _echoed(command, Path(folder) / "stderr.txt")
+    if returncode != 0:
+        lines = errors.strip().splitlines() or ["no output"]
+        raise (ConfigError if returncode == 2 else RuntimeError)(lines[-1].removeprefix("raykd: error: "))
     (out,) = [p for p in set(cfg.output_dir.iterdir()) - before if (p / "summary.json").is_file()]
     return Simulation(out, pd.read_csv(out / "rounds.csv"), json.loads((out / "summary.json").read_text()))
+
+
+def _echoed(command: list[str], stderr: Path) -> tuple[int, str]:
+    """Run ``command``, printing its lines here as they come (a notebook shows the rounds); its exit status and
+    stderr (kept in a file, so neither pipe can fill up while the other is read)."""
+    with stderr.open("w+") as errors:
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True) as child:
+            assert child.stdout is not None
+            for line in child.stdout:
+                print(line, end="", flush=True)
+        errors.seek(0)
+        return child.returncode, errors.read()
 
 
 def load_student(path: str | Path) -> nn.Module:

@@ -38,7 +38,11 @@ NODE_ID = "ray.node_id"
 
 
 def connect_ray(cfg: ExperimentConfig, log_to_driver: bool = False) -> None:
-    """Join the configured cluster (``ray.address`` or RAY_ADDRESS), else start a local Ray on loopback."""
+    """Join the configured cluster (``ray.address`` or RAY_ADDRESS), else start a local Ray on loopback.
+
+    A local Ray is ``address="local"``: a plain ``ray.init()`` would join whatever head this machine last
+    started (its ``ray_current_cluster`` file), a stranger's cluster, and refuse ``num_cpus`` there.
+    """
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
@@ -46,18 +50,29 @@ def connect_ray(cfg: ExperimentConfig, log_to_driver: bool = False) -> None:
         ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging.WARNING)
     else:
         ray.init(
+            address="local",
             num_cpus=cfg.ray.num_cpus,
             include_dashboard=False,
             log_to_driver=log_to_driver,
             logging_level=logging.WARNING,
             _node_ip_address="127.0.0.1",
         )
+    announce("joined" if address else "started a local Ray at")
 
 
 def ensure_ray(cfg: ExperimentConfig) -> None:
     """Connect as ``connect_ray`` does, unless a caller (a notebook, the test suite) already did."""
-    if not ray.is_initialized():
+    if ray.is_initialized():
+        announce("joined")
+    else:
         connect_ray(cfg)
+
+
+def announce(verb: str) -> None:
+    """One line naming the cluster this run uses, so a run on the wrong cluster shows at its start."""
+    total = ray.cluster_resources()
+    address = ray.get_runtime_context().gcs_address
+    print(f"ray: {verb} {address} ({total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs)", flush=True)
 
 
 def get_within(refs: Any, timeout_s: float, what: str) -> Any:

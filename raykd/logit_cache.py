@@ -50,8 +50,9 @@ class LogitCache:
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
 
+    @staticmethod
     def key(
-        self, checkpoint: Path, dataset: str, split: str, dtype: str, top_k: int | None = None, fill: Fill = "min"
+        checkpoint: Path, dataset: str, split: str, dtype: str, top_k: int | None = None, fill: Fill = "min"
     ) -> str:
         parts = [file_digest(checkpoint), dataset, split, TRANSFORM, dtype]
         parts += [f"top_k={top_k}"] if top_k is not None else []  # full-logit keys stay as they were
@@ -175,10 +176,7 @@ def node_logits(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> tu
     """
     if read_node(node_path(cfg, node, seed)) is None:
         load_node(cfg, setup, node, seed)  # trains and caches it: the key is over the checkpoint's content
-    data = json.dumps(cache_identity(cfg))
-    cache = LogitCache(cfg.nodes.cache_dir / "logits")
-    teacher = cfg.teacher
-    key = cache.key(node_path(cfg, node, seed), data, "train", teacher.dtype, teacher.top_k, teacher.top_k_fill)
+    cache, key, teacher = LogitCache(cfg.nodes.cache_dir / "logits"), logits_key(cfg, node, seed), cfg.teacher
 
     def compute() -> np.ndarray:
         model = load_node(cfg, setup, node, seed).to(pick_device(cfg.tune.gpus_per_trial))
@@ -189,6 +187,13 @@ def node_logits(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> tu
         )
 
     return cache.get_or_build(key, compute)
+
+
+def logits_key(cfg: ExperimentConfig, node: int, seed: int) -> str:
+    """The cache key of a node's training-split logits (its cached model file must exist: the key is over it)."""
+    data, teacher = json.dumps(cache_identity(cfg)), cfg.teacher
+    path = node_path(cfg, node, seed)
+    return LogitCache.key(path, data, "train", teacher.dtype, teacher.top_k, teacher.top_k_fill)
 
 
 def stored_rows(logits: Tensor, teacher: TeacherConfig) -> np.ndarray:

@@ -18,8 +18,8 @@ from raykd.units import ACCURACY, Units  # noqa: E402
 
 
 def gain_bars(best: pd.DataFrame, units: Units = ACCURACY) -> Figure:
-    """Summary test gain per method row with seed spread as error bars."""
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(best), 3.2), layout="constrained")
+    """Summary test gain per method row with seed spread as error bars; at least as wide as its title."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 + 1.1 * len(best)), 3.2), layout="constrained")
     ax.bar(
         best["label"],
         units.scale * best["gain"],
@@ -30,7 +30,7 @@ def gain_bars(best: pd.DataFrame, units: Units = ACCURACY) -> Figure:
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(best)), best["label"], rotation=30, ha="right")  # many rows' names stay legible
     ax.set_ylabel(units.gain_long)
-    ax.set_title("Student gain over its starting point (mean ± std over seeds)")
+    ax.set_title("Student gain over its starting point (mean ± std over seeds)", fontsize=10)
     return fig
 
 

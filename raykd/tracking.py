@@ -45,6 +45,8 @@ from raykd.students import load_student, read_student
 from raykd.sweep.students import row_name, setting_name
 
 DEFAULT_STORE = "mlflow.db"
+#: The folder beside a sqlite store that holds its artifacts (figures, files, models).
+ARTIFACTS = "mlartifacts"
 #: MLflow's defaults retry an unreachable server for minutes (7 retries, 120 s timeouts); these bound it to
 #: seconds. Set here, before any client exists, so the driver and every process it starts (Ray's workers,
 #: the follow-up simulations) inherit them; a user's own values win.
@@ -121,6 +123,18 @@ def store_lock(uri: str) -> Iterator[None]:
         return
     with FileLock(lock_file(Path(uri.removeprefix("sqlite:///"))), timeout=LOCK_WAIT_S):
         yield
+
+
+def use_experiment(uri: str, experiment: str) -> None:
+    """Make ``experiment`` the active one, creating it first if needed. In a sqlite store its artifacts go to
+    ``mlartifacts/`` beside the database: MLflow's own default is ``./mlruns`` of whatever folder the command
+    ran in, far from the store that names them."""
+    mlflow.set_tracking_uri(uri)
+    with store_lock(uri):
+        if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(experiment) is None:
+            artifacts = Path(uri.removeprefix("sqlite:///")).resolve().parent / ARTIFACTS
+            mlflow.create_experiment(experiment, artifact_location=artifacts.as_uri())
+        mlflow.set_experiment(experiment)
 
 
 def check_run_exists(uri: str, run_id: str, what: str) -> None:
@@ -259,9 +273,7 @@ def parent_run(uri: str, experiment: str, run_name: str, run_id: str | None = No
     It ends FINISHED, KILLED on Ctrl-C (``--resume`` reopens it) or FAILED; ending it is a ``remote`` write.
     """
     Lost.error, Lost.items = "", Counter()  # a new sweep: nothing lost yet
-    mlflow.set_tracking_uri(uri)
-    with store_lock(uri):
-        mlflow.set_experiment(experiment)
+    use_experiment(uri, experiment)
     run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
     status = "FAILED"
     try:
@@ -370,9 +382,7 @@ def log_simulation(
     models: dict[str, Path],
 ) -> None:
     """One Flower simulation as one MLflow run: its config, per-round metrics, summary, plot, files and models."""
-    mlflow.set_tracking_uri(uri)
-    with store_lock(uri):
-        mlflow.set_experiment(experiment)
+    use_experiment(uri, experiment)
     with mlflow.start_run(run_name=run_name, tags=tags):
         mlflow.log_params(_params(raw))
         for step, metrics in steps:

@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from mlflow import MlflowClient
 
 from raykd.config import validate_config
 from raykd.data import load_dataset
@@ -32,7 +33,7 @@ from raykd.students import read_student
 from raykd.tune import EXIT_UNTRACKED, main
 from tests.conftest import tiny_raw
 from tests.test_reliability import _children, _deterministic, _kill_ray_processes, _only_output
-from tests.test_tune import mlflow_server  # noqa: F401 - the fixture
+from tests.test_tune import mlflow_server, serve_mlflow  # noqa: F401 - the fixture
 from tests.watched import Watched
 
 KD = {"name": "kd", "temperature": [1, 2, 4, 8], "alpha": 0.5}
@@ -216,7 +217,9 @@ def test_interrupted_sweep_resumes_to_the_uninterrupted_table(
         driver.kill()
         _kill_ray_processes(str(ray_tmp))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert resumed.stdout.startswith("node models: 2 of 2 cached") and "resuming 3 settings" in resumed.stdout
+    cluster, nodes = resumed.stdout.splitlines()[:2]  # the cluster it joined, then its nodes: none trained again
+    assert cluster.startswith("ray: joined ") and nodes.startswith("node models: 2 of 2 cached")
+    assert "resuming 3 settings" in resumed.stdout
     lines = {line.split("] ", 1)[1].split(":")[0]: line for line in resumed.stdout.splitlines() if line[:1] == "["}
     assert "[3/3" in resumed.stdout
     replayed = [trial for trial, line in lines.items() if line.endswith(REPLAYED)]
@@ -275,7 +278,33 @@ def test_tracking_server_killed_mid_sweep_leaves_complete_local_results_and_one_
     assert (out / "results.md").is_file() and len(list((out / "students").rglob("seed0.pt"))) == 1
     (line,) = [line for line in err.splitlines() if line.startswith("raykd: tracking.uri:")]
     assert f"MLflow at {mlflow_server} failed (" in line and "not recorded there: " in line and "results.md" in line
-    assert line.endswith(f"the local results in {out} are complete") and "Traceback" not in err
+    assert f"the local results in {out} are complete" in line and "Traceback" not in err
+    assert line.endswith(f"python -m raykd.tracking_sync {out}")
+    with serve_mlflow(tmp_path) as back:  # the server again, on the store and artifacts the killed one left
+        filled = int(_sync(out, back).split(": ")[-1].split(" trial run(s)")[0])
+        assert filled >= 3  # the server died once the first trial finished: the 3 others had no finished run
+        client = MlflowClient(back)
+        (parent,) = [r for r in client.search_runs(_experiments(client)) if "mlflow.parentRunId" not in r.data.tags]
+        children = client.search_runs(_experiments(client), f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        assert parent.info.status == "FINISHED" and [c.info.status for c in children] == ["FINISHED"] * 4
+        by_temperature = {float(c.data.params["arm/temperature"]): c.data.metrics["test_acc"] for c in children}
+        assert by_temperature == dict(zip(trials["temperature"], trials["test_acc"], strict=True))
+        names = {a.path for a in client.list_artifacts(parent.info.run_id)}
+        assert {"results.md", "trials.csv", "plots", "students"} <= names
+        assert "0 trial run(s) filled in, 0 sweep item(s) logged" in _sync(out, back)  # again: nothing to write
+        assert len(client.search_runs(_experiments(client))) == 5
+
+
+def _sync(out: Path, uri: str) -> str:
+    """``python -m raykd.tracking_sync OUT --tracking-uri URI`` as a user runs it (a fresh process); its stdout."""
+    command = [sys.executable, "-m", "raykd.tracking_sync", str(out), "--tracking-uri", uri]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def _experiments(client: MlflowClient) -> list[str]:
+    return [e.experiment_id for e in client.search_experiments()]
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -288,7 +289,18 @@ def simulate(tmp_path: Path, raw: dict[str, Any], address: str, rc: int = 0) -> 
     done = _run(["--config", str(config)], address)
     assert done.returncode == rc, done.stderr[-3000:]
     (out,) = (tmp_path / "runs").iterdir()
+    _check_quiet(done, out)
     return json.loads((out / "summary.json").read_text()), pd.read_csv(out / "rounds.csv")
+
+
+def _check_quiet(done: subprocess.CompletedProcess[str], out: Path) -> None:
+    """Flower's own lines went to the records' flower.log (plain text), not to the console; raykd's lines did."""
+    flower = (out / "flower.log").read_text()
+    printed = done.stdout + done.stderr
+    assert flower.startswith(("INFO ", "WARNING ")) and "\x1b[" not in flower + printed
+    assert not re.search(r"^(INFO|WARNING|DEBUG) +:", printed, re.M), printed[:3000]
+    assert re.search(r"^ray: joined \S+ \(\d+ CPUs, \d+ GPUs\)$", done.stdout, re.M)
+    assert f"Flower's log: {out / 'flower.log'}" in done.stdout
 
 
 def mlflow_run(tmp_path: Path) -> Any:
@@ -412,3 +424,27 @@ def test_tune_exits_3_with_one_line_when_trials_failed_or_lost_updates() -> None
     assert exit_status(table) == (0, None)
     table = pd.DataFrame({"error": ["", "RuntimeError: x", ""], "lost": ["1 of 2 rounds ...", "", None]})
     assert exit_status(table) == (3, "raykd: of 3 trials, 1 failed and 1 lost client updates; see results.csv")
+
+
+def test_the_python_api_shows_the_simulation_as_it_runs(
+    tmp_path: Path, cache_dir: Path, ray_address: str, capfd: pytest.CaptureFixture
+) -> None:
+    """``raykd.simulate`` prints the simulation's own lines (its cluster, each round, where its records are) while
+    it runs, and returns its records."""
+    import raykd
+
+    sim = raykd.simulate(fed_raw(tmp_path, cache_dir, strategy="fedavg", rounds=1))
+    printed = capfd.readouterr().out
+    assert re.search(r"^ray: joined \S+ \(\d+ CPUs", printed, re.M) and f"records in {sim.out}" in printed
+    assert "test acc" in printed and len(sim.rounds) == 2 and (sim.out / "flower.log").is_file()
+
+
+def test_verbose_prints_flowers_lines_too(tmp_path: Path, cache_dir: Path, ray_address: str) -> None:
+    """``--verbose``: Flower's own log lines on the console as well as in flower.log."""
+    config = tmp_path / "fed.yaml"
+    config.write_text(yaml.safe_dump(fed_raw(tmp_path, cache_dir, strategy="fedavg", rounds=1)))
+    done = _run(["--config", str(config), "--verbose"], ray_address)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (out,) = (tmp_path / "runs").iterdir()
+    assert re.search(r"^INFO +:", done.stdout + done.stderr, re.M) and (out / "flower.log").stat().st_size
+    assert "\x1b[" not in done.stdout + done.stderr  # redirected: no colour codes, even in Flower's own lines

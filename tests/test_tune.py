@@ -46,8 +46,12 @@ def test_sweep_tracks_parent_and_child_runs_and_writes_tables(
     assert _sweep(tmp_path, raw) == 0
     printed = capsys.readouterr().out
     assert "[5/5" in printed and "## Summary" in printed and "(best of 4 on val_acc)" in printed
-
+    assert "\r" not in printed  # no progress-bar frames in a redirected log
+    out = next((tmp_path / "runs").iterdir())
     uri = raw["tracking"]["uri"]
+    assert printed.endswith(f"report: {out / 'results.md'}\nMLflow runs: mlflow ui --backend-store-uri {uri}\n")
+    assert list((tmp_path / "mlartifacts").rglob("results.md"))  # beside the store, not in the working folder
+
     parent, children = _runs_of_latest_sweep(uri, "tests")
     assert parent.info.status == "FINISHED" and len(children) == 5
     assert {c.info.status for c in children} == {"FINISHED"}
@@ -61,7 +65,6 @@ def test_sweep_tracks_parent_and_child_runs_and_writes_tables(
     expected = {"gain_bars.png", "heatmap_kd.png", "paired_differences.png", "search_progress.png"}
     assert plots == {f"plots/{name}" for name in expected}
 
-    out = next((tmp_path / "runs").iterdir())
     trials = pd.read_csv(out / "trials.csv")
     assert len(trials) == 5 and (trials["status"] == "ok").all()
     kd = trials[trials["label"] == "kd"]
@@ -73,7 +76,15 @@ def test_sweep_tracks_parent_and_child_runs_and_writes_tables(
 
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """A real ``mlflow server`` on loopback with its own sqlite store and artifact folder.
+    """A real ``mlflow server`` on loopback with its own sqlite store and artifact folder."""
+    with serve_mlflow(tmp_path) as uri:
+        yield uri
+
+
+@contextlib.contextmanager
+def serve_mlflow(tmp_path: Path) -> Iterator[str]:
+    """A real ``mlflow server`` on a free loopback port, its store ``server.db`` and artifacts in ``tmp_path`` (a
+    second one on the same folder serves what the first, killed, had recorded).
 
     The store's tables are created here first, with MLflow's own migrations (this process has MLflow loaded
     already), and the server runs without its job runner (a second process raykd never uses): a loaded 2-core

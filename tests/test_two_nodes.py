@@ -54,12 +54,17 @@ def _ray_start(folder: Path, *args: str) -> subprocess.Popen[bytes]:
     return node
 
 
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now: a head of its own, never another test's or user's."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture(scope="module")
 def two_nodes() -> Iterator[str]:
     """The address of a head and a worker node of 1 CPU each; every process it started is ended afterwards."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     base = Path(tempfile.mkdtemp(prefix="rk2", dir="/tmp"))  # short: Ray's socket paths are length-limited
     address, nodes = f"127.0.0.1:{port}", list[subprocess.Popen[bytes]]()
     try:

@@ -156,7 +156,10 @@ class TuneConfig(Section):
 
 
 class RayConfig(Section):
-    address: str | None = Field(None, description="existing cluster (e.g. 'auto' or 'HOST:PORT'); local if unset")
+    address: str | None = Field(
+        None,
+        description="existing cluster (e.g. 'auto' or 'HOST:PORT'); unset: a new local Ray, never one already running",
+    )
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray instance (all if unset)")
 
 

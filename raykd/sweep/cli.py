@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from raykd.api import run
+from raykd.api import Study, run
 from raykd.cli import add_run_arguments, config_from_args, overrides_of, run_command
 from raykd.config import ExperimentConfig, describe_schema
 from raykd.errors import ConfigError
@@ -80,7 +80,11 @@ def _sweep(args: argparse.Namespace) -> int:
             return federated_grid(args, cfg)
         study = run(cfg)
     if study.untracked:
-        print(f"raykd: {study.untracked}; the local results in {study.out} are complete", file=sys.stderr)
+        print(
+            f"raykd: {study.untracked}; the local results in {study.out} are complete; once MLflow answers again, "
+            f"fill it in with: python -m raykd.tracking_sync {study.out}",
+            file=sys.stderr,
+        )
     if study.failed:
         what = "trial(s) or simulation(s)" if study.config.federated.after_sweep else "trial(s)"
         print(
@@ -88,6 +92,7 @@ def _sweep(args: argparse.Namespace) -> int:
         )
         return EXIT_TRIALS_FAILED
     print_students(study.students)
+    print_where(study)
     return EXIT_UNTRACKED if study.untracked else 0
 
 
@@ -98,6 +103,15 @@ def print_students(students: dict[str, list[Path]]) -> None:
     print("distilled students (chosen setting per row; load with raykd.load_student(path)):")
     for label, paths in students.items():
         print(f"  {label}: {paths[0].parent}/ ({len(paths)} seeds)")
+
+
+def print_where(study: Study) -> None:
+    """The sweep's last lines: where its report is, and how to browse its runs."""
+    from raykd.tracking import resolve_uri  # loaded already by the sweep
+
+    uri = resolve_uri(study.config.tracking.uri)
+    browse = f"open {uri}" if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
+    print(f"report: {study.out / 'results.md'}\nMLflow runs: {browse}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

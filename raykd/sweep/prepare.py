@@ -6,6 +6,7 @@ it); in ``cache`` mode each task also fills that node's logit cache entry, so tr
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,8 @@ def prepare_nodes(cells: list[Cell]) -> None:
     task = ray.remote(num_cpus=1, num_gpus=cells[0].config.tune.gpus_per_trial)(prepare_node)
     pending = {task.remote(c, n, s, n in logit_nodes(c)): (n, s) for c, n, s in todo}
     built = 0
-    with tqdm(total=len(pending), desc="preparing node models", unit="model") as bar:
+    # a bar on a terminal; redirected to a file, one line per node (a bar's \r frames would pile up there)
+    with tqdm(total=len(pending), desc="preparing node models", unit="model", disable=not sys.stderr.isatty()) as bar:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             node, seed = pending.pop(done[0])
@@ -82,6 +84,8 @@ def prepare_nodes(cells: list[Cell]) -> None:
             )
             bar.set_postfix_str(f"node {node} seed {seed}: {score}")
             bar.update()
+            if bar.disable:
+                print(f"node model {node} seed {seed}: {score}", flush=True)
     logits = sum(n in logit_nodes(c) for c, n, _ in jobs)
     if logits:
         print(f"teacher-logit cache: {built} forward passes over the training split, {logits - built} reused")

@@ -75,7 +75,10 @@ def open_sweep(path: Path, address: str | None) -> tuple[ExperimentConfig, Sweep
     cfg = load_config(path / "config.yaml", [f"ray.address={address}"] if address else [])
     anew = f"run it anew with --config {path / 'config.yaml'}"
     if (path / "results.md").exists():
-        raise ConfigError(f"--resume {path}: this sweep already finished (results.md is there); nothing to resume")
+        raise ConfigError(
+            f"--resume {path}: this sweep already finished (results.md is there); nothing to resume "
+            f"(to fill MLflow in after an outage: python -m raykd.tracking_sync {path})"
+        )
     try:
         record = json.loads((path / "sweep.json").read_text())
         sweep = Sweep(path, str(record["uri"]), str(record["parent_run_id"]))
@@ -117,10 +120,14 @@ def resume_hint(sweep: Sweep) -> str:
     return f"no trial had started; run it anew with --config {sweep.out / 'config.yaml'}"
 
 
+def trial_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """What a trial is (cell, row setting, seed), not Tune's trial id, which a resumed sweep may give anew."""
+    return {k: config.get(k) for k in ("cell", "arm", "seed")}
+
+
 def finished_file(out: Path, config: dict[str, Any]) -> Path:
-    """Where a finished trial's result is recorded: keyed by what the trial is (cell, row setting, seed),
-    not by Tune's trial id, which a resumed sweep may give anew."""
-    what = json.dumps({k: config.get(k) for k in ("cell", "arm", "seed")}, sort_keys=True, default=str)
+    """Where a finished trial's result is recorded, keyed by its identity."""
+    what = json.dumps(trial_identity(config), sort_keys=True, default=str)
     return Path(out) / "finished" / f"{hashlib.sha256(what.encode()).hexdigest()[:20]}.json"
 
 
@@ -130,16 +137,22 @@ def record_finished(out: Path, config: dict[str, Any], result: dict[str, Any]) -
     if path.is_file():
         return False
     metrics = {k: v for k, v in result.items() if k not in TUNE_KEYS}
-    write_atomic(path, json.dumps(metrics, default=float))
+    write_atomic(path, json.dumps({"trial": trial_identity(config), "metrics": metrics}, default=float))
     return True
 
 
 def finished_result(out: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     """The recorded final metrics of a trial that finished before its driver stopped, if any."""
     try:
-        return json.loads(finished_file(out, config).read_text())
-    except (OSError, ValueError):
+        return json.loads(finished_file(out, config).read_text())["metrics"]
+    except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def finished_trials(out: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(identity, final metrics) of every trial of the sweep in ``out`` that finished, whatever searched it."""
+    records = [json.loads(p.read_text()) for p in sorted((Path(out) / "finished").glob("*.json"))]
+    return [(r["trial"], r["metrics"]) for r in records]
 
 
 #: What Tune holds of one trial: its config, its last metrics and its error (config and metrics None when it never
