@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from raykd.cluster import NODE_ID
+from raykd.sweep.state import finished_trials
 from tests.conftest import tiny_raw
 from tests.test_federated import REPO, fed_raw
 from tests.test_reliability import _kill_ray_processes
@@ -104,7 +105,7 @@ def _sweep(
     runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
     trial_runs = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     nodes = {float(r.data.params["arm/temperature"]): r.data.tags[NODE_ID] for r in trial_runs}
-    recorded = [json.loads(p.read_text())[NODE_ID] for p in (sweep / "finished").iterdir()]
+    recorded = [metrics[NODE_ID] for _, metrics in finished_trials(sweep)]
     assert len(nodes) == 3 and sorted(nodes.values()) == sorted(recorded)
     trials = pd.read_csv(sweep / "trials.csv").sort_values("temperature")
     assert (trials["status"] == "ok").all() and NODE_ID not in trials  # where a trial ran is no column
