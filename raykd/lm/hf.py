@@ -11,10 +11,13 @@ trained, and keyed by the content of its files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import io
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +73,20 @@ class CausalLM(nn.Module):
         return self.model(input_ids=ids.long(), use_cache=False).logits.float()
 
 
+def _bars_off_when_redirected() -> contextlib.AbstractContextManager:
+    """Loading a GGUF file draws two progress bars; into a log file they are only ``\r`` frames."""
+    return contextlib.nullcontext() if sys.stderr.isatty() else contextlib.redirect_stderr(io.StringIO())
+
+
 def load_causal_lm(name: str, field: str) -> CausalLM:
     """The pre-trained model ``name`` names, in float32, loaded from local files only."""
     transformers = _transformers(field)
     folder, gguf_file = source(name, field)
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            folder, gguf_file=gguf_file, local_files_only=True, dtype="float32"
-        )
+        with _bars_off_when_redirected():
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=gguf_file, local_files_only=True, dtype="float32"
+            )
     except Exception as err:  # noqa: BLE001 - transformers fails in many ways on a bad folder; one line
         raise ConfigError(f"{field}: {name!r} did not load ({type(err).__name__}: {str(err)[:200]})") from None
     return CausalLM(model)
@@ -88,7 +97,8 @@ def load_tokenizer(name: str) -> Any:
     transformers = _transformers("data.tokenizer")
     folder, gguf_file = source(name, "data.tokenizer")
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, local_files_only=True)
+        with _bars_off_when_redirected():
+            tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, local_files_only=True)
     except Exception as err:  # noqa: BLE001 - as above
         raise ConfigError(f"data.tokenizer: {name!r} has no usable tokenizer ({type(err).__name__})") from None
     return tokenizer.backend_tokenizer
