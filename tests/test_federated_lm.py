@@ -11,10 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from flwr.app import ArrayRecord
 
 from federated.exchange import ConsensusReferences, consensus, pack, public_rows, unpack
 from federated.task import client_update, global_model, payload_bytes, setup_of
+from federated.tune import main as tune_main
 from raykd.config import validate_config
 from raykd.engine import Batch
 from raykd.errors import ConfigError
@@ -130,6 +132,16 @@ def test_federated_text_rules_are_one_line(tmp_path: Path, cache_dir: Path, chan
     raw["federated"].update(change)
     with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
         check_federated(validate_config(raw))
+
+
+def test_a_tune_over_simulations_refuses_compare_in_one_line(
+    tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = tmp_path / "fed.yaml"
+    config.write_text(yaml.safe_dump(fed_lm_raw(tmp_path, cache_dir, compare=["fedavg", "logit-exchange"])))
+    assert tune_main(["--config", str(config), "--grid", "federated.rounds=[1,2]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("raykd: error: federated.compare: a trial runs one strategy") and "\n" not in err
 
 
 def test_a_cache_mode_teacher_is_refused_for_federated_kd(tmp_path: Path, cache_dir: Path) -> None:
