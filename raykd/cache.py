@@ -56,13 +56,13 @@ def used_files(cfg: ExperimentConfig) -> set[Path]:
 
 def dataset_files(cfg: ExperimentConfig) -> set[Path]:
     """The dataset cache files ``cfg`` reads (built-in MNIST-1D, or an image folder keyed by its content)."""
-    from raykd.data.sources import _split_files, folder_digest
+    from raykd.data.sources import folder_digest, split_files
 
     folder = cfg.nodes.cache_dir / "datasets"
     if cfg.data.dataset == "mnist1d":
         return {folder / "mnist1d.npz"}
     if cfg.data.dataset == "imagefolder" and cfg.data.root is not None and cfg.data.root.is_dir():
-        key = folder_digest(cfg.data.root, _split_files(cfg.data.root, "train") + _split_files(cfg.data.root, "test"))
+        key = folder_digest(cfg.data.root, split_files(cfg.data.root, "train") + split_files(cfg.data.root, "test"))
         return set(folder.glob(f"imagefolder-{key[:24]}-*"))
     return set()
 

@@ -44,7 +44,7 @@ def load_npz(path: Path) -> Arrays:
     return check_arrays(arrays, f"data.root: {path} holds")
 
 
-def _split_files(root: Path, split: str) -> list[tuple[str, Path]]:
+def split_files(root: Path, split: str) -> list[tuple[str, Path]]:
     """(class name, image path) pairs of ``root/split/<class>/*``, sorted, so the order never depends on the OS."""
     folder = root / split
     if not folder.is_dir():
@@ -92,7 +92,7 @@ def load_image_folder(
     them (``data.channels``, ``data.normalize``). The raw pixels are cached; the statistics are applied after."""
     if not root.is_dir():
         raise ConfigError(f"data.root: {root} is not a folder; imagefolder needs train/<class>/* and test/<class>/*")
-    train, test = _split_files(root, "train"), _split_files(root, "test")
+    train, test = split_files(root, "train"), split_files(root, "test")
     depth = folder_channels([path for _, path in train + test]) if channels == "keep" else int(channels)
     key = folder_digest(root, train + test)[:24]
     path = cache_dir / "datasets" / f"imagefolder-{key}-{size}px-{depth}ch.npz"
