@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_run_arguments(parser, DEFAULT_CONFIG)
     parser.add_argument("--verbose", action="store_true", help=f"also print Flower's own log lines ({FLOWER_LOG})")
+    parser.add_argument(
+        "--out", type=Path, metavar="PATH", help="write the records in this folder (default: output_dir/<name>-<time>)"
+    )
     return parser
 
 
@@ -81,9 +84,10 @@ def preflight(cfg: ExperimentConfig) -> None:
     check_reachable(resolve_uri(cfg.tracking.uri))
 
 
-def simulate(cfg: ExperimentConfig, teacher: str | None = None) -> Path | str:
-    """Run the configured simulation in this (driver) process; the records' folder, or why there are none.
-    ``teacher``: the name of the TeacherServer actor started for it (``task.serve_teacher``), if any.
+def simulate(cfg: ExperimentConfig, teacher: str | None = None, out: Path | None = None) -> Path | str:
+    """Run the configured simulation in this (driver) process; the records' folder (``out``, else a new one in
+    ``output_dir``), or why there are none. ``teacher``: the name of the TeacherServer actor started for it
+    (``task.serve_teacher``), if any.
 
     Flower shuts Ray down when it ends. Client actors are restarted by Ray when they die (Flower would put a
     dead actor back in its pool and fail every later message sent to it), their in-flight work retried.
@@ -99,7 +103,7 @@ def simulate(cfg: ExperimentConfig, teacher: str | None = None) -> Path | str:
     actor = {"max_restarts": -1, "max_task_retries": CLIENT_TASK_RETRIES}
     try:
         run_simulation(
-            server_app=server_app.build(cfg, records.append, teacher),
+            server_app=server_app.build(cfg, records.append, teacher, out),
             client_app=client_app.build(cfg),
             num_supernodes=cfg.partition.num_nodes,
             backend_config={"client_resources": {"num_cpus": f.client_cpus, "num_gpus": f.client_gpus, **actor}},
@@ -225,7 +229,7 @@ def _simulate(args: argparse.Namespace) -> int:
     served = serve_teacher(cfg)  # (name, handle): the handle held while the simulation runs
     print(f"simulation: {cfg.federated.strategy}, {cfg.partition.num_nodes} clients, {cfg.federated.rounds} rounds")
     with flower_log(cfg.output_dir, args.verbose) as log:
-        out = simulate(cfg, served[0] if served else None)
+        out = simulate(cfg, served[0] if served else None, args.out and args.out.resolve())
     print(f"Flower's log: {keep_log(log, out)}", flush=True)
     return outcome(out)
 

@@ -344,9 +344,13 @@ def client_scores(
 
 
 def global_scores(cfg: ExperimentConfig, arrays: ArrayRecord) -> dict[str, float]:
-    """The global model's ``scores`` on the global test set (the server's metric every round)."""
-    data = setup_of(cfg).dataset
-    return scores(from_arrays(global_model(cfg, setup_of(cfg)), arrays), data.test_x, data.test_y)
+    """The global model's ``scores`` on the global test set (the server's metric every round) and, prefixed
+    ``val_``, on the global validation split: what a sweep over simulations chooses on, never the test set."""
+    setup = setup_of(cfg)
+    data, val = setup.dataset, setup.splits.val
+    model = from_arrays(global_model(cfg, setup), arrays)
+    validation = scores(model, data.train_x[val], data.train_y[val])
+    return scores(model, data.test_x, data.test_y) | {f"val_{name}": value for name, value in validation.items()}
 
 
 def distil_on_pool(cfg: ExperimentConfig, student: nn.Module, teachers: list[nn.Module]) -> nn.Module:

@@ -1,6 +1,6 @@
 """What every command line shares: the run arguments, reading the config from them, and one error handler.
 
-``python -m raykd.tune``, ``python -m federated.simulate`` and ``python -m federated.tune`` all build
+``python -m raykd.tune`` and ``python -m federated.simulate`` both build
 their parsers and their configs here and exit through ``run_command``: bad input is one line on
 stderr and exit status 2; Ctrl-C stops cleanly with exit status 130.
 """

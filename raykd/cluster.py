@@ -1,31 +1,23 @@
 """Ray for every shell: join or start a cluster, and the one check that what a run asks for fits in it.
 
-The sweep (``python -m raykd.tune``), the Flower simulations and the Tune search over simulations all
+The sweep (``python -m raykd.tune``, whose trials may be whole simulations) and the Flower simulations all
 connect here and check their demands here, before any work starts, so a request the cluster cannot
-place is one line instead of a silent wait. ``run_simulation_child`` starts a Flower simulation as its
-own driver process joined to the cluster (Flower shuts Ray down when it ends, which must not happen
-inside another driver or a Tune trial's worker).
+place is one line instead of a silent wait.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
-import subprocess
-import sys
 from collections import Counter
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import ray
 
-from raykd.cli import EXIT_ROUNDS_LOST
 from raykd.config import ExperimentConfig
 from raykd.errors import ConfigError
-from raykd.files import last_line
 
 #: CPU a Tune trial that only waits on a child simulation reserves for itself.
 WAITER_CPUS = 0.01
@@ -179,9 +171,14 @@ def check_requests(cfg: ExperimentConfig) -> None:
 def check_sweep(cfg: ExperimentConfig, cap: Capacity) -> None:
     """What every cell of the sweep asks must fit: trials, node pre-training tasks, the teacher server, Ray Train
     worker groups, DML peer actors, GPUs, and the follow-up simulations' Flower pool (``check_requests``, which
-    needs no cluster, runs before the sweep's preflight)."""
+    needs no cluster, runs before the sweep's preflight); with simulation trials, each cell's Flower pool beside the
+    waiting trial."""
     from raykd.config import study_cells  # the cells: axes may change the peers a DML trial needs
 
+    if cfg.tune.trial == "simulation":  # a trial waits on its simulation, whose Flower pool takes the free CPUs
+        for cell in study_cells(cfg):
+            check_flower_pool(cell.config, cap, beside=WAITER_CPUS)
+        return
     check_gpus(sweep_gpus(cfg), cap)
     _check_trials(cfg, cap)
     for cell in study_cells(cfg):
@@ -313,18 +310,3 @@ def actor_nodes(class_name: str) -> dict[str, int]:
     """How many of this job's actors of ``class_name`` each Ray node held, by node id (a restarted actor counts
     where it last ran)."""
     return dict(Counter(a["Address"]["NodeID"] for a in job_actors(class_name)))
-
-
-def run_simulation_child(args: list[str], folder: Path, cwd: str) -> dict[str, Any]:
-    """``python -m federated.simulate ARGS`` as a child driver joined to this cluster; its summary.json.
-
-    Its records go under ``folder``; a failed simulation raises with the last line it printed. One that finished
-    but lost client updates (exit 3) returns its summary, whose ``lost`` says what was lost.
-    """
-    address = ray.get_runtime_context().gcs_address
-    command = [sys.executable, "-m", "federated.simulate", *args, "--address", address, "--set", f"output_dir={folder}"]
-    done = subprocess.run(command, cwd=cwd, env={**os.environ, "RAY_ADDRESS": address}, capture_output=True, text=True)
-    if done.returncode not in (0, EXIT_ROUNDS_LOST):
-        raise RuntimeError(f"simulation exited with {done.returncode}: {last_line(done.stderr or 'no output')}")
-    (run,) = folder.iterdir()
-    return json.loads((run / "summary.json").read_text())

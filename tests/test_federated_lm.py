@@ -16,7 +16,6 @@ from flwr.app import ArrayRecord
 
 from federated.exchange import ConsensusReferences, consensus, pack, public_rows, unpack
 from federated.task import client_update, global_model, payload_bytes, setup_of
-from federated.tune import main as tune_main
 from raykd.config import validate_config
 from raykd.engine import Batch
 from raykd.errors import ConfigError
@@ -134,16 +133,6 @@ def test_federated_text_rules_are_one_line(tmp_path: Path, cache_dir: Path, chan
         check_federated(validate_config(raw))
 
 
-def test_a_tune_over_simulations_refuses_compare_in_one_line(
-    tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture
-) -> None:
-    config = tmp_path / "fed.yaml"
-    config.write_text(yaml.safe_dump(fed_lm_raw(tmp_path, cache_dir, compare=["fedavg", "logit-exchange"])))
-    assert tune_main(["--config", str(config), "--grid", "federated.rounds=[1,2]"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("raykd: error: federated.compare: a trial runs one strategy") and "\n" not in err
-
-
 def test_a_cache_mode_teacher_is_refused_for_federated_kd(tmp_path: Path, cache_dir: Path) -> None:
     raw = fed_lm_raw(tmp_path, cache_dir, strategy="kd", teacher={"name": "gpt"})
     raw["teacher"] = {"mode": "cache", "top_k": K}
@@ -174,6 +163,10 @@ def test_fedavg_served_kd_and_logit_exchange_compare_with_bytes_counted_exactly(
     assert (exchange.loc[[1, 2], "bytes_up"] == 3 * row_bytes(cfg)).all()
     assert exchange.loc[1, "bytes_down"] == 0 and exchange.loc[2, "bytes_down"] == 3 * row_bytes(cfg)
     assert np.isfinite(exchange.loc[2, "test_ppl"]) and pd.isna(exchange.loc[0, "test_ppl"])
+    for name in ("fedavg", "kd"):  # the global model on the global validation split, what a sweep chooses on
+        assert runs[name].loc[2, "val_ppl"] < runs[name].loc[0, "val_ppl"]
+        assert summary["starts"][name]["final_val_ppl"] == pytest.approx(runs[name].loc[2, "val_ppl"])
+    assert exchange.loc[2, "val_ppl"] == pytest.approx(exchange.loc[2, "mean_client_ppl"])  # the clients' own
     # the served teacher's answers: per token of every local batch K float32 values, K int32 ids, a float32 tail
     batch, seq_len = cfg.federated.local.batch_size, cfg.data.seq_len
     steps = sum(math.ceil(len(n.train) / min(batch, len(n.train))) * min(batch, len(n.train)) for n in setup.nodes)

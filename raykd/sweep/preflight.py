@@ -22,7 +22,7 @@ def preflight(cfg: ExperimentConfig, sweep: Sweep | None = None) -> str:
     check_paths(cfg)
     check_fault(cfg)
     cells = study_cells(cfg)
-    for cell in cells if cfg.federated.after_sweep else ():
+    for cell in cells if cfg.federated.after_sweep or cfg.tune.trial == "simulation" else ():
         check_federated(cell.config)
     uri = sweep.uri if sweep else resolve_uri(cfg.tracking.uri)
     check_reachable(uri)

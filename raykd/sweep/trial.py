@@ -106,11 +106,14 @@ def report(metrics: dict[str, Any]) -> None:
 def trial_resources(cfg: ExperimentConfig, cluster_cpus: float) -> tuple[Any, int | None]:
     """What one trial reserves, and how many trials may run at once so that none waits forever.
 
-    DML with peer actors reserves a placement group: a sliver for the trial plus one bundle per peer.
+    A simulation trial only waits on its child simulation. DML with peer actors reserves a placement group: a
+    sliver for the trial plus one bundle per peer.
     With learners the trial is only a driver (no CPU of its own); its Ray Train workers get their own
     placement group from the trainer, so concurrency is capped to the number of worker groups that
     fit beside the teacher server.
     """
+    if cfg.tune.trial == "simulation":  # each simulation's Flower pool takes every free CPU: one at a time
+        return {"cpu": WAITER_CPUS}, 1
     if cfg.learners.peer_actors and any(m.name == "dml" for m in cfg.methods):
         peers = [{"CPU": cfg.learners.cpus_per_worker}] * len(cfg.node_ids())  # the peers live in the trial's group
         return PlacementGroupFactory([{"CPU": WAITER_CPUS}, *peers]), cfg.tune.max_concurrent_trials
