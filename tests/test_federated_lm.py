@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 from flwr.app import ArrayRecord
 
 from federated.exchange import ConsensusReferences, consensus, pack, public_rows, unpack
