@@ -31,6 +31,7 @@ from federated.simulate import main
 from federated.strategy import FederatedStrategy, client_acc_text
 from federated.task import client_update, global_model, payload_bytes, setup_of, to_arrays
 from raykd.config import ExperimentConfig, validate_config
+from raykd.errors import ConfigError
 from raykd.methods.base import StepLogits
 from raykd.nodes import new_model
 from raykd.students import load_student
@@ -443,6 +444,16 @@ def test_the_python_api_shows_the_simulation_as_it_runs(
     printed = capfd.readouterr().out
     assert re.search(r"^ray: joined \S+ \(\d+ CPUs", printed, re.M) and f"records in {sim.out}" in printed
     assert "test acc" in printed and len(sim.rounds) == 2 and (sim.out / "flower.log").is_file()
+    assert sim.out.parent == tmp_path / "runs" and sim.lost is None and sim.final["final_val_acc"] > 0.1
+
+
+def test_the_python_apis_bad_simulation_is_the_childs_one_line(tmp_path: Path, cache_dir: Path) -> None:
+    """What the simulation's own checks refuse reaches ``raykd.simulate`` as one ConfigError line, nothing run."""
+    import raykd
+
+    with pytest.raises(ConfigError, match=r"^federated\.fail_client: client 7 does not exist; allowed: 0\.\.2$"):
+        raykd.simulate(fed_raw(tmp_path, cache_dir, strategy="fedavg", fail_client=7))
+    assert not list((tmp_path / "runs").rglob("rounds.csv"))
 
 
 def test_verbose_prints_flowers_lines_too(tmp_path: Path, cache_dir: Path, ray_address: str) -> None:
