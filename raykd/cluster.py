@@ -234,7 +234,7 @@ def _check_trials(cfg: ExperimentConfig, cap: Capacity) -> None:
     if server and teacher.num_cpus + t.cpus_per_trial > cap.cpus:
         asked = f"the server's {teacher.num_cpus:g} CPUs plus one trial's {t.cpus_per_trial:g}"
         _refuse("teacher.num_cpus", asked, has, f"up to {cap.cpus - t.cpus_per_trial:g}")
-    free = cap.cpus - (teacher.num_cpus if server else 0)
+    free = cpus_beside_server(cfg, cap.cpus)
     group = learners.num_workers * learners.cpus_per_worker
     if learners.num_workers and learners.cpus_per_worker > node:
         _refuse("learners.cpus_per_worker", f"{learners.cpus_per_worker:g} CPUs per worker", has, f"up to {node:g}")
@@ -247,12 +247,17 @@ def _check_trials(cfg: ExperimentConfig, cap: Capacity) -> None:
         _refuse("learners.use_gpu", asked, has, f"up to {int(cap.gpus)} workers")
 
 
+def cpus_beside_server(cfg: ExperimentConfig, cpus: float) -> float:
+    """The CPUs of ``cpus`` left to trials, learners and peers once the sweep's teacher server holds its own."""
+    return cpus - (cfg.teacher.num_cpus if cfg.teacher.mode == "server" else 0)
+
+
 def _check_peers(cfg: ExperimentConfig, cap: Capacity) -> None:
     """DML with peer actors: a trial's placement group holds one bundle per peer (and a sliver for the trial)."""
     learners, peers = cfg.learners, len(cfg.node_ids())
     if not (learners.peer_actors and any(m.name == "dml" for m in cfg.methods)):
         return
-    free = cap.cpus - (cfg.teacher.num_cpus if cfg.teacher.mode == "server" else 0)
+    free = cpus_beside_server(cfg, cap.cpus)
     if peers * learners.cpus_per_worker + WAITER_CPUS > free or learners.cpus_per_worker > cap.largest("CPU"):
         fits = min((free - WAITER_CPUS) / peers, cap.largest("CPU"))
         _refuse(

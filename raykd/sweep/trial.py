@@ -14,7 +14,7 @@ import torch
 from ray import tune
 from ray.tune import PlacementGroupFactory
 
-from raykd.cluster import WAITER_CPUS, on_this_node
+from raykd.cluster import WAITER_CPUS, cpus_beside_server, on_this_node
 from raykd.config import ExperimentConfig, cell_key
 from raykd.engine import NonFiniteLoss
 from raykd.errors import InjectedFault
@@ -119,6 +119,6 @@ def trial_resources(cfg: ExperimentConfig, cluster_cpus: float) -> tuple[Any, in
         return PlacementGroupFactory([{"CPU": WAITER_CPUS}, *peers]), cfg.tune.max_concurrent_trials
     if not cfg.learners.num_workers:
         return {"cpu": cfg.tune.cpus_per_trial, "gpu": cfg.tune.gpus_per_trial}, cfg.tune.max_concurrent_trials
-    free = cluster_cpus - (cfg.teacher.num_cpus if cfg.teacher.mode == "server" else 0)
+    free = cpus_beside_server(cfg, cluster_cpus)
     fits = max(1, int(free // (cfg.learners.num_workers * cfg.learners.cpus_per_worker)))
     return {"cpu": 0, "memory": 1}, min(fits, cfg.tune.max_concurrent_trials or fits)
