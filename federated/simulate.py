@@ -37,7 +37,7 @@ from raykd.cli import (
     config_from_args,
     run_command,
 )
-from raykd.config import ExperimentConfig, describe_schema
+from raykd.config import ExperimentConfig, check_paths, describe_schema
 from raykd.federated_checks import check_federated
 from raykd.files import last_line
 
@@ -71,12 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def preflight(cfg: ExperimentConfig) -> None:
-    """Everything checkable before Ray starts: cross-field rules, the data against the whole config (splits,
-    partitions, every node's model and weights: ``dataset_of``; the kd teacher's), the MLflow store."""
+    """Everything checkable before Ray starts: the folders it writes, cross-field rules, the data against the whole
+    config (splits, partitions, every node's model and weights: ``dataset_of``; the kd teacher's), the MLflow store."""
     # The core and MLflow load here, after parsing: --help never pays for torch or mlflow.
     from raykd.nodes import TEACHER_FIELD, dataset_of, start_model
     from raykd.tracking import check_reachable, resolve_uri
 
+    check_paths(cfg)
     check_federated(cfg)
     data = dataset_of(cfg)
     if cfg.federated.teacher is not None:

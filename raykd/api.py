@@ -85,10 +85,10 @@ def run(
         cfg = load_config(cfg)
     check_requests(cfg)
     with held_writes():  # the dataset cache the preflight fills lands only once the cluster can run the sweep too
-        uri = preflight(cfg, sweep)
+        plan = preflight(cfg, sweep)
         ensure_ray(cfg)
-        check_sweep(cfg, Capacity.now())
-    result = run_sweep(cfg, uri, sweep)
+        check_sweep(plan.config, plan.cells, Capacity.now())
+    result = run_sweep(plan, sweep)
     return Study(
         cfg,
         result.out,
@@ -97,7 +97,7 @@ def run(
         chosen_settings(cfg, result.summary),
         result.students,
         result.failed,
-        untracked(uri),
+        untracked(plan.uri),
     )
 
 

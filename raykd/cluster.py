@@ -16,7 +16,7 @@ from typing import Any
 
 import ray
 
-from raykd.config import ExperimentConfig
+from raykd.config import Cell, ExperimentConfig
 from raykd.errors import ConfigError
 
 #: CPU a Tune trial that only waits on a child simulation reserves for itself.
@@ -168,20 +168,18 @@ def check_requests(cfg: ExperimentConfig) -> None:
         raise ConfigError("learners.peer_actors: true but no method row is dml; allowed: false, or a dml row")
 
 
-def check_sweep(cfg: ExperimentConfig, cap: Capacity) -> None:
-    """What every cell of the sweep asks must fit: trials, node pre-training tasks, the teacher server, Ray Train
-    worker groups, DML peer actors, GPUs, and the follow-up simulations' Flower pool (``check_requests``, which
-    needs no cluster, runs before the sweep's preflight); with simulation trials, each cell's Flower pool beside the
-    waiting trial."""
-    from raykd.config import study_cells  # the cells: axes may change the peers a DML trial needs
-
+def check_sweep(cfg: ExperimentConfig, cells: list[Cell], cap: Capacity) -> None:
+    """What every cell of the sweep asks must fit (axes may change the peers a DML trial needs): trials, node
+    pre-training tasks, the teacher server, Ray Train worker groups, DML peer actors, GPUs, and the follow-up
+    simulations' Flower pool (``check_requests``, which needs no cluster, runs before the sweep's preflight); with
+    simulation trials, each cell's Flower pool beside the waiting trial."""
     if cfg.tune.trial == "simulation":  # a trial waits on its simulation, whose Flower pool takes the free CPUs
-        for cell in study_cells(cfg):
+        for cell in cells:
             check_flower_pool(cell.config, cap, beside=WAITER_CPUS)
         return
     check_gpus(sweep_gpus(cfg), cap)
     _check_trials(cfg, cap)
-    for cell in study_cells(cfg):
+    for cell in cells:
         _check_peers(cell.config, cap)
         if cfg.federated.after_sweep:  # runs once the sweep has released its CPUs
             check_flower_pool(cell.config, replace(cap, free_cpus=cap.cpus))

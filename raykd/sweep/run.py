@@ -23,11 +23,12 @@ from ray import tune
 
 from raykd import report
 from raykd.cluster import ANSWER_TIMEOUT_S, get_within
-from raykd.config import Cell, ExperimentConfig, study_cells
+from raykd.config import Cell, ExperimentConfig
 from raykd.errors import Interrupted
 from raykd.files import write_atomic
 from raykd.search_cost import cost_metrics
 from raykd.sweep.followup import failed_simulations, federated_followup, federated_section
+from raykd.sweep.preflight import Plan
 from raykd.sweep.prepare import prepare_nodes, start_teacher_server
 from raykd.sweep.progress import Progress
 from raykd.sweep.search import Stage, stages
@@ -49,17 +50,17 @@ class SweepResult:
     failed: int
 
 
-def run_sweep(cfg: ExperimentConfig, uri: str, resume: Sweep | None = None) -> SweepResult:
-    """Run (or, given ``resume``, continue) the whole study."""
-    cells = study_cells(cfg)
+def run_sweep(plan: Plan, resume: Sweep | None = None) -> SweepResult:
+    """Run (or, given ``resume``, continue) the whole study its preflight planned."""
+    cfg, cells, uri = plan.config, plan.cells, plan.uri
     if cfg.tune.trial == "transfer":  # a simulation trains its clients from scratch
         prepare_nodes(cells)
     sweep = resume or new_sweep(cfg, uri)
     raw = cfg.model_dump(mode="json")
     if not sweep.resumed:
         write_atomic(sweep.out / "config.yaml", yaml.safe_dump(raw, sort_keys=False))
-    plan = stages(cfg, cells)
-    total = sum(stage.trials for stage in plan)
+    staged = stages(cfg, cells)
+    total = sum(stage.trials for stage in staged)
     verb = "resuming" if sweep.resumed else "sweep:"
     where = f"{len(cells)} cells x " if cfg.axes else ""
     settings = total // (len(cfg.seeds) * len(cells))  # per cell: every row's grid points or drawn settings
@@ -69,12 +70,14 @@ def run_sweep(cfg: ExperimentConfig, uri: str, resume: Sweep | None = None) -> S
         flush=True,
     )
     try:
-        return _run(cfg, cells, sweep, uri, raw, plan)
+        return _run(cfg, cells, sweep, uri, raw, staged)
     except KeyboardInterrupt:  # a Ctrl-C outside Tune's loop (or a second one while Tune saves its state)
         raise Interrupted(resume_hint(sweep)) from None
 
 
-def _run(cfg: ExperimentConfig, cells: list[Cell], sweep: Sweep, uri: str, raw: dict, plan: list[Stage]) -> SweepResult:
+def _run(
+    cfg: ExperimentConfig, cells: list[Cell], sweep: Sweep, uri: str, raw: dict, staged: list[Stage]
+) -> SweepResult:
     served = cfg.teacher.mode == "server" and cfg.tune.trial == "transfer"  # a simulation serves its own
     server_name = f"raykd-teacher-{sweep.name}" if served else None
     server = start_teacher_server(cells, server_name) if server_name else None
@@ -83,9 +86,9 @@ def _run(cfg: ExperimentConfig, cells: list[Cell], sweep: Sweep, uri: str, raw: 
             parent.log_config(raw, sweep.out / "config.yaml")
             sweep.save(parent.run_id)
         budgets = {cell.key: cell.config.trial_epochs for cell in cells}
-        progress = Progress(sum(stage.trials for stage in plan), sweep.out, budgets)
+        progress = Progress(sum(stage.trials for stage in staged), sweep.out, budgets)
         done: list[Ended] = []
-        for stage in plan:
+        for stage in staged:
             callbacks = [progress, trial_runs_of(cfg, sweep, parent)]
             tuner = build_tuner(cfg, cells, sweep, server_name, stage, callbacks, parent.run_id)
             with _quiet_interruption():
