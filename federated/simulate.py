@@ -216,8 +216,8 @@ def outcome(out: Path | str) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     import ray  # after parsing: --help never pays for Ray
 
-    from federated.task import serve_teacher, teacher_cpus
-    from raykd.cluster import Capacity, check_flower_pool, connect_ray
+    from federated.task import serve_teacher
+    from raykd.cluster import Capacity, check_flower_pool, connect_ray, simulation_teacher_cpus
     from raykd.files import held_writes
 
     cfg = config_from_args(args, DEFAULT_CONFIG)
@@ -226,7 +226,7 @@ def _simulate(args: argparse.Namespace) -> int:
         if ray.is_initialized():
             raise RuntimeError("federated.simulate must be its own Ray driver (Flower shuts Ray down at the end)")
         connect_ray(cfg, log_to_driver=True)
-        check_flower_pool(cfg, Capacity.now(), beside=teacher_cpus(cfg))
+        check_flower_pool(cfg, Capacity.now(), beside=simulation_teacher_cpus(cfg))
     served = serve_teacher(cfg)  # (name, handle): the handle held while the simulation runs
     print(f"simulation: {cfg.federated.strategy}, {cfg.partition.num_nodes} clients, {cfg.federated.rounds} rounds")
     with flower_log(cfg.output_dir, args.verbose) as log:

@@ -255,13 +255,6 @@ def kd_references(
     return references
 
 
-def teacher_cpus(cfg: ExperimentConfig) -> float:
-    """CPUs the simulation's TeacherServer will hold beside Flower's clients (0 without one)."""
-    f = cfg.federated
-    served = "kd" in f.strategies and f.teacher is not None and cfg.teacher.mode == "server"
-    return cfg.teacher.num_cpus if served else 0.0
-
-
 def serve_teacher(cfg: ExperimentConfig) -> tuple[str, Any] | None:
     """kd with ``federated.teacher``: the teacher made ready in the driver (trained once on the public pool when it has
     no weights of its own, cached) and, with ``teacher.mode: server``, served by one TeacherServer actor that every
@@ -270,6 +263,7 @@ def serve_teacher(cfg: ExperimentConfig) -> tuple[str, Any] | None:
     f = cfg.federated
     if "kd" not in f.strategies or f.teacher is None:
         return None
+    from raykd.cluster import simulation_teacher_cpus
     from raykd.nodes import read_node
     from raykd.teacher_server import served_model, start_server
 
@@ -281,7 +275,7 @@ def serve_teacher(cfg: ExperimentConfig) -> tuple[str, Any] | None:
     meta = read_node(path)["meta"]  # type: ignore[index]
     score = f"test ppl {meta['test_ppl']:.1f}" if "test_ppl" in meta else f"test acc {100 * meta['test_acc']:.1f}%"
     print(f"federated.teacher: {f.teacher.name} ready, {score} ({meta['weights_from']})", flush=True)
-    if not teacher_cpus(cfg):
+    if not simulation_teacher_cpus(cfg):
         return None
     model = served_model(file_digest(path), path, f.teacher, data.input_shape, data.num_classes, data.tokens)
     name = f"raykd-federated-teacher-{uuid.uuid4().hex[:12]}"

@@ -175,7 +175,7 @@ def check_sweep(cfg: ExperimentConfig, cells: list[Cell], cap: Capacity) -> None
     simulation trials, each cell's Flower pool beside the waiting trial."""
     if cfg.tune.trial == "simulation":  # a trial waits on its simulation, whose Flower pool takes the free CPUs
         for cell in cells:
-            check_flower_pool(cell.config, cap, beside=WAITER_CPUS)
+            check_flower_pool(cell.config, cap, beside=WAITER_CPUS + simulation_teacher_cpus(cell.config))
         return
     check_gpus(sweep_gpus(cfg), cap)
     _check_trials(cfg, cap)
@@ -243,6 +243,14 @@ def _check_trials(cfg: ExperimentConfig, cap: Capacity) -> None:
     if learners.use_gpu and learners.num_workers > cap.gpus:
         asked = f"{learners.num_workers} workers need {learners.num_workers} GPUs"
         _refuse("learners.use_gpu", asked, has, f"up to {int(cap.gpus)} workers")
+
+
+def simulation_teacher_cpus(cfg: ExperimentConfig) -> float:
+    """CPUs a simulation's own TeacherServer holds beside Flower's clients (kd from a served ``federated.teacher``;
+    0 without one)."""
+    f = cfg.federated
+    served = "kd" in f.strategies and f.teacher is not None and cfg.teacher.mode == "server"
+    return cfg.teacher.num_cpus if served else 0.0
 
 
 def cpus_beside_server(cfg: ExperimentConfig, cpus: float) -> float:

@@ -24,6 +24,8 @@ from raykd.students import load_student, read_student
 from tests.conftest import lm_raw
 from tests.test_federated import param_bytes, simulate
 
+REPO = Path(__file__).resolve().parents[1]
+
 #: Top-k of the tests' messages and served teacher.
 K = 4
 
@@ -196,3 +198,18 @@ def test_logit_exchange_with_own_models_survives_a_failing_client(
     own = load_student(out / "private_models" / "client1.pt")
     setup = setup_of(cfg)
     assert param_bytes(own) == param_bytes(new_model(cfg, setup, 1)) != param_bytes(new_model(cfg, setup, 0))
+
+
+def test_a_sweep_of_simulations_leaves_room_for_each_simulations_served_teacher() -> None:
+    """Simulation trials of kd from a served teacher: the Flower pool must fit beside the waiting trial and the
+    simulation's own TeacherServer, or the sweep is refused in one line before any trial starts."""
+    from raykd.api import load_config
+    from raykd.cluster import Capacity, check_sweep
+    from raykd.config import study_cells
+
+    search = load_config(REPO / "tune_configs" / "federated_lm_search.yaml")
+    two_cpus = Capacity(cpus=2, gpus=0, free_cpus=2, nodes=[{"CPU": 2}])
+    check_sweep(search, study_cells(search), two_cpus)  # 2 clients x 0.7 + 0.5 + the trial's sliver
+    crowded = load_config(REPO / "tune_configs" / "federated_lm_search.yaml", ["federated.client_cpus=0.75"])
+    with pytest.raises(ConfigError, match=r"^federated\.client_cpus: Flower places 2 clients x 0\.75 CPUs, but only"):
+        check_sweep(crowded, study_cells(crowded), two_cpus)
