@@ -138,7 +138,12 @@ def build_tuner(
     configs, out = {cell.key: cell.config for cell in cells}, str(sweep.out)
     if cfg.tune.trial == "simulation":
         run = tune.with_parameters(
-            simulation_trainable, cells=configs, sweep_dir=out, uri=sweep.uri, parent_run_id=parent_run_id
+            simulation_trainable,
+            cells=configs,
+            sweep_dir=out,
+            uri=sweep.uri,
+            parent_run_id=parent_run_id,
+            cwd=os.getcwd(),
         )
     else:
         run = tune.with_parameters(trainable, cells=configs, server_name=server_name, sweep_dir=out)

@@ -30,10 +30,11 @@ SIMULATIONS = "simulations"
 
 
 def simulation_trainable(
-    config: dict[str, Any], cells: dict[str, ExperimentConfig], sweep_dir: str, uri: str, parent_run_id: str
+    config: dict[str, Any], cells: dict[str, ExperimentConfig], sweep_dir: str, uri: str, parent_run_id: str, cwd: str
 ) -> None:
     """One simulation trial; a simulation that lost client updates fails the trial (its records are kept), so a
-    setting is never chosen on a federation that did not run as configured."""
+    setting is never chosen on a federation that did not run as configured. The child runs in the sweep's working
+    folder ``cwd``, where the user's ``package.module:name`` references import from, not in the trial's."""
     recorded = finished_result(Path(sweep_dir), config)
     if recorded is not None:  # it finished before a killed driver's Tune state was saved
         tune.report(recorded)
@@ -46,7 +47,7 @@ def simulation_trainable(
     folder = Path(sweep_dir, SIMULATIONS, *map(safe_component, names))
     shutil.rmtree(folder, ignore_errors=True)  # a retried trial starts its records afresh
     run_cfg = simulation_config(cfg, arm, seed, uri, parent_run_id)
-    sim = launch_simulation(run_cfg, folder, ray.get_runtime_context().gcs_address)
+    sim = launch_simulation(run_cfg, folder, ray.get_runtime_context().gcs_address, cwd=Path(cwd))
     if sim.lost:
         raise RuntimeError(f"the simulation did not run as configured: {sim.lost} (records in {folder})")
     model = folder / "global_model.pt"
