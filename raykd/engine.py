@@ -264,16 +264,16 @@ def step_losses(
     models: list[nn.Module], method: Method, references: References, batch: Batch, mixed: Precision
 ) -> dict[str, Tensor]:
     """One step's loss terms: reference logits and the models' forwards under ``mixed``'s autocast, the method's
-    loss on float32 logits (a no-op cast at fp32), so every method computes in full precision."""
-    device = mixed.device
+    loss on float32 logits, so every method computes in full precision."""
+    device, full = mixed.device, mixed.full
     with mixed.autocast():
         teachers, initial = references(batch)
         x = mixed.inputs(batch.x.to(device, non_blocking=True))
-        students = [rows(m(x)).float() for m in models]
+        students = [full(rows(m(x))) for m in models]
     logits = StepLogits(
         students,
-        [rows(t.to(device)).float() for t in teachers],
-        rows(initial.to(device)).float() if initial is not None else None,
+        [full(rows(t.to(device))) for t in teachers],
+        full(rows(initial.to(device))) if initial is not None else None,
         batch.index,
     )
     return method.losses(logits, batch.targets.to(device), batch.distill.to(device))

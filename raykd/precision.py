@@ -48,6 +48,10 @@ class Precision:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
+    def full(self, logits: Tensor) -> Tensor:
+        """Logits as float32 for the loss; at fp32 returned as they are (no cast op in the step)."""
+        return logits if self.dtype is None else logits.float()
+
     def layout(self, models: list[nn.Module]) -> None:
         """Convolutional weights in channels_last where that is the fast layout (reduced precision on CUDA)."""
         if self.channels_last:
