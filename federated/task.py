@@ -170,7 +170,7 @@ def client_update(
     on_epoch = lambda epoch, terms: losses.update(terms)  # noqa: E731
     budget = f.local
     fit(local.trainable, local.method, local.batches, budget.epochs, budget.lr, budget.weight_decay, local.references,
-        on_epoch=on_epoch)  # fmt: skip
+        on_epoch=on_epoch, precision=budget.precision)  # fmt: skip
     kept = local.kept
     if kept is not None and server_round == f.rounds:  # a private model is the product: saved in its last round
         _save_private(cfg, setup, node, kept)
@@ -360,7 +360,8 @@ def distil_on_pool(cfg: ExperimentConfig, student: nn.Module, teachers: list[nn.
         data.train_x, data.train_y, no_labelled, setup.splits.pool, budget.batch_size, False, seed=cfg.seeds[0]
     )
     method = KnowledgeDistillation(server_temperature(cfg), alpha=1.0)
-    fit([student], method, batches, budget.epochs, budget.lr, budget.weight_decay, InlineReferences(teachers))
+    references, precision = InlineReferences(teachers), budget.precision
+    fit([student], method, batches, budget.epochs, budget.lr, budget.weight_decay, references, precision=precision)
     return student
 
 

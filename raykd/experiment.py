@@ -241,7 +241,7 @@ def run_trial(
     epochs = EpochReports(student, setup, student_id, transfer.rows_per_epoch, costs, report)
     seed_everything(seed)
     budget = cfg.transfer.train
-    fit(trainable, method, batches, budget.epochs, budget.lr, budget.weight_decay, references, epochs)
+    fit(trainable, method, batches, budget.epochs, budget.lr, budget.weight_decay, references, epochs, budget.precision)
     if save_to is not None and rank == 0:
         save_trial_student(save_to, student, cfg, setup, label, setting, seed, epochs.final)
     return epochs.final

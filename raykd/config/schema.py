@@ -261,12 +261,28 @@ class ExperimentConfig(Section):
         if self.transfer.set != "local" and self.data.pool_fraction == 0:
             raise ValueError(f"data.pool_fraction: transfer.set={self.transfer.set} needs a pool; allowed: > 0")
         self._search_rules()
+        self._precision_rules()
         self._language_model_rules()
         labels = [m.display() for m in self.methods]
         duplicate = next((x for x in labels if labels.count(x) > 1), None)
         if duplicate:
             raise ValueError(f"methods: two rows are called {duplicate!r}; give each a distinct 'label'")
         return self
+
+    def _precision_rules(self) -> None:
+        """fp16 where the config itself says the training runs on the CPU (no GPU reserved); a reserved GPU the
+        process cannot see is refused when training starts (``raykd.precision``)."""
+        budgets = [
+            ("nodes.train", self.nodes.train, self.tune.gpus_per_trial == 0),
+            ("transfer.train", self.transfer.train, self.tune.gpus_per_trial == 0 and not self.learners.use_gpu),
+            ("federated.local", self.federated.local, self.federated.client_gpus == 0),
+        ]
+        for field, budget, on_cpu in budgets:
+            if budget.precision == "fp16" and on_cpu:
+                raise ValueError(
+                    f"{field}.precision: fp16 needs a GPU and this config trains on the CPU (no GPU reserved); "
+                    "allowed: fp32, bf16, or fp16 with GPUs reserved"
+                )
 
     def _search_rules(self) -> None:
         """Ranges are sampled, never gridded; ASHA ranks trials of different seeds by their gain on the global
