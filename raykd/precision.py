@@ -35,12 +35,12 @@ def check_precision(name: str, device: torch.device, field: str = "train.precisi
 class Precision:
     """How one ``fit`` runs its steps on ``device``: autocast, grad scaling and the models' memory layout."""
 
-    def __init__(self, name: str, device: torch.device, field: str = "train.precision") -> None:
+    def __init__(self, name: str, device: torch.device, field: str = "train.precision", train: bool = True) -> None:
         check_precision(name, device, field)
         self.name, self.device = name, device
         self.dtype = DTYPES.get(name)
         self.channels_last = self.dtype is not None and device.type == "cuda"
-        self.scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
+        self.scaler = torch.amp.GradScaler(device.type) if name == "fp16" and train else None  # inference: none
 
     def autocast(self) -> AbstractContextManager[object]:
         """The forward passes' context: nothing at fp32 (no per-step cost), autocast otherwise."""
@@ -78,4 +78,4 @@ def serving_precision(dtype: torch.dtype, device: torch.device) -> Precision:
     """A teacher server's inference in the dtype its logits travel in (``teacher.dtype``): float16 or bfloat16
     autocast and channels_last on CUDA; on the CPU full precision, as before, since there the logits are only cast."""
     names = {torch.float16: "fp16", torch.bfloat16: "bf16"}
-    return Precision(names.get(dtype, "fp32") if device.type == "cuda" else "fp32", device, "teacher.dtype")
+    return Precision(names.get(dtype, "fp32") if device.type == "cuda" else "fp32", device, "teacher.dtype", train=False)
