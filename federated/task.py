@@ -11,7 +11,7 @@ import math
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from raykd.methods.base import Method
 from raykd.methods.ce import CrossEntropy
 from raykd.methods.kd import KnowledgeDistillation
 from raykd.models import build_model
-from raykd.nodes import Setup, load_node, load_teacher, new_model, prepare, teacher_path
+from raykd.nodes import ByJson, Setup, load_node, load_teacher, new_model, prepare, teacher_path
 from raykd.students import save_student
 
 #: Folder of ``output_dir`` where FML clients leave their private models until the run's records take them.
@@ -73,15 +73,17 @@ def _run_config(config: str, sets: str) -> ExperimentConfig:
     return load_config(APP_DIR / config, [s.strip() for s in sets.split(";") if s.strip()])
 
 
-_SETUPS: dict[str, Setup] = {}
-
-
 def setup_of(cfg: ExperimentConfig) -> Setup:
     """The first seed's data and partition, built once per process (clients are called every round)."""
-    key = cfg.model_dump_json(include={"data", "partition", "nodes", "seeds"})
-    if key not in _SETUPS:
-        _SETUPS[key] = prepare(cfg, cfg.seeds[0])
-    return _SETUPS[key]
+    return _setup(ByJson(cfg, cfg.model_dump_json(include={"data", "partition", "nodes", "seeds"})))
+
+
+@lru_cache(maxsize=4)
+def _setup(key: ByJson) -> Setup:
+    """A pure memo: a config's data, partition, nodes and seeds (the key) fix its splits and shares, so every
+    simulation in the process with those may share them; the four newest are kept (a Flower client process
+    serves one simulation at a time)."""
+    return prepare(key.cfg, key.cfg.seeds[0])
 
 
 def global_model(cfg: ExperimentConfig, setup: Setup) -> nn.Module:

@@ -77,7 +77,7 @@ def run(
     from raykd.sweep.run import run_sweep
     from raykd.sweep.state import open_sweep
     from raykd.sweep.students import chosen_settings
-    from raykd.tracking import untracked
+    from raykd.untracked import Untracked
 
     sweep = None
     if resume is not None:
@@ -93,7 +93,8 @@ def run(
         uri = preflight(cfg, sweep)
         ensure_ray(cfg)
         check_sweep(cfg, Capacity.now())
-    result = run_sweep(cfg, uri, sweep)
+    lost = Untracked()  # this run's own: a store that failed an earlier run in this process says nothing here
+    result = run_sweep(cfg, uri, sweep, lost)
     return Study(
         cfg,
         result.out,
@@ -102,7 +103,7 @@ def run(
         chosen_settings(cfg, result.summary),
         result.students,
         result.failed,
-        untracked(uri),
+        lost.line(uri),
     )
 
 

@@ -19,7 +19,8 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from dataclasses import field as dataclass_field
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,6 @@ CACHE_FORMAT = 3  # 3: entries carry a SHA-256 beside them
 FROZEN_STARTS = ("checkpoint", "pretrained")
 #: A file changed this recently may change again within the clock's resolution: hash it every time.
 RACY_SECONDS = 2.0
-_digests: dict[tuple[str, int, int, int], str] = {}
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,25 @@ def data_digest(cfg: ExperimentConfig) -> str | None:
     return None if cfg.data.dataset in FIXED_DATASETS else _content_digest(cfg.data, cfg.nodes.cache_dir)
 
 
-#: Configs whose data checks passed in this process (workers load the same dataset many times).
-_checked: set[str] = set()
+@dataclass(frozen=True)
+class ByJson:
+    """A config as a memo key: equal and hashed by ``key`` (its JSON, or the part of it a memo depends on), since
+    an ``ExperimentConfig`` holds lists and is not hashable itself."""
+
+    cfg: ExperimentConfig = dataclass_field(compare=False, hash=False)
+    key: str
+
+
+@lru_cache(maxsize=64)
+def _checked(config: ByJson) -> None:
+    """Check the config's dataset against it once per config (workers load the same dataset many times).
+
+    A pure memo: a config is immutable and its dataset is the one ``_dataset`` loaded for it, so a pass stays
+    true; a failure raises and is not remembered."""
+    cfg = config.cfg
+    dataset = _dataset(cfg.data, cfg.nodes.cache_dir)
+    check_dataset(cfg, dataset)
+    check_checkpoints(cfg, dataset.input_shape, dataset.num_classes, dataset.tokens)
 
 
 def dataset_of(cfg: ExperimentConfig) -> Dataset:
@@ -91,15 +108,11 @@ def dataset_of(cfg: ExperimentConfig) -> Dataset:
     """
     with held_writes():
         dataset = _dataset(cfg.data, cfg.nodes.cache_dir)
-        key = cfg.model_dump_json()
-        if key not in _checked:
-            try:
-                check_dataset(cfg, dataset)
-                check_checkpoints(cfg, dataset.input_shape, dataset.num_classes, dataset.tokens)
-            except ConfigError:
-                _dataset.cache_clear()  # its cache entry was dropped: a later load builds (and writes) it again
-                raise
-            _checked.add(key)
+        try:
+            _checked(ByJson(cfg, cfg.model_dump_json()))
+        except ConfigError:
+            _dataset.cache_clear()  # its cache entry was dropped: a later load builds (and writes) it again
+            raise
     return dataset
 
 
@@ -158,13 +171,16 @@ def weights_digest(path: Path) -> str:
     remembered: an edit inside the clock's resolution would keep the same mtime.
     """
     stat = path.stat()
-    stamp = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-    if stamp in _digests:
-        return _digests[stamp]
-    digest = file_digest(path)
-    if time.time() - stat.st_mtime > RACY_SECONDS:
-        _digests[stamp] = digest
-    return digest
+    if time.time() - stat.st_mtime <= RACY_SECONDS:
+        return file_digest(path)
+    return _settled_digest(str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+@lru_cache(maxsize=1024)
+def _settled_digest(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    """A pure memo: the arguments name one version of a file that has not changed since its clock tick passed
+    (any edit changes its size, mtime or inode), so its digest is a fact every run in the process may share."""
+    return file_digest(Path(path))
 
 
 def node_path(cfg: ExperimentConfig, node: int, seed: int) -> Path:

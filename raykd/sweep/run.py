@@ -23,6 +23,7 @@ from ray import tune
 
 from raykd import report
 from raykd.cluster import ANSWER_TIMEOUT_S, get_within
+from raykd.compat import QuietTuneInterruption
 from raykd.config import Cell, ExperimentConfig, study_cells
 from raykd.errors import Interrupted
 from raykd.files import write_atomic
@@ -34,7 +35,8 @@ from raykd.sweep.search import Stage, stages
 from raykd.sweep.state import Ended, Sweep, ended, new_sweep, resume_hint
 from raykd.sweep.students import best_of, keep_chosen
 from raykd.sweep.trial import trainable, trial_resources
-from raykd.tracking import ParentRun, parent_run, trial_runs
+from raykd.tracking import ParentRun, count_lost_in, parent_run, trial_runs
+from raykd.untracked import Untracked
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,10 @@ class SweepResult:
     failed: int
 
 
-def run_sweep(cfg: ExperimentConfig, uri: str, resume: Sweep | None = None) -> SweepResult:
-    """Run (or, given ``resume``, continue) the whole study."""
+def run_sweep(
+    cfg: ExperimentConfig, uri: str, resume: Sweep | None = None, lost: Untracked | None = None
+) -> SweepResult:
+    """Run (or, given ``resume``, continue) the whole study; the store's refused writes count in ``lost``."""
     cells = study_cells(cfg)
     prepare_nodes(cells)
     sweep = resume or new_sweep(cfg, uri)
@@ -67,15 +71,17 @@ def run_sweep(cfg: ExperimentConfig, uri: str, resume: Sweep | None = None) -> S
         flush=True,
     )
     try:
-        return _run(cfg, cells, sweep, uri, raw, plan)
+        return _run(cfg, cells, sweep, uri, raw, plan, lost or Untracked())
     except KeyboardInterrupt:  # a Ctrl-C outside Tune's loop (or a second one while Tune saves its state)
         raise Interrupted(resume_hint(sweep)) from None
 
 
-def _run(cfg: ExperimentConfig, cells: list[Cell], sweep: Sweep, uri: str, raw: dict, plan: list[Stage]) -> SweepResult:
+def _run(
+    cfg: ExperimentConfig, cells: list[Cell], sweep: Sweep, uri: str, raw: dict, plan: list[Stage], lost: Untracked
+) -> SweepResult:
     server_name = f"raykd-teacher-{sweep.name}" if cfg.teacher.mode == "server" else None
     server = start_teacher_server(cells, server_name) if server_name else None
-    with parent_run(uri, cfg.tracking.experiment, sweep.name, sweep.parent_run_id) as parent:
+    with parent_run(uri, cfg.tracking.experiment, sweep.name, sweep.parent_run_id, lost) as parent:
         if not sweep.resumed:
             parent.log_config(raw, sweep.out / "config.yaml")
             sweep.save(parent.run_id)
@@ -84,6 +90,7 @@ def _run(cfg: ExperimentConfig, cells: list[Cell], sweep: Sweep, uri: str, raw: 
         done: list[Ended] = []
         for stage in plan:
             tuner = build_tuner(cfg, cells, sweep, server_name, stage, [progress, trial_runs_of(cfg, sweep, parent)])
+            count_lost_in(tuner, lost)
             with _quiet_interruption():
                 results = tuner.fit()
             finished = ended([(r.config, r.metrics, r.error) for r in results], sweep.out)
@@ -95,18 +102,9 @@ def _run(cfg: ExperimentConfig, cells: list[Cell], sweep: Sweep, uri: str, raw: 
         return write_report(cfg, cells, sweep, trials, server, parent)
 
 
-class _QuietInterruption(logging.Filter):
-    """Tune's own Ctrl-C messages (several lines, ending in a ``Tuner.restore`` recipe) give way to raykd's one."""
-
-    MESSAGES = ("Stop signal received", "Trials did not complete", "Experiment has been interrupted")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.MESSAGES)
-
-
 @contextmanager
 def _quiet_interruption() -> Iterator[None]:
-    tune_logger, quiet = logging.getLogger("ray.tune.tune"), _QuietInterruption()
+    tune_logger, quiet = logging.getLogger(QuietTuneInterruption.LOGGER), QuietTuneInterruption()
     tune_logger.addFilter(quiet)
     try:
         yield
@@ -154,7 +152,7 @@ def build_tuner(
 
 def trial_runs_of(cfg: ExperimentConfig, sweep: Sweep, parent: ParentRun) -> tune.Callback:
     """The driver's MLflow work per trial: its child run under the sweep's parent run."""
-    return trial_runs(sweep.uri, cfg.tracking.experiment, parent.run_id, sweep.name)
+    return trial_runs(sweep.uri, cfg.tracking.experiment, parent, sweep.name)
 
 
 def write_report(
