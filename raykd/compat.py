@@ -55,8 +55,9 @@ def tuner_callbacks(tuner: Any) -> list[Any]:
 
 
 def loopback_node() -> dict[str, str]:
-    """``ray.init`` arguments that bind a new local Ray to 127.0.0.1 (ray 2.55.1's ``_node_ip_address``): a plain
-    ``ray.init()`` binds the machine's network interface, which a sandbox or a laptop off-line may not route."""
+    """``ray.init`` arguments that start a new local Ray on loopback (ray 2.55.1 reads ``_node_ip_address`` from its
+    ``**kwargs``; there is no public argument): a plain ``ray.init()`` picks the address of the machine's network
+    interface, which a sandbox or a laptop off-line may not route."""
     return {"_node_ip_address": "127.0.0.1"}
 
 
