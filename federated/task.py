@@ -40,7 +40,7 @@ from raykd.methods.base import Method
 from raykd.methods.ce import CrossEntropy
 from raykd.methods.kd import KnowledgeDistillation
 from raykd.models import build_model
-from raykd.nodes import ByJson, Setup, load_node, load_teacher, new_model, prepare, teacher_path
+from raykd.nodes import ConfigKey, Setup, load_node, load_teacher, new_model, prepare, teacher_path
 from raykd.students import save_student
 
 #: Folder of ``output_dir`` where FML clients leave their private models until the run's records take them.
@@ -75,11 +75,11 @@ def _run_config(config: str, sets: str) -> ExperimentConfig:
 
 def setup_of(cfg: ExperimentConfig) -> Setup:
     """The first seed's data and partition, built once per process (clients are called every round)."""
-    return _setup(ByJson(cfg, cfg.model_dump_json(include={"data", "partition", "nodes", "seeds"})))
+    return _setup(ConfigKey(cfg, cfg.model_dump_json(include={"data", "partition", "nodes", "seeds"})))
 
 
 @lru_cache(maxsize=4)
-def _setup(key: ByJson) -> Setup:
+def _setup(key: ConfigKey) -> Setup:
     """A pure memo: a config's data, partition, nodes and seeds (the key) fix its splits and shares, so every
     simulation in the process with those may share them; the four newest are kept (a Flower client process
     serves one simulation at a time)."""
@@ -301,15 +301,16 @@ def served_teacher(cfg: ExperimentConfig, setup: Setup, actor: str) -> Reference
     return ServedReferences(server, [key], None, cfg.teacher.prefetch, setup.dataset.num_classes)
 
 
-_TEACHERS: dict[str, nn.Module] = {}
-
-
 def federated_teacher(cfg: ExperimentConfig) -> nn.Module:
     """``federated.teacher``, loaded once per process (a client actor serves many rounds)."""
-    key = str(teacher_path(cfg, cfg.seeds[0]))
-    if key not in _TEACHERS:
-        _TEACHERS[key] = load_teacher(cfg, setup_of(cfg), cfg.seeds[0])
-    return _TEACHERS[key]
+    return _teacher(ConfigKey(cfg, str(teacher_path(cfg, cfg.seeds[0]))))
+
+
+@lru_cache(maxsize=4)
+def _teacher(key: ConfigKey) -> nn.Module:
+    """A pure memo: the key is the teacher's cache file, whose name carries a digest of everything that trained it,
+    so one path is one frozen model (never trained here) that every simulation in the process may share."""
+    return load_teacher(key.cfg, setup_of(key.cfg), key.cfg.seeds[0])
 
 
 def _save_private(cfg: ExperimentConfig, setup: Setup, node: int, model: nn.Module) -> None:

@@ -79,16 +79,16 @@ def data_digest(cfg: ExperimentConfig) -> str | None:
 
 
 @dataclass(frozen=True)
-class ByJson:
-    """A config as a memo key: equal and hashed by ``key`` (its JSON, or the part of it a memo depends on), since
-    an ``ExperimentConfig`` holds lists and is not hashable itself."""
+class ConfigKey:
+    """A config as a memo key: equal and hashed by ``key``, what the memo depends on (its JSON, part of it, a file it
+    names), since an ``ExperimentConfig`` holds lists and is not hashable itself."""
 
     cfg: ExperimentConfig = dataclass_field(compare=False, hash=False)
     key: str
 
 
 @lru_cache(maxsize=64)
-def _checked(config: ByJson) -> None:
+def _checked(config: ConfigKey) -> None:
     """Check the config's dataset against it once per config (workers load the same dataset many times).
 
     A pure memo: a config is immutable and its dataset is the one ``_dataset`` loaded for it, so a pass stays
@@ -109,7 +109,7 @@ def dataset_of(cfg: ExperimentConfig) -> Dataset:
     with held_writes():
         dataset = _dataset(cfg.data, cfg.nodes.cache_dir)
         try:
-            _checked(ByJson(cfg, cfg.model_dump_json()))
+            _checked(ConfigKey(cfg, cfg.model_dump_json()))
         except ConfigError:
             _dataset.cache_clear()  # its cache entry was dropped: a later load builds (and writes) it again
             raise
