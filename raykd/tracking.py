@@ -2,11 +2,11 @@
 
 The sweep's parent run (config, params, tables, figures, best metrics, distilled students), its trial
 child runs (one per Tune trial, written from the driver by a Tune callback) and the Flower simulations'
-runs are all opened and written by this module; no other module imports mlflow.
-
-Local results never depend on the store: every write goes through ``remote``, which bounds MLflow's HTTP
-retries, catches a failure, remembers it in the sweep's ``Untracked`` (later writes are skipped, so a dead server
-costs seconds, not minutes) and lets the sweep finish; ``Untracked.line`` then says in one line what the store lacks.
+runs are all opened and written by this module; no other module imports mlflow but ``raykd.compat``, which
+holds the private MLflow touches used here. Local results never depend on the store: every write goes through
+the sweep's ``Untracked.remote``, which bounds MLflow's HTTP retries, catches a failure, remembers it (later writes
+are skipped, so a dead server costs seconds, not minutes) and lets the sweep finish; ``Untracked.line`` then says
+in one line what the store lacks.
 """
 
 from __future__ import annotations
