@@ -175,7 +175,7 @@ def client_update(
         on_epoch=on_epoch)  # fmt: skip
     kept = local.kept
     if kept is not None and server_round == f.rounds:  # a private model is the product: saved in its last round
-        _save_private(cfg, setup, node, kept)
+        _save_client_model(cfg, setup, node, kept)
     if f.strategy == "logit-exchange":
         sent = predictions(local.model, setup.dataset.train_x[public_rows(cfg, setup)], f.exchange.top_k)
     else:
@@ -313,7 +313,7 @@ def _teacher(key: ConfigKey) -> nn.Module:
     return load_teacher(key.cfg, setup_of(key.cfg), key.cfg.seeds[0])
 
 
-def _save_private(cfg: ExperimentConfig, setup: Setup, node: int, model: nn.Module) -> None:
+def _save_client_model(cfg: ExperimentConfig, setup: Setup, node: int, model: nn.Module) -> None:
     info = {"client": node, "strategy": cfg.federated.strategy, "seed": cfg.seeds[0], **lm_info(setup.dataset)}
     save_student(private_model_path(cfg, node), model, cfg.nodes.model_of(node), setup.dataset, **info)
 
