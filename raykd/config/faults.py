@@ -47,13 +47,13 @@ MOVED_FAULT_KEYS = {
 }
 
 
-def without_moved_fault_keys(section: str, value: dict[str, Any], keys: list[str] = []) -> dict[str, Any]:  # noqa: B006 - never mutated
-    """``value`` (a ``section`` as read) without its former fault keys; one set to something (or named in ``keys``,
-    a grid's axes) is one line naming its new home. One left at its default (null, []) is dropped: sweep folders
-    written before the move record it, and ``--resume`` must still read them."""
+def without_moved_fault_keys(section: str, value: dict[str, Any]) -> dict[str, Any]:
+    """``value`` (a ``section`` as read) without its former fault keys; one set to something is one line naming its
+    new home. One left at its default (null, []) is dropped: sweep folders written before the move record it, and
+    ``--resume`` must still read them."""
     moved = MOVED_FAULT_KEYS[section]
     for key, (home, example) in moved.items():
-        if value.get(key) not in (None, []) or key in keys:
+        if value.get(key) not in (None, []):
             raise ValueError(f"{section}.{key}: moved; set {home} (e.g. {example})")
     return {k: v for k, v in value.items() if k not in moved}
 
