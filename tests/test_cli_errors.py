@@ -54,6 +54,7 @@ BAD_OVERRIDES = [
     (["faults.client=3"], "faults.client: client 3 does not exist; allowed: 0..2"),
     (["tune.fail={label: kd, seed: 0}"], "tune.fail: moved; set faults.trial (e.g. faults: {trial: {label: kd,"),
     (["federated.fail_client=1"], "federated.fail_client: moved; set faults.client (e.g. faults: {client: 1})"),
+    (["axes={c: {a: {federated.fail_client: 1}}}"], "axes (cell c=a): federated.fail_client: moved; set faults.client"),
     (["axes={d: {a: {seeds: [1]}}}"], "axes.d.a.seeds: cannot vary between cells; allowed sections: data, partition"),
     (["axes={d: {a: {partition.alhpa: 1}}}"], "axes (cell d=a): partition.alhpa: unknown key in partition; allowed:"),
     (["axes={d: {a: {partition.alpha: 0}}}"], "axes (cell d=a): partition.alpha = 0: Input should be greater than 0"),

@@ -237,7 +237,6 @@ BAD = [
     (["faults.client=3"], "faults.client: client 3 does not exist; allowed: 0..2"),
     (["faults.client_rounds=[5]"], "faults.client_rounds: round 5 does not exist; allowed: 1..2"),
     (["federated.fail_rounds=[1]"], "federated.fail_rounds: moved; set faults.client_rounds (e.g. faults: {client: 1,"),
-    (["axes={c: {a: {federated.fail_client: 1}}}"], "federated.fail_client: moved; set faults.client"),
     (["nodes.models={1: mlp}"], "nodes.models: per-node architectures need federated.strategy=fml"),
     (["federated.strategy=feddf", "data.pool_fraction=0", "transfer.set=local"], "data.pool_fraction: federated"),
     (["federated.client_cpus=3"], "federated.client_cpus: 3 CPUs per client but the largest Ray node has 2"),
