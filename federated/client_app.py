@@ -56,8 +56,9 @@ def train(msg: Message, context: Context, experiment: ExperimentConfig | None) -
     cfg = experiment_of(msg, context, experiment)
     node, server_round = node_of(context, cfg), int(msg.content["config"]["server-round"])
     f = cfg.federated
-    if node == f.fail_client and (not f.fail_rounds or server_round in f.fail_rounds):
-        raise InjectedFault(f"client {node}: injected fault in round {server_round} (federated.fail_client)")
+    faults = cfg.faults
+    if node == faults.client and (not faults.client_rounds or server_round in faults.client_rounds):
+        raise InjectedFault(f"client {node}: injected fault in round {server_round} (faults.client)")
     set_num_threads(max(1, int(f.client_cpus)))
     private = context.state.array_records.get(private_key(cfg))
     wall, cpu = perf_counter(), process_time()

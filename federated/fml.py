@@ -1,9 +1,9 @@
 """Federated mutual learning's loss (Shen et al. 2020), as a raykd method over two peers.
 
-Peer 0 is the client's private model, peer 1 the shared meme model; each learns from the labels and
-from the other (detached):
-  L_private = alpha * CE(private) + (1 - alpha) * T^2 KL(p_meme^T || p_private^T)
-  L_meme    = beta  * CE(meme)    + (1 - beta)  * T^2 KL(p_private^T || p_meme^T)
+Peer 0 is the client's private model (the paper's "local" model), peer 1 the shared meme model; each learns
+from the labels and from the other (detached):
+  L_local = alpha * CE(local) + (1 - alpha) * T^2 KL(p_meme^T || p_local^T)
+  L_meme  = beta  * CE(meme)  + (1 - beta)  * T^2 KL(p_local^T || p_meme^T)
 The paper's formula is T = 1. Summing both and stepping once updates each peer by its own loss, as
 in raykd's DML. Not registered in ``raykd.methods.METHODS`` (it only makes sense inside a federation):
 strategy fml's first method row names it, ``{name: "federated.fml:FederatedMutualLearning", alpha, beta}``.
@@ -32,18 +32,18 @@ class FederatedMutualLearning(Method):
     temperature: Annotated[float, Field(gt=0, description="softening temperature; 1 is the paper")] = 1.0
 
     def losses(self, logits: StepLogits, targets: Tensor, distill: Tensor) -> dict[str, Tensor]:
-        private, meme = logits.students
+        local, meme = logits.students
         t = self.temperature
-        p_private, p_meme = (F.softmax(z.detach() / t, dim=1) for z in (private, meme))
-        ce_private, ce_meme = labelled_cross_entropy(private, targets), labelled_cross_entropy(meme, targets)
-        kl_private = masked_mean(distillation_kl(p_meme, private, t), distill)
-        kl_meme = masked_mean(distillation_kl(p_private, meme, t), distill)
-        private_loss = self.alpha * ce_private + (1 - self.alpha) * kl_private
+        p_local, p_meme = (F.softmax(z.detach() / t, dim=1) for z in (local, meme))
+        ce_local, ce_meme = labelled_cross_entropy(local, targets), labelled_cross_entropy(meme, targets)
+        kl_local = masked_mean(distillation_kl(p_meme, local, t), distill)
+        kl_meme = masked_mean(distillation_kl(p_local, meme, t), distill)
+        private_loss = self.alpha * ce_local + (1 - self.alpha) * kl_local
         meme_loss = self.beta * ce_meme + (1 - self.beta) * kl_meme
         return {
             "loss": private_loss + meme_loss,
             "private_loss": private_loss,
             "meme_loss": meme_loss,
-            "ce": ce_private,
-            "kl": kl_private,
+            "ce": ce_local,
+            "kl": kl_local,
         }

@@ -1,7 +1,7 @@
 """Flower's simulation engine, polling only the nodes that have a message waiting.
 
 Flower 1.42's engine hands messages to client actors from one thread
-(``flwr/server/superlink/fleet/vce/vce_api.py: add_messages_to_queue``) that asks the in-memory LinkState,
+(``raykd.compat.flower_extractor``) that asks the in-memory LinkState,
 every 0.1 s, for each registered node's next message; each ask scans every stored message. A pass
 therefore costs nodes x messages: with 1,000 nodes and 10 messages in flight it took about 220 ms of
 the driver's CPU (a loaded 2-core machine, ``benchmarks/federated_scale.py``), so the thread was busy
@@ -17,19 +17,14 @@ from functools import partial
 from queue import Queue
 
 from flwr.app import Message
-from flwr.server.superlink.fleet.vce import vce_api
 from flwr.server.superlink.linkstate import InMemoryLinkState, LinkState
 
-#: Flower's own extractor, for LinkStates other than the in-memory one.
-FLOWER_EXTRACTOR = vce_api.add_messages_to_queue
+from raykd.compat import flower_extractor, undelivered_destinations, use_flower_extractor
+
+#: Flower's own extractor, for LinkStates other than the in-memory one (read before ``install`` replaces it).
+FLOWER_EXTRACTOR = flower_extractor()
 #: How long the extractor waits between passes unless told (Flower's value; the CLI passes federated.poll_interval).
 POLL_INTERVAL_S = 0.1
-
-
-def pending_nodes(state: InMemoryLinkState) -> set[int]:
-    """The destinations of the stored messages no node has taken yet."""
-    with state.lock:
-        return {m.metadata.dst_node_id for m in state.message_ins_store.values() if m.metadata.delivered_at == ""}
 
 
 def poll_pending_nodes(
@@ -45,7 +40,7 @@ def poll_pending_nodes(
         FLOWER_EXTRACTOR(state, queue, nodes_mapping, f_stop)
         return
     while not f_stop.is_set():
-        pending = pending_nodes(state)
+        pending = undelivered_destinations(state)
         for node_id in (n for n in nodes_mapping if n in pending):
             for message in state.get_message_ins(node_id=node_id, limit=1):
                 queue.put(message)
@@ -55,4 +50,4 @@ def poll_pending_nodes(
 def install(interval_s: float = POLL_INTERVAL_S) -> None:
     """Make this process's simulations use ``poll_pending_nodes``, passing every ``interval_s`` (the engine looks
     the function up per run)."""
-    vce_api.add_messages_to_queue = partial(poll_pending_nodes, interval_s=interval_s)
+    use_flower_extractor(partial(poll_pending_nodes, interval_s=interval_s))

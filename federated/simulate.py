@@ -37,6 +37,7 @@ from raykd.cli import (
     config_from_args,
     run_command,
 )
+from raykd.compat import FlowerClientTracebacks
 from raykd.config import ExperimentConfig, check_paths, describe_schema
 from raykd.federated_checks import check_federated
 from raykd.files import last_line
@@ -114,24 +115,12 @@ def simulate(cfg: ExperimentConfig, teacher: str | None = None, out: Path | None
     return records[0] if records else "its ServerApp returned without writing them"
 
 
-class _ClientTracebacks(logging.Filter):
-    """Drops the traceback Flower's simulation engine logs for every failed client message: the strategy
-    reports each round's failures in one line, and the run's end says what was lost."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        engine = (Path(record.pathname).name, record.funcName) in {
-            ("vce_api.py", "worker"),
-            ("raybackend.py", "process_message"),
-        }
-        return not (engine and record.levelno >= logging.ERROR)
-
-
 def one_line_client_failures() -> None:
     """Flower's logger without per-client tracebacks, and printed once (not again through the root logger)."""
     flower = logging.getLogger("flwr")
     flower.propagate = False
-    if not any(isinstance(f, _ClientTracebacks) for f in flower.filters):
-        flower.addFilter(_ClientTracebacks())
+    if not any(isinstance(f, FlowerClientTracebacks) for f in flower.filters):
+        flower.addFilter(FlowerClientTracebacks())
 
 
 class _PlainText(logging.Formatter):

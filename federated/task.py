@@ -11,7 +11,7 @@ import math
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from raykd.methods.base import Method
 from raykd.methods.ce import CrossEntropy
 from raykd.methods.kd import KnowledgeDistillation
 from raykd.models import build_model
-from raykd.nodes import Setup, load_node, load_teacher, new_model, prepare, teacher_path
+from raykd.nodes import ConfigKey, Setup, load_node, load_teacher, new_model, prepare, teacher_path
 from raykd.students import save_student
 
 #: Folder of ``output_dir`` where FML clients leave their private models until the run's records take them.
@@ -73,15 +73,17 @@ def _run_config(config: str, sets: str) -> ExperimentConfig:
     return load_config(APP_DIR / config, [s.strip() for s in sets.split(";") if s.strip()])
 
 
-_SETUPS: dict[str, Setup] = {}
-
-
 def setup_of(cfg: ExperimentConfig) -> Setup:
     """The first seed's data and partition, built once per process (clients are called every round)."""
-    key = cfg.model_dump_json(include={"data", "partition", "nodes", "seeds"})
-    if key not in _SETUPS:
-        _SETUPS[key] = prepare(cfg, cfg.seeds[0])
-    return _SETUPS[key]
+    return _setup(ConfigKey(cfg, cfg.model_dump_json(include={"data", "partition", "nodes", "seeds"})))
+
+
+@lru_cache(maxsize=4)
+def _setup(key: ConfigKey) -> Setup:
+    """A pure memo: a config's data, partition, nodes and seeds (the key) fix its splits and shares, so every
+    simulation in the process with those may share them; the four newest are kept (a Flower client process
+    serves one simulation at a time)."""
+    return prepare(key.cfg, key.cfg.seeds[0])
 
 
 def global_model(cfg: ExperimentConfig, setup: Setup) -> nn.Module:
@@ -173,7 +175,7 @@ def client_update(
         on_epoch=on_epoch, precision=budget.precision)  # fmt: skip
     kept = local.kept
     if kept is not None and server_round == f.rounds:  # a private model is the product: saved in its last round
-        _save_private(cfg, setup, node, kept)
+        _save_client_model(cfg, setup, node, kept)
     if f.strategy == "logit-exchange":
         sent = predictions(local.model, setup.dataset.train_x[public_rows(cfg, setup)], f.exchange.top_k)
     else:
@@ -293,18 +295,19 @@ def served_teacher(cfg: ExperimentConfig, setup: Setup, actor: str) -> Reference
     return ServedReferences(server, [key], None, cfg.teacher.prefetch, setup.dataset.num_classes)
 
 
-_TEACHERS: dict[str, nn.Module] = {}
-
-
 def federated_teacher(cfg: ExperimentConfig) -> nn.Module:
     """``federated.teacher``, loaded once per process (a client actor serves many rounds)."""
-    key = str(teacher_path(cfg, cfg.seeds[0]))
-    if key not in _TEACHERS:
-        _TEACHERS[key] = load_teacher(cfg, setup_of(cfg), cfg.seeds[0])
-    return _TEACHERS[key]
+    return _teacher(ConfigKey(cfg, str(teacher_path(cfg, cfg.seeds[0]))))
 
 
-def _save_private(cfg: ExperimentConfig, setup: Setup, node: int, model: nn.Module) -> None:
+@lru_cache(maxsize=4)
+def _teacher(key: ConfigKey) -> nn.Module:
+    """A pure memo: the key is the teacher's cache file, whose name carries a digest of everything that trained it,
+    so one path is one frozen model (never trained here) that every simulation in the process may share."""
+    return load_teacher(key.cfg, setup_of(key.cfg), key.cfg.seeds[0])
+
+
+def _save_client_model(cfg: ExperimentConfig, setup: Setup, node: int, model: nn.Module) -> None:
     info = {"client": node, "strategy": cfg.federated.strategy, "seed": cfg.seeds[0], **lm_info(setup.dataset)}
     save_student(private_model_path(cfg, node), model, cfg.nodes.model_of(node), setup.dataset, **info)
 

@@ -74,7 +74,7 @@ def run(
     from raykd.sweep.run import run_sweep
     from raykd.sweep.state import open_sweep
     from raykd.sweep.students import chosen_settings
-    from raykd.tracking import untracked
+    from raykd.untracked import Untracked
 
     sweep = None
     if resume is not None:
@@ -88,7 +88,8 @@ def run(
         plan = preflight(cfg, sweep)
         ensure_ray(cfg)
         check_sweep(plan.config, plan.cells, Capacity.now())
-    result = run_sweep(plan, sweep)
+    lost = Untracked()  # this run's own: a store that failed an earlier run in this process says nothing here
+    result = run_sweep(plan, sweep, lost)
     return Study(
         cfg,
         result.out,
@@ -97,7 +98,7 @@ def run(
         chosen_settings(cfg, result.summary),
         result.students,
         result.failed,
-        untracked(plan.uri),
+        lost.line(plan.uri),
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import ray
 
+from raykd.compat import gcs_actor_table, loopback_node
 from raykd.config import Cell, ExperimentConfig
 from raykd.errors import ConfigError
 
@@ -47,7 +48,7 @@ def connect_ray(cfg: ExperimentConfig, log_to_driver: bool = False) -> None:
             include_dashboard=False,
             log_to_driver=log_to_driver,
             logging_level=logging.WARNING,
-            _node_ip_address="127.0.0.1",
+            **loopback_node(),
         )
     announce("joined" if address else "started a local Ray at")
 
@@ -306,10 +307,8 @@ def on_this_node(metrics: dict[str, Any]) -> dict[str, Any]:
 def job_actors(class_name: str) -> list[dict[str, Any]]:
     """This job's actors of ``class_name``, alive or dead, from the GCS actor table (the public state API
     needs the dashboard, which raykd's local Ray does not start)."""
-    from ray._private.state import actors  # lazy: only a finished simulation asks
-
     job = ray.get_runtime_context().get_job_id()
-    return [a for a in actors().values() if a.get("ActorClassName") == class_name and a.get("JobID") == job]
+    return [a for a in gcs_actor_table() if a.get("ActorClassName") == class_name and a.get("JobID") == job]
 
 
 def actor_restarts(class_name: str) -> int:

@@ -6,7 +6,7 @@ class ConfigError(ValueError):
 
 
 class InjectedFault(RuntimeError):
-    """Raised on purpose (``tune.fail``, ``federated.fail_client``) to rehearse a crash: not a bug."""
+    """Raised on purpose (the ``faults:`` section) to rehearse a crash: not a bug."""
 
 
 class Interrupted(KeyboardInterrupt):

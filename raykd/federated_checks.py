@@ -6,7 +6,7 @@ They are not part of the schema itself: a sweep that never simulates may set wha
 
 from __future__ import annotations
 
-from raykd.config import ExperimentConfig
+from raykd.config import ExperimentConfig, check_faults
 from raykd.errors import ConfigError
 
 #: Strategies that use the shared unlabelled pool: the server distils on it, or the clients predict on it.
@@ -34,11 +34,7 @@ def check_federated(cfg: ExperimentConfig) -> None:
             f"federated.min_successful: {f.min_successful} but only {sampled} clients are sampled per round "
             f"(fraction {f.fraction:g} of {nodes}, at least min_clients {f.min_clients}); allowed: 1..{sampled}"
         )
-    if f.fail_client is not None and f.fail_client >= nodes:
-        raise ConfigError(f"federated.fail_client: client {f.fail_client} does not exist; allowed: 0..{nodes - 1}")
-    bad_round = next((r for r in f.fail_rounds if not 1 <= r <= f.rounds), None)
-    if bad_round is not None:
-        raise ConfigError(f"federated.fail_rounds: round {bad_round} does not exist; allowed: 1..{f.rounds}")
+    check_faults(cfg)
     _check_teacher(cfg)
     for strategy in f.strategies:
         _check_strategy(cfg, strategy)

@@ -18,6 +18,7 @@ import re
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,8 +30,10 @@ T = TypeVar("T")
 Content = str | bytes | Callable[[Path], None]
 #: Longest name ``safe_component`` returns (with its digest suffix); far below every filesystem's 255.
 MAX_COMPONENT = 100
-#: Writes waiting for the outermost ``held_writes`` block to succeed, by path (a later write replaces an earlier).
-_held: list[dict[Path, Content]] = []
+#: The writes waiting on the innermost ``held_writes`` block of this thread or task, by path (a later write replaces
+#: an earlier); empty outside every block. A context variable, not shared state: each block sets it on entry and
+#: resets it on exit, whatever happens, so a hold never outlives its ``with`` nor reaches another thread or run.
+_held: ContextVar[tuple[dict[Path, Content], ...]] = ContextVar("raykd_held_writes", default=())
 #: How long a process waits for another one to build the same cache entry (a node model can take minutes).
 LOCK_WAIT_S = 900.0
 log = logging.getLogger("raykd.cache")
@@ -39,9 +42,9 @@ log = logging.getLogger("raykd.cache")
 def write_atomic(path: Path, data: Content) -> Path:
     """Write ``data`` (text, bytes, or a writer called with a temporary path) to ``path`` atomically."""
     path = Path(path)
-    if _held:
-        _held[-1].pop(path, None)
-        _held[-1][path] = data
+    if held := _held.get():
+        held[-1].pop(path, None)
+        held[-1][path] = data
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
@@ -61,13 +64,12 @@ def held_writes() -> Iterator[None]:
     """Hold every ``write_atomic`` of the block in memory; they land, in order, when the outermost block
     ends without an error, and are dropped when it raises: a refused input leaves nothing on disk (a
     dataset built to check the config against is cached only once the whole config has passed)."""
-    _held.append({})
+    writes: dict[Path, Content] = {}
+    token = _held.set((*_held.get(), writes))
     try:
         yield
-    except BaseException:
-        _held.pop()
-        raise
-    writes = _held.pop()
+    finally:
+        _held.reset(token)
     for path, data in writes.items():
         write_atomic(path, data)  # into the enclosing hold, or onto disk
 

@@ -19,7 +19,8 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from dataclasses import field as dataclass_field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,6 @@ CACHE_FORMAT = 3  # 3: entries carry a SHA-256 beside them
 FROZEN_STARTS = ("checkpoint", "pretrained")
 #: A file changed this recently may change again within the clock's resolution: hash it every time.
 RACY_SECONDS = 2.0
-_digests: dict[tuple[str, int, int, int], str] = {}
 
 
 @dataclass(frozen=True)
@@ -55,19 +55,36 @@ class Setup:
     nodes: list[NodeData]
 
 
-@cache
+#: Datasets whose content is fixed by their name and settings (the user's own are keyed by their content).
+FIXED_DATASETS = ("digits", "mnist1d", "mnist", "fake", "cifar10", "cifar100")
+#: A version of a user's data files: (path, size, mtime) of each.
+Version = tuple[tuple[str, int, int], ...]
+
+
+def source_version(data: DataConfig) -> Version:
+    """What a user's data files under ``data.root`` are now, so an edit between two runs in one process is seen;
+    empty for the embedded datasets, and for a function's data (fixed once Python has imported its module)."""
+    if data.dataset in FIXED_DATASETS or data.root is None or not data.root.exists():
+        return ()
+    files = [data.root] if data.root.is_file() else sorted(p for p in data.root.rglob("*") if p.is_file())
+    return tuple((str(p), s.st_size, s.st_mtime_ns) for p, s in ((p, p.stat()) for p in files))
+
+
 def _dataset(data: DataConfig, cache_dir: Path) -> Dataset:
+    return _loaded(data, cache_dir, source_version(data))
+
+
+@lru_cache(maxsize=32)
+def _loaded(data: DataConfig, cache_dir: Path, version: Version) -> Dataset:
+    """A pure memo: a data config and the version of the files it reads fix the arrays, so the runs and trials of a
+    process share one load (a worker loads the same dataset many times)."""
     return load_dataset(data, cache_dir)
 
 
-#: Datasets whose content is fixed by their name and settings (the user's own are keyed by their content).
-FIXED_DATASETS = ("digits", "mnist1d", "mnist", "fake", "cifar10", "cifar100")
-
-
-@cache
-def _content_digest(data: DataConfig, cache_dir: Path) -> str:
+@lru_cache(maxsize=32)
+def _content_digest(data: DataConfig, cache_dir: Path, version: Version) -> str:
     digest = hashlib.sha256()
-    dataset = _dataset(data, cache_dir)
+    dataset = _loaded(data, cache_dir, version)
     for tensor in (dataset.train_x, dataset.train_y, dataset.test_x, dataset.test_y):
         digest.update(tensor.numpy().tobytes())
     return digest.hexdigest()
@@ -75,11 +92,31 @@ def _content_digest(data: DataConfig, cache_dir: Path) -> str:
 
 def data_digest(cfg: ExperimentConfig) -> str | None:
     """The content of a user's dataset (an .npz, an image folder, a callable's arrays): editing it retrains."""
-    return None if cfg.data.dataset in FIXED_DATASETS else _content_digest(cfg.data, cfg.nodes.cache_dir)
+    if cfg.data.dataset in FIXED_DATASETS:
+        return None
+    return _content_digest(cfg.data, cfg.nodes.cache_dir, source_version(cfg.data))
 
 
-#: Configs whose data checks passed in this process (workers load the same dataset many times).
-_checked: set[str] = set()
+@dataclass(frozen=True)
+class ConfigKey:
+    """A config as a memo key: equal and hashed by ``key``, what the memo depends on (its JSON, part of it, a file it
+    names), since an ``ExperimentConfig`` holds lists and is not hashable itself."""
+
+    cfg: ExperimentConfig = dataclass_field(compare=False, hash=False)
+    key: str
+
+
+@lru_cache(maxsize=64)
+def _checked(config: ConfigKey) -> None:
+    """Check the config's dataset against it once per config and version of its data files (workers load the same
+    dataset many times).
+
+    A pure memo: a config is immutable, and with its files' version (in the key) it fixes the dataset, so a pass
+    stays true; a failure raises and is not remembered."""
+    cfg = config.cfg
+    dataset = _dataset(cfg.data, cfg.nodes.cache_dir)
+    check_dataset(cfg, dataset)
+    check_checkpoints(cfg, dataset.input_shape, dataset.num_classes, dataset.tokens)
 
 
 def dataset_of(cfg: ExperimentConfig) -> Dataset:
@@ -91,15 +128,11 @@ def dataset_of(cfg: ExperimentConfig) -> Dataset:
     """
     with held_writes():
         dataset = _dataset(cfg.data, cfg.nodes.cache_dir)
-        key = cfg.model_dump_json()
-        if key not in _checked:
-            try:
-                check_dataset(cfg, dataset)
-                check_checkpoints(cfg, dataset.input_shape, dataset.num_classes, dataset.tokens)
-            except ConfigError:
-                _dataset.cache_clear()  # its cache entry was dropped: a later load builds (and writes) it again
-                raise
-            _checked.add(key)
+        try:
+            _checked(ConfigKey(cfg, f"{cfg.model_dump_json()} {source_version(cfg.data)}"))
+        except ConfigError:
+            _loaded.cache_clear()  # its cache entry was dropped: a later load builds (and writes) it again
+            raise
     return dataset
 
 
@@ -164,13 +197,16 @@ def weights_digest(path: Path) -> str:
     remembered: an edit inside the clock's resolution would keep the same mtime.
     """
     stat = path.stat()
-    stamp = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-    if stamp in _digests:
-        return _digests[stamp]
-    digest = file_digest(path)
-    if time.time() - stat.st_mtime > RACY_SECONDS:
-        _digests[stamp] = digest
-    return digest
+    if time.time() - stat.st_mtime <= RACY_SECONDS:
+        return file_digest(path)
+    return _settled_digest(str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+@lru_cache(maxsize=1024)
+def _settled_digest(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    """A pure memo: the arguments name one version of a file that has not changed since its clock tick passed
+    (any edit changes its size, mtime or inode), so its digest is a fact every run in the process may share."""
+    return file_digest(Path(path))
 
 
 def node_path(cfg: ExperimentConfig, node: int, seed: int) -> Path:

@@ -2,11 +2,11 @@
 
 The sweep's parent run (config, params, tables, figures, best metrics, distilled students), its trial
 child runs (one per Tune trial, written from the driver by a Tune callback) and the Flower simulations'
-runs are all opened and written by this module; no other module imports mlflow.
-
-Local results never depend on the store: every write goes through ``remote``, which bounds MLflow's HTTP
-retries, catches a failure, remembers it (later writes are skipped, so a dead server costs seconds, not
-minutes) and lets the sweep finish; ``untracked()`` then says in one line what the store lacks.
+runs are all opened and written by this module; no other module imports mlflow but ``raykd.compat``, which
+holds the private MLflow touches used here. Local results never depend on the store: every write goes through
+the sweep's ``Untracked.remote``, which bounds MLflow's HTTP retries, catches a failure, remembers it (later writes
+are skipped, so a dead server costs seconds, not minutes) and lets the sweep finish; ``Untracked.line`` then says
+in one line what the store lacks.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -37,12 +36,14 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.utils import flatten_dict
 
 from raykd.cluster import NODE_ID
+from raykd.compat import callback_experiment_id, forget_active_mlflow_runs, logged_trial_runs, tuner_callbacks
 from raykd.errors import ConfigError
 from raykd.export import model_dependencies
 from raykd.files import LOCK_WAIT_S, last_line, lock_file, write_atomic
 from raykd.lm.hf import pretrained_folder
 from raykd.students import load_student, read_student
 from raykd.sweep.students import row_name, setting_name
+from raykd.untracked import Untracked
 
 DEFAULT_STORE = "mlflow.db"
 #: The folder beside a sqlite store that holds its artifacts (figures, files, models).
@@ -86,33 +87,6 @@ def check_reachable(uri: str) -> None:
             raise ConfigError(f"tracking.uri: folder {folder} of {uri} does not exist or is not writable")
     else:
         raise ConfigError(f"tracking.uri: {uri!r} is not supported; allowed: sqlite:///PATH or http(s)://HOST:PORT")
-
-
-class Lost:
-    """What this process could not write to the tracking store, and the first error that stopped it."""
-
-    error = ""
-    items: Counter[str] = Counter()
-
-
-def remote(what: str, action: Callable[[], Any]) -> None:
-    """Do one write to the store; a failure is remembered (with ``what``) instead of raised, and once the store
-    has failed every later write is skipped and remembered, so the sweep's own results never wait on it."""
-    if not Lost.error:
-        try:
-            action()
-            return
-        except Exception as err:  # noqa: BLE001 - a dead server, a locked store: the local results must not care
-            Lost.error = f"{type(err).__name__}: {last_line(str(err), 200)}"
-    Lost.items[what] += 1
-
-
-def untracked(uri: str) -> str | None:
-    """One line naming what was not recorded in the store (None when everything was)."""
-    if not Lost.error:
-        return None
-    what = ", ".join(f"{n} x {item}" if n > 1 else item for item, n in Lost.items.items())
-    return f"tracking.uri: MLflow at {uri} failed ({Lost.error}); not recorded there: {what}"
 
 
 @contextmanager
@@ -170,26 +144,28 @@ def _params(raw: dict[str, Any]) -> dict[str, str]:
 class ParentRun:
     """The sweep's MLflow run, open while the sweep runs: what the driver records beside its files."""
 
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
+    def __init__(self, run_id: str, lost: Untracked) -> None:
+        self.run_id, self.lost = run_id, lost
 
     def log_config(self, raw: dict[str, Any], config_file: Path) -> None:
-        remote("config params", lambda: mlflow.log_params(_params(raw)))
-        remote(config_file.name, lambda: mlflow.log_artifact(str(config_file)))
+        self.lost.remote("config params", lambda: mlflow.log_params(_params(raw)))
+        self.lost.remote(config_file.name, lambda: mlflow.log_artifact(str(config_file)))
 
     def log_files(self, *paths: Path) -> None:
         for path in paths:
-            remote(path.name, lambda path=path: mlflow.log_artifact(str(path)))
+            self.lost.remote(path.name, lambda path=path: mlflow.log_artifact(str(path)))
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         """Metrics under keys MLflow accepts: a method label or cell name may hold any character."""
-        remote("sweep metrics", lambda: mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()}))
+        self.lost.remote(
+            "sweep metrics", lambda: mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()})
+        )
 
     def log_students(self, sweep: str, best: dict[str, Path]) -> None:
         """Each method row's best student (over seeds, on validation) as an MLflow model in the parent run, named
         (and registered as) ``<sweep>-<row>``: each sweep of a config adds a version."""
         for name, path in best.items():
-            remote("students", lambda name=name, path=path: log_student_model(f"{sweep}-{name}", path))
+            self.lost.remote("students", lambda name=name, path=path: log_student_model(f"{sweep}-{name}", path))
 
     def log_figures(self, figures: dict[str, Figure], folder: Path) -> None:
         """Each figure as a PNG in ``folder`` and under ``plots/`` in the run, then closed."""
@@ -197,7 +173,7 @@ class ParentRun:
             png = io.BytesIO()
             fig.savefig(png, format="png", dpi=120)
             write_atomic(folder / name, png.getvalue())
-            remote("plots", lambda name=name, fig=fig: mlflow.log_figure(fig, f"plots/{name}"))
+            self.lost.remote("plots", lambda name=name, fig=fig: mlflow.log_figure(fig, f"plots/{name}"))
             close_figure(fig)
 
 
@@ -267,23 +243,26 @@ def register(name: str, logged: ModelInfo) -> None:
 
 
 @contextmanager
-def parent_run(uri: str, experiment: str, run_name: str, run_id: str | None = None) -> Iterator[ParentRun]:
-    """Open (or, given ``run_id``, reopen) the sweep's parent run for the ``with`` block.
+def parent_run(
+    uri: str, experiment: str, run_name: str, run_id: str | None = None, lost: Untracked | None = None
+) -> Iterator[ParentRun]:
+    """Open (or, given ``run_id``, reopen) the sweep's parent run for the ``with`` block; its writes that the store
+    refuses are counted in ``lost`` (the caller's, or a new one at ``ParentRun.lost``).
 
     It ends FINISHED, KILLED on Ctrl-C (``--resume`` reopens it) or FAILED; ending it is a ``remote`` write.
     """
-    Lost.error, Lost.items = "", Counter()  # a new sweep: nothing lost yet
+    lost = lost or Untracked()
     use_experiment(uri, experiment)
     run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
     status = "FAILED"
     try:
-        yield ParentRun(run.info.run_id)
+        yield ParentRun(run.info.run_id, lost)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        remote("the sweep run's end", lambda: mlflow.end_run(status))
+        lost.remote("the sweep run's end", lambda: mlflow.end_run(status))
         forget_active_runs()
 
 
@@ -293,8 +272,7 @@ def forget_active_runs() -> None:
     MLflow keeps the active run in the process; one left open (its end skipped after the store failed) would
     make the next sweep in the same process (the Python API, a notebook) fail to start its own run.
     """
-    stack = mlflow.tracking.fluent._active_run_stack.get()  # MLflow's own end_run pops this list first
-    stack.clear()
+    forget_active_mlflow_runs()
 
 
 def trial_error(trial: Any) -> str:
@@ -311,25 +289,27 @@ class TrialRuns(MLflowLoggerCallback):
     Tune pickles this callback with the sweep and restores it on ``--resume``.
     """
 
+    lost: Untracked
+
     def setup(self, *args: Any, **kwargs: Any) -> None:
         with store_lock(self.tracking_uri):
             super().setup(*args, **kwargs)
         self.client = MlflowClient(self.tracking_uri)
 
     def log_trial_start(self, trial: Any) -> None:
-        remote("trial runs", lambda: self._start(trial))
+        self.lost.remote("trial runs", lambda: self._start(trial))
 
     def _start(self, trial: Any) -> None:
-        new = trial not in self._trial_runs
+        new = trial not in logged_trial_runs(self)
         super().log_trial_start(trial)
         if new:
-            self.client.set_tag(self._trial_runs[trial], "mlflow.runName", trial_run_name(trial.config))
+            self.client.set_tag(logged_trial_runs(self)[trial], "mlflow.runName", trial_run_name(trial.config))
             parent = self.tags["mlflow.parentRunId"]
             older = self.client.search_runs(
-                [self.mlflow_util.experiment_id],
+                [callback_experiment_id(self)],
                 f"tags.`mlflow.parentRunId` = '{parent}' and tags.trial_name = '{trial}'",
             )
-            for run in (r for r in older if r.info.run_id != self._trial_runs[trial]):
+            for run in (r for r in older if r.info.run_id != logged_trial_runs(self)[trial]):
                 self.client.set_tag(run.info.run_id, "raykd.note", "its driver stopped; trial rerun by --resume")
                 self.client.set_terminated(run.info.run_id, "KILLED")
 
@@ -339,18 +319,32 @@ class TrialRuns(MLflowLoggerCallback):
         ``tune.report``; one log_batch takes 0.01-0.02 s."""
         step = result.get("timesteps_total") or result["training_iteration"]
         now = int(time.time() * 1000)
-        numbers = self.mlflow_util._parse_dict(flatten_dict({k: v for k, v in result.items() if k != NODE_ID}))
+        numbers = numeric(flatten_dict({k: v for k, v in result.items() if k != NODE_ID}))
         metrics = [Metric(k, v, now, step) for k, v in numbers.items()]
         tags = [RunTag(NODE_ID, str(result[NODE_ID]))] if NODE_ID in result else []
-        remote("trial results", lambda: self.client.log_batch(self._trial_runs[trial], metrics, tags=tags))
+        self.lost.remote(
+            "trial results", lambda: self.client.log_batch(logged_trial_runs(self)[trial], metrics, tags=tags)
+        )
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
-        remote("trial ends", lambda: self._end(trial, failed))
+        self.lost.remote("trial ends", lambda: self._end(trial, failed))
 
     def _end(self, trial: Any, failed: bool) -> None:
         if failed:
-            self.client.set_tag(self._trial_runs[trial], "raykd.error", trial_error(trial))
+            self.client.set_tag(logged_trial_runs(self)[trial], "raykd.error", trial_error(trial))
         super().log_trial_end(trial, failed)
+
+
+def numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    """The values of ``metrics`` that are numbers, as floats: all MLflow takes as metrics (strings, lists and None
+    in a Tune result are skipped)."""
+    out = {}
+    for key, value in metrics.items():
+        try:
+            out[key] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return out
 
 
 def trial_run_name(config: dict[str, Any]) -> str:
@@ -361,12 +355,23 @@ def trial_run_name(config: dict[str, Any]) -> str:
     return f"{row_name(config.get('cell') or {}, arm['label'])} {setting_name(setting)} seed{config['seed']}"
 
 
-def trial_runs(uri: str, experiment: str, parent_run_id: str, sweep_name: str) -> TrialRuns:
-    return TrialRuns(
+def trial_runs(uri: str, experiment: str, parent: ParentRun, sweep_name: str) -> TrialRuns:
+    """The callback writing ``parent``'s trial runs; its refused writes count in ``parent.lost``."""
+    callback = TrialRuns(
         tracking_uri=uri,
         experiment_name=experiment,
-        tags={"mlflow.parentRunId": parent_run_id, "raykd.sweep": sweep_name},
+        tags={"mlflow.parentRunId": parent.run_id, "raykd.sweep": sweep_name},
     )
+    callback.lost = parent.lost
+    return callback
+
+
+def count_lost_in(tuner: Any, lost: Untracked) -> None:
+    """Point a Tuner's ``TrialRuns`` at this sweep's ``lost``: a Tuner restored by ``--resume`` brings the callback
+    Tune pickled, holding the earlier process's record."""
+    for callback in tuner_callbacks(tuner):
+        if isinstance(callback, TrialRuns):
+            callback.lost = lost
 
 
 def log_simulation(

@@ -70,7 +70,7 @@ def test_flipped_bytes_in_cached_node_model_and_dataset_are_rebuilt_to_the_same_
     assert torch.load(checkpoint, weights_only=True)["meta"]["node"] == 1  # torch alone reads it as valid
     assert read_node(checkpoint) is None
 
-    nodes._dataset.cache_clear()  # a fresh process: the dataset is read from its cache file again
+    nodes._loaded.cache_clear()  # a fresh process: the dataset is read from its cache file again
     with caplog.at_level(logging.WARNING, logger="raykd.cache"):
         rerun = run_trial(cfg, "kd", {"temperature": 4.0, "alpha": 0.5}, 0)
     warnings = [r.getMessage() for r in caplog.records if r.name == "raykd.cache"]

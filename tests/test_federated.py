@@ -234,8 +234,9 @@ BAD = [
     (["federated.strategy=kd", "methods.0={name: dml}"], "methods[0].name: federated.strategy=kd distils a frozen"),
     (["federated.strategy=fedprox"], "federated.strategy = 'fedprox': Input should be 'fedavg', 'kd', 'fml'"),
     (["federated.min_successful=4"], "federated.min_successful: 4 but only 3 clients are sampled per round"),
-    (["federated.fail_client=3"], "federated.fail_client: client 3 does not exist; allowed: 0..2"),
-    (["federated.fail_rounds=[5]"], "federated.fail_rounds: round 5 does not exist; allowed: 1..2"),
+    (["faults.client=3"], "faults.client: client 3 does not exist; allowed: 0..2"),
+    (["faults.client_rounds=[5]"], "faults.client_rounds: round 5 does not exist; allowed: 1..2"),
+    (["federated.fail_rounds=[1]"], "federated.fail_rounds: moved; set faults.client_rounds (e.g. faults: {client: 1,"),
     (["nodes.models={1: mlp}"], "nodes.models: per-node architectures need federated.strategy=fml"),
     (["federated.strategy=feddf", "data.pool_fraction=0", "transfer.set=local"], "data.pool_fraction: federated"),
     (["federated.client_cpus=3"], "federated.client_cpus: 3 CPUs per client but the largest Ray node has 2"),
@@ -316,7 +317,9 @@ def test_feddf_finishes_rounds_with_a_faulty_client_and_tracks_them(
     tmp_path: Path, cache_dir: Path, ray_address: str
 ) -> None:
     """FedDF = FedAvg + server ensemble distillation; client 1 fails in round 1, the others are aggregated."""
-    raw = fed_raw(tmp_path, cache_dir, strategy="feddf", fail_client=1, fail_rounds=[1], min_successful=2)
+    raw = fed_raw(tmp_path, cache_dir, strategy="feddf", min_successful=2) | {
+        "faults": {"client": 1, "client_rounds": [1]}
+    }
     # a round lost a client update: finished, but not as configured
     summary, rounds = simulate(tmp_path, raw, ray_address, rc=3)
     r1, r2 = rounds.iloc[1], rounds.iloc[2]
@@ -365,7 +368,9 @@ def test_fml_joined_to_a_running_cluster_sends_only_memes_and_skips_thin_rounds(
 
     Client 0 fails in round 1 and every round needs all 3 clients, so round 1 keeps the global model.
     """
-    raw = fed_raw(tmp_path, cache_dir, strategy="fml", fail_client=0, fail_rounds=[1], min_successful=3)
+    raw = fed_raw(tmp_path, cache_dir, strategy="fml", min_successful=3) | {
+        "faults": {"client": 0, "client_rounds": [1]}
+    }
     raw["nodes"]["models"] = {1: {"name": "mlp", "width": 32}}
     _, rounds = simulate(tmp_path, raw, ray_address, rc=3)
     cfg = validate_config(raw)
@@ -451,8 +456,8 @@ def test_the_python_apis_bad_simulation_is_the_childs_one_line(tmp_path: Path, c
     """What the simulation's own checks refuse reaches ``raykd.simulate`` as one ConfigError line, nothing run."""
     import raykd
 
-    with pytest.raises(ConfigError, match=r"^federated\.fail_client: client 7 does not exist; allowed: 0\.\.2$"):
-        raykd.simulate(fed_raw(tmp_path, cache_dir, strategy="fedavg", fail_client=7))
+    with pytest.raises(ConfigError, match=r"^faults\.client: client 7 does not exist; allowed: 0\.\.2$"):
+        raykd.simulate(fed_raw(tmp_path, cache_dir, strategy="fedavg") | {"faults": {"client": 7}})
     assert not list((tmp_path / "runs").rglob("rounds.csv"))
 
 

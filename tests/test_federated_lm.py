@@ -186,7 +186,7 @@ def test_fedavg_served_kd_and_logit_exchange_compare_with_bytes_counted_exactly(
 def test_logit_exchange_with_own_models_survives_a_failing_client(
     tmp_path: Path, cache_dir: Path, ray_address: str
 ) -> None:
-    raw = fed_lm_raw(tmp_path, cache_dir, strategy="logit-exchange", fail_client=2, fail_rounds=[1])
+    raw = fed_lm_raw(tmp_path, cache_dir, strategy="logit-exchange") | {"faults": {"client": 2, "client_rounds": [1]}}
     raw["nodes"]["models"] = {1: {"name": "gpt", "width": 32, "depth": 2, "kwargs": {"heads": 2}}}
     summary, rounds = simulate(tmp_path, raw, ray_address, rc=3)
     cfg = validate_config(raw)

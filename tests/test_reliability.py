@@ -58,7 +58,9 @@ def test_injected_trial_fault_is_retried_then_recorded(
     kd_status: str,
 ) -> None:
     fault = {"label": "kd", "seed": 0, "times": times}
-    raw = tiny_raw(tmp_path, cache_dir, tune={"max_failures": max_failures, "fail": fault, "max_concurrent_trials": 1})
+    raw = tiny_raw(
+        tmp_path, cache_dir, tune={"max_failures": max_failures, "max_concurrent_trials": 1}, faults={"trial": fault}
+    )
     raw["methods"][1]["temperature"] = 4
     assert _sweep(tmp_path, raw) == rc
     printed = capsys.readouterr()
@@ -74,7 +76,7 @@ def test_injected_trial_fault_is_retried_then_recorded(
         assert kd["test_acc"].notna().all()
         assert children["kd4.0"].info.status == "FINISHED"
         return
-    error = "InjectedFault: tune.fail: injected fault, attempt 2 of the 2 that fail"
+    error = "InjectedFault: faults.trial: injected fault, attempt 2 of the 2 that fail"
     assert kd["error"].str.endswith(error).all()
     assert "## Failed trials" in printed.out and error in printed.out.split("FAILED: ")[1]
     assert "raykd: 1 trial(s) failed" in printed.err

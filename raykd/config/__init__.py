@@ -7,6 +7,7 @@ turns validation errors into one line. Importing this package imports no torch.
 
 from raykd.config.base import Section, TrainConfig
 from raykd.config.data import DATASET_ROOTS, AugmentSpec, DataConfig, DatasetName
+from raykd.config.faults import FaultsConfig, TrialFault, check_faults
 from raykd.config.federated import MOVED_FEDERATED_KEYS, SERVER_TEMPERATURE, FederatedConfig
 from raykd.config.loading import (
     Cell,
@@ -25,7 +26,6 @@ from raykd.config.paths import check_paths, written_folders
 from raykd.config.schema import (
     CELL_SECTIONS,
     ExperimentConfig,
-    FaultConfig,
     LearnersConfig,
     ModelSpec,
     NodesConfig,
@@ -47,7 +47,8 @@ __all__ = [
     "DataConfig",
     "DatasetName",
     "ExperimentConfig",
-    "FaultConfig",
+    "FaultsConfig",
+    "TrialFault",
     "FederatedConfig",
     "LearnersConfig",
     "ModelSpec",
@@ -61,6 +62,7 @@ __all__ = [
     "TransferConfig",
     "TuneConfig",
     "cell_key",
+    "check_faults",
     "check_paths",
     "deep_merge",
     "describe_error",

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from raykd.config.base import ModelSpec, Section, TrainConfig
+from raykd.config.faults import without_moved_fault_keys
 
 #: KD temperature of the server's pool distillation when no method row has a ``temperature`` knob.
 SERVER_TEMPERATURE = 4.0
@@ -105,8 +106,6 @@ class FederatedConfig(Section):
         description="seconds between the simulation's looks for messages, by the engine (to hand them to clients) "
         "and by the server (for replies); each message fan-out waits up to twice this (Flower's value: 0.1)",
     )
-    fail_client: int | None = Field(None, ge=0, description="fault injection: this client raises during training")
-    fail_rounds: list[int] = Field([], description="rounds in which fail_client raises (empty: every round)")
     after_sweep: bool = Field(
         False,
         description="python -m raykd.tune: after the sweep, run this simulation for every seed and every distinct "
@@ -116,7 +115,7 @@ class FederatedConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _moved_keys(cls, value: Any) -> Any:
-        """Keys that moved to the method row: one line naming the new home, not 'unknown key'."""
+        """Keys that moved (to the method row, or to ``faults:``): one line naming the new home, not 'unknown key'."""
         if not isinstance(value, dict):
             return value
         if "grid" in value:
@@ -130,7 +129,7 @@ class FederatedConfig(Section):
                 raise ValueError(
                     f"federated.{key}: moved to the method row; set methods.0.{knob} (e.g. methods: [{example}])"
                 )
-        return value
+        return without_moved_fault_keys("federated", value)
 
     @property
     def strategies(self) -> list[str]:

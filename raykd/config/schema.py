@@ -8,12 +8,13 @@ the data run in ``raykd.data.check_dataset``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AliasChoices, Field, field_validator, model_validator
 
 from raykd.config.base import ModelSpec, Section, TrainConfig
 from raykd.config.data import DATASET_ROOTS, DataConfig
+from raykd.config.faults import FaultsConfig, without_moved_fault_keys
 from raykd.config.federated import FederatedConfig
 from raykd.files import MAX_COMPONENT, plain_component
 from raykd.methods import SAMPLE_LEVEL
@@ -114,14 +115,6 @@ class LearnersConfig(Section):
     peer_actors: bool = Field(False, description="DML: run each peer as its own Ray actor (cpus_per_worker each)")
 
 
-class FaultConfig(Section):
-    """Fault injection, to rehearse failures: the chosen trials raise on their first ``times`` attempts."""
-
-    label: str = Field(description="method row whose trials fail (its label)")
-    seed: int = Field(description="seed of the failing trials (every grid point of the row at that seed)")
-    times: int = Field(1, ge=1, description="attempts that raise; with tune.max_failures >= times the trial recovers")
-
-
 class TuneConfig(Section):
     trial: Literal["transfer", "simulation"] = Field(
         "transfer",
@@ -142,9 +135,6 @@ class TuneConfig(Section):
         None, ge=1, description="trials running at once; unset: as many as the cluster's free CPUs and GPUs hold"
     )
     max_failures: int = Field(0, ge=0, description="retries of a trial that raises before it is recorded as failed")
-    fail: Union[FaultConfig, None] = Field(  # noqa: UP007 - typing.Union: _allowed_keys names its keys on a typo
-        None, description="fault injection: {label, seed, times}; those trials raise on their first attempts"
-    )
     search: Literal["grid", "random", "optuna"] = Field(
         "grid",
         description="how a row with several settings is searched: grid (every list point), random or optuna (TPE): "
@@ -159,6 +149,12 @@ class TuneConfig(Section):
     )
     grace_epochs: int = Field(2, ge=1, description="asha: transfer epochs every setting trains before it may stop")
     reduction_factor: float = Field(3.0, gt=1, description="asha: 1/reduction_factor of the settings go on at a rung")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, value: Any) -> Any:
+        """``tune.fail`` moved to ``faults.trial``: one line naming it, not 'unknown key'."""
+        return without_moved_fault_keys("tune", value) if isinstance(value, dict) else value
 
 
 class RayConfig(Section):
@@ -193,6 +189,7 @@ class ExperimentConfig(Section):
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
     federated: FederatedConfig = FederatedConfig()
+    faults: FaultsConfig = FaultsConfig()
     output_dir: Path = Field(Path("runs"), description="where tables, plots and Tune state are written")
     axes: dict[str, dict[str, dict[str, Any]]] = Field(
         {},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from functools import cache
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
@@ -144,8 +145,6 @@ def _method_config(name: str, method: MethodKnobs) -> type[MethodConfig]:
 #: Built-in methods' knobs, read from their sources (no torch), and the schema of each.
 METHOD_KNOBS = {name: from_source(reference) for name, reference in METHODS.items()}
 METHOD_CONFIGS = {name: _method_config(name, knobs) for name, knobs in METHOD_KNOBS.items()}
-#: User method configs built so far, by reference (error messages look their keys up here).
-USER_METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
 #: The discriminator tag of a row naming a user's method class.
 USER_METHOD = "reference"
 
@@ -172,16 +171,19 @@ class UserMethodConfig(MethodConfig):
             raise ValidationError.from_exception_data(err.title, errors) from None  # type: ignore[arg-type]
 
 
+@cache
 def _user_method_config(reference: str) -> type[MethodConfig]:
-    """The schema of a user's method class, built once per reference; a bad reference is one error."""
-    if reference not in USER_METHOD_CONFIGS:
-        try:
-            knobs = from_class(method_class(reference, "name"))
-        except (ConfigError, TypeError) as err:
-            reason = str(err).removeprefix("name: ")
-            raise PydanticCustomError("method_reference", "{reason}", {"reason": reason}) from None
-        USER_METHOD_CONFIGS[reference] = _method_config(reference, knobs)
-    return USER_METHOD_CONFIGS[reference]
+    """The schema of a user's method class; a bad reference is one error.
+
+    Memoised per reference as a pure function: the class a reference names is fixed once Python has imported its
+    module, and the schema is an immutable class built from its fields, so every run in the process may share it
+    (a failed build raises and is not remembered)."""
+    try:
+        knobs = from_class(method_class(reference, "name"))
+    except (ConfigError, TypeError) as err:
+        reason = str(err).removeprefix("name: ")
+        raise PydanticCustomError("method_reference", "{reason}", {"reason": reason}) from None
+    return _method_config(reference, knobs)
 
 
 def _method_tag(row: Any) -> str | None:
@@ -202,9 +204,14 @@ AnyMethodConfig = SerializeAsAny[  # the runtime class (a user method's own conf
 
 def is_method_tag(part: Any) -> bool:
     """Whether a validation error's location part is a row's discriminator tag (a built-in name or a reference)."""
-    return part in METHOD_CONFIGS or part == USER_METHOD or part in USER_METHOD_CONFIGS
+    return part in METHOD_CONFIGS or part == USER_METHOD or (isinstance(part, str) and is_reference(part))
 
 
 def method_config_of(tag: str, default: Any) -> Any:
-    """The row schema a location tag names (built-in or user reference seen so far), else ``default``."""
-    return {**METHOD_CONFIGS, **USER_METHOD_CONFIGS}.get(tag, default)
+    """The row schema a location tag names (built-in, or a user reference that builds one), else ``default``."""
+    if tag in METHOD_CONFIGS or not is_reference(tag):
+        return METHOD_CONFIGS.get(tag, default)
+    try:
+        return _user_method_config(tag)
+    except PydanticCustomError:
+        return default

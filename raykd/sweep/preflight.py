@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from raykd.config import Cell, ExperimentConfig, check_paths, study_cells
+from raykd.config import Cell, ExperimentConfig, check_faults, check_paths, study_cells
 from raykd.data.preprocess import describe
-from raykd.errors import ConfigError
 from raykd.federated_checks import check_federated
 from raykd.files import held_writes
 from raykd.nodes import dataset_of
@@ -32,7 +31,7 @@ def preflight(cfg: ExperimentConfig, sweep: Sweep | None = None) -> Plan:
     any worker needs it, but that write is held until every check has passed: a refused input writes nothing.
     """
     check_paths(cfg)
-    check_fault(cfg)
+    check_faults(cfg)
     cells = study_cells(cfg)
     for cell in cells if cfg.federated.after_sweep or cfg.tune.trial == "simulation" else ():
         check_federated(cell.config)
@@ -45,15 +44,3 @@ def preflight(cfg: ExperimentConfig, sweep: Sweep | None = None) -> Plan:
     for line in dict.fromkeys(describe(r) for r in records if r["inputs"] == "image"):
         print(line, flush=True)
     return Plan(cfg, cells, uri)
-
-
-def check_fault(cfg: ExperimentConfig) -> None:
-    """``tune.fail`` must pick a trial the sweep has, or the rehearsal would silently rehearse nothing."""
-    fault = cfg.tune.fail
-    if fault is None:
-        return
-    labels = [m.display() for m in cfg.methods]
-    if fault.label not in labels:
-        raise ConfigError(f"tune.fail.label: {fault.label!r} is not a method row; allowed: {', '.join(labels)}")
-    if fault.seed not in cfg.seeds:
-        raise ConfigError(f"tune.fail.seed: {fault.seed} is not one of the sweep's seeds {cfg.seeds}")

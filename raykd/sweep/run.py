@@ -23,6 +23,7 @@ from ray import tune
 
 from raykd import report
 from raykd.cluster import ANSWER_TIMEOUT_S, get_within
+from raykd.compat import QuietTuneInterruption
 from raykd.config import Cell, ExperimentConfig
 from raykd.errors import Interrupted
 from raykd.files import write_atomic
@@ -36,7 +37,8 @@ from raykd.sweep.simulation import simulation_trainable
 from raykd.sweep.state import Ended, Sweep, ended, new_sweep, resume_hint
 from raykd.sweep.students import best_of, keep_chosen
 from raykd.sweep.trial import trainable, trial_resources
-from raykd.tracking import ParentRun, parent_run, trial_runs
+from raykd.tracking import ParentRun, count_lost_in, parent_run, trial_runs
+from raykd.untracked import Untracked
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,9 @@ class SweepResult:
     failed: int
 
 
-def run_sweep(plan: Plan, resume: Sweep | None = None) -> SweepResult:
-    """Run (or, given ``resume``, continue) the whole study its preflight planned."""
+def run_sweep(plan: Plan, resume: Sweep | None = None, lost: Untracked | None = None) -> SweepResult:
+    """Run (or, given ``resume``, continue) the whole study its preflight planned; the store's refused writes count
+    in ``lost``."""
     cfg, cells, uri = plan.config, plan.cells, plan.uri
     if cfg.tune.trial == "transfer":  # a simulation trains its clients from scratch
         prepare_nodes(cells)
@@ -70,18 +73,18 @@ def run_sweep(plan: Plan, resume: Sweep | None = None) -> SweepResult:
         flush=True,
     )
     try:
-        return _run(cfg, cells, sweep, uri, raw, staged)
+        return _run(cfg, cells, sweep, uri, raw, staged, lost or Untracked())
     except KeyboardInterrupt:  # a Ctrl-C outside Tune's loop (or a second one while Tune saves its state)
         raise Interrupted(resume_hint(sweep)) from None
 
 
 def _run(
-    cfg: ExperimentConfig, cells: list[Cell], sweep: Sweep, uri: str, raw: dict, staged: list[Stage]
+    cfg: ExperimentConfig, cells: list[Cell], sweep: Sweep, uri: str, raw: dict, staged: list[Stage], lost: Untracked
 ) -> SweepResult:
     served = cfg.teacher.mode == "server" and cfg.tune.trial == "transfer"  # a simulation serves its own
     server_name = f"raykd-teacher-{sweep.name}" if served else None
     server = start_teacher_server(cells, server_name) if server_name else None
-    with parent_run(uri, cfg.tracking.experiment, sweep.name, sweep.parent_run_id) as parent:
+    with parent_run(uri, cfg.tracking.experiment, sweep.name, sweep.parent_run_id, lost) as parent:
         if not sweep.resumed:
             parent.log_config(raw, sweep.out / "config.yaml")
             sweep.save(parent.run_id)
@@ -91,6 +94,7 @@ def _run(
         for stage in staged:
             callbacks = [progress, trial_runs_of(cfg, sweep, parent)]
             tuner = build_tuner(cfg, cells, sweep, server_name, stage, callbacks, parent.run_id)
+            count_lost_in(tuner, lost)
             with _quiet_interruption():
                 results = tuner.fit()
             finished = ended([(r.config, r.metrics, r.error) for r in results], sweep.out)
@@ -102,18 +106,9 @@ def _run(
         return write_report(cfg, cells, sweep, trials, server, parent)
 
 
-class _QuietInterruption(logging.Filter):
-    """Tune's own Ctrl-C messages (several lines, ending in a ``Tuner.restore`` recipe) give way to raykd's one."""
-
-    MESSAGES = ("Stop signal received", "Trials did not complete", "Experiment has been interrupted")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.MESSAGES)
-
-
 @contextmanager
 def _quiet_interruption() -> Iterator[None]:
-    tune_logger, quiet = logging.getLogger("ray.tune.tune"), _QuietInterruption()
+    tune_logger, quiet = logging.getLogger(QuietTuneInterruption.LOGGER), QuietTuneInterruption()
     tune_logger.addFilter(quiet)
     try:
         yield
@@ -172,7 +167,7 @@ def build_tuner(
 
 def trial_runs_of(cfg: ExperimentConfig, sweep: Sweep, parent: ParentRun) -> tune.Callback:
     """The driver's MLflow work per trial: its child run under the sweep's parent run."""
-    return trial_runs(sweep.uri, cfg.tracking.experiment, parent.run_id, sweep.name)
+    return trial_runs(sweep.uri, cfg.tracking.experiment, parent, sweep.name)
 
 
 def write_report(

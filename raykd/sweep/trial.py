@@ -58,14 +58,14 @@ def raise_planned_faults(cfg: ExperimentConfig, sweep_dir: str, label: str, seed
     nonfinite = trial_file(sweep_dir, "nonfinite")
     if nonfinite.exists():
         raise NonFiniteLoss(nonfinite.read_text())
-    fault = cfg.tune.fail
+    fault = cfg.faults.trial
     if fault is None or (fault.label, fault.seed) != (label, seed):
         return
     counter = trial_file(sweep_dir, "attempts")
     attempt = (int(counter.read_text()) if counter.exists() else 0) + 1
     write_atomic(counter, str(attempt))
     if attempt <= fault.times:
-        raise InjectedFault(f"tune.fail: injected fault, attempt {attempt} of the {fault.times} that fail")
+        raise InjectedFault(f"faults.trial: injected fault, attempt {attempt} of the {fault.times} that fail")
 
 
 def trial_file(sweep_dir: str, kind: str) -> Path:
