@@ -1,8 +1,8 @@
 """Plain PyTorch training and evaluation. Knows nothing of Ray, Flower or any particular method.
 
 ``fit`` trains a list of models (one student, or K mutual-learning peers) with one method's loss,
-asking a ``references`` callable for frozen logits (teachers, initial student) for each batch;
-whether those come from an in-process teacher, a server or a cache is the caller's business.
+asking a ``teacher`` (``raykd.teacher.protocol.TeacherLogits``) for frozen logits (teachers, initial student) for
+each batch; whether those come from an in-process teacher, a server or a cache is the caller's business.
 Batches are built on the CPU (where the data lives) and moved to the models' device per step.
 
 Language models: a token position is a row. A model's (batch, seq, vocab) logits flatten to rows
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raykd.methods.base import UNLABELLED, Context, Method, StepLogits
+from raykd.teacher.protocol import NoTeacher, TeacherLogits
 
 
 @dataclass(frozen=True)
@@ -37,9 +38,6 @@ class Batch:
     targets: Tensor
     distill: Tensor
     index: Tensor
-
-
-ReferenceLogits = tuple[list[Tensor], Tensor | None]
 
 
 def rows(logits: Tensor) -> Tensor:
@@ -56,26 +54,10 @@ def token_rows(y: Tensor, index: Tensor, targets: Tensor, distill: Tensor) -> tu
     return targets.flatten(1), (distill[..., None] & real).flatten(1), tokens.flatten(1)
 
 
-class References:
-    """Frozen logits for each batch: the teachers', and the initial student's for DP-KD.
-
-    The base class supplies none (plain training and DML). Subclasses fetch them from models in
-    this process, from a teacher server or from the offline cache; ``prefetch`` lets a remote
-    source overlap the requests of the next ``ahead`` batches with the student's current step
-    (more than one keeps a teacher about as slow as the student, or jittery, from making it wait).
-    """
-
-    ahead = 1  # upcoming batches ``fit`` offers to ``prefetch`` at each step
-
-    def prefetch(self, batch: Batch) -> None:
-        """Start fetching ``batch``'s logits early; the default has nothing to start."""
-
-    def use_device(self, device: torch.device) -> None:
-        """Where the models train: a source that builds logits (the top-k cache expands its rows) builds them there;
-        the default's logits are moved there by ``fit``."""
-
-    def __call__(self, batch: Batch) -> ReferenceLogits:
-        return [], None
+#: ``fit``'s per-epoch hook: the epoch (from 0) and its mean loss terms.
+OnEpoch = Callable[[int, dict[str, float]], None]
+#: A mutual-learning peer's step: its own logits in, every peer's out (see ``fit``).
+Exchange = Callable[[list[Tensor]], list[Tensor]]
 
 
 class Batches(Protocol):
@@ -165,21 +147,6 @@ class TransferBatches:
             yield Batch(self.augment(x) if self.augment else x, targets[i], distill[i], row_index[i])
 
 
-class InlineReferences(References):
-    """Frozen models run in this process, without gradients, on every batch."""
-
-    def __init__(self, teachers: list[nn.Module], initial: nn.Module | None = None) -> None:
-        self.teachers, self.initial = teachers, initial
-        for model in [*teachers, *([initial] if initial else [])]:
-            model.eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def __call__(self, batch: Batch) -> ReferenceLogits:
-        frozen = [*self.teachers, *([self.initial] if self.initial else [])]
-        x = batch.x.to(device_of(frozen[0])) if frozen else batch.x
-        return [t(x) for t in self.teachers], (self.initial(x) if self.initial else None)
-
-
 def device_of(model: nn.Module) -> torch.device:
     """Where a model's weights are (the CPU for a model without any)."""
     return next(model.parameters(), torch.empty(0)).device
@@ -207,13 +174,18 @@ def fit(
     epochs: int,
     lr: float,
     weight_decay: float = 0.0,
-    references: References | None = None,
-    on_epoch: Callable[[int, dict[str, float]], None] = lambda epoch, losses: None,
+    teacher: TeacherLogits | None = None,
+    on_epoch: OnEpoch = lambda epoch, losses: None,
+    exchange: Exchange | None = None,
 ) -> None:
-    """Train ``models`` jointly on ``method``'s loss; ``on_epoch`` gets each epoch's mean loss terms."""
-    references = references or References()
+    """Train ``models`` jointly on ``method``'s loss; ``on_epoch`` gets each epoch's mean loss terms.
+
+    ``exchange`` is a mutual-learning peer's meeting point: its own models' logits in, every peer's out (its own in
+    place, the others' as constants), so peers on different machines train exactly as ``models`` trained together.
+    """
+    teacher = teacher or NoTeacher()
     device = device_of(models[0])
-    references.use_device(device)
+    teacher.use_device(device)
     params = [p for m in models for p in m.parameters()]
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     for epoch in range(epochs):
@@ -221,13 +193,14 @@ def fit(
         for model in models:
             model.train()
         totals: dict[str, Tensor] = {}  # summed on the device: no host sync per step, one per epoch
-        for batch, upcoming in lookahead(batches, references.ahead):
+        for batch, upcoming in lookahead(batches, teacher.ahead):
             for later in upcoming:
-                references.prefetch(later)  # a source ignores batches it has already asked for
-            teachers, initial = references(batch)
+                teacher.prefetch(later)  # a source ignores batches it has already asked for
+            teachers, initial = teacher(batch)
             x = batch.x.to(device, non_blocking=True)
+            students = [rows(m(x)) for m in models]
             logits = StepLogits(
-                [rows(m(x)) for m in models],
+                exchange(students) if exchange else students,
                 [rows(t.to(device)) for t in teachers],
                 rows(initial.to(device)) if initial is not None else None,
                 batch.index,
