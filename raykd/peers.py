@@ -102,7 +102,7 @@ def run_mutual_learning(
     """The DML trial with one actor per peer; reports the student's (peer 0's) metrics every epoch and, with
     ``save_to``, saves the student (peer 0) there."""
     count = len(cfg.node_ids())
-    board = ray.remote(Board).remote(count)
+    board = ray.remote(num_cpus=0)(Board).remote(count)  # it only relays: no CPU of the trial's group
     peers = [ray.remote(num_cpus=cfg.learners.cpus_per_worker)(PeerActor).remote() for _ in range(count)]
     try:
         what = f"learners.peer_actors: {count} DML peer actors x {cfg.learners.cpus_per_worker:g} CPUs starting"
