@@ -1,6 +1,6 @@
 """What clients and server compute, in raykd's terms: configs, models as Flower arrays, local updates.
 
-Flower only carries arrays between these functions; every training step is ``raykd.engine.fit`` with
+Flower only carries arrays between these functions; every local round is ``raykd.transfer.transfer`` with
 a raykd method, every partition is raykd's, and every model comes from raykd's model registry.
 """
 
@@ -160,7 +160,7 @@ def client_update(
     seed_everything(seed)
     local = _local_round(cfg, setup, node, seed, received, private, served)
     losses: dict[str, float] = {}
-    transfer(local.plan, lambda costs: lambda epoch, terms: losses.update(terms))
+    transfer(local.plan, lambda costs: lambda epoch, terms: losses.update(terms))  # keeps the last epoch's loss
     kept = local.kept
     if kept is not None and server_round == f.rounds:  # a private model is the product: saved in its last round
         _save_private(cfg, setup, node, kept)
