@@ -34,7 +34,7 @@ from raykd.nodes import Setup, load_node, load_teacher, new_model, prepare, teac
 from raykd.students import save_student
 from raykd.teacher.inline import InlineTeacher
 from raykd.teacher.protocol import TeacherLogits
-from raykd.transfer import Plan, silent, transfer
+from raykd.transfer import TransferPlan, silent, transfer
 
 #: Folder of ``output_dir`` where FML clients leave their private models until the run's records take them.
 PRIVATE_FOLDER = ".fml-private"
@@ -183,7 +183,7 @@ class LocalRound:
 
     model: nn.Module
     kept: nn.Module | None
-    plan: Plan
+    plan: TransferPlan
 
 
 def _local_round(
@@ -202,22 +202,22 @@ def _local_round(
     if f.strategy == "logit-exchange":
         own = own.to(device)
         if not len(received):  # round 1: no consensus yet
-            return LocalRound(own, own, Plan([own], CrossEntropy(), batches, budget))
+            return LocalRound(own, own, TransferPlan([own], CrossEntropy(), batches, budget))
         data, public = setup.dataset, public_rows(cfg, setup)
         with_public = TransferBatches(
             data.train_x, data.train_y, batches.labelled.numpy(), public, batches.batch_size, False, seed=seed
         )
         seq_len = data.train_y.shape[1] if data.tokens else 1
         consensus_of = ConsensusTeacher(received, public, seq_len, data.num_classes)
-        return LocalRound(own, own, Plan([own], client_method(cfg), with_public, budget, consensus_of))
+        return LocalRound(own, own, TransferPlan([own], client_method(cfg), with_public, budget, consensus_of))
     model = from_arrays(global_model(cfg, setup), received).to(device)
     if f.strategy == "fml":
-        return LocalRound(model, own, Plan([own, model], client_method(cfg), batches, budget))
+        return LocalRound(model, own, TransferPlan([own, model], client_method(cfg), batches, budget))
     if f.strategy == "kd":
         method = client_method(cfg)
         teacher, context = kd_teacher(cfg, setup, model, method, batches, seed, served)
-        return LocalRound(model, None, Plan([model], method, batches, budget, teacher, context))
-    return LocalRound(model, None, Plan([model], CrossEntropy(), batches, budget))
+        return LocalRound(model, None, TransferPlan([model], method, batches, budget, teacher, context))
+    return LocalRound(model, None, TransferPlan([model], CrossEntropy(), batches, budget))
 
 
 def kd_teacher(
@@ -349,7 +349,7 @@ def distil_on_pool(cfg: ExperimentConfig, student: nn.Module, teachers: list[nn.
         data.train_x, data.train_y, no_labelled, setup.splits.pool, budget.batch_size, False, seed=cfg.seeds[0]
     )
     method = KnowledgeDistillation(server_temperature(cfg), alpha=1.0)
-    transfer(Plan([student], method, batches, budget, InlineTeacher(teachers)), silent)
+    transfer(TransferPlan([student], method, batches, budget, InlineTeacher(teachers)), silent)
     return student
 
 

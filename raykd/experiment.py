@@ -35,7 +35,7 @@ from raykd.nodes import Setup, load_node, prepare
 from raykd.students import save_student
 from raykd.teacher.protocol import NoTeacher, TeacherLogits
 from raykd.teacher.source import LoadNode, teacher_logits
-from raykd.transfer import Plan, transfer
+from raykd.transfer import TransferPlan, transfer
 
 Report = Callable[[dict[str, Any]], None]
 #: Metrics that measure the machine, not the method: they differ between identical runs. ``epoch_seconds`` is the
@@ -203,7 +203,7 @@ def run_trial(
     classes = setup.dataset.num_classes
     context = method_context(transfer_set, lambda: [load(n) for n in teachers], classes, seed, teacher.train_logits)
     exchange = peer.exchange if peer is not None else None
-    plan = Plan(trainable, method, batches, cfg.transfer.train, teacher, context, seed, exchange)
+    plan = TransferPlan(trainable, method, batches, cfg.transfer.train, teacher, context, seed, exchange)
     rows = transfer_set.rows_per_epoch
     epochs = transfer(plan, lambda costs: EpochReports(student, setup, student_id, rows, costs, report))
     if save_to is not None and rank == 0:

@@ -1,6 +1,6 @@
 """The one transfer entry every caller shares: a sweep trial, a Ray Train learner, a DML peer actor, a Flower client.
 
-Each caller says what differs (its models, loss, batches, teacher, budget, and whether it re-seeds) in a ``Plan``;
+Each caller says what differs (its models, loss, batches, teacher, budget, and whether it re-seeds) in a ``TransferPlan``;
 ``transfer`` then always runs the same steps in the same order (``Method.prepare``, the reports hook, the seed,
 ``fit``), so the RNG is consumed alike everywhere and a run is bit-identical to itself for the same seed.
 Plain PyTorch: no Ray, Flower or MLflow.
@@ -23,7 +23,7 @@ Hook = TypeVar("Hook", bound=OnEpoch)
 
 
 @dataclass
-class Plan:
+class TransferPlan:
     """One transfer run: ``models`` train jointly on ``method``'s loss over ``batches`` within ``budget``.
 
     ``context`` is what ``Method.prepare`` sees (None: nothing to prepare); ``seed`` re-seeds just before training
@@ -46,7 +46,7 @@ def silent(costs: dict[str, float]) -> OnEpoch:
     return lambda epoch, losses: None
 
 
-def transfer(plan: Plan, reports: Callable[[dict[str, float]], Hook]) -> Hook:
+def transfer(plan: TransferPlan, reports: Callable[[dict[str, float]], Hook]) -> Hook:
     """Prepare the method, build the per-epoch hook from what preparing cost (``prepare_*``), seed, train.
 
     Returns the hook, so a caller reads what it kept (a trial's last report).
