@@ -1,9 +1,9 @@
 """The one transfer entry every caller shares: a sweep trial, a Ray Train learner, a DML peer actor, a Flower client.
 
-Each caller says what differs (its models, loss, batches, teacher, budget, and whether it re-seeds) in a ``TransferPlan``;
-``transfer`` then always runs the same steps in the same order (``Method.prepare``, the reports hook, the seed,
-``fit``), so the RNG is consumed alike everywhere and a run is bit-identical to itself for the same seed.
-Plain PyTorch: no Ray, Flower or MLflow.
+Each caller says what differs (its models, loss, batches, teacher, budget, and whether it re-seeds) in a
+``TransferPlan``; ``transfer`` then always runs the same steps in the same order (``Method.prepare``, the reports
+hook, the seed, ``fit``), so the RNG is consumed alike everywhere and a run is bit-identical to itself for the
+same seed. Plain PyTorch: no Ray, Flower or MLflow.
 """
 
 from __future__ import annotations
