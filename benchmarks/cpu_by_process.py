@@ -28,7 +28,6 @@ KINDS = [
     ("ray::IDLE", "idle or task worker"),
     ("federated.simulate", "simulation driver"),
     ("raykd.tune", "sweep driver"),
-    ("federated.tune", "sweep driver"),
     ("gcs_server", "Ray system"),
     ("dashboard", "Ray system"),
     ("DashboardAgent", "Ray system"),

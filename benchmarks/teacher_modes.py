@@ -27,7 +27,7 @@ import ray
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from raykd.config import ExperimentConfig, ModelSpec, validate_config
+from raykd.config import ExperimentConfig, ModelSpec, study_cells, validate_config
 from raykd.experiment import run_trial
 from raykd.files import file_digest
 from raykd.models import build_model
@@ -149,6 +149,7 @@ def cifar(repeats: int = 2) -> None:
 
 
 def sweep() -> None:
+    from raykd.sweep.preflight import Plan
     from raykd.sweep.run import run_sweep
 
     times = {}
@@ -168,7 +169,7 @@ def sweep() -> None:
             for f in (CACHE / "logits").glob("*"):
                 f.unlink()
         started = time.perf_counter()
-        out = run_sweep(cfg, f"sqlite:///{CACHE / 'bench-mlflow.db'}").out
+        out = run_sweep(Plan(cfg, study_cells(cfg), f"sqlite:///{CACHE / 'bench-mlflow.db'}")).out
         times[mode] = time.perf_counter() - started
         trials = __import__("pandas").read_csv(out / "trials.csv")
         steps = -(-len(setup.splits.pool) // 256)  # one teacher forward per step (on 256 labelled + 256 pool rows)

@@ -54,8 +54,13 @@ def table(history: dict[str, list[RoundLog]], text: bool = False) -> pd.DataFram
                     "start": start or "-",
                     "round": r.round,
                     "test_acc": r.test_acc,
+                    "val_acc": r.val_acc,
                     "mean_client_acc": mean(r.client_acc),
-                    **({"test_ppl": r.test_ppl, "mean_client_ppl": mean(r.client_ppl)} if text else {}),
+                    **(
+                        {"test_ppl": r.test_ppl, "val_ppl": r.val_ppl, "mean_client_ppl": mean(r.client_ppl)}
+                        if text
+                        else {}
+                    ),
                     "sampled": r.sampled,
                     "evaluated": r.evaluated,
                     "succeeded": r.succeeded,
@@ -93,7 +98,9 @@ def summary(
         out["starts"][start or "-"] = {
             "start_test_acc": rounds[0].test_acc,
             "final_test_acc": rounds[-1].test_acc,
-            **({"final_test_ppl": rounds[-1].test_ppl} if cfg.data.task == "lm" else {}),
+            "start_val_acc": rounds[0].val_acc,
+            "final_val_acc": rounds[-1].val_acc,
+            **(text_numbers(rounds) if cfg.data.task == "lm" else {}),
             "rounds_to_target": rounds_to_target(rounds, target),
             "failed_clients": sum(r.failed for r in rounds),
             "diverged_clients": sum(r.diverged for r in rounds),
@@ -110,6 +117,15 @@ def summary(
             starts[name]["fewer_rounds_than_random_pct"] = 100 * (baseline - reached) / baseline
     out["lost"] = lost(cfg, history)
     return out
+
+
+def text_numbers(rounds: list[RoundLog]) -> dict[str, float | None]:
+    """A language model's perplexities at the start and the end, on the test set and the validation split."""
+    return {
+        f"{when}_{split}_ppl": getattr(rounds[at], f"{split}_ppl")
+        for when, at in (("start", 0), ("final", -1))
+        for split in ("test", "val")
+    }
 
 
 def lost(cfg: ExperimentConfig, history: dict[str, list[RoundLog]]) -> str | None:
@@ -189,7 +205,9 @@ def save_models(
             strategy=start if cfg.federated.compare else cfg.federated.strategy,
             start=start or "-",
             seed=cfg.seeds[0],
-            metrics={k.removeprefix("final_"): v for k, v in numbers.items() if k.startswith("final_test")},
+            metrics={
+                k.removeprefix("final_"): v for k, v in numbers.items() if k.startswith(("final_test", "final_val"))
+            },
             **lm_info(setup.dataset),
         )
     private = private_folder(cfg)
@@ -207,11 +225,13 @@ def record(
     finals: dict[str, nn.Module],
     restarts: int = 0,
     nodes: dict[str, int] | None = None,
+    out: Path | None = None,
 ) -> Path:
-    """Write rounds.csv, summary.json, accuracy.png and the final models under ``output_dir``; log them as one
-    MLflow run (the global model as an MLflow PyTorch model). ``restarts`` and ``nodes``: see ``summary``."""
+    """Write rounds.csv, summary.json, accuracy.png and the final models in ``out`` (default: a new folder in
+    ``output_dir``); log them as one MLflow run (the global model as an MLflow PyTorch model). ``restarts`` and
+    ``nodes``: see ``summary``."""
     run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out = Path(cfg.output_dir) / run_name
+    out = out or Path(cfg.output_dir) / run_name
     rows, info = table(history, cfg.data.task == "lm"), summary(cfg, history, restarts, nodes)
     models = save_models(cfg, out, finals, info)
     write_atomic(out / "rounds.csv", rows.to_csv(index=False))

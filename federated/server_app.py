@@ -47,9 +47,10 @@ def ensemble_distillation(cfg: ExperimentConfig) -> ServerStep:
     return step
 
 
-def run(grid: Grid, cfg: ExperimentConfig, teacher: str | None = None) -> Path:
+def run(grid: Grid, cfg: ExperimentConfig, teacher: str | None = None, out: Path | None = None) -> Path:
     """Every strategy's and start point's rounds, in order; the records (files, final models, MLflow) are written at
-    the end, in the folder returned. ``teacher``: the name of the TeacherServer actor the clients ask, if any."""
+    the end, in the folder returned (``out``, else a new one). ``teacher``: the name of the TeacherServer actor the
+    clients ask, if any."""
     check_federated(cfg)
     if isinstance(grid, InMemoryGrid):  # the simulation's grid: how often it looks for replies (Flower's 0.1 s)
         grid.pull_interval = cfg.federated.poll_interval
@@ -77,24 +78,25 @@ def run(grid: Grid, cfg: ExperimentConfig, teacher: str | None = None) -> Path:
             if strategy_name != "logit-exchange":  # its products are the clients' private models
                 final = result.arrays if len(result.arrays) else arrays  # no round aggregated: the start is the model
                 finals[label] = from_arrays(global_model(cfg, setup_of(cfg)), final)
-    return record(cfg, history, finals, actor_restarts(CLIENT_ACTOR), actor_nodes(CLIENT_ACTOR))
+    return record(cfg, history, finals, actor_restarts(CLIENT_ACTOR), actor_nodes(CLIENT_ACTOR), out)
 
 
 def build(
     experiment: ExperimentConfig | None = None,
     recorded: Callable[[Path], None] | None = None,
     teacher: str | None = None,
+    out: Path | None = None,
 ) -> ServerApp:
     """A ServerApp for the experiment ``experiment`` (the simulate CLI), or for pyproject's run config when None;
     ``recorded`` is told the records' folder (the simulate CLI reads its outcome from there); ``teacher`` names the
-    TeacherServer actor the simulate CLI started (``task.serve_teacher``)."""
+    TeacherServer actor the simulate CLI started (``task.serve_teacher``); ``out``: the records' folder, if chosen."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        out = run(grid, settings(context.run_config, experiment), teacher)
+        out_dir = run(grid, settings(context.run_config, experiment), teacher, out)
         if recorded is not None:
-            recorded(out)
+            recorded(out_dir)
 
     return app
 

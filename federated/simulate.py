@@ -37,7 +37,7 @@ from raykd.cli import (
     config_from_args,
     run_command,
 )
-from raykd.config import ExperimentConfig, describe_schema
+from raykd.config import ExperimentConfig, check_paths, describe_schema
 from raykd.federated_checks import check_federated
 from raykd.files import last_line
 
@@ -64,16 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_run_arguments(parser, DEFAULT_CONFIG)
     parser.add_argument("--verbose", action="store_true", help=f"also print Flower's own log lines ({FLOWER_LOG})")
+    parser.add_argument(
+        "--out", type=Path, metavar="PATH", help="write the records in this folder (default: output_dir/<name>-<time>)"
+    )
     return parser
 
 
 def preflight(cfg: ExperimentConfig) -> None:
-    """Everything checkable before Ray starts: cross-field rules, the data against the whole config (splits,
-    partitions, every node's model and weights: ``dataset_of``; the kd teacher's), the MLflow store."""
+    """Everything checkable before Ray starts: the folders it writes, cross-field rules, the data against the whole
+    config (splits, partitions, every node's model and weights: ``dataset_of``; the kd teacher's), the MLflow store."""
     # The core and MLflow load here, after parsing: --help never pays for torch or mlflow.
     from raykd.nodes import TEACHER_FIELD, dataset_of, start_model
     from raykd.tracking import check_reachable, resolve_uri
 
+    check_paths(cfg)
     check_federated(cfg)
     data = dataset_of(cfg)
     if cfg.federated.teacher is not None:
@@ -81,9 +85,10 @@ def preflight(cfg: ExperimentConfig) -> None:
     check_reachable(resolve_uri(cfg.tracking.uri))
 
 
-def simulate(cfg: ExperimentConfig, teacher: str | None = None) -> Path | str:
-    """Run the configured simulation in this (driver) process; the records' folder, or why there are none.
-    ``teacher``: the name of the TeacherServer actor started for it (``task.serve_teacher``), if any.
+def simulate(cfg: ExperimentConfig, teacher: str | None = None, out: Path | None = None) -> Path | str:
+    """Run the configured simulation in this (driver) process; the records' folder (``out``, else a new one in
+    ``output_dir``), or why there are none. ``teacher``: the name of the TeacherServer actor started for it
+    (``task.serve_teacher``), if any.
 
     Flower shuts Ray down when it ends. Client actors are restarted by Ray when they die (Flower would put a
     dead actor back in its pool and fail every later message sent to it), their in-flight work retried.
@@ -99,7 +104,7 @@ def simulate(cfg: ExperimentConfig, teacher: str | None = None) -> Path | str:
     actor = {"max_restarts": -1, "max_task_retries": CLIENT_TASK_RETRIES}
     try:
         run_simulation(
-            server_app=server_app.build(cfg, records.append, teacher),
+            server_app=server_app.build(cfg, records.append, teacher, out),
             client_app=client_app.build(cfg),
             num_supernodes=cfg.partition.num_nodes,
             backend_config={"client_resources": {"num_cpus": f.client_cpus, "num_gpus": f.client_gpus, **actor}},
@@ -211,8 +216,8 @@ def outcome(out: Path | str) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     import ray  # after parsing: --help never pays for Ray
 
-    from federated.task import serve_teacher, teacher_cpus
-    from raykd.cluster import Capacity, check_flower_pool, connect_ray
+    from federated.task import serve_teacher
+    from raykd.cluster import Capacity, check_flower_pool, connect_ray, simulation_teacher_cpus
     from raykd.files import held_writes
 
     cfg = config_from_args(args, DEFAULT_CONFIG)
@@ -221,11 +226,11 @@ def _simulate(args: argparse.Namespace) -> int:
         if ray.is_initialized():
             raise RuntimeError("federated.simulate must be its own Ray driver (Flower shuts Ray down at the end)")
         connect_ray(cfg, log_to_driver=True)
-        check_flower_pool(cfg, Capacity.now(), beside=teacher_cpus(cfg))
+        check_flower_pool(cfg, Capacity.now(), beside=simulation_teacher_cpus(cfg))
     served = serve_teacher(cfg)  # (name, handle): the handle held while the simulation runs
     print(f"simulation: {cfg.federated.strategy}, {cfg.partition.num_nodes} clients, {cfg.federated.rounds} rounds")
     with flower_log(cfg.output_dir, args.verbose) as log:
-        out = simulate(cfg, served[0] if served else None)
+        out = simulate(cfg, served[0] if served else None, args.out and args.out.resolve())
     print(f"Flower's log: {keep_log(log, out)}", flush=True)
     return outcome(out)
 

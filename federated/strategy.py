@@ -57,6 +57,8 @@ class RoundLog:
     train_loss: float | None = None
     test_acc: float | None = None
     test_ppl: float | None = None  # text: perplexity per token (logit-exchange: the evaluated clients' mean)
+    val_acc: float | None = None  # the global validation split (logit-exchange: the clients' own, their mean)
+    val_ppl: float | None = None
     client_acc: dict[int, float] = field(default_factory=dict)
     client_ppl: dict[int, float] = field(default_factory=dict)
     teacher_bytes: int = 0  # kd with a served teacher: the top-k logits its TeacherServer sent the clients
@@ -252,6 +254,8 @@ class FederatedStrategy(FedAvg):
         if tested["acc"]:  # logit-exchange: no global model, so the global numbers are the clients' mean
             entry.test_acc = sum(tested["acc"]) / len(tested["acc"])
             entry.test_ppl = sum(tested["ppl"]) / len(tested["ppl"]) if tested["ppl"] else None
+            entry.val_acc = sum(entry.client_acc.values()) / len(entry.client_acc)
+            entry.val_ppl = sum(entry.client_ppl.values()) / len(entry.client_ppl) if entry.client_ppl else None
         return super().aggregate_evaluate(server_round, ok)
 
     def evaluate_global(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -262,6 +266,7 @@ class FederatedStrategy(FedAvg):
         if self.cfg.federated.strategy != "logit-exchange":
             found = global_scores(self.cfg, arrays)
             entry.test_acc, entry.test_ppl = found["acc"], found.get("ppl")
+            entry.val_acc, entry.val_ppl = found["val_acc"], found.get("val_ppl")
         entry.server_eval_s = time.perf_counter() - started
         if server_round in self._started:
             entry.round_s = time.perf_counter() - self._started[server_round]

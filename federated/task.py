@@ -242,13 +242,6 @@ def kd_teacher(
     return source, method_context(batches, teachers, setup.dataset.num_classes, seed)
 
 
-def teacher_cpus(cfg: ExperimentConfig) -> float:
-    """CPUs the simulation's TeacherServer will hold beside Flower's clients (0 without one)."""
-    f = cfg.federated
-    served = "kd" in f.strategies and f.teacher is not None and cfg.teacher.mode == "server"
-    return cfg.teacher.num_cpus if served else 0.0
-
-
 def serve_teacher(cfg: ExperimentConfig) -> tuple[str, Any] | None:
     """kd with ``federated.teacher``: the teacher made ready in the driver (trained once on the public pool when it has
     no weights of its own, cached) and, with ``teacher.mode: server``, served by one TeacherServer actor that every
@@ -257,6 +250,7 @@ def serve_teacher(cfg: ExperimentConfig) -> tuple[str, Any] | None:
     f = cfg.federated
     if "kd" not in f.strategies or f.teacher is None:
         return None
+    from raykd.cluster import simulation_teacher_cpus
     from raykd.nodes import read_node
     from raykd.teacher.server import served_model, start_server
 
@@ -268,7 +262,7 @@ def serve_teacher(cfg: ExperimentConfig) -> tuple[str, Any] | None:
     meta = read_node(path)["meta"]  # type: ignore[index]
     score = f"test ppl {meta['test_ppl']:.1f}" if "test_ppl" in meta else f"test acc {100 * meta['test_acc']:.1f}%"
     print(f"federated.teacher: {f.teacher.name} ready, {score} ({meta['weights_from']})", flush=True)
-    if not teacher_cpus(cfg):
+    if not simulation_teacher_cpus(cfg):
         return None
     model = served_model(file_digest(path), path, f.teacher, data.input_shape, data.num_classes, data.tokens)
     name = f"raykd-federated-teacher-{uuid.uuid4().hex[:12]}"
@@ -331,9 +325,13 @@ def client_scores(
 
 
 def global_scores(cfg: ExperimentConfig, arrays: ArrayRecord) -> dict[str, float]:
-    """The global model's ``scores`` on the global test set (the server's metric every round)."""
-    data = setup_of(cfg).dataset
-    return scores(from_arrays(global_model(cfg, setup_of(cfg)), arrays), data.test_x, data.test_y)
+    """The global model's ``scores`` on the global test set (the server's metric every round) and, prefixed
+    ``val_``, on the global validation split: what a sweep over simulations chooses on, never the test set."""
+    setup = setup_of(cfg)
+    data, val = setup.dataset, setup.splits.val
+    model = from_arrays(global_model(cfg, setup), arrays)
+    validation = scores(model, data.train_x[val], data.train_y[val])
+    return scores(model, data.test_x, data.test_y) | {f"val_{name}": value for name, value in validation.items()}
 
 
 def distil_on_pool(cfg: ExperimentConfig, student: nn.Module, teachers: list[nn.Module]) -> nn.Module:

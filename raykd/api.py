@@ -15,21 +15,18 @@ load only when a function needs them, so ``import raykd`` stays light.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import yaml
 
 from raykd.cli import absolute_paths
 from raykd.config import ExperimentConfig, check_paths, parse_override, validate_config
 from raykd.config import load_config as load_yaml
 from raykd.errors import ConfigError
 from raykd.files import held_writes
+from raykd.launch import Simulation
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -86,14 +83,12 @@ def run(
         raise ConfigError("raykd.run: give a config (a path, a mapping or an ExperimentConfig) or resume=PATH")
     elif not isinstance(cfg, ExperimentConfig):
         cfg = load_config(cfg)
-    if cfg.federated.grid:
-        raise ConfigError("federated.grid: searches over simulations run with `python -m federated.tune`")
     check_requests(cfg)
     with held_writes():  # the dataset cache the preflight fills lands only once the cluster can run the sweep too
-        uri = preflight(cfg, sweep)
+        plan = preflight(cfg, sweep)
         ensure_ray(cfg)
-        check_sweep(cfg, Capacity.now())
-    result = run_sweep(cfg, uri, sweep)
+        check_sweep(plan.config, plan.cells, Capacity.now())
+    result = run_sweep(plan, sweep)
     return Study(
         cfg,
         result.out,
@@ -102,54 +97,25 @@ def run(
         chosen_settings(cfg, result.summary),
         result.students,
         result.failed,
-        untracked(uri),
+        untracked(plan.uri),
     )
 
 
-@dataclass(frozen=True)
-class Simulation:
-    """A finished Flower simulation: its folder, per-round table, summary and saved global model."""
-
-    out: Path
-    rounds: pd.DataFrame
-    summary: dict[str, Any]
-
-
 def simulate(cfg: ExperimentConfig | str | Path | dict[str, Any]) -> Simulation:
-    """Run one Flower simulation of ``cfg`` as its own Ray driver process (Flower shuts Ray down at its end).
+    """Run one Flower simulation of ``cfg`` as its own Ray driver process (Flower shuts Ray down at its end), its
+    lines printed as they come; its records in a new folder ``output_dir/<name>-<time>/``.
 
     When this process is already connected to Ray (a notebook, a sweep), the simulation joins that cluster.
     """
-    import pandas as pd  # the tables' library, loaded with the first simulation
     import ray
+
+    from raykd.launch import launch_simulation
 
     cfg = cfg if isinstance(cfg, ExperimentConfig) else load_config(cfg)
     check_paths(cfg)
-    cfg.output_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cfg.output_dir) as folder:
-        config = Path(folder) / "config.yaml"
-        config.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        before = set(cfg.output_dir.iterdir())
-        address = ["--address", ray.get_runtime_context().gcs_address] if ray.is_initialized() else []
-        command = [sys.executable, "-m", "federated.simulate", "--config", str(config), *address]
-        returncode, errors = _echoed(command, Path(folder) / "stderr.txt")
-    if returncode != 0:
-        lines = errors.strip().splitlines() or ["no output"]
-        raise (ConfigError if returncode == 2 else RuntimeError)(lines[-1].removeprefix("raykd: error: "))
-    (out,) = [p for p in set(cfg.output_dir.iterdir()) - before if (p / "summary.json").is_file()]
-    return Simulation(out, pd.read_csv(out / "rounds.csv"), json.loads((out / "summary.json").read_text()))
-
-
-def _echoed(command: list[str], stderr: Path) -> tuple[int, str]:
-    """Run ``command``, printing its lines here as they come (a notebook shows the rounds); its exit status and
-    stderr (kept in a file, so neither pipe can fill up while the other is read)."""
-    with stderr.open("w+") as errors:
-        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True) as child:
-            assert child.stdout is not None
-            for line in child.stdout:
-                print(line, end="", flush=True)
-        errors.seek(0)
-        return child.returncode, errors.read()
+    address = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
+    out = cfg.output_dir / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return launch_simulation(cfg, out, address, echo=True)
 
 
 def load_student(path: str | Path) -> nn.Module:

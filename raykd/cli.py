@@ -1,6 +1,6 @@
 """What every command line shares: the run arguments, reading the config from them, and one error handler.
 
-``python -m raykd.tune``, ``python -m federated.simulate`` and ``python -m federated.tune`` all build
+``python -m raykd.tune`` and ``python -m federated.simulate`` both build
 their parsers and their configs here and exit through ``run_command``: bad input is one line on
 stderr and exit status 2; Ctrl-C stops cleanly with exit status 130.
 """
@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from raykd.config import ExperimentConfig, check_paths, load_config
+from raykd.config import ExperimentConfig, load_config
 from raykd.errors import ConfigError
 
 #: Exit status of bad input (nothing ran); a sweep whose trials failed exits with 3.
@@ -52,11 +52,9 @@ def overrides_of(args: argparse.Namespace) -> list[str]:
 
 
 def config_from_args(args: argparse.Namespace, default_config: Path | None = None) -> ExperimentConfig:
-    """The config the command line names, with paths made absolute (Ray workers run elsewhere) and every
-    folder it will write checked first, before any command reads data or writes anything."""
-    cfg = absolute_paths(load_config(args.config or default_config, overrides_of(args)))
-    check_paths(cfg)
-    return cfg
+    """The config the command line names, with paths made absolute (Ray workers run elsewhere); each command's
+    preflight checks it, once."""
+    return absolute_paths(load_config(args.config or default_config, overrides_of(args)))
 
 
 def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:

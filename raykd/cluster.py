@@ -1,31 +1,23 @@
 """Ray for every shell: join or start a cluster, and the one check that what a run asks for fits in it.
 
-The sweep (``python -m raykd.tune``), the Flower simulations and the Tune search over simulations all
+The sweep (``python -m raykd.tune``, whose trials may be whole simulations) and the Flower simulations all
 connect here and check their demands here, before any work starts, so a request the cluster cannot
-place is one line instead of a silent wait. ``run_simulation_child`` starts a Flower simulation as its
-own driver process joined to the cluster (Flower shuts Ray down when it ends, which must not happen
-inside another driver or a Tune trial's worker).
+place is one line instead of a silent wait.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
-import subprocess
-import sys
 from collections import Counter
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import ray
 
-from raykd.cli import EXIT_ROUNDS_LOST
-from raykd.config import ExperimentConfig
+from raykd.config import Cell, ExperimentConfig
 from raykd.errors import ConfigError
-from raykd.files import last_line
 
 #: CPU a Tune trial that only waits on a child simulation reserves for itself.
 WAITER_CPUS = 0.01
@@ -176,15 +168,18 @@ def check_requests(cfg: ExperimentConfig) -> None:
         raise ConfigError("learners.peer_actors: true but no method row is dml; allowed: false, or a dml row")
 
 
-def check_sweep(cfg: ExperimentConfig, cap: Capacity) -> None:
-    """What every cell of the sweep asks must fit: trials, node pre-training tasks, the teacher server, Ray Train
-    worker groups, DML peer actors, GPUs, and the follow-up simulations' Flower pool (``check_requests``, which
-    needs no cluster, runs before the sweep's preflight)."""
-    from raykd.config import study_cells  # the cells: axes may change the peers a DML trial needs
-
+def check_sweep(cfg: ExperimentConfig, cells: list[Cell], cap: Capacity) -> None:
+    """What every cell of the sweep asks must fit (axes may change the peers a DML trial needs): trials, node
+    pre-training tasks, the teacher server, Ray Train worker groups, DML peer actors, GPUs, and the follow-up
+    simulations' Flower pool (``check_requests``, which needs no cluster, runs before the sweep's preflight); with
+    simulation trials, each cell's Flower pool beside the waiting trial."""
+    if cfg.tune.trial == "simulation":  # a trial waits on its simulation, whose Flower pool takes the free CPUs
+        for cell in cells:
+            check_flower_pool(cell.config, cap, beside=WAITER_CPUS + simulation_teacher_cpus(cell.config))
+        return
     check_gpus(sweep_gpus(cfg), cap)
     _check_trials(cfg, cap)
-    for cell in study_cells(cfg):
+    for cell in cells:
         _check_peers(cell.config, cap)
         if cfg.federated.after_sweep:  # runs once the sweep has released its CPUs
             check_flower_pool(cell.config, replace(cap, free_cpus=cap.cpus))
@@ -237,7 +232,7 @@ def _check_trials(cfg: ExperimentConfig, cap: Capacity) -> None:
     if server and teacher.num_cpus + t.cpus_per_trial > cap.cpus:
         asked = f"the server's {teacher.num_cpus:g} CPUs plus one trial's {t.cpus_per_trial:g}"
         _refuse("teacher.num_cpus", asked, has, f"up to {cap.cpus - t.cpus_per_trial:g}")
-    free = cap.cpus - (teacher.num_cpus if server else 0)
+    free = cpus_beside_server(cfg, cap.cpus)
     group = learners.num_workers * learners.cpus_per_worker
     if learners.num_workers and learners.cpus_per_worker > node:
         _refuse("learners.cpus_per_worker", f"{learners.cpus_per_worker:g} CPUs per worker", has, f"up to {node:g}")
@@ -250,12 +245,25 @@ def _check_trials(cfg: ExperimentConfig, cap: Capacity) -> None:
         _refuse("learners.use_gpu", asked, has, f"up to {int(cap.gpus)} workers")
 
 
+def simulation_teacher_cpus(cfg: ExperimentConfig) -> float:
+    """CPUs a simulation's own TeacherServer holds beside Flower's clients (kd from a served ``federated.teacher``;
+    0 without one)."""
+    f = cfg.federated
+    served = "kd" in f.strategies and f.teacher is not None and cfg.teacher.mode == "server"
+    return cfg.teacher.num_cpus if served else 0.0
+
+
+def cpus_beside_server(cfg: ExperimentConfig, cpus: float) -> float:
+    """The CPUs of ``cpus`` left to trials, learners and peers once the sweep's teacher server holds its own."""
+    return cpus - (cfg.teacher.num_cpus if cfg.teacher.mode == "server" else 0)
+
+
 def _check_peers(cfg: ExperimentConfig, cap: Capacity) -> None:
     """DML with peer actors: a trial's placement group holds one bundle per peer (and a sliver for the trial)."""
     learners, peers = cfg.learners, len(cfg.node_ids())
     if not (learners.peer_actors and any(m.name == "dml" for m in cfg.methods)):
         return
-    free = cap.cpus - (cfg.teacher.num_cpus if cfg.teacher.mode == "server" else 0)
+    free = cpus_beside_server(cfg, cap.cpus)
     if peers * learners.cpus_per_worker + WAITER_CPUS > free or learners.cpus_per_worker > cap.largest("CPU"):
         fits = min((free - WAITER_CPUS) / peers, cap.largest("CPU"))
         _refuse(
@@ -313,18 +321,3 @@ def actor_nodes(class_name: str) -> dict[str, int]:
     """How many of this job's actors of ``class_name`` each Ray node held, by node id (a restarted actor counts
     where it last ran)."""
     return dict(Counter(a["Address"]["NodeID"] for a in job_actors(class_name)))
-
-
-def run_simulation_child(args: list[str], folder: Path, cwd: str) -> dict[str, Any]:
-    """``python -m federated.simulate ARGS`` as a child driver joined to this cluster; its summary.json.
-
-    Its records go under ``folder``; a failed simulation raises with the last line it printed. One that finished
-    but lost client updates (exit 3) returns its summary, whose ``lost`` says what was lost.
-    """
-    address = ray.get_runtime_context().gcs_address
-    command = [sys.executable, "-m", "federated.simulate", *args, "--address", address, "--set", f"output_dir={folder}"]
-    done = subprocess.run(command, cwd=cwd, env={**os.environ, "RAY_ADDRESS": address}, capture_output=True, text=True)
-    if done.returncode not in (0, EXIT_ROUNDS_LOST):
-        raise RuntimeError(f"simulation exited with {done.returncode}: {last_line(done.stderr or 'no output')}")
-    (run,) = folder.iterdir()
-    return json.loads((run / "summary.json").read_text())

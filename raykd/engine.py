@@ -3,7 +3,10 @@
 ``fit`` trains a list of models (one student, or K mutual-learning peers) with one method's loss,
 asking a ``teacher`` (``raykd.teacher.protocol.TeacherLogits``) for frozen logits (teachers, initial student) for
 each batch; whether those come from an in-process teacher, a server or a cache is the caller's business.
-Batches are built on the CPU (where the data lives) and moved to the models' device per step.
+``fit`` first moves the batches' data to the models' device (``Batches.use_device``): on a GPU the inputs
+live there for the whole run and each step's batch is gathered and augmented there, so only the index
+table crosses the bus, once per epoch. ``precision`` (``train.precision``) picks autocast, grad scaling and
+memory layout (``raykd.precision``); the default fp32 step is plain PyTorch.
 
 Language models: a token position is a row. A model's (batch, seq, vocab) logits flatten to rows
 (``rows``), a batch's targets are the next tokens, its distill mask the real (non-padding) positions
@@ -26,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from raykd.data.augment import Augment
 from raykd.methods.base import UNLABELLED, Context, Method, StepLogits
+from raykd.precision import Precision
 from raykd.teacher.protocol import NoTeacher, TeacherLogits
 
 
@@ -67,6 +72,9 @@ class Batches(Protocol):
 
     def __iter__(self) -> Iterator[Batch]: ...
 
+    def use_device(self, device: torch.device) -> None:
+        """Hold the data on ``device`` from now on (a wrapper that builds batches on the CPU may ignore it)."""
+
 
 class NonFiniteLoss(RuntimeError):
     """A loss term became NaN or infinite; names the epoch and the term."""
@@ -101,9 +109,10 @@ class TransferBatches:
         batch_size: int,
         distill_labelled: bool,
         seed: int,
-        augment: Callable[[Tensor], Tensor] | None = None,
+        augment: Augment | None = None,
     ) -> None:
         self.x, self.y, self.augment = x, y, augment
+        self.device = x.device
         self.labelled = torch.as_tensor(labelled, dtype=torch.int64)
         self.pool = torch.as_tensor(pool if pool is not None else [], dtype=torch.int64)
         self.batch_size = max(1, min(batch_size, max(len(self.labelled), len(self.pool))))
@@ -125,6 +134,16 @@ class TransferBatches:
     def __len__(self) -> int:
         return math.ceil(max(len(self.labelled), len(self.pool)) / self.batch_size)
 
+    def use_device(self, device: torch.device) -> None:
+        """Inputs (and the augmentation's random draws) on ``device`` for the rest of the run; one copy, not one a step.
+
+        Index tables stay drawn on the CPU from the same generator, so a run's batches do not depend on the device;
+        ``Batch.index`` stays on the CPU too, for whatever looks rows up on the host (the logit cache, method tables).
+        """
+        self.x, self.device = self.x.to(device), torch.device(device)
+        if self.augment is not None:
+            self.augment.use_device(self.device)
+
     @property
     def rows_per_epoch(self) -> int:
         """Rows the model sees per epoch (labelled and pool batches are both full-sized)."""
@@ -142,8 +161,10 @@ class TransferBatches:
         row_index = index
         if self.y.ndim > 1:  # a language model's sequences: one row per token
             targets, distill, row_index = token_rows(self.y, index, targets, distill)
+        gather = index.to(self.device, non_blocking=True)
+        targets, distill = targets.to(self.device, non_blocking=True), distill.to(self.device, non_blocking=True)
         for i in range(steps):
-            x = self.x[index[i]]
+            x = self.x[gather[i]]
             yield Batch(self.augment(x) if self.augment else x, targets[i], distill[i], row_index[i])
 
 
@@ -176,6 +197,7 @@ def fit(
     weight_decay: float = 0.0,
     teacher: TeacherLogits | None = None,
     on_epoch: OnEpoch = lambda epoch, losses: None,
+    precision: str = "fp32",
     exchange: Exchange | None = None,
 ) -> None:
     """Train ``models`` jointly on ``method``'s loss; ``on_epoch`` gets each epoch's mean loss terms.
@@ -186,6 +208,9 @@ def fit(
     teacher = teacher or NoTeacher()
     device = device_of(models[0])
     teacher.use_device(device)
+    batches.use_device(device)
+    mixed = Precision(precision, device)
+    mixed.layout(models)
     params = [p for m in models for p in m.parameters()]
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     for epoch in range(epochs):
@@ -196,19 +221,8 @@ def fit(
         for batch, upcoming in lookahead(batches, teacher.ahead):
             for later in upcoming:
                 teacher.prefetch(later)  # a source ignores batches it has already asked for
-            teachers, initial = teacher(batch)
-            x = batch.x.to(device, non_blocking=True)
-            students = [rows(m(x)) for m in models]
-            logits = StepLogits(
-                exchange(students) if exchange else students,
-                [rows(t.to(device)) for t in teachers],
-                rows(initial.to(device)) if initial is not None else None,
-                batch.index,
-            )
-            terms = method.losses(logits, batch.targets.to(device), batch.distill.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimizer.step()
+            terms = step_losses(models, method, teacher, batch, mixed, exchange)
+            mixed.step(terms["loss"], optimizer)
             for name, value in terms.items():
                 totals[name] = totals[name] + value.detach() if name in totals else value.detach()
         means = {name: float(total) / len(batches) for name, total in totals.items()}
@@ -216,6 +230,30 @@ def fit(
         if bad:
             raise NonFiniteLoss(f"epoch {epoch + 1}: loss term {bad[0]!r} is {means[bad[0]]} (try a lower lr)")
         on_epoch(epoch, means)
+
+
+def step_losses(
+    models: list[nn.Module],
+    method: Method,
+    teacher: TeacherLogits,
+    batch: Batch,
+    mixed: Precision,
+    exchange: Exchange | None = None,
+) -> dict[str, Tensor]:
+    """One step's loss terms: reference logits and the models' forwards under ``mixed``'s autocast, the method's
+    loss on float32 logits, so every method computes in full precision."""
+    device, full = mixed.device, mixed.full
+    with mixed.autocast():
+        teachers, initial = teacher(batch)
+        x = mixed.inputs(batch.x.to(device, non_blocking=True))
+        students = [full(rows(m(x))) for m in models]
+    logits = StepLogits(
+        exchange(students) if exchange else students,
+        [full(rows(t.to(device))) for t in teachers],
+        full(rows(initial.to(device))) if initial is not None else None,
+        batch.index,
+    )
+    return method.losses(logits, batch.targets.to(device), batch.distill.to(device))
 
 
 def method_context(

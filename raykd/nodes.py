@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from raykd.config import DataConfig, ExperimentConfig, ModelSpec
+from raykd.config import DataConfig, ExperimentConfig, ModelSpec, TrainConfig
 from raykd.data import Dataset, NodeData, Splits, build_augment, check_dataset, load_dataset, make_splits, split_nodes
 from raykd.data.documents import document_nodes, document_splits
 from raykd.engine import TransferBatches, accuracy, fit, pick_device, seed_everything, token_scores
@@ -136,9 +136,15 @@ def model_key(cfg: ExperimentConfig, spec: ModelSpec, field: str, seed: int, sha
         "model": spec.model_dump(mode="json", exclude={"checkpoint", "init"}),
         "weights": [start, weights_digest(path) if path else None],
         "pretrained": content_digest(spec.name, field) if start == "pretrained" else None,
-        "train": None if start in FROZEN_STARTS else cfg.nodes.train.model_dump(mode="json"),
+        "train": None if start in FROZEN_STARTS else train_key(cfg.nodes.train),
     }
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def train_key(budget: TrainConfig) -> dict[str, Any]:
+    """The budget's part of a node's key; the default fp32 precision is left out, so caches from before
+    ``train.precision`` existed stay valid (any other precision trains a different model and keys apart)."""
+    return budget.model_dump(mode="json", exclude={"precision"} if budget.precision == "fp32" else None)
 
 
 def weights_start(spec: ModelSpec) -> tuple[str, Path | None]:
@@ -235,7 +241,7 @@ def train_record(
         batches = TransferBatches(
             data.train_x, data.train_y, train, None, budget.batch_size, False, seed + salt, augment
         )
-        fit([model], CrossEntropy(), batches, budget.epochs, budget.lr, budget.weight_decay)
+        fit([model], CrossEntropy(), batches, budget.epochs, budget.lr, budget.weight_decay, precision=budget.precision)
     meta = {
         "train_samples": len(train),
         "local_val_acc": accuracy(model, data.train_x[val], data.train_y[val]),

@@ -38,7 +38,7 @@ def how(cfg: ExperimentConfig) -> str:
 def grid_epochs(cfg: ExperimentConfig, label: str) -> int | None:
     """The full grid's trial-epochs for a row whose knobs are all lists; None for a row with ranges."""
     row = cfg.method(label)
-    return None if row.ranges() else len(row.grid()) * len(cfg.seeds) * cfg.transfer.train.epochs
+    return None if row.ranges() else len(row.grid()) * len(cfg.seeds) * cfg.trial_epochs
 
 
 def cost_rows(cfg: ExperimentConfig, trials: pd.DataFrame, best: pd.DataFrame, knobs: list[str]) -> list[dict]:

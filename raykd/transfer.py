@@ -57,5 +57,5 @@ def transfer(plan: TransferPlan, reports: Callable[[dict[str, float]], Hook]) ->
         seed_everything(plan.seed)
     budget = plan.budget
     fit(plan.models, plan.method, plan.batches, budget.epochs, budget.lr, budget.weight_decay, plan.teacher, on_epoch,
-        plan.exchange)  # fmt: skip
+        budget.precision, plan.exchange)  # fmt: skip
     return on_epoch

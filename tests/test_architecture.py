@@ -103,3 +103,34 @@ def test_modules_and_functions_fit_on_a_screen() -> None:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
                 too_long.append(f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
     assert not too_long, too_long
+
+
+#: Tests of a behaviour that crosses modules, named for it (every other test file is named for its module).
+CROSS_CUTTING = {
+    "test_architecture": "the code's shape: layering, import circles, sizes, test names",
+    "test_cifar_path": "a CIFAR-shaped study end to end (data, models, sweep)",
+    "test_examples": "examples/: distil your own model, as the README shows it",
+    "test_faults": "injected failures across the sweep, trials and retries",
+    "test_hostile_input": "bad input through every command: one line, nothing written",
+    "test_local_cluster": "raykd's own local Ray: loopback, capacity, cleanup",
+    "test_mlflow_models": "students as MLflow models, loaded back without raykd",
+    "test_reliability": "interruptions, resume and half-written files",
+    "test_study": "the paper study's config and a CI-sized run of it",
+    "test_teacher": "teacher logits in every mode (inline, server, cache) give the same students",
+    "test_topk_fill": "top-k teacher logits with the min and mass fills, end to end",
+    "test_two_nodes": "two Ray nodes on one machine: placement and node ids",
+}
+
+
+def test_a_modules_tests_are_found_by_its_name() -> None:
+    """``tests/test_<module>[_<aspect>].py`` tests that module (or package) of raykd/ or federated/; a test of a
+    behaviour across modules is named for it and listed in ``CROSS_CUTTING``."""
+    names = {name.rsplit(".", 1)[-1] for name in modules()} - {"__init__"}
+    unplaced = []
+    for path in sorted((REPO / "tests").glob("test_*.py")):
+        parts = path.stem.removeprefix("test_").split("_")
+        named = any("_".join(parts[:n]) in names for n in range(1, len(parts) + 1))
+        if not named and path.stem not in CROSS_CUTTING:
+            unplaced.append(path.name)
+    assert not unplaced, f"name these for their module, or list them in CROSS_CUTTING: {unplaced}"
+    assert not set(CROSS_CUTTING) - {p.stem for p in (REPO / "tests").glob("test_*.py")}  # no stale entries

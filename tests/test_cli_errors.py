@@ -226,7 +226,7 @@ def test_help_documents_every_section_and_method() -> None:
         assert len(line.partition(")  ")[2]) > 10, line
 
 
-@pytest.mark.parametrize("command", ["raykd.tune", "federated.simulate", "federated.tune"])
+@pytest.mark.parametrize("command", ["raykd.tune", "federated.simulate"])
 def test_help_lines_fit_120_columns(command: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # argparse's own lines: 80 columns
     done = subprocess.run([sys.executable, "-m", command, "--help"], capture_output=True, text=True, env=env)
@@ -277,8 +277,32 @@ def test_corrupted_node_checkpoint_and_logit_cache_are_rebuilt(
     assert "node models: 1 of 2 cached" in printed and "teacher-logit cache: 1 forward passes" in printed
 
 
-def test_federated_grid_without_config_uses_the_default_config(capfd: pytest.CaptureFixture) -> None:
-    """A federated grid set with --set alone searches the default config (it used to pass ``--config None``)."""
-    assert main(["--set", "federated.grid={federated.rounds: [0]}"]) == 2
+def test_the_old_federated_search_names_its_replacement_in_one_line(capfd: pytest.CaptureFixture) -> None:
+    """``python -m federated.tune`` and ``federated.grid`` are gone: each is one line naming the sweep's way."""
+    from federated.tune import main as old_search
+
+    assert old_search(["--grid", "federated.rounds=[1,2]"]) == 2
     err = capfd.readouterr().err.strip()
-    assert err == "raykd: error: federated.rounds = 0: Input should be greater than or equal to 1"
+    assert "\n" not in err and "python -m raykd.tune" in err and "tune.trial=simulation" in err
+    assert main(["--set", "federated.grid={federated.rounds: [1, 2]}"]) == 2
+    err = capfd.readouterr().err.strip()
+    assert err.startswith("raykd: error: federated.grid: a search over simulations is a sweep; set tune.trial")
+    assert "\n" not in err
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("tune.scheduler=asha", "tune.scheduler"),
+        ("tune.select_on=local_val_acc", "tune.select_on"),
+        ("federated.compare=[fedavg,kd]", "federated.compare"),
+        ("federated.after_sweep=true", "federated.after_sweep"),
+        ("learners.num_workers=1", "learners.num_workers"),
+    ],
+)
+def test_simulation_trials_refuse_what_they_cannot_honour_in_one_line(
+    override: str, field: str, capfd: pytest.CaptureFixture
+) -> None:
+    assert main(["--set", "tune.trial=simulation", "--set", override]) == 2
+    err = capfd.readouterr().err.strip()
+    assert err.startswith(f"raykd: error: {field}: not with tune.trial simulation; allowed:") and "\n" not in err

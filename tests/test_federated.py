@@ -7,6 +7,7 @@ Flower's ``ray.shutdown()`` at the end never touches the test session's Ray (``r
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -28,12 +30,12 @@ from federated.fml import FederatedMutualLearning
 from federated.simulate import main
 from federated.strategy import FederatedStrategy, client_acc_text
 from federated.task import client_update, global_model, payload_bytes, setup_of, to_arrays
-from federated.tune import exit_status
-from federated.tune import main as tune_main
 from raykd.config import ExperimentConfig, validate_config
+from raykd.errors import ConfigError
 from raykd.methods.base import StepLogits
 from raykd.nodes import new_model
 from raykd.students import load_student
+from raykd.sweep.simulation import simulation_metrics
 from tests.conftest import tiny_raw
 
 REPO = Path(__file__).resolve().parents[1]
@@ -227,7 +229,7 @@ BAD = [
         "federated.kd_alpha: moved to the method row; set methods.0.alpha (e.g. methods: [{name: kd, temperature: 4,",
     ),
     (["federated.fml_beta=0.2"], "federated.fml_beta: moved to the method row; set methods.0.beta (e.g. methods:"),
-    (["federated.grid={federated.temperature: [2, 4]}"], "federated.temperature: moved to the method row"),
+    (["federated.grid={federated.rounds: [1, 2]}"], "federated.grid: a search over simulations is a sweep; set tune"),
     (["federated.strategy=fml"], "methods[0].name: federated.strategy=fml trains with the first method row, 'ce' is"),
     (["federated.strategy=kd", "methods.0={name: dml}"], "methods[0].name: federated.strategy=kd distils a frozen"),
     (["federated.strategy=fedprox"], "federated.strategy = 'fedprox': Input should be 'fedavg', 'kd', 'fml'"),
@@ -382,22 +384,16 @@ def test_fml_joined_to_a_running_cluster_sends_only_memes_and_skips_thin_rounds(
 # ---------------------------------------------------------------- Ray Tune over simulations
 
 
-def test_tune_bad_grid_value_is_one_line_and_exit_2(
-    tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture
-) -> None:
-    config = tmp_path / "fed.yaml"
-    config.write_text(yaml.safe_dump(fed_raw(tmp_path, cache_dir, strategy="fml")))
-    assert tune_main(["--config", str(config), "--grid", "methods.0.alpha=[0.5, 1.5]"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == "raykd: error: methods[0].alpha = 1.5: Input should be less than or equal to 1"
-
-
 @pytest.mark.slow
-def test_tune_trials_are_simulations_in_child_drivers(tmp_path: Path, cache_dir: Path, ray_address: str) -> None:
-    """``python -m raykd.tune --address`` on a config with ``federated.grid``: two trials, each a whole simulation
-    started by the trial as a child driver joined to the cluster."""
-    raw = fed_raw(tmp_path, cache_dir, strategy="kd", rounds=1, client_cpus=1.5)  # one actor, beside the trial
-    raw["federated"]["grid"] = {"methods.0.alpha": [0.2, 0.8]}
+def test_a_sweep_of_simulation_trials_chooses_on_validation_and_keeps_the_global_models(
+    tmp_path: Path, cache_dir: Path, ray_address: str
+) -> None:
+    """``python -m raykd.tune --address`` with ``tune.trial: simulation``: every row's setting is one whole
+    simulation (a child driver joined to the cluster), reported like a transfer trial: the sweep's table, its
+    choice on the global model's validation accuracy, the chosen global models as students, MLflow runs nested."""
+    rows = [{"name": "ce", "label": "no-kd"}, {"name": "kd", "temperature": 4, "alpha": [0.2, 0.8]}]
+    raw = fed_raw(tmp_path, cache_dir, rows, strategy="kd", rounds=1, client_cpus=1.5)  # one actor, beside the trial
+    raw |= {"seeds": [0], "tune": {"trial": "simulation"}}
     config = tmp_path / "fed.yaml"
     config.write_text(yaml.safe_dump(raw))
     done = subprocess.run(
@@ -406,24 +402,35 @@ def test_tune_trials_are_simulations_in_child_drivers(tmp_path: Path, cache_dir:
         env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=400,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    (out,) = (tmp_path / "runs").glob("*-tune-*")
-    results = pd.read_csv(out / "results.csv")
-    assert sorted(results["methods.0.alpha"]) == [0.2, 0.8]
-    assert results.error.isna().all() and (results.final_test_acc > 0.1).all()
-    assert results["lost"].isna().all()  # every round ran as configured
+    (out,) = (tmp_path / "runs").glob("tiny-*")
+    trials = pd.read_csv(out / "trials.csv")
+    assert sorted(trials["alpha"].dropna()) == [0.2, 0.8] and (trials["status"] == "ok").all()
+    assert (trials["epochs"] == 1).all() and trials[["val_acc", "test_acc", "test_acc_before"]].notna().all().all()
+    assert np.allclose(trials["gain"], trials["test_acc"] - trials["test_acc_before"])
+    kd = trials[trials["label"] == "kd"]
+    chosen = kd.loc[kd["val_acc"].idxmax(), "alpha"]  # on validation, never on test
+    assert f"alpha={chosen:g}" in (out / "results.md").read_text()
+    for label in ("no-kd", "kd"):  # the chosen setting's global model, as the row's student
+        assert load_student(out / "students" / label / "seed0.pt") is not None
+    assert len(list((out / "simulations").rglob("rounds.csv"))) == 3
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
-    assert sorted(r.data.params["methods.0.alpha"] for r in runs) == ["[0.2]", "[0.8]"]  # one MLflow run each
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sum("raykd.federated" in r.data.tags for r in nested) == 3  # each simulation's own run, under the sweep
 
 
-def test_tune_exits_3_with_one_line_when_trials_failed_or_lost_updates() -> None:
-    table = pd.DataFrame({"error": ["", "", None], "lost": ["", None, ""]})
-    assert exit_status(table) == (0, None)
-    table = pd.DataFrame({"error": ["", "RuntimeError: x", ""], "lost": ["1 of 2 rounds ...", "", None]})
-    assert exit_status(table) == (3, "raykd: of 3 trials, 1 failed and 1 lost client updates; see results.csv")
+def test_a_simulation_trial_reports_a_texts_gain_in_nats() -> None:
+    """A language model's simulation trial: perplexities, and the gain as the drop in log perplexity."""
+    final = {"final_val_acc": 0.3, "final_test_acc": 0.25, "start_val_acc": 0.1, "start_test_acc": 0.05}
+    final |= {"final_test_ppl": 20.0, "start_test_ppl": 200.0, "final_val_ppl": 25.0, "start_val_ppl": 250.0}
+    metrics = simulation_metrics(final | {"rounds_to_target": None}, rounds=4)
+    assert metrics["gain"] == pytest.approx(math.log(10)) and metrics["val_gain"] == pytest.approx(math.log(10))
+    assert metrics["epoch"] == 4 and math.isnan(metrics["rounds_to_target"]) and metrics["test_ppl"] == 20.0
+    assert simulation_metrics(final, rounds=4)["test_acc_before"] == 0.05
 
 
 def test_the_python_api_shows_the_simulation_as_it_runs(
@@ -437,6 +444,16 @@ def test_the_python_api_shows_the_simulation_as_it_runs(
     printed = capfd.readouterr().out
     assert re.search(r"^ray: joined \S+ \(\d+ CPUs", printed, re.M) and f"records in {sim.out}" in printed
     assert "test acc" in printed and len(sim.rounds) == 2 and (sim.out / "flower.log").is_file()
+    assert sim.out.parent == tmp_path / "runs" and sim.lost is None and sim.final["final_val_acc"] > 0.1
+
+
+def test_the_python_apis_bad_simulation_is_the_childs_one_line(tmp_path: Path, cache_dir: Path) -> None:
+    """What the simulation's own checks refuse reaches ``raykd.simulate`` as one ConfigError line, nothing run."""
+    import raykd
+
+    with pytest.raises(ConfigError, match=r"^federated\.fail_client: client 7 does not exist; allowed: 0\.\.2$"):
+        raykd.simulate(fed_raw(tmp_path, cache_dir, strategy="fedavg", fail_client=7))
+    assert not list((tmp_path / "runs").rglob("rounds.csv"))
 
 
 def test_verbose_prints_flowers_lines_too(tmp_path: Path, cache_dir: Path, ray_address: str) -> None:

@@ -11,12 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 from flwr.app import ArrayRecord
 
 from federated.exchange import ConsensusTeacher, consensus, pack, public_rows, unpack
 from federated.task import client_update, global_model, payload_bytes, setup_of
-from federated.tune import main as tune_main
 from raykd.config import validate_config
 from raykd.engine import Batch
 from raykd.errors import ConfigError
@@ -25,6 +23,8 @@ from raykd.nodes import new_model
 from raykd.students import load_student, read_student
 from tests.conftest import lm_raw
 from tests.test_federated import param_bytes, simulate
+
+REPO = Path(__file__).resolve().parents[1]
 
 #: Top-k of the tests' messages and served teacher.
 K = 4
@@ -134,16 +134,6 @@ def test_federated_text_rules_are_one_line(tmp_path: Path, cache_dir: Path, chan
         check_federated(validate_config(raw))
 
 
-def test_a_tune_over_simulations_refuses_compare_in_one_line(
-    tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture
-) -> None:
-    config = tmp_path / "fed.yaml"
-    config.write_text(yaml.safe_dump(fed_lm_raw(tmp_path, cache_dir, compare=["fedavg", "logit-exchange"])))
-    assert tune_main(["--config", str(config), "--grid", "federated.rounds=[1,2]"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("raykd: error: federated.compare: a trial runs one strategy") and "\n" not in err
-
-
 def test_a_cache_mode_teacher_is_refused_for_federated_kd(tmp_path: Path, cache_dir: Path) -> None:
     raw = fed_lm_raw(tmp_path, cache_dir, strategy="kd", teacher={"name": "gpt"})
     raw["teacher"] = {"mode": "cache", "top_k": K}
@@ -174,6 +164,10 @@ def test_fedavg_served_kd_and_logit_exchange_compare_with_bytes_counted_exactly(
     assert (exchange.loc[[1, 2], "bytes_up"] == 3 * row_bytes(cfg)).all()
     assert exchange.loc[1, "bytes_down"] == 0 and exchange.loc[2, "bytes_down"] == 3 * row_bytes(cfg)
     assert np.isfinite(exchange.loc[2, "test_ppl"]) and pd.isna(exchange.loc[0, "test_ppl"])
+    for name in ("fedavg", "kd"):  # the global model on the global validation split, what a sweep chooses on
+        assert runs[name].loc[2, "val_ppl"] < runs[name].loc[0, "val_ppl"]
+        assert summary["starts"][name]["final_val_ppl"] == pytest.approx(runs[name].loc[2, "val_ppl"])
+    assert exchange.loc[2, "val_ppl"] == pytest.approx(exchange.loc[2, "mean_client_ppl"])  # the clients' own
     # the served teacher's answers: per token of every local batch K float32 values, K int32 ids, a float32 tail
     batch, seq_len = cfg.federated.local.batch_size, cfg.data.seq_len
     steps = sum(math.ceil(len(n.train) / min(batch, len(n.train))) * min(batch, len(n.train)) for n in setup.nodes)
@@ -204,3 +198,18 @@ def test_logit_exchange_with_own_models_survives_a_failing_client(
     own = load_student(out / "private_models" / "client1.pt")
     setup = setup_of(cfg)
     assert param_bytes(own) == param_bytes(new_model(cfg, setup, 1)) != param_bytes(new_model(cfg, setup, 0))
+
+
+def test_a_sweep_of_simulations_leaves_room_for_each_simulations_served_teacher() -> None:
+    """Simulation trials of kd from a served teacher: the Flower pool must fit beside the waiting trial and the
+    simulation's own TeacherServer, or the sweep is refused in one line before any trial starts."""
+    from raykd.api import load_config
+    from raykd.cluster import Capacity, check_sweep
+    from raykd.config import study_cells
+
+    search = load_config(REPO / "tune_configs" / "federated_lm_search.yaml")
+    two_cpus = Capacity(cpus=2, gpus=0, free_cpus=2, nodes=[{"CPU": 2}])
+    check_sweep(search, study_cells(search), two_cpus)  # 2 clients x 0.7 + 0.5 + the trial's sliver
+    crowded = load_config(REPO / "tune_configs" / "federated_lm_search.yaml", ["federated.client_cpus=0.75"])
+    with pytest.raises(ConfigError, match=r"^federated\.client_cpus: Flower places 2 clients x 0\.75 CPUs, but only"):
+        check_sweep(crowded, study_cells(crowded), two_cpus)

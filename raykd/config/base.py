@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -15,6 +15,9 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+PrecisionName = Literal["fp32", "bf16", "fp16"]
+
+
 class TrainConfig(Section):
     """A plain training budget (Adam)."""
 
@@ -22,6 +25,11 @@ class TrainConfig(Section):
     batch_size: int = Field(64, ge=1, description="rows per optimisation step")
     lr: float = Field(1e-2, gt=0, description="Adam learning rate")
     weight_decay: float = Field(0.0, ge=0, description="Adam weight decay (L2 penalty)")
+    precision: PrecisionName = Field(
+        "fp32",
+        description="fp32; bf16 (autocast, CPU or CUDA); fp16 (autocast + grad scaler, CUDA only); reduced precision "
+        "on CUDA also trains convolutional models in channels_last",
+    )
 
 
 class ModelSpec(Section):

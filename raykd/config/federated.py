@@ -70,10 +70,6 @@ class FederatedConfig(Section):
         "on the public pool with nodes.train); teacher.mode server serves it from one Ray actor (teacher.top_k)",
     )
     exchange: ExchangeConfig = Field(ExchangeConfig(), description="strategy logit-exchange")
-    grid: dict[str, list[Any]] = Field(
-        {},
-        description="Ray Tune grid over simulations, {dotted key: [values]}: python -m raykd.tune runs each point",
-    )
     rounds: int = Field(5, ge=1, description="federated rounds")
     fraction: float = Field(1.0, gt=0, le=1, description="fraction of clients sampled each round, in (0, 1]")
     min_clients: int = Field(2, ge=1, description="clients sampled each round at least (<= partition.num_nodes)")
@@ -123,9 +119,12 @@ class FederatedConfig(Section):
         """Keys that moved to the method row: one line naming the new home, not 'unknown key'."""
         if not isinstance(value, dict):
             return value
-        grid = value.get("grid")
-        axes = [str(k).removeprefix("federated.") for k in grid if str(k).startswith("federated.")] if grid else []
-        for key in (*value, *axes):
+        if "grid" in value:
+            raise ValueError(
+                "federated.grid: a search over simulations is a sweep; set tune.trial: simulation, give the method "
+                "row's knobs as lists and vary federated.* knobs with axes"
+            )
+        for key in value:
             if key in MOVED_FEDERATED_KEYS:
                 knob, example = MOVED_FEDERATED_KEYS[key]
                 raise ValueError(

@@ -123,6 +123,12 @@ class FaultConfig(Section):
 
 
 class TuneConfig(Section):
+    trial: Literal["transfer", "simulation"] = Field(
+        "transfer",
+        description="what one trial is: transfer (a method row distils pre-trained nodes' knowledge into a student) "
+        "or simulation (a whole Flower simulation of the federated section at one seed, the row as the clients' loss; "
+        "axes may vary federated.* knobs; chosen on the global model's validation score)",
+    )
     select_on: Literal["val_acc", "local_val_acc", "val_ppl"] = Field(
         "val_acc",
         description="metric the best grid point is chosen on (never the test set); val_ppl (lowest wins, the "
@@ -255,12 +261,28 @@ class ExperimentConfig(Section):
         if self.transfer.set != "local" and self.data.pool_fraction == 0:
             raise ValueError(f"data.pool_fraction: transfer.set={self.transfer.set} needs a pool; allowed: > 0")
         self._search_rules()
+        self._precision_rules()
         self._language_model_rules()
         labels = [m.display() for m in self.methods]
         duplicate = next((x for x in labels if labels.count(x) > 1), None)
         if duplicate:
             raise ValueError(f"methods: two rows are called {duplicate!r}; give each a distinct 'label'")
         return self
+
+    def _precision_rules(self) -> None:
+        """fp16 where the config itself says the training runs on the CPU (no GPU reserved); a reserved GPU the
+        process cannot see is refused when training starts (``raykd.precision``)."""
+        budgets = [
+            ("nodes.train", self.nodes.train, self.tune.gpus_per_trial == 0),
+            ("transfer.train", self.transfer.train, self.tune.gpus_per_trial == 0 and not self.learners.use_gpu),
+            ("federated.local", self.federated.local, self.federated.client_gpus == 0),
+        ]
+        for field, budget, on_cpu in budgets:
+            if budget.precision == "fp16" and on_cpu:
+                raise ValueError(
+                    f"{field}.precision: fp16 needs a GPU and this config trains on the CPU (no GPU reserved); "
+                    "allowed: fp32, bf16, or fp16 with GPUs reserved"
+                )
 
     def _search_rules(self) -> None:
         """Ranges are sampled, never gridded; ASHA ranks trials of different seeds by their gain on the global
@@ -272,11 +294,27 @@ class ExperimentConfig(Section):
                     f"methods[{i}].{knob}: a range is sampled, never a grid axis; allowed: a list, or tune.search "
                     "random or optuna"
                 )
+        if self.tune.trial == "simulation":
+            self._simulation_rules()
         if self.tune.scheduler == "asha" and self.tune.select_on == "local_val_acc":
             raise ValueError(
                 "tune.scheduler: asha ranks trials by their gain on the global validation split; allowed with "
                 "tune.select_on val_acc or val_ppl"
             )
+
+    def _simulation_rules(self) -> None:
+        """A simulation trial runs one strategy to its last round and reports once, on the global validation split;
+        it is the federated run itself, so the follow-up and the transfer's learners have nothing to do."""
+        refused = {
+            "tune.scheduler": (self.tune.scheduler != "fifo", "fifo (a simulation reports once, at its end)"),
+            "tune.select_on": (self.tune.select_on == "local_val_acc", "val_acc or val_ppl (the global model's)"),
+            "federated.compare": (bool(self.federated.compare), "unset; vary federated.strategy with axes instead"),
+            "federated.after_sweep": (self.federated.after_sweep, "false (every trial is a simulation)"),
+            "learners.num_workers": (self.learners.num_workers > 0, "0 (Flower's clients train)"),
+        }
+        for field, (bad, allowed) in refused.items():
+            if bad:
+                raise ValueError(f"{field}: not with tune.trial simulation; allowed: {allowed}")
 
     def _language_model_rules(self) -> None:
         """Methods that learn per sample cannot distil tokens; on-policy rows need text and a teacher that scores
@@ -316,6 +354,12 @@ class ExperimentConfig(Section):
 
     def method(self, label: str) -> MethodConfig:
         return next(m for m in self.methods if m.display() == label)
+
+    @property
+    def trial_epochs(self) -> int:
+        """The epochs a trial reports when it runs to its end: the transfer's, or a simulation trial's rounds (one
+        that reported fewer was stopped by the scheduler)."""
+        return self.federated.rounds if self.tune.trial == "simulation" else self.transfer.train.epochs
 
     def node_ids(self) -> list[int]:
         return [self.transfer.student, *self.transfer.teachers]

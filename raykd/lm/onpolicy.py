@@ -31,6 +31,9 @@ class OnPolicyBatches:
     def __len__(self) -> int:
         return len(self.batches)
 
+    def use_device(self, device: torch.device) -> None:
+        """Kept on the CPU: sampling edits each batch there, and ``fit`` moves the step's rows to ``device``."""
+
     def __iter__(self) -> Iterator[Batch]:
         for batch in self.batches:
             yield self._sampled(batch)

@@ -10,14 +10,12 @@ sweep actually starts (``raykd.api.run``).
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 from pathlib import Path
 
 from raykd.api import Study, run
-from raykd.cli import add_run_arguments, config_from_args, overrides_of, run_command
-from raykd.config import ExperimentConfig, describe_schema
+from raykd.cli import add_run_arguments, config_from_args, run_command
+from raykd.config import describe_schema
 from raykd.errors import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "tune_configs" / "default.yaml"
@@ -56,15 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def federated_grid(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
-    """A config with ``federated.grid`` searches over Flower simulations: ``python -m federated.tune``,
-    one whole simulation per trial, run as its own command (the sweep shell never imports the Flower one)."""
-    axes = [a for key, values in cfg.federated.grid.items() for a in ("--grid", f"{key}={json.dumps(values)}")]
-    sets = [a for s in overrides_of(args) for a in ("--set", s)]
-    config = str(args.config or DEFAULT_CONFIG)
-    return subprocess.call([sys.executable, "-m", "federated.tune", "--config", config, *sets, *axes])
-
-
 def _sweep(args: argparse.Namespace) -> int:
     """The command: the Python API's ``raykd.run`` with the command line's config, and an exit status."""
     if args.resume:
@@ -75,10 +64,7 @@ def _sweep(args: argparse.Namespace) -> int:
             )
         study = run(None, resume=args.resume, address=args.address)
     else:
-        cfg = config_from_args(args, DEFAULT_CONFIG)
-        if cfg.federated.grid:
-            return federated_grid(args, cfg)
-        study = run(cfg)
+        study = run(config_from_args(args, DEFAULT_CONFIG))
     if study.untracked:
         print(
             f"raykd: {study.untracked}; the local results in {study.out} are complete; once MLflow answers again, "

@@ -8,14 +8,12 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 import ray
-import yaml
 from matplotlib.figure import Figure
 
 from raykd import report
 from raykd.cells import by_cell, cell_name
-from raykd.cluster import run_simulation_child
 from raykd.config import Cell, ExperimentConfig, cell_key
-from raykd.files import write_atomic
+from raykd.launch import launch_simulation
 
 
 def shaping_axes(cfg: ExperimentConfig) -> list[str]:
@@ -37,17 +35,19 @@ def federated_followup(
         runs.setdefault(cell_key({a: cell.variants[a] for a in shaping}), cell)
     wait_for_free_cpus()
     rows, done, total = [], 0, len(runs) * len(cfg.seeds)
+    address = ray.get_runtime_context().gcs_address
     for name, cell in runs.items():
         variants = {a: cell.variants[a] for a in shaping}
         folder = out / "federated" / (name.replace(",", "_").replace("=", "-") or cfg.name)
-        write_atomic(folder / "config.yaml", yaml.safe_dump(cell.config.model_dump(mode="json"), sort_keys=False))
         for seed in cfg.seeds:
-            sets = [f"seeds=[{seed}]", f"tracking.uri={uri}", f"tracking.parent_run_id={parent_run_id}"]
-            args = ["--config", str(folder / "config.yaml"), *(a for s in sets for a in ("--set", s))]
+            tracking = {"uri": uri, "parent_run_id": parent_run_id}
+            run_cfg = cell.config.model_copy(
+                update={"seeds": [seed], "tracking": cell.config.tracking.model_copy(update=tracking)}
+            )
             done += 1
             where = f"[federated {done}/{total}] {name or cfg.name} seed={seed}"
             try:
-                summary = run_simulation_child(args, folder / f"seed{seed}", str(Path.cwd()))
+                summary = launch_simulation(run_cfg, folder / f"seed{seed}", address).summary
             except RuntimeError as err:
                 rows.append({**variants, "seed": seed, "start": "-", "error": str(err)[:300], "lost": ""})
                 print(f"{where}: FAILED: {err}", flush=True)

@@ -23,14 +23,16 @@ from ray import tune
 
 from raykd import report
 from raykd.cluster import ANSWER_TIMEOUT_S, get_within
-from raykd.config import Cell, ExperimentConfig, study_cells
+from raykd.config import Cell, ExperimentConfig
 from raykd.errors import Interrupted
 from raykd.files import write_atomic
 from raykd.search_cost import cost_metrics
 from raykd.sweep.followup import failed_simulations, federated_followup, federated_section
+from raykd.sweep.preflight import Plan
 from raykd.sweep.prepare import prepare_nodes, start_teacher_server
 from raykd.sweep.progress import Progress
 from raykd.sweep.search import Stage, stages
+from raykd.sweep.simulation import simulation_trainable
 from raykd.sweep.state import Ended, Sweep, ended, new_sweep, resume_hint
 from raykd.sweep.students import best_of, keep_chosen
 from raykd.sweep.trial import trainable, trial_resources
@@ -48,16 +50,17 @@ class SweepResult:
     failed: int
 
 
-def run_sweep(cfg: ExperimentConfig, uri: str, resume: Sweep | None = None) -> SweepResult:
-    """Run (or, given ``resume``, continue) the whole study."""
-    cells = study_cells(cfg)
-    prepare_nodes(cells)
+def run_sweep(plan: Plan, resume: Sweep | None = None) -> SweepResult:
+    """Run (or, given ``resume``, continue) the whole study its preflight planned."""
+    cfg, cells, uri = plan.config, plan.cells, plan.uri
+    if cfg.tune.trial == "transfer":  # a simulation trains its clients from scratch
+        prepare_nodes(cells)
     sweep = resume or new_sweep(cfg, uri)
     raw = cfg.model_dump(mode="json")
     if not sweep.resumed:
         write_atomic(sweep.out / "config.yaml", yaml.safe_dump(raw, sort_keys=False))
-    plan = stages(cfg, cells)
-    total = sum(stage.trials for stage in plan)
+    staged = stages(cfg, cells)
+    total = sum(stage.trials for stage in staged)
     verb = "resuming" if sweep.resumed else "sweep:"
     where = f"{len(cells)} cells x " if cfg.axes else ""
     settings = total // (len(cfg.seeds) * len(cells))  # per cell: every row's grid points or drawn settings
@@ -67,23 +70,27 @@ def run_sweep(cfg: ExperimentConfig, uri: str, resume: Sweep | None = None) -> S
         flush=True,
     )
     try:
-        return _run(cfg, cells, sweep, uri, raw, plan)
+        return _run(cfg, cells, sweep, uri, raw, staged)
     except KeyboardInterrupt:  # a Ctrl-C outside Tune's loop (or a second one while Tune saves its state)
         raise Interrupted(resume_hint(sweep)) from None
 
 
-def _run(cfg: ExperimentConfig, cells: list[Cell], sweep: Sweep, uri: str, raw: dict, plan: list[Stage]) -> SweepResult:
-    server_name = f"raykd-teacher-{sweep.name}" if cfg.teacher.mode == "server" else None
+def _run(
+    cfg: ExperimentConfig, cells: list[Cell], sweep: Sweep, uri: str, raw: dict, staged: list[Stage]
+) -> SweepResult:
+    served = cfg.teacher.mode == "server" and cfg.tune.trial == "transfer"  # a simulation serves its own
+    server_name = f"raykd-teacher-{sweep.name}" if served else None
     server = start_teacher_server(cells, server_name) if server_name else None
     with parent_run(uri, cfg.tracking.experiment, sweep.name, sweep.parent_run_id) as parent:
         if not sweep.resumed:
             parent.log_config(raw, sweep.out / "config.yaml")
             sweep.save(parent.run_id)
-        budgets = {cell.key: cell.config.transfer.train.epochs for cell in cells}
-        progress = Progress(sum(stage.trials for stage in plan), sweep.out, budgets)
+        budgets = {cell.key: cell.config.trial_epochs for cell in cells}
+        progress = Progress(sum(stage.trials for stage in staged), sweep.out, budgets)
         done: list[Ended] = []
-        for stage in plan:
-            tuner = build_tuner(cfg, cells, sweep, server_name, stage, [progress, trial_runs_of(cfg, sweep, parent)])
+        for stage in staged:
+            callbacks = [progress, trial_runs_of(cfg, sweep, parent)]
+            tuner = build_tuner(cfg, cells, sweep, server_name, stage, callbacks, parent.run_id)
             with _quiet_interruption():
                 results = tuner.fit()
             finished = ended([(r.config, r.metrics, r.error) for r in results], sweep.out)
@@ -121,14 +128,25 @@ def build_tuner(
     server_name: str | None,
     stage: Stage,
     callbacks: list[tune.Callback],
+    parent_run_id: str,
 ) -> tune.Tuner:
     """A new Tuner for one stage of the sweep, or that stage restored from the sweep's folder (its searcher's and
     scheduler's state with it)."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # raykd prints its own one line per trial
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # fresh Tune state: --resume reruns little
     resources, concurrent = trial_resources(cfg, ray.cluster_resources().get("CPU", 0))
-    configs = {cell.key: cell.config for cell in cells}
-    run = tune.with_parameters(trainable, cells=configs, server_name=server_name, sweep_dir=str(sweep.out))
+    configs, out = {cell.key: cell.config for cell in cells}, str(sweep.out)
+    if cfg.tune.trial == "simulation":
+        run = tune.with_parameters(
+            simulation_trainable,
+            cells=configs,
+            sweep_dir=out,
+            uri=sweep.uri,
+            parent_run_id=parent_run_id,
+            cwd=os.getcwd(),
+        )
+    else:
+        run = tune.with_parameters(trainable, cells=configs, server_name=server_name, sweep_dir=out)
     run = tune.with_resources(run, resources)
     if sweep.resumed and tune.Tuner.can_restore(str(sweep.out / stage.name)):
         return tune.Tuner.restore(str(sweep.out / stage.name), run, resume_unfinished=True, resume_errored=True)

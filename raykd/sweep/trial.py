@@ -14,7 +14,7 @@ import torch
 from ray import tune
 from ray.tune import PlacementGroupFactory
 
-from raykd.cluster import WAITER_CPUS, on_this_node
+from raykd.cluster import WAITER_CPUS, cpus_beside_server, on_this_node
 from raykd.config import ExperimentConfig, cell_key
 from raykd.engine import NonFiniteLoss
 from raykd.errors import InjectedFault
@@ -103,16 +103,19 @@ def report(metrics: dict[str, Any]) -> None:
 def trial_resources(cfg: ExperimentConfig, cluster_cpus: float) -> tuple[Any, int | None]:
     """What one trial reserves, and how many trials may run at once so that none waits forever.
 
-    DML with peer actors reserves a placement group: a sliver for the trial plus one bundle per peer.
+    A simulation trial only waits on its child simulation. DML with peer actors reserves a placement group: a
+    sliver for the trial plus one bundle per peer.
     With learners the trial is only a driver (no CPU of its own); its Ray Train workers get their own
     placement group from the trainer, so concurrency is capped to the number of worker groups that
     fit beside the teacher server.
     """
+    if cfg.tune.trial == "simulation":  # each simulation's Flower pool takes every free CPU: one at a time
+        return {"cpu": WAITER_CPUS}, 1
     if cfg.learners.peer_actors and any(m.name == "dml" for m in cfg.methods):
         peers = [{"CPU": cfg.learners.cpus_per_worker}] * len(cfg.node_ids())  # the peers live in the trial's group
         return PlacementGroupFactory([{"CPU": WAITER_CPUS}, *peers]), cfg.tune.max_concurrent_trials
     if not cfg.learners.num_workers:
         return {"cpu": cfg.tune.cpus_per_trial, "gpu": cfg.tune.gpus_per_trial}, cfg.tune.max_concurrent_trials
-    free = cluster_cpus - (cfg.teacher.num_cpus if cfg.teacher.mode == "server" else 0)
+    free = cpus_beside_server(cfg, cluster_cpus)
     fits = max(1, int(free // (cfg.learners.num_workers * cfg.learners.cpus_per_worker)))
     return {"cpu": 0, "memory": 1}, min(fits, cfg.tune.max_concurrent_trials or fits)

@@ -28,6 +28,7 @@ from raykd.engine import Batch, predict
 from raykd.files import file_digest
 from raykd.models import build_model
 from raykd.nodes import Setup, node_path
+from raykd.precision import serving_precision
 from raykd.teacher.cache import Fill, dense_logits, tail_logsumexp
 from raykd.teacher.protocol import FrozenLogits, TeacherLogits
 from raykd.teacher.source import LoadNode
@@ -79,6 +80,8 @@ class TeacherServer:
             model = build_model(ModelSpec(**m.spec), m.input_shape, m.num_classes, tokens=m.tokens)
             model.load_state_dict(torch.load(m.checkpoint, weights_only=True, map_location="cpu")["state_dict"])
             self.models[m.key] = model.eval().requires_grad_(False).to(self.device)
+        self.mixed = serving_precision(self.dtype, self.device)
+        self.mixed.layout(list(self.models.values()))
         self.queue: asyncio.Queue[_Request] | None = None
         self.counters = {"requests": 0, "rows": 0, "batches": 0, "max_batch_rows": 0, "wait_s": 0.0, "compute_s": 0.0}
 
@@ -134,8 +137,9 @@ class TeacherServer:
         """(logits,) of every model, stacked; with ``top_k``, (values, ids) of each row's K largest, taken on the
         server's device so only they travel (a language model's vocabulary would not); with the ``mass`` fill also
         each row's ``tail_logsumexp``, which only this side, holding the whole row, can take."""
-        x = x.to(self.device, non_blocking=True)
-        logits = torch.stack([self.models[k](x) for k in keys])
+        x = self.mixed.inputs(x.to(self.device, non_blocking=True))
+        with self.mixed.autocast():
+            logits = torch.stack([self.models[k](x) for k in keys])
         if self.top_k is None:
             return (logits.to(self.dtype).cpu(),)
         values, ids = logits.float().topk(self.top_k, dim=-1)
@@ -200,13 +204,13 @@ class ServedTeacher(TeacherLogits):
 
     def prefetch(self, batch: Batch) -> None:
         if self.ahead and self.keys and id(batch) not in self.pending:
-            self.pending[id(batch)] = (batch, self.server.infer.remote(self.keys, batch.x))
+            self.pending[id(batch)] = (batch, self.server.infer.remote(self.keys, batch.x.cpu()))
 
     def __call__(self, batch: Batch) -> FrozenLogits:
         if not self.keys:
             return [], None
         _, ref = self.pending.pop(id(batch), (batch, None))
-        ref = ref if ref is not None else self.server.infer.remote(self.keys, batch.x)
+        ref = ref if ref is not None else self.server.infer.remote(self.keys, batch.x.cpu())
         answer = get_within(ref, ANSWER_TIMEOUT_S, "teacher.mode=server: the TeacherServer's logits")
         self.received_bytes += sum(part.nbytes for part in answer)
         logits = answer[0].float() if len(answer) == 1 else self._dense(*answer)
