@@ -41,10 +41,10 @@ from lockstep import (
 )
 
 from raykd.config import ModelSpec, validate_config
-from raykd.engine import InlineReferences
-from raykd.logit_cache import CachedReferences
 from raykd.methods.kd import KnowledgeDistillation
 from raykd.nodes import prepare
+from raykd.teacher.cache import CachedTeacher
+from raykd.teacher.inline import InlineTeacher
 
 DATASET = "benchmarks.cifar_data:synthetic"
 AUGMENT = ["random_crop", "horizontal_flip"]
@@ -86,7 +86,7 @@ def cifar() -> None:
     gap = check_losses_agree(data, model)
     method, logits = KnowledgeDistillation(**KD), cached_logits(model, path, data)
     cache = {
-        "raykd": raykd_contender(data, method, CachedReferences([logits], classes=data.classes)),
+        "raykd": raykd_contender(data, method, CachedTeacher([logits], classes=data.classes)),
         "bare": bare_contender(data, torch.from_numpy(np.array(logits))),
         "torchdistill": torchdistill_contender(data, model),
     }
@@ -96,7 +96,7 @@ def cifar() -> None:
     print_accuracy(accs, data)
     started = load_average()
     inline = {
-        "raykd-inline": raykd_contender(data, method, InlineReferences([model]), augment=True),
+        "raykd-inline": raykd_contender(data, method, InlineTeacher([model]), augment=True),
         "torchdistill": torchdistill_contender(data, model, augment=True),
     }
     timings, accs = timed(inline, data, warm_up=False)

@@ -10,14 +10,14 @@ depth 2 on node 0, both pre-trained by raykd on their node's documents (on CUDA:
 1. inline   ``run_trial`` on ``device=cuda``: KD (T 2, alpha 0.5) from the inline teacher into the student on the
             pool. Tokens/s (sequences/s of ``samples_per_s`` x seq_len, padding included), test perplexity before
             and after each epoch. PASS: it trains, perplexity is finite and lower than before.
-2. engine   raykd's ``fit`` + ``TransferBatches`` + ``InlineReferences`` against a hand-written KD loop with the
+2. engine   raykd's ``fit`` + ``TransferBatches`` + ``InlineTeacher`` against a hand-written KD loop with the
             same student, teacher, loss, optimiser and data (all training sequences, batch 32 and 128), fp32; the
             contenders alternate, R rounds of 1 warm-up + E timed epochs each; median tokens/s and ratios. Also
             raykd with the token ids resident on the GPU, and the bare loop under bf16 autocast (what the hardware
             allows). PASS: every contender trains to a finite loss.
 3. server   raykd's TeacherServer (``start_server``, Ray local with num_gpus=1) holding the teacher on CUDA, replying
             top-32 bf16 logits with the mass fill (values, ids, tail logsumexp taken on the GPU), then full float16
-            logits; 1 and 4 concurrent requester actors driving ``ServedReferences`` as a trial does (32 sequences =
+            logits; 1 and 4 concurrent requester actors driving ``ServedTeacher`` as a trial does (32 sequences =
             4,096 tokens a request, prefetch 1, dense rows rebuilt on the requester). Against plain in-process
             inference of the same model on the same batches producing the same reply (fp32 compute, as the server
             does; and under bf16 autocast). Tokens/s and served/plain. PASS: the server runs on CUDA, its replies
@@ -54,14 +54,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from raykd.config import TeacherConfig, load_config  # noqa: E402
-from raykd.engine import Batch, InlineReferences, TransferBatches, fit  # noqa: E402
+from raykd.engine import Batch, TransferBatches, fit  # noqa: E402
 from raykd.experiment import run_trial  # noqa: E402
 from raykd.files import file_digest  # noqa: E402
-from raykd.logit_cache import tail_logsumexp  # noqa: E402
 from raykd.methods.base import UNLABELLED  # noqa: E402
 from raykd.methods.kd import KnowledgeDistillation  # noqa: E402
 from raykd.models import build_model  # noqa: E402
 from raykd.nodes import load_node, node_path, prepare, read_node  # noqa: E402
+from raykd.teacher.cache import tail_logsumexp  # noqa: E402
+from raykd.teacher.inline import InlineTeacher  # noqa: E402
 
 T, ALPHA, LR, TOP_K = 2.0, 0.5, 2e-3, 32
 STARTED = time.perf_counter()
@@ -209,7 +210,7 @@ def raykd_run(a, cfg, teacher, x, y, batch, seed, shape, vocab):
         batches,
         1 + a.epochs,
         LR,
-        references=InlineReferences([teacher]),
+        teacher=InlineTeacher([teacher]),
         on_epoch=on_epoch,
     )
     return times[1:], batches.rows_per_epoch * a.seq, losses[-1]
@@ -319,11 +320,11 @@ def check_engine(a: argparse.Namespace, cfg: Any) -> None:
 def make_requester():
     import ray
 
-    from raykd.teacher_server import ServedReferences
+    from raykd.teacher.server import ServedTeacher
 
     @ray.remote
     class Requester:
-        """One trial's side of the server: raykd's ServedReferences (prefetch 1) over 4 token batches."""
+        """One trial's side of the server: raykd's ServedTeacher (prefetch 1) over 4 token batches."""
 
         def __init__(self, x: torch.Tensor, batch: int) -> None:
             torch.set_num_threads(1)
@@ -341,7 +342,7 @@ def make_requester():
             return True
 
         def run(self, server: Any, key: str, classes: int, seconds: float) -> tuple[int, float]:
-            refs = ServedReferences(server, [key], None, prefetch=1, classes=classes)
+            refs = ServedTeacher(server, [key], None, prefetch=1, classes=classes)
             tokens, i, start = 0, 0, time.perf_counter()
             while time.perf_counter() - start < seconds:
                 refs.prefetch(self.batches[(i + 1) % 4])
@@ -380,7 +381,7 @@ def plain_rate(model, x_batches, dev, top_k, autocast, seconds) -> float:
 def check_server(a: argparse.Namespace, cfg: Any) -> None:
     import ray
 
-    from raykd.teacher_server import served_model, start_server
+    from raykd.teacher.server import served_model, start_server
 
     setup = prepare(cfg, 0)
     data = setup.dataset

@@ -9,7 +9,7 @@
    1 warm-up + E timed epochs; the median samples/s of each is compared within the same precision.
    PASS: raykd / bare >= 0.95 in both precisions at both batch sizes.
 2. Serving. raykd's TeacherServer (``start_server``, float16 logits, so fp16 autocast on CUDA) holding a ResNet-20
-   and a ResNet-110 answers K requester actors driving ``ServedReferences`` as a trial does (256-row batches,
+   and a ResNet-110 answers K requester actors driving ``ServedTeacher`` as a trial does (256-row batches,
    prefetch 1). Plain: the same model in this process, fp16, 256-row CPU batches in and logits back.
    PASS: ResNet-20 served at 4 requesters / plain >= 0.8, ResNet-110 served / plain >= 1.5.
 Each line that starts with ``RESULT`` or ``PASS``/``FAIL`` is what ``gpu_check.py`` gathers.
@@ -34,7 +34,7 @@ from raykd.engine import Batch, TransferBatches, fit
 from raykd.files import file_digest
 from raykd.methods.ce import CrossEntropy
 from raykd.models import build_model
-from raykd.teacher_server import ServedReferences, served_model, start_server
+from raykd.teacher.server import ServedTeacher, served_model, start_server
 
 SHAPE, CLASSES, LR = (3, 32, 32), 10, 3e-3
 STUDENT = ModelSpec(name="resnet", depth=8)
@@ -143,7 +143,7 @@ def training(a: argparse.Namespace) -> bool:
 
 @ray.remote
 class Requester:
-    """One student's side of the server through raykd's ServedReferences (prefetch 1), 256-row batches."""
+    """One student's side of the server through raykd's ServedTeacher (prefetch 1), 256-row batches."""
 
     def __init__(self, rows: int, seed: int) -> None:
         torch.set_num_threads(1)
@@ -155,7 +155,7 @@ class Requester:
         ]
 
     def run(self, server: ray.actor.ActorHandle, key: str, seconds: float) -> tuple[int, float]:
-        refs = ServedReferences(server, [key], None, prefetch=1)
+        refs = ServedTeacher(server, [key], None, prefetch=1)
         rows, i, start = 0, 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
             refs.prefetch(self.batches[(i + 1) % 4])

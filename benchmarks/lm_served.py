@@ -9,8 +9,8 @@ each) run ``raykd.engine.fit`` with KD (T 2, alpha 0.5) for the same number of s
 throughput is the student tokens of all of them over the wall time from the first start to the last finish.
 
 Contenders, alternated in every repeat (the median of the repeats is reported):
-- inline: each student runs its own copy of the teacher (``InlineLogits``);
-- server: one ``TeacherServer`` (1 torch thread) answers every student, full float32 logits (``ServedReferences``
+- inline: each student runs its own copy of the teacher (``InlineTeacher``);
+- server: one ``TeacherServer`` (1 torch thread) answers every student, full float32 logits (``ServedTeacher``
   with prefetch 1: the next batch's request is in flight during the step);
 - server-top32-fp16: the same with ``teacher.top_k: 32``, ``top_k_fill: mass``, ``dtype: float16``.
 
@@ -34,11 +34,13 @@ import torch
 
 from raykd.config import ExperimentConfig
 from raykd.config.loading import deep_merge, load_raw, validate_config
-from raykd.engine import Batch, ReferenceLogits, References, fit
+from raykd.engine import Batch, fit
 from raykd.experiment import transfer_batches
 from raykd.files import file_digest
 from raykd.nodes import load_node, node_path, prepare
-from raykd.teacher_server import logit_source, served_model, start_server
+from raykd.teacher.protocol import FrozenLogits, TeacherLogits
+from raykd.teacher.server import served_model, start_server
+from raykd.teacher.source import teacher_logits
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(tempfile.gettempdir()) / "raykd-bench-cache"
@@ -87,10 +89,10 @@ class Steps:
                     return
 
 
-class Timed(References):
-    """A student's references, timing how long its steps wait for them."""
+class Timed(TeacherLogits):
+    """A student's teacher logits, timing how long its steps wait for them."""
 
-    def __init__(self, inner: References) -> None:
+    def __init__(self, inner: TeacherLogits) -> None:
         self.inner, self.ahead, self.seconds = inner, inner.ahead, 0.0
 
     def prefetch(self, batch: Batch) -> None:
@@ -99,7 +101,7 @@ class Timed(References):
     def use_device(self, device: torch.device) -> None:
         self.inner.use_device(device)
 
-    def __call__(self, batch: Batch) -> ReferenceLogits:
+    def __call__(self, batch: Batch) -> FrozenLogits:
         started = time.perf_counter()
         answer = self.inner(batch)
         self.seconds += time.perf_counter() - started
@@ -123,14 +125,13 @@ class Student:
         cfg = self.cfg.model_copy(update={"teacher": self.cfg.teacher.model_copy(update=teacher)})
         student = load_node(cfg, self.setup, STUDENT, 0)  # the same start for every run
         method = cfg.method("kd").build(KD)
-        source = logit_source(cfg, self.setup, 0, server)
-        references = Timed(source.references([TEACHER], None, lambda node: self.teacher))
+        timed = Timed(teacher_logits(cfg, self.setup, 0, [TEACHER], None, lambda node: self.teacher, server))
         batches = Steps(self.batches, steps)
         tokens = steps * next(iter(self.batches)).x.numel()
         time.sleep(max(0.0, start_at - time.time()))  # all students start together
         started = time.time()
-        fit([student], method, batches, 1, cfg.transfer.train.lr, references=references)
-        return {"start": started, "end": time.time(), "tokens": tokens, "waits": references.seconds}
+        fit([student], method, batches, 1, cfg.transfer.train.lr, teacher=timed)
+        return {"start": started, "end": time.time(), "tokens": tokens, "waits": timed.seconds}
 
 
 def counters(server: Any) -> dict[str, float]:

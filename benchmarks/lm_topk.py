@@ -40,9 +40,9 @@ from raykd.data import load_dataset
 from raykd.data.datasets import Dataset
 from raykd.engine import rows, token_scores
 from raykd.lm.gpt import gpt
-from raykd.logit_cache import read_rows, top_k_rows
 from raykd.methods.base import UNLABELLED, StepLogits, distillation_kl, soft_probabilities
 from raykd.methods.kd import KnowledgeDistillation
+from raykd.teacher.cache import read_rows, top_k_rows
 
 TOP_K, FILLS, SEEDS = (8, 32, 128), ("min", "mass"), (0, 1, 2)
 SEQ_LEN, VOCAB, BATCH = 64, 1024, 32

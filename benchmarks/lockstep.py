@@ -24,12 +24,13 @@ from torch import Tensor, nn
 
 from raykd.config import AugmentSpec, ModelSpec
 from raykd.data.augment import Augment, build_augment
-from raykd.engine import References, TransferBatches, accuracy, fit, predict, seed_everything
-from raykd.logit_cache import LogitCache
+from raykd.engine import TransferBatches, accuracy, fit, predict, seed_everything
 from raykd.methods.base import Method, StepLogits
 from raykd.methods.ce import CrossEntropy
 from raykd.methods.kd import KnowledgeDistillation
 from raykd.models import build_model
+from raykd.teacher.cache import LogitCache
+from raykd.teacher.protocol import TeacherLogits
 
 CACHE = Path(tempfile.gettempdir()) / "raykd-side-by-side"
 THREADS = 1  # one core per run: the other core absorbs whatever else the machine is doing
@@ -219,7 +220,7 @@ def lockstep(contenders: dict[str, Contender], seed: int, epochs: int) -> dict[s
 
 
 def raykd_contender(
-    data: Data, method: Method, references: References | None = None, augment: bool = False
+    data: Data, method: Method, teacher: TeacherLogits | None = None, augment: bool = False
 ) -> Contender:
     """raykd's engine as a trial uses it: ``TransferBatches`` (distillation on every row, ``data.augment``'s
     transform when ``augment``) and ``fit``."""
@@ -229,7 +230,7 @@ def raykd_contender(
         batches = TransferBatches(
             data.x, data.y, data.rows, None, data.case.batch, True, seed, augment_of(data, seed, augment)
         )
-        fit([model], method, batches, epochs, LR, references=references, on_epoch=on_epoch)
+        fit([model], method, batches, epochs, LR, teacher=teacher, on_epoch=on_epoch)
         return model
 
     return run

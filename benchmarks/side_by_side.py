@@ -11,7 +11,7 @@ per-epoch ratios against the baseline stay meaningful; each run's first epoch is
 Wall and CPU (this thread's) time are both reported, with the machine's load average.
 1. bare: raykd's ``fit`` with ``CrossEntropy`` over ``TransferBatches`` vs a hand-written loop (shuffled
    index batches, ``model(x)``, ``F.cross_entropy``, Adam step). Student samples/s, raykd / bare.
-2. cached: raykd KD with cached teacher logits (``CachedReferences`` over the memory-mapped ``LogitCache``,
+2. cached: raykd KD with cached teacher logits (``CachedTeacher`` over the memory-mapped ``LogitCache``,
    what ``teacher.mode: cache`` uses) vs a hand-written loop indexing a precomputed logit tensor with a
    hand-written KD loss. Student samples/s, raykd / bare; and the CPU cost of the KD loss alone, forward and
    backward, raykd's method vs the hand-written expression.
@@ -57,12 +57,12 @@ from lockstep import (
 from torch import Tensor
 
 from raykd.config import ModelSpec, validate_config
-from raykd.engine import InlineReferences
-from raykd.logit_cache import CachedReferences
 from raykd.methods.base import StepLogits
 from raykd.methods.ce import CrossEntropy
 from raykd.methods.kd import KnowledgeDistillation
 from raykd.nodes import prepare
+from raykd.teacher.cache import CachedTeacher
+from raykd.teacher.inline import InlineTeacher
 
 MNIST1D = Case(
     dataset="mnist1d",
@@ -137,7 +137,7 @@ def cached(data: Data) -> None:
     logits = cached_logits(model, path, data)
     dense = torch.from_numpy(np.array(logits))
     contenders = {
-        "raykd": raykd_contender(data, KnowledgeDistillation(**KD), CachedReferences([logits], classes=data.classes)),
+        "raykd": raykd_contender(data, KnowledgeDistillation(**KD), CachedTeacher([logits], classes=data.classes)),
         "bare": bare_contender(data, dense),
     }
     versus_bare("2. KD with cached teacher logits", data, timed(contenders, data)[0], started)
@@ -152,9 +152,9 @@ def torchdistill(data: Data) -> None:
     method = KnowledgeDistillation(**KD)
     contenders = {
         "torchdistill": torchdistill_contender(data, model),
-        "raykd-inline": raykd_contender(data, method, InlineReferences([model])),
+        "raykd-inline": raykd_contender(data, method, InlineTeacher([model])),
         "raykd-cache": raykd_contender(
-            data, method, CachedReferences([cached_logits(model, path, data)], classes=data.classes)
+            data, method, CachedTeacher([cached_logits(model, path, data)], classes=data.classes)
         ),
     }
     timings, accs = timed(contenders, data)

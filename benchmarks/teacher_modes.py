@@ -32,7 +32,7 @@ from raykd.experiment import run_trial
 from raykd.files import file_digest
 from raykd.models import build_model
 from raykd.nodes import dataset_of, load_node, node_path, prepare
-from raykd.teacher_server import logit_source, served_model, start_server
+from raykd.teacher.server import served_model, start_server
 
 CACHE = Path(tempfile.gettempdir()) / "raykd-bench-cache"
 KD = {"temperature": 4.0, "alpha": 0.5}
@@ -69,7 +69,7 @@ def load_average() -> str:
 def steady_rate(cfg: ExperimentConfig, server: Any = None) -> float:
     """Mean student samples/s over epochs 2.. (epoch 1 warms up)."""
     history: list[dict[str, Any]] = []
-    run_trial(cfg, "kd", KD, 0, report=history.append, source=logit_source(cfg, prepare(cfg, 0), 0, server))
+    run_trial(cfg, "kd", KD, 0, report=history.append, server=server)
     return statistics.mean(h["samples_per_s"] for h in history[1:])
 
 

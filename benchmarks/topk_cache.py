@@ -30,9 +30,9 @@ import torch
 from raykd.config import ExperimentConfig, validate_config
 from raykd.engine import predict
 from raykd.experiment import run_trial
-from raykd.logit_cache import CachedLogits, node_logits, read_rows
 from raykd.methods.base import distillation_kl, soft_probabilities
 from raykd.nodes import Setup, load_node, prepare
+from raykd.teacher.cache import node_logits, read_rows
 
 CLASSES, SUPERCLASSES = 100, 20
 KD = {"temperature": 4.0, "alpha": 0.5}
@@ -106,7 +106,7 @@ def measure(cache: Path) -> dict[Any, dict[str, list[float]]]:
         for variant in rows:
             cfg = full_cfg if variant in (None, "ce") else experiment(cache, variant)
             label = "ce" if variant == "ce" else "kd"
-            result = run_trial(cfg, label, {} if label == "ce" else KD, seed, source=CachedLogits(cfg, setup, seed))
+            result = run_trial(cfg, label, {} if label == "ce" else KD, seed)  # teacher.mode: cache
             numbers = {"test_acc": result["test_acc"], "test_acc_before": result["test_acc_before"]}
             if variant != "ce":
                 numbers |= dict(zip(("row_bytes", "file_bytes"), bytes_of(cfg, setup, seed), strict=True))

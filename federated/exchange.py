@@ -19,9 +19,10 @@ from flwr.app import Array, ArrayRecord
 from torch import Tensor, nn
 
 from raykd.config import ExperimentConfig
-from raykd.engine import Batch, ReferenceLogits, References, device_of, rows
-from raykd.logit_cache import dense_logits, top_k_rows
+from raykd.engine import Batch, device_of, rows
 from raykd.nodes import Setup
+from raykd.teacher.cache import dense_logits, top_k_rows
+from raykd.teacher.protocol import FrozenLogits, TeacherLogits
 
 #: Public rows whose full (vocabulary-wide) logits exist at once, on a client or on the server.
 CHUNK_ROWS = 4096
@@ -82,7 +83,7 @@ def _rows_of(record: ArrayRecord, start: int, stop: int) -> ArrayRecord:
     return ArrayRecord({name: Array(record[name].numpy()[start:stop]) for name in FIELDS})
 
 
-class ConsensusReferences(References):
+class ConsensusTeacher(TeacherLogits):
     """The consensus as a frozen teacher's logits, looked up by each batch row's global index.
 
     ``public`` are the public items (samples, or sequences of ``seq_len`` tokens) in the consensus's order; a row
@@ -95,7 +96,7 @@ class ConsensusReferences(References):
         self.position = np.full(int(public.max()) + 1 if len(public) else 0, -1, dtype=np.int64)
         self.position[public] = np.arange(len(public))
 
-    def __call__(self, batch: Batch) -> ReferenceLogits:
+    def __call__(self, batch: Batch) -> FrozenLogits:
         index = batch.index.numpy()
         item, offset = index // self.seq_len, index % self.seq_len
         known = item < len(self.position)

@@ -1,6 +1,6 @@
 """What clients and server compute, in raykd's terms: configs, models as Flower arrays, local updates.
 
-Flower only carries arrays between these functions; every training step is ``raykd.engine.fit`` with
+Flower only carries arrays between these functions; every local round is ``raykd.transfer.transfer`` with
 a raykd method, every partition is raykd's, and every model comes from raykd's model registry.
 """
 
@@ -20,28 +20,21 @@ import torch
 from flwr.app import ArrayRecord
 from torch import nn
 
-from federated.exchange import ConsensusReferences, predictions, public_rows
+from federated.exchange import ConsensusTeacher, predictions, public_rows
 from raykd.config import SERVER_TEMPERATURE, ExperimentConfig, load_config
 from raykd.data import build_augment
-from raykd.engine import (
-    InlineReferences,
-    References,
-    TransferBatches,
-    accuracy,
-    fit,
-    method_context,
-    pick_device,
-    seed_everything,
-    token_scores,
-)
+from raykd.engine import TransferBatches, accuracy, method_context, pick_device, seed_everything, token_scores
 from raykd.experiment import lm_info
 from raykd.files import file_digest
-from raykd.methods.base import Method
+from raykd.methods.base import Context, Method
 from raykd.methods.ce import CrossEntropy
 from raykd.methods.kd import KnowledgeDistillation
 from raykd.models import build_model
 from raykd.nodes import ConfigKey, Setup, load_node, load_teacher, new_model, prepare, teacher_path
 from raykd.students import save_student
+from raykd.teacher.inline import InlineTeacher
+from raykd.teacher.protocol import TeacherLogits
+from raykd.transfer import TransferPlan, silent, transfer
 
 #: Folder of ``output_dir`` where FML clients leave their private models until the run's records take them.
 PRIVATE_FOLDER = ".fml-private"
@@ -169,10 +162,7 @@ def client_update(
     seed_everything(seed)
     local = _local_round(cfg, setup, node, seed, received, private, served)
     losses: dict[str, float] = {}
-    on_epoch = lambda epoch, terms: losses.update(terms)  # noqa: E731
-    budget = f.local
-    fit(local.trainable, local.method, local.batches, budget.epochs, budget.lr, budget.weight_decay, local.references,
-        on_epoch=on_epoch, precision=budget.precision)  # fmt: skip
+    transfer(local.plan, lambda costs: lambda epoch, terms: losses.update(terms))  # keeps the last epoch's loss
     kept = local.kept
     if kept is not None and server_round == f.rounds:  # a private model is the product: saved in its last round
         _save_client_model(cfg, setup, node, kept)
@@ -183,21 +173,19 @@ def client_update(
     metrics = {
         "train_loss": losses["loss"],
         "num-examples": float(len(setup.nodes[node].train)),
-        "teacher_bytes": float(getattr(local.references, "received_bytes", 0)),  # what a TeacherServer sent
+        "teacher_bytes": float(getattr(local.plan.teacher, "received_bytes", 0)),  # what a TeacherServer sent
     }
     return sent, (to_arrays(kept) if kept is not None else None), metrics
 
 
 @dataclass
 class LocalRound:
-    """What a client trains in one round: the model it sends from, the private one it keeps, and how it trains."""
+    """What a client trains in one round: the model it sends from, the private one it keeps, and how it trains (the
+    round's RNG stream goes on: its plan does not re-seed)."""
 
     model: nn.Module
     kept: nn.Module | None
-    trainable: list[nn.Module]
-    method: Method
-    references: References | None
-    batches: TransferBatches
+    plan: TransferPlan
 
 
 def _local_round(
@@ -211,30 +199,30 @@ def _local_round(
 ) -> LocalRound:
     """The strategy's local training: its models, loss, teacher and batches (see ``client_update``)."""
     f, device = cfg.federated, pick_device(cfg.federated.client_gpus)  # CUDA when the client reserved GPUs
-    batches = _local_batches(cfg, setup, node, seed)
+    budget, batches = f.local, _local_batches(cfg, setup, node, seed)
     own = new_model(cfg, setup, node) if private is None else from_arrays(new_model(cfg, setup, node), private)
     if f.strategy == "logit-exchange":
         own = own.to(device)
         if not len(received):  # round 1: no consensus yet
-            return LocalRound(own, own, [own], CrossEntropy(), None, batches)
+            return LocalRound(own, own, TransferPlan([own], CrossEntropy(), batches, budget))
         data, public = setup.dataset, public_rows(cfg, setup)
         with_public = TransferBatches(
             data.train_x, data.train_y, batches.labelled.numpy(), public, batches.batch_size, False, seed=seed
         )
         seq_len = data.train_y.shape[1] if data.tokens else 1
-        consensus_of = ConsensusReferences(received, public, seq_len, data.num_classes)
-        return LocalRound(own, own, [own], client_method(cfg), consensus_of, with_public)
+        consensus_of = ConsensusTeacher(received, public, seq_len, data.num_classes)
+        return LocalRound(own, own, TransferPlan([own], client_method(cfg), with_public, budget, consensus_of))
     model = from_arrays(global_model(cfg, setup), received).to(device)
     if f.strategy == "fml":
-        return LocalRound(model, own, [own, model], client_method(cfg), None, batches)
+        return LocalRound(model, own, TransferPlan([own, model], client_method(cfg), batches, budget))
     if f.strategy == "kd":
         method = client_method(cfg)
-        return LocalRound(model, None, [model], method, kd_references(cfg, setup, model, method, batches, seed, served),
-                          batches)  # fmt: skip
-    return LocalRound(model, None, [model], CrossEntropy(), None, batches)
+        teacher, context = kd_teacher(cfg, setup, model, method, batches, seed, served)
+        return LocalRound(model, None, TransferPlan([model], method, batches, budget, teacher, context))
+    return LocalRound(model, None, TransferPlan([model], CrossEntropy(), batches, budget))
 
 
-def kd_references(
+def kd_teacher(
     cfg: ExperimentConfig,
     setup: Setup,
     model: nn.Module,
@@ -242,19 +230,18 @@ def kd_references(
     batches: TransferBatches,
     seed: int,
     served: str | None,
-) -> References:
-    """kd's teacher for one client round, after ``method.prepare`` has seen it: ``federated.teacher`` from the
+) -> tuple[TeacherLogits, Context]:
+    """kd's teacher for one client round, and what ``method.prepare`` sees of it: ``federated.teacher`` from the
     simulation's TeacherServer named ``served`` (top-k as ``teacher.top_k`` says) or else loaded in this process;
     without one, the round's global model (frozen)."""
     if cfg.federated.teacher is None:
         teacher = copy.deepcopy(model)
-        references: References = InlineReferences([teacher], teacher if method.uses_initial_student else None)
+        source: TeacherLogits = InlineTeacher([teacher], teacher if method.uses_initial_student else None)
         teachers: Callable[[], list[nn.Module]] = lambda: [teacher]  # noqa: E731
     else:
         teachers = lambda: [federated_teacher(cfg).to(pick_device(cfg.federated.client_gpus))]  # noqa: E731
-        references = served_teacher(cfg, setup, served) if served else InlineReferences(teachers())
-    method.prepare(method_context(batches, teachers, setup.dataset.num_classes, seed))
-    return references
+        source = served_teacher(cfg, setup, served) if served else InlineTeacher(teachers())
+    return source, method_context(batches, teachers, setup.dataset.num_classes, seed)
 
 
 def serve_teacher(cfg: ExperimentConfig) -> tuple[str, Any] | None:
@@ -267,7 +254,7 @@ def serve_teacher(cfg: ExperimentConfig) -> tuple[str, Any] | None:
         return None
     from raykd.cluster import simulation_teacher_cpus
     from raykd.nodes import read_node
-    from raykd.teacher_server import served_model, start_server
+    from raykd.teacher.server import served_model, start_server
 
     setup, seed = setup_of(cfg), cfg.seeds[0]
     path, data = teacher_path(cfg, seed), setup.dataset
@@ -284,15 +271,15 @@ def serve_teacher(cfg: ExperimentConfig) -> tuple[str, Any] | None:
     return name, start_server([model], cfg.teacher, name, TEACHER_NAMESPACE)
 
 
-def served_teacher(cfg: ExperimentConfig, setup: Setup, actor: str) -> References:
+def served_teacher(cfg: ExperimentConfig, setup: Setup, actor: str) -> TeacherLogits:
     """The federated teacher's logits from the simulation's TeacherServer actor, named ``actor``."""
     import ray
 
-    from raykd.teacher_server import ServedReferences
+    from raykd.teacher.server import ServedTeacher
 
     key = file_digest(teacher_path(cfg, cfg.seeds[0]))
     server = ray.get_actor(actor, namespace=TEACHER_NAMESPACE)
-    return ServedReferences(server, [key], None, cfg.teacher.prefetch, setup.dataset.num_classes)
+    return ServedTeacher(server, [key], None, cfg.teacher.prefetch, setup.dataset.num_classes)
 
 
 def federated_teacher(cfg: ExperimentConfig) -> nn.Module:
@@ -363,8 +350,7 @@ def distil_on_pool(cfg: ExperimentConfig, student: nn.Module, teachers: list[nn.
         data.train_x, data.train_y, no_labelled, setup.splits.pool, budget.batch_size, False, seed=cfg.seeds[0]
     )
     method = KnowledgeDistillation(server_temperature(cfg), alpha=1.0)
-    references, precision = InlineReferences(teachers), budget.precision
-    fit([student], method, batches, budget.epochs, budget.lr, budget.weight_decay, references, precision=precision)
+    transfer(TransferPlan([student], method, batches, budget, InlineTeacher(teachers)), silent)
     return student
 
 

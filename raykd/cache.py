@@ -37,8 +37,8 @@ class Entry:
 
 def used_files(cfg: ExperimentConfig) -> set[Path]:
     """Every cache file ``cfg`` reads: its node models (every cell, node and seed), their logits, its dataset."""
-    from raykd.logit_cache import logits_key  # the core (torch) loads after parsing
     from raykd.nodes import node_path, teacher_path
+    from raykd.teacher.cache import logits_key  # the core (torch) loads after parsing
 
     used = set[Path]()
     for cell in study_cells(cfg):

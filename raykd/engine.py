@@ -1,8 +1,8 @@
 """Plain PyTorch training and evaluation. Knows nothing of Ray, Flower or any particular method.
 
 ``fit`` trains a list of models (one student, or K mutual-learning peers) with one method's loss,
-asking a ``references`` callable for frozen logits (teachers, initial student) for each batch;
-whether those come from an in-process teacher, a server or a cache is the caller's business.
+asking a ``teacher`` (``raykd.teacher.protocol.TeacherLogits``) for frozen logits (teachers, initial student) for
+each batch; whether those come from an in-process teacher, a server or a cache is the caller's business.
 ``fit`` first moves the batches' data to the models' device (``Batches.use_device``): on a GPU the inputs
 live there for the whole run and each step's batch is gathered and augmented there, so only the index
 table crosses the bus, once per epoch. ``precision`` (``train.precision``) picks autocast, grad scaling and
@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from raykd.data.augment import Augment
 from raykd.methods.base import UNLABELLED, Context, Method, StepLogits
 from raykd.precision import Precision
+from raykd.teacher.protocol import NoTeacher, TeacherLogits
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,6 @@ class Batch:
     targets: Tensor
     distill: Tensor
     index: Tensor
-
-
-ReferenceLogits = tuple[list[Tensor], Tensor | None]
 
 
 def rows(logits: Tensor) -> Tensor:
@@ -61,26 +59,10 @@ def token_rows(y: Tensor, index: Tensor, targets: Tensor, distill: Tensor) -> tu
     return targets.flatten(1), (distill[..., None] & real).flatten(1), tokens.flatten(1)
 
 
-class References:
-    """Frozen logits for each batch: the teachers', and the initial student's for DP-KD.
-
-    The base class supplies none (plain training and DML). Subclasses fetch them from models in
-    this process, from a teacher server or from the offline cache; ``prefetch`` lets a remote
-    source overlap the requests of the next ``ahead`` batches with the student's current step
-    (more than one keeps a teacher about as slow as the student, or jittery, from making it wait).
-    """
-
-    ahead = 1  # upcoming batches ``fit`` offers to ``prefetch`` at each step
-
-    def prefetch(self, batch: Batch) -> None:
-        """Start fetching ``batch``'s logits early; the default has nothing to start."""
-
-    def use_device(self, device: torch.device) -> None:
-        """Where the models train: a source that builds logits (the top-k cache expands its rows) builds them there;
-        the default's logits are moved there by ``fit``."""
-
-    def __call__(self, batch: Batch) -> ReferenceLogits:
-        return [], None
+#: ``fit``'s per-epoch hook: the epoch (from 0) and its mean loss terms.
+OnEpoch = Callable[[int, dict[str, float]], None]
+#: A mutual-learning peer's step: its own logits in, every peer's out (see ``fit``).
+Exchange = Callable[[list[Tensor]], list[Tensor]]
 
 
 class Batches(Protocol):
@@ -186,21 +168,6 @@ class TransferBatches:
             yield Batch(self.augment(x) if self.augment else x, targets[i], distill[i], row_index[i])
 
 
-class InlineReferences(References):
-    """Frozen models run in this process, without gradients, on every batch."""
-
-    def __init__(self, teachers: list[nn.Module], initial: nn.Module | None = None) -> None:
-        self.teachers, self.initial = teachers, initial
-        for model in [*teachers, *([initial] if initial else [])]:
-            model.eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def __call__(self, batch: Batch) -> ReferenceLogits:
-        frozen = [*self.teachers, *([self.initial] if self.initial else [])]
-        x = batch.x.to(device_of(frozen[0])) if frozen else batch.x
-        return [t(x) for t in self.teachers], (self.initial(x) if self.initial else None)
-
-
 def device_of(model: nn.Module) -> torch.device:
     """Where a model's weights are (the CPU for a model without any)."""
     return next(model.parameters(), torch.empty(0)).device
@@ -228,14 +195,19 @@ def fit(
     epochs: int,
     lr: float,
     weight_decay: float = 0.0,
-    references: References | None = None,
-    on_epoch: Callable[[int, dict[str, float]], None] = lambda epoch, losses: None,
+    teacher: TeacherLogits | None = None,
+    on_epoch: OnEpoch = lambda epoch, losses: None,
     precision: str = "fp32",
+    exchange: Exchange | None = None,
 ) -> None:
-    """Train ``models`` jointly on ``method``'s loss; ``on_epoch`` gets each epoch's mean loss terms."""
-    references = references or References()
+    """Train ``models`` jointly on ``method``'s loss; ``on_epoch`` gets each epoch's mean loss terms.
+
+    ``exchange`` is a mutual-learning peer's meeting point: its own models' logits in, every peer's out (its own in
+    place, the others' as constants), so peers on different machines train exactly as ``models`` trained together.
+    """
+    teacher = teacher or NoTeacher()
     device = device_of(models[0])
-    references.use_device(device)
+    teacher.use_device(device)
     batches.use_device(device)
     mixed = Precision(precision, device)
     mixed.layout(models)
@@ -246,10 +218,10 @@ def fit(
         for model in models:
             model.train()
         totals: dict[str, Tensor] = {}  # summed on the device: no host sync per step, one per epoch
-        for batch, upcoming in lookahead(batches, references.ahead):
+        for batch, upcoming in lookahead(batches, teacher.ahead):
             for later in upcoming:
-                references.prefetch(later)  # a source ignores batches it has already asked for
-            terms = step_losses(models, method, references, batch, mixed)
+                teacher.prefetch(later)  # a source ignores batches it has already asked for
+            terms = step_losses(models, method, teacher, batch, mixed, exchange)
             mixed.step(terms["loss"], optimizer)
             for name, value in terms.items():
                 totals[name] = totals[name] + value.detach() if name in totals else value.detach()
@@ -261,17 +233,22 @@ def fit(
 
 
 def step_losses(
-    models: list[nn.Module], method: Method, references: References, batch: Batch, mixed: Precision
+    models: list[nn.Module],
+    method: Method,
+    teacher: TeacherLogits,
+    batch: Batch,
+    mixed: Precision,
+    exchange: Exchange | None = None,
 ) -> dict[str, Tensor]:
     """One step's loss terms: reference logits and the models' forwards under ``mixed``'s autocast, the method's
     loss on float32 logits, so every method computes in full precision."""
     device, full = mixed.device, mixed.full
     with mixed.autocast():
-        teachers, initial = references(batch)
+        teachers, initial = teacher(batch)
         x = mixed.inputs(batch.x.to(device, non_blocking=True))
         students = [full(rows(m(x))) for m in models]
     logits = StepLogits(
-        students,
+        exchange(students) if exchange else students,
         [full(rows(t.to(device))) for t in teachers],
         full(rows(initial.to(device))) if initial is not None else None,
         batch.index,

@@ -1,8 +1,8 @@
 """One trial of a study: take a seed's pre-trained node models and transfer knowledge into the student.
 
 Plain PyTorch: the sweep runs many of these as Ray Tune trials, and a notebook can call ``run_trial``
-directly. The caller says where frozen logits come from (a ``LogitSource``: the models in this
-process by default, the offline cache, or a teacher server); the trial never switches on the mode.
+directly. Frozen logits come from ``raykd.teacher.source.teacher_logits`` (the one place that reads
+``teacher.mode``); the training itself is ``raykd.transfer.transfer``, shared with every other caller.
 Metrics are accuracies in [0, 1]; ``gain`` is the student's global test accuracy after minus before. A
 language model's accuracies are next-token accuracies; it also reports perplexities (``*_ppl``) and
 cross-entropies (``*_nll``, nats per token), and its ``gain`` is the drop in test cross-entropy.
@@ -10,43 +10,34 @@ cross-entropies (``*_nll``, nats per token), and its ``gain`` is the drop in tes
 
 from __future__ import annotations
 
-import copy
 import math
 import resource
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from raykd.config import ExperimentConfig
 from raykd.data import Dataset, build_augment
 from raykd.data.tokenizers import tokenizer_record
-from raykd.engine import (
-    Batches,
-    InlineReferences,
-    References,
-    TransferBatches,
-    accuracy,
-    fit,
-    method_context,
-    pick_device,
-    predict,
-    seed_everything,
-    token_scores,
-)
+from raykd.engine import Batches, Exchange, TransferBatches, accuracy, method_context, pick_device, token_scores
 from raykd.lm.hf import save_pretrained
 from raykd.lm.miniplm import difference_sampled
 from raykd.lm.onpolicy import OnPolicyBatches
+from raykd.methods.base import Method
 from raykd.nodes import Setup, load_node, prepare
 from raykd.students import save_student
+from raykd.teacher.protocol import NoTeacher, TeacherLogits
+from raykd.teacher.source import LoadNode, teacher_logits
+from raykd.transfer import TransferPlan, transfer
 
 Report = Callable[[dict[str, Any]], None]
-LoadNode = Callable[[int], nn.Module]
 #: Metrics that measure the machine, not the method: they differ between identical runs. ``epoch_seconds`` is the
 #: epoch's training alone and ``eval_seconds`` the evaluation after it, so a trial's time outside both (Tune's
 #: reporting, set-up) can be told apart (benchmarks/sweep_concurrency.py).
@@ -54,32 +45,6 @@ TIMING_METRICS = ("epoch_seconds", "eval_seconds", "samples_per_s", "peak_rss_mb
 #: What a saved student file records of its trial's last epoch (and, for a language model, LM_METRICS).
 STUDENT_METRICS = ("val_acc", "local_val_acc", "test_acc", "test_acc_before", "gain")
 LM_METRICS = ("val_ppl", "test_ppl", "test_ppl_before")
-
-
-class LogitSource(Protocol):
-    """Where a trial's frozen logits come from; ``load`` gives a node's model, loaded only when asked for."""
-
-    def references(self, frozen: list[int], initial: int | None, load: LoadNode) -> References:
-        """Per-batch logits of the ``frozen`` teacher nodes and of the ``initial`` student (DP-KD)."""
-        ...
-
-    def train_logits(self, nodes: list[int], load: LoadNode) -> list[Tensor]:
-        """Logits of ``nodes`` on the whole training split, for ``Method.prepare``."""
-        ...
-
-
-class InlineLogits:
-    """The frozen models run in this process on every batch: the default, and the baseline of the others."""
-
-    def __init__(self, setup: Setup) -> None:
-        self.setup = setup
-
-    def references(self, frozen: list[int], initial: int | None, load: LoadNode) -> References:
-        start = copy.deepcopy(load(initial)) if initial is not None else None
-        return InlineReferences([load(n) for n in frozen], start)
-
-    def train_logits(self, nodes: list[int], load: LoadNode) -> list[Tensor]:
-        return [predict(load(n), self.setup.dataset.train_x) for n in nodes]
 
 
 def student_metrics(model: nn.Module, setup: Setup, student: int) -> dict[str, float]:
@@ -191,60 +156,80 @@ class EpochReports:
         self.started = time.perf_counter()
 
 
+@dataclass(frozen=True)
+class Peer:
+    """A DML peer actor's part of a trial: which of the K peers (``cfg.node_ids()``) it trains, and its ``exchange``
+    with the others (``raykd.engine.fit``)."""
+
+    index: int
+    exchange: Exchange
+
+
 def run_trial(
     cfg: ExperimentConfig,
     label: str,
     setting: dict[str, Any],
     seed: int,
     report: Report = lambda m: None,
-    source: LogitSource | None = None,
+    server: Any = None,
     rank: int = 0,
     world: int = 1,
     wrap: Callable[[nn.Module], nn.Module] = lambda model: model,
     device: torch.device | None = None,
     save_to: Path | None = None,
+    peer: Peer | None = None,
 ) -> dict[str, Any]:
     """Transfer into the student with method row ``label`` at ``setting``; report after every epoch.
 
-    ``source`` supplies frozen logits (default: the models in this process). A data-parallel learner
-    passes its ``rank`` among ``world`` workers (it trains on its shard of the transfer set) and
-    ``wrap`` (e.g. DDP) for the trainable models; metrics are computed on the full evaluation splits
-    by every worker alike. Models train on ``device`` (default: CUDA when ``tune.gpus_per_trial``
-    reserves GPUs, else the CPU); data and cached logits stay on the CPU. With ``save_to`` the final
-    student is saved there (by rank 0) as a student file (``raykd.students``). Returns the last report.
+    Frozen logits come from where ``teacher.mode`` says (``server``: the TeacherServer actor or its name). A
+    data-parallel learner passes its ``rank`` among ``world`` workers (it trains on its shard of the transfer set)
+    and ``wrap`` (e.g. DDP) for the trainable models; metrics are computed on the full evaluation splits by every
+    worker alike. A DML peer actor passes its ``peer`` part and trains only that peer. Models train on ``device``
+    (default: CUDA when ``tune.gpus_per_trial`` reserves GPUs, else the CPU); data and cached logits stay on the
+    CPU. With ``save_to`` the final student is saved there (by rank 0) as a student file (``raykd.students``).
+    Returns the last report.
     """
     method = cfg.method(label).build(setting)
     setup = prepare(cfg, seed)
-    source = source or InlineLogits(setup)
     device = device or pick_device(cfg.tune.gpus_per_trial)
     load: LoadNode = cache(lambda node: load_node(cfg, setup, node, seed).to(device))
     student_id, teachers = cfg.transfer.student, cfg.transfer.teachers
     student = load(student_id)
-    if method.teachers == "peers":
-        trainable, references = [wrap(load(n)) for n in cfg.node_ids()], References()
-    else:
-        frozen = teachers if method.teachers == "frozen" else []
-        initial = student_id if method.uses_initial_student else None
-        trainable, references = [wrap(student)], source.references(frozen, initial, load)
-    transfer = transfer_batches(cfg, transfer_rows(cfg, setup, load, student), seed, rank, world)
-    batches: Batches = transfer
+    trainable, teacher = trial_models(cfg, method, setup, seed, load, server, wrap, peer)
+    transfer_set = transfer_batches(cfg, transfer_rows(cfg, setup, load, student), seed, rank, world)
+    batches: Batches = transfer_set
     if getattr(method, "on_policy", 0) > 0:  # GKD's lambda: part of each batch is the student's own text
-        batches = OnPolicyBatches(transfer, student, method.on_policy, seed)  # type: ignore[attr-defined]
-    context = method_context(
-        transfer,
-        lambda: [load(n) for n in teachers],
-        setup.dataset.num_classes,
-        seed,
-        lambda: source.train_logits(teachers, load),
-    )
-    costs = {f"prepare_{k}": v for k, v in method.prepare(context).items()}
-    epochs = EpochReports(student, setup, student_id, transfer.rows_per_epoch, costs, report)
-    seed_everything(seed)
-    budget = cfg.transfer.train
-    fit(trainable, method, batches, budget.epochs, budget.lr, budget.weight_decay, references, epochs, budget.precision)
+        batches = OnPolicyBatches(transfer_set, student, method.on_policy, seed)  # type: ignore[attr-defined]
+    classes = setup.dataset.num_classes
+    context = method_context(transfer_set, lambda: [load(n) for n in teachers], classes, seed, teacher.train_logits)
+    exchange = peer.exchange if peer is not None else None
+    plan = TransferPlan(trainable, method, batches, cfg.transfer.train, teacher, context, seed, exchange)
+    rows = transfer_set.rows_per_epoch
+    epochs = transfer(plan, lambda costs: EpochReports(student, setup, student_id, rows, costs, report))
     if save_to is not None and rank == 0:
         save_trial_student(save_to, student, cfg, setup, label, setting, seed, epochs.final)
     return epochs.final
+
+
+def trial_models(
+    cfg: ExperimentConfig,
+    method: Method,
+    setup: Setup,
+    seed: int,
+    load: LoadNode,
+    server: Any,
+    wrap: Callable[[nn.Module], nn.Module],
+    peer: Peer | None,
+) -> tuple[list[nn.Module], TeacherLogits]:
+    """What a trial trains, and the frozen logits it distils from: the K mutual-learning peers (or a peer actor's
+    own), or the student with its frozen teachers (and initial self, for DP-KD) from where ``teacher.mode`` says."""
+    if method.teachers == "peers":
+        peers = cfg.node_ids() if peer is None else [cfg.node_ids()[peer.index]]
+        return [wrap(load(n)) for n in peers], NoTeacher()
+    student = wrap(load(cfg.transfer.student))
+    frozen = cfg.transfer.teachers if method.teachers == "frozen" else []
+    initial = cfg.transfer.student if method.uses_initial_student else None
+    return [student], teacher_logits(cfg, setup, seed, frozen, initial, load, server)
 
 
 def save_trial_student(

@@ -23,8 +23,6 @@ from ray.train.torch import TorchTrainer
 from raykd.cluster import on_this_node
 from raykd.config import ExperimentConfig
 from raykd.experiment import run_trial
-from raykd.nodes import prepare
-from raykd.teacher_server import logit_source
 
 
 def _worker(loop: dict[str, Any]) -> None:
@@ -33,7 +31,6 @@ def _worker(loop: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(max(1, int(cfg.learners.cpus_per_worker)))
-    source = logit_source(cfg, prepare(cfg, loop["seed"]), loop["seed"], loop["server_name"])
     trainable: list[torch.nn.Module] = []
 
     def wrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -52,7 +49,17 @@ def _worker(loop: dict[str, Any]) -> None:
 
     device = ray.train.torch.get_device()  # this worker's GPU when learners.use_gpu, else the CPU
     run_trial(
-        cfg, loop["label"], loop["setting"], loop["seed"], report, source, rank, world, wrap, device, loop["save_to"]
+        cfg,
+        loop["label"],
+        loop["setting"],
+        loop["seed"],
+        report,
+        server=loop["server_name"],
+        rank=rank,
+        world=world,
+        wrap=wrap,
+        device=device,
+        save_to=loop["save_to"],
     )
 
 

@@ -263,8 +263,8 @@ def test_corrupted_node_checkpoint_and_logit_cache_are_rebuilt(
     tmp_path: Path, capsys: pytest.CaptureFixture, ray_session: object
 ) -> None:
     from raykd.config import validate_config
-    from raykd.logit_cache import node_logits
     from raykd.nodes import load_node, node_path, prepare
+    from raykd.teacher.cache import node_logits
 
     raw = tiny_raw(tmp_path, tmp_path / "cache", methods=[{"name": "kd", "temperature": 4}])
     raw["teacher"] = {"mode": "cache"}

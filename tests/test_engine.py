@@ -10,11 +10,12 @@ import torch
 
 from raykd.config import DataConfig, ModelSpec
 from raykd.data import load_dataset
-from raykd.engine import Batch, NonFiniteLoss, References, TransferBatches, accuracy, fit, seed_everything
+from raykd.engine import Batch, NonFiniteLoss, TransferBatches, accuracy, fit, seed_everything
 from raykd.methods.base import UNLABELLED
 from raykd.methods.ce import CrossEntropy
 from raykd.methods.kd import KnowledgeDistillation
 from raykd.models import build_model
+from raykd.teacher.protocol import TeacherLogits
 
 
 def test_batches_pair_labelled_rows_with_pool_rows() -> None:
@@ -46,7 +47,7 @@ def test_training_is_deterministic_on_cpu(cache_dir: Path) -> None:
     assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
 
 
-class _Nan(References):
+class _Nan(TeacherLogits):
     """A broken teacher whose logits are all NaN."""
 
     def __init__(self, logits: torch.Tensor) -> None:
@@ -56,7 +57,7 @@ class _Nan(References):
         return [self.logits[: len(batch.x)]], None
 
 
-class _Ahead(References):
+class _Ahead(TeacherLogits):
     """Records which batch each step offers for prefetching, and which batch each step asks for."""
 
     ahead = 2
@@ -76,17 +77,17 @@ class _Ahead(References):
 def test_fit_offers_the_next_ahead_batches_for_prefetch() -> None:
     """With ``ahead = 2`` step i offers batches i+1 and i+2 (none past the epoch's end): two requests in flight."""
     x, y = torch.randn(40, 4), torch.randint(0, 3, (40,))
-    references = _Ahead()
+    teacher = _Ahead()
     fit(
         [torch.nn.Linear(4, 3)],
         CrossEntropy(),
         TransferBatches(x, y, np.arange(40), None, 10, True, 0),
         1,
         1e-2,
-        references=references,
+        teacher=teacher,
     )
-    first = references.asked  # the first row of each of the epoch's 4 batches, in step order
-    assert references.offered == [first[1], first[2], first[2], first[3], first[3]]
+    first = teacher.asked  # the first row of each of the epoch's 4 batches, in step order
+    assert teacher.offered == [first[1], first[2], first[2], first[3], first[3]]
 
 
 def test_non_finite_loss_names_epoch_and_term() -> None:
@@ -95,7 +96,7 @@ def test_non_finite_loss_names_epoch_and_term() -> None:
     teacher = torch.full((32, 3), float("nan"))
     batches = TransferBatches(x, y, np.arange(32), None, 16, True, 0)
     with pytest.raises(NonFiniteLoss, match="epoch 1: loss term 'loss'"):
-        fit([model], KnowledgeDistillation(), batches, 1, 1e-2, references=_Nan(teacher))
+        fit([model], KnowledgeDistillation(), batches, 1, 1e-2, teacher=_Nan(teacher))
 
 
 @pytest.mark.slow

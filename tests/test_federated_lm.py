@@ -13,7 +13,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from federated.exchange import ConsensusReferences, consensus, pack, public_rows, unpack
+from federated.exchange import ConsensusTeacher, consensus, pack, public_rows, unpack
 from federated.task import client_update, global_model, payload_bytes, setup_of
 from raykd.config import validate_config
 from raykd.engine import Batch
@@ -88,10 +88,10 @@ def test_the_consensus_of_equal_clients_is_their_message_and_era_sharpens_it() -
 def test_the_consensus_teaches_public_tokens_only() -> None:
     seq_len, classes, public = 4, 10, np.array([5, 2])
     record = pack(torch.randn(len(public) * seq_len, classes).log_softmax(dim=1), K)
-    references = ConsensusReferences(record, public, seq_len, classes)
+    teacher = ConsensusTeacher(record, public, seq_len, classes)
     index = torch.tensor([2 * seq_len + 1, 5 * seq_len + 3, 7 * seq_len])  # public seq 2, public seq 5, private 7
     batch = Batch(torch.zeros(3), torch.zeros(3), torch.ones(3, dtype=torch.bool), index)
-    (logits,), _ = references(batch)
+    (logits,), _ = teacher(batch)
     expected = unpack(record, classes)
     assert torch.equal(logits[0], expected[1 * seq_len + 1])  # seq 2 is the consensus's second sequence
     assert torch.equal(logits[1], expected[0 * seq_len + 3])

@@ -16,7 +16,7 @@ from raykd.data import load_dataset
 from raykd.data.documents import document_nodes, document_splits
 from raykd.data.text import PAD_TARGET, paragraphs, sequences
 from raykd.data.tokenizers import ByteTokenizer, bpe, tokenizer_from_record, tokenizer_record
-from raykd.engine import Batch, References, TransferBatches, fit, rows, token_scores
+from raykd.engine import Batch, TransferBatches, fit, rows, token_scores
 from raykd.errors import ConfigError
 from raykd.lm.gpt import gpt
 from raykd.lm.onpolicy import OnPolicyBatches
@@ -24,6 +24,7 @@ from raykd.methods.base import UNLABELLED, Method, StepLogits
 from raykd.methods.gkd import GeneralisedKD, generalised_jsd
 from raykd.methods.kd import KnowledgeDistillation
 from raykd.methods.skew import SkewKL
+from raykd.teacher.protocol import TeacherLogits
 
 TEXT = "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs; ünïcödé too."
 
@@ -94,7 +95,7 @@ class Recording(Method):
         return KnowledgeDistillation(2.0, 0.5).losses(logits, targets, distill)
 
 
-class FrozenTeacher(References):
+class FrozenTeacher(TeacherLogits):
     def __init__(self, teacher: torch.nn.Module) -> None:
         self.teacher = teacher
 
@@ -117,7 +118,7 @@ def test_a_token_level_step_is_the_row_method_on_flattened_logits(tmp_path: Path
         TransferBatches(data.train_x, data.train_y, labelled, pool, 4, True, seed=0),
         1,
         lr=0.0,
-        references=FrozenTeacher(teacher),
+        teacher=FrozenTeacher(teacher),
     )
     same = TransferBatches(data.train_x, data.train_y, labelled, pool, 4, True, seed=0)  # the same first epoch
     for (logits, targets, distill), batch in zip(method.seen, same, strict=True):

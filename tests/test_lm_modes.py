@@ -14,9 +14,9 @@ import raykd
 from raykd.config import validate_config
 from raykd.experiment import run_trial
 from raykd.files import file_digest
-from raykd.logit_cache import node_logits
 from raykd.nodes import load_node, node_path, prepare
-from raykd.teacher_server import logit_source, served_model, start_server
+from raykd.teacher.cache import node_logits
+from raykd.teacher.server import served_model, start_server
 from raykd.tune import main
 from tests.conftest import lm_raw
 
@@ -41,7 +41,7 @@ def test_served_and_cached_token_logits_equal_inline_and_top_k_agrees_between_th
     }.items():
         c = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update=teacher)})
         server = start_server([served], c.teacher) if c.teacher.mode == "server" else None
-        results[name] = run_trial(c, "kd", kd, 0, source=logit_source(c, prepare(c, 0), 0, server))
+        results[name] = run_trial(c, "kd", kd, 0, server=server)
         if server is not None:
             ray_session.kill(server)
     for mode in ("cache", "server"):  # full float32 logits: the same run as inline

@@ -19,7 +19,7 @@ from raykd.methods import METHODS
 from raykd.methods.ce import CrossEntropy
 from raykd.methods.kd import KnowledgeDistillation
 from raykd.nodes import node_path, prepare
-from raykd.teacher_server import logit_source, served_model, start_server
+from raykd.teacher.server import served_model, start_server
 from raykd.tune import main
 from tests.conftest import tiny_raw
 
@@ -49,7 +49,7 @@ def test_every_new_method_runs_central_trials_alike_in_inline_cache_and_server_m
             served = [served_model(file_digest(p), p, cfg.nodes.model, shape, 10) for p in paths]
             server = start_server(served, c.teacher)
         for name in names:
-            results[mode, name] = run_trial(c, name, {}, 0, source=logit_source(c, prepare(c, 0), 0, server))
+            results[mode, name] = run_trial(c, name, {}, 0, server=server)
         if server is not None:
             ray_session.kill(server)
     for name in NEW:

@@ -9,12 +9,13 @@ import torch
 from raykd.config import DataConfig, ModelSpec, validate_config
 from raykd.config.base import TrainConfig
 from raykd.data import build_augment
-from raykd.engine import InlineReferences, TransferBatches, fit, seed_everything
+from raykd.engine import TransferBatches, fit, seed_everything
 from raykd.errors import ConfigError
 from raykd.methods.kd import KnowledgeDistillation
 from raykd.models import build_model
 from raykd.nodes import train_key
 from raykd.precision import Precision, serving_precision
+from raykd.teacher.inline import InlineTeacher
 
 # Epoch losses of the run below, recorded with the engine as it was before data moved to the device
 # (batches built on the CPU and copied per step).
@@ -39,9 +40,9 @@ def _kd_run(
     if move_first:
         batches.use_device(torch.device("cpu"))
     losses: list[dict[str, float]] = []
-    references = InlineReferences([teacher])
+    teacher_logits = InlineTeacher([teacher])
     on_epoch = lambda epoch, means: losses.append(means)  # noqa: E731
-    fit([student], KnowledgeDistillation(), batches, 2, 1e-2, 0.0, references, on_epoch, precision)
+    fit([student], KnowledgeDistillation(), batches, 2, 1e-2, 0.0, teacher_logits, on_epoch, precision)
     return losses, [p.detach().clone() for p in student.parameters()], batches
 
 

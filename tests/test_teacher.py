@@ -12,9 +12,9 @@ from raykd.config import validate_config
 from raykd.engine import predict
 from raykd.experiment import run_trial
 from raykd.files import file_digest
-from raykd.logit_cache import LogitCache, node_logits
 from raykd.nodes import load_node, node_path, prepare
-from raykd.teacher_server import ServedModel, logit_source, served_model, start_server
+from raykd.teacher.cache import LogitCache, node_logits
+from raykd.teacher.server import ServedModel, served_model, start_server
 from tests.conftest import tiny_raw
 
 
@@ -92,17 +92,13 @@ def test_trial_in_server_and_cache_mode_equals_inline(ray_session, node_setup: t
     for mode, ahead in (("inline", 1), ("cache", 1), ("server", 1), ("server-ahead", 3)):  # 3 batches prefetched
         teacher = {"mode": mode.split("-")[0], "prefetch": ahead}
         c = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update=teacher)})
-        results[mode] = run_trial(
-            c, "kd", {"temperature": 4.0, "alpha": 0.5}, 0, source=logit_source(c, prepare(c, 0), 0, server)
-        )
+        results[mode] = run_trial(c, "kd", {"temperature": 4.0, "alpha": 0.5}, 0, server=server)
         dpkd = c.model_copy(
             update={
                 "methods": validate_config(tiny_raw(tmp_path, c.nodes.cache_dir, methods=[{"name": "dpkd"}])).methods
             }
         )
-        results[mode + "-dpkd"] = run_trial(
-            dpkd, "dpkd", {"temperature": 4.0, "alpha": 0.5}, 0, source=logit_source(dpkd, prepare(dpkd, 0), 0, server)
-        )
+        results[mode + "-dpkd"] = run_trial(dpkd, "dpkd", {"temperature": 4.0, "alpha": 0.5}, 0, server=server)
     ray.kill(server)
     for method in ("", "-dpkd"):
         for mode in ("cache", "server", "server-ahead"):
@@ -179,7 +175,7 @@ def test_two_worker_torch_trainer_kd_run(ray_session, node_setup: tuple, tmp_pat
 def test_a_cached_run_loads_no_teacher_model(node_setup: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the teacher's logits in the cache, a KD trial reads them and never loads the teacher's checkpoint."""
     import raykd.experiment
-    import raykd.logit_cache
+    import raykd.teacher.cache
 
     cfg, setup, _ = node_setup
     cached = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"mode": "cache"})})
@@ -191,7 +187,6 @@ def test_a_cached_run_loads_no_teacher_model(node_setup: tuple, monkeypatch: pyt
         return load_node(cfg, setup, node, seed)
 
     monkeypatch.setattr(raykd.experiment, "load_node", recording)
-    monkeypatch.setattr(raykd.logit_cache, "load_node", recording)
-    source = raykd.logit_cache.CachedLogits(cached, setup, 0)
-    result = run_trial(cached, "kd", {"temperature": 4.0, "alpha": 0.5}, 0, source=source)
+    monkeypatch.setattr(raykd.teacher.cache, "load_node", recording)
+    result = run_trial(cached, "kd", {"temperature": 4.0, "alpha": 0.5}, 0)
     assert loaded == [0] and result["epoch"] == cached.transfer.train.epochs  # the student only

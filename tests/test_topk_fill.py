@@ -12,9 +12,10 @@ import torch
 from raykd.config import validate_config
 from raykd.engine import predict, rows
 from raykd.files import file_digest
-from raykd.logit_cache import CachedLogits, LogitCache, dense_logits, node_logits, read_rows, top_k_rows
 from raykd.nodes import load_node, node_path, prepare
-from raykd.teacher_server import ServedReferences, TeacherServer, served_model
+from raykd.teacher.cache import LogitCache, dense_logits, node_logits, read_rows, top_k_rows
+from raykd.teacher.server import ServedTeacher, TeacherServer, served_model
+from raykd.teacher.source import teacher_logits
 from tests.conftest import lm_raw, tiny_raw
 
 CPU = torch.device("cpu")
@@ -86,7 +87,7 @@ def test_a_cached_language_model_expands_with_its_tail_mass_and_the_server_agree
     ids = torch.from_numpy(records["ids"].astype(np.int64))
     dropped = full.scatter(1, ids, float("-inf")).logsumexp(dim=1)  # the tail's logsumexp, taken where it was built
     assert np.allclose(records["tail"], dropped.numpy(), atol=1e-5)
-    dense = CachedLogits(cfg, setup, 0).train_logits([1], load_node)[0]
+    dense = teacher_logits(cfg, setup, 0, [1], None, lambda node: load_node(cfg, setup, node, 0)).train_logits()[0]
     assert torch.allclose(dense.softmax(1).gather(1, ids), full.softmax(1).gather(1, ids), atol=1e-6)
     assert dense.softmax(1).sum(1).sub(1).abs().max() < 1e-5
     path = node_path(cfg, 1, 0)  # the server's reply, taken in this process (no Ray): the same rows
@@ -94,5 +95,5 @@ def test_a_cached_language_model_expands_with_its_tail_mass_and_the_server_agree
     server = TeacherServer([model], "cpu", "float32", 4096, 0.0, top_k=4, top_k_fill="mass")
     answer = server._forward((model.key,), x[:3])
     assert len(answer) == 3 and answer[2].shape == (1, 3, 16)
-    served = ServedReferences(None, [model.key], None, prefetch=0, classes=vocab)._dense(*answer)
+    served = ServedTeacher(None, [model.key], None, prefetch=0, classes=vocab)._dense(*answer)
     assert torch.allclose(rows(served[0]), dense[: 3 * 16], atol=1e-5)

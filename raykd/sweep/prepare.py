@@ -16,9 +16,9 @@ from tqdm import tqdm
 
 from raykd.config import Cell, ExperimentConfig
 from raykd.files import file_digest
-from raykd.logit_cache import node_logits
 from raykd.nodes import dataset_of, load_node, node_path, prepare, read_node
-from raykd.teacher_server import served_model, start_server
+from raykd.teacher.cache import node_logits
+from raykd.teacher.server import served_model, start_server
 
 Job = tuple[ExperimentConfig, int, int]
 

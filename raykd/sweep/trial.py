@@ -20,10 +20,8 @@ from raykd.engine import NonFiniteLoss
 from raykd.errors import InjectedFault
 from raykd.experiment import run_trial
 from raykd.files import write_atomic
-from raykd.nodes import prepare
 from raykd.sweep.state import finished_result
 from raykd.sweep.students import trial_student
-from raykd.teacher_server import logit_source
 
 
 def trainable(
@@ -94,8 +92,7 @@ def transfer(cfg: ExperimentConfig, config: dict[str, Any], server_name: str | N
         run_on_learners(cfg, label, setting, seed, storage, server_name, [TuneReportCallback()], student)
         return
     torch.set_num_threads(max(1, int(cfg.tune.cpus_per_trial)))
-    source = logit_source(cfg, prepare(cfg, seed), seed, server_name)
-    run_trial(cfg, label, setting, seed, report=report, source=source, save_to=student)
+    run_trial(cfg, label, setting, seed, report=report, server=server_name, save_to=student)
 
 
 def report(metrics: dict[str, Any]) -> None:

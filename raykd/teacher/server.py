@@ -1,4 +1,5 @@
-"""TeacherServer: a Ray actor that loads frozen models once and serves batched logits to many students.
+"""``teacher.mode: server`` (the Ray shell only): the TeacherServer, a Ray actor that loads frozen models once and
+serves batched logits to many students, and ``ServedTeacher``, a student's side of it.
 
 Requests that arrive together are merged (dynamic batching: up to ``max_batch_rows`` rows, waiting
 at most ``batch_wait_ms`` for more) and run in one forward pass on a worker thread, so the actor
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,13 +24,14 @@ from torch import Tensor
 
 from raykd.cluster import ANSWER_TIMEOUT_S, START_TIMEOUT_S, get_within
 from raykd.config import ExperimentConfig, ModelSpec, TeacherConfig
-from raykd.engine import Batch, ReferenceLogits, References
-from raykd.experiment import InlineLogits, LoadNode, LogitSource
+from raykd.engine import Batch, predict
 from raykd.files import file_digest
-from raykd.logit_cache import CachedLogits, Fill, dense_logits, tail_logsumexp
 from raykd.models import build_model
 from raykd.nodes import Setup, node_path
 from raykd.precision import serving_precision
+from raykd.teacher.cache import Fill, dense_logits, tail_logsumexp
+from raykd.teacher.protocol import FrozenLogits, TeacherLogits
+from raykd.teacher.source import LoadNode
 
 
 @dataclass(frozen=True)
@@ -177,14 +180,23 @@ def start_server(
     return server
 
 
-class ServedReferences(References):
-    """Logits from a TeacherServer; ``prefetch`` (a count) next batches' requests are in flight during this step.
-    ``received_bytes`` counts what the server's answers carried (a federated round reports it)."""
+class ServedTeacher(TeacherLogits):
+    """``teacher.mode: server``: logits from a TeacherServer; ``prefetch`` (a count) next batches' requests are in
+    flight during this step. ``received_bytes`` counts what the server's answers carried (a federated round reports
+    it). ``train_logits`` is the caller's pass over the training split for ``Method.prepare``, which runs where the
+    trial runs (as inline), not on the server: the server's replies may be cut to top-k or a lower dtype."""
 
     def __init__(
-        self, server: Any, teacher_keys: list[str], initial_key: str | None, prefetch: int = 1, classes: int = 0
+        self,
+        server: Any,
+        teacher_keys: list[str],
+        initial_key: str | None,
+        prefetch: int = 1,
+        classes: int = 0,
+        train_logits: Callable[[], list[Tensor]] = list,
     ) -> None:
         self.server, self.teacher_keys, self.initial_key, self.classes = server, teacher_keys, initial_key, classes
+        self.split_logits = train_logits
         self.keys = tuple(teacher_keys + ([initial_key] if initial_key else []))
         self.ahead = int(prefetch)  # True/False of older configs read as 1/0
         self.pending: dict[int, tuple[Batch, ray.ObjectRef]] = {}
@@ -194,7 +206,7 @@ class ServedReferences(References):
         if self.ahead and self.keys and id(batch) not in self.pending:
             self.pending[id(batch)] = (batch, self.server.infer.remote(self.keys, batch.x.cpu()))
 
-    def __call__(self, batch: Batch) -> ReferenceLogits:
+    def __call__(self, batch: Batch) -> FrozenLogits:
         if not self.keys:
             return [], None
         _, ref = self.pending.pop(id(batch), (batch, None))
@@ -205,8 +217,11 @@ class ServedReferences(References):
         teachers = list(logits[: len(self.teacher_keys)])
         return teachers, (logits[-1] if self.initial_key else None)
 
+    def train_logits(self) -> list[Tensor]:
+        return self.split_logits()
+
     def _dense(self, values: Tensor, ids: Tensor, tail: Tensor | None = None) -> Tensor:
-        """Top-k replies as full rows (``raykd.logit_cache.dense_logits``: a reply with each row's tail logsumexp
+        """Top-k replies as full rows (``raykd.teacher.cache.dense_logits``: a reply with each row's tail logsumexp
         was asked for the ``mass`` fill), back in the reply's (models, ...) shape."""
         k, flat_tail = values.shape[-1], None if tail is None else tail.reshape(-1)
         flat = dense_logits(values.float().reshape(-1, k), ids.reshape(-1, k), self.classes, flat_tail)
@@ -221,30 +236,14 @@ def served_model(
     return ServedModel(key, str(checkpoint), dump, tuple(shape), classes, tokens)
 
 
-class ServedLogits(InlineLogits):
-    """A trial's per-batch frozen logits from the sweep's TeacherServer, found by checkpoint content.
-
-    ``Method.prepare``'s one pass over the training split still runs in the trial (as inline).
-    """
-
-    def __init__(self, cfg: ExperimentConfig, setup: Setup, seed: int, server: Any) -> None:
-        super().__init__(setup)
-        self.cfg, self.seed, self.server = cfg, seed, server
-
-    def _key(self, node: int) -> str:
-        return file_digest(node_path(self.cfg, node, self.seed))
-
-    def references(self, frozen: list[int], initial: int | None, load: LoadNode) -> References:
-        initial_key = self._key(initial) if initial is not None else None
-        keys, classes = [self._key(n) for n in frozen], self.setup.dataset.num_classes
-        return ServedReferences(self.server, keys, initial_key, self.cfg.teacher.prefetch, classes)
-
-
-def logit_source(cfg: ExperimentConfig, setup: Setup, seed: int, server: Any = None) -> LogitSource:
-    """Where ``teacher.mode`` says a trial's frozen logits come from (``server``: the TeacherServer actor, or the
-    name it was started under): the one place that switches on the mode."""
-    if cfg.teacher.mode == "cache":
-        return CachedLogits(cfg, setup, seed)
-    if cfg.teacher.mode == "server":
-        return ServedLogits(cfg, setup, seed, ray.get_actor(server) if isinstance(server, str) else server)
-    return InlineLogits(setup)
+def served_teacher(
+    cfg: ExperimentConfig, setup: Setup, seed: int, frozen: list[int], initial: int | None, load: LoadNode, server: Any
+) -> ServedTeacher:
+    """A trial's ``ServedTeacher``: its nodes found on the server by checkpoint content; ``Method.prepare``'s one
+    pass over the training split runs in the trial (as inline)."""
+    key = lambda node: file_digest(node_path(cfg, node, seed))  # noqa: E731
+    server = ray.get_actor(server) if isinstance(server, str) else server
+    initial_key = key(initial) if initial is not None else None
+    train_x, classes = setup.dataset.train_x, setup.dataset.num_classes
+    train = lambda: [predict(load(n), train_x) for n in frozen]  # noqa: E731
+    return ServedTeacher(server, [key(n) for n in frozen], initial_key, cfg.teacher.prefetch, classes, train)

@@ -34,10 +34,10 @@ import torch
 from torch import Tensor
 
 from raykd.config import ExperimentConfig, TeacherConfig
-from raykd.engine import Batch, ReferenceLogits, References, pick_device, predict, rows
-from raykd.experiment import LoadNode
+from raykd.engine import Batch, pick_device, predict, rows
 from raykd.files import cached, file_digest, read_checked
 from raykd.nodes import Setup, data_digest, load_node, node_path, read_node
+from raykd.teacher.protocol import FrozenLogits, TeacherLogits
 
 TRANSFORM = "none"
 Fill = Literal["min", "mass"]  # ``teacher.top_k_fill``: what a top-k row's dropped classes read as
@@ -147,8 +147,8 @@ def read_rows(array: np.ndarray, index: np.ndarray, classes: int, device: torch.
     return dense_logits(values.float(), ids, classes, tail)  # a record with a tail was stored for ``mass``
 
 
-class CachedReferences(References):
-    """Teacher (and initial-student) logits looked up by the batch's global sample indices.
+class CachedTeacher(TeacherLogits):
+    """``teacher.mode: cache``: teacher (and initial-student) logits looked up by the batch's global sample indices.
 
     ``classes`` is the dataset's class count: what top-k arrays expand back to.
     """
@@ -163,9 +163,13 @@ class CachedReferences(References):
     def _rows(self, array: np.ndarray, batch: Batch) -> Tensor:
         return read_rows(array, batch.index.numpy(), self.classes, self.device)
 
-    def __call__(self, batch: Batch) -> ReferenceLogits:
+    def __call__(self, batch: Batch) -> FrozenLogits:
         initial = self._rows(self.initial, batch) if self.initial is not None else None
         return [self._rows(t, batch) for t in self.teachers], initial
+
+    def train_logits(self) -> list[Tensor]:
+        cpu = torch.device("cpu")
+        return [read_rows(array, np.arange(len(array)), self.classes, cpu) for array in self.teachers]
 
 
 def node_logits(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> tuple[np.ndarray, bool]:
@@ -209,24 +213,3 @@ def cache_identity(cfg: ExperimentConfig) -> dict[str, Any]:
     if cfg.data.task == "lm":
         return {**cfg.data.model_dump(mode="json", exclude={"root"}), "content": data_digest(cfg)}
     return cfg.data.model_dump(mode="json", include={"dataset", "fake_samples", "fake_classes"})
-
-
-class CachedLogits:
-    """A trial's frozen logits from the offline cache (a ``raykd.experiment.LogitSource``)."""
-
-    def __init__(self, cfg: ExperimentConfig, setup: Setup, seed: int) -> None:
-        self.cfg, self.setup, self.seed = cfg, setup, seed
-
-    def _logits(self, node: int) -> np.ndarray:
-        return node_logits(self.cfg, self.setup, node, self.seed)[0]
-
-    def references(self, frozen: list[int], initial: int | None, load: LoadNode) -> References:
-        return CachedReferences(
-            [self._logits(n) for n in frozen],
-            self._logits(initial) if initial is not None else None,
-            classes=self.setup.dataset.num_classes,
-        )
-
-    def train_logits(self, nodes: list[int], load: LoadNode) -> list[Tensor]:
-        cpu, classes = torch.device("cpu"), self.setup.dataset.num_classes
-        return [read_rows(array, np.arange(len(array)), classes, cpu) for array in map(self._logits, nodes)]

@@ -12,10 +12,10 @@ from raykd.config import validate_config
 from raykd.data import check_dataset, load_dataset
 from raykd.errors import ConfigError
 from raykd.experiment import run_trial
-from raykd.logit_cache import CachedLogits, LogitCache, node_logits, read_rows, top_k_rows
 from raykd.methods.base import StepLogits
 from raykd.methods.kd import KnowledgeDistillation
 from raykd.nodes import prepare
+from raykd.teacher.cache import LogitCache, node_logits, read_rows, top_k_rows
 from tests.conftest import tiny_raw
 
 CPU = torch.device("cpu")
@@ -110,8 +110,8 @@ def test_a_trial_distils_from_top_k_cached_logits(tmp_path: Path, cache_dir: Pat
     records, _ = node_logits(cfg, setup, 1, 0)
     assert records.dtype.names == ("values", "ids") and records.shape == (len(setup.dataset.train_x),)
     setting = {"temperature": 4.0, "alpha": 0.5}
-    cut = run_trial(cfg, "kd", setting, 0, source=CachedLogits(cfg, setup, 0))
+    cut = run_trial(cfg, "kd", setting, 0)
     assert cut["epoch"] == cfg.transfer.train.epochs and np.isfinite(cut["loss"])
     full_cfg = validate_config(tiny_raw(tmp_path, cache_dir, teacher={"mode": "cache"}))
-    full = run_trial(full_cfg, "kd", setting, 0, source=CachedLogits(full_cfg, prepare(full_cfg, 0), 0))
+    full = run_trial(full_cfg, "kd", setting, 0)
     assert cut["loss"] != full["loss"]  # the cut rows, not the full ones, reached the KD term
