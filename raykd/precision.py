@@ -78,4 +78,5 @@ def serving_precision(dtype: torch.dtype, device: torch.device) -> Precision:
     """A teacher server's inference in the dtype its logits travel in (``teacher.dtype``): float16 or bfloat16
     autocast and channels_last on CUDA; on the CPU full precision, as before, since there the logits are only cast."""
     names = {torch.float16: "fp16", torch.bfloat16: "bf16"}
-    return Precision(names.get(dtype, "fp32") if device.type == "cuda" else "fp32", device, "teacher.dtype", train=False)
+    name = names.get(dtype, "fp32") if device.type == "cuda" else "fp32"
+    return Precision(name, device, "teacher.dtype", train=False)
