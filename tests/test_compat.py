@@ -29,12 +29,15 @@ def test_installed_versions_are_the_ones_the_touches_were_checked_against(packag
 
 
 def test_mlflow_active_runs_are_forgotten_without_asking_the_store(tmp_path: Path) -> None:
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run = mlflow.start_run()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    # an own experiment: the fluent API's active experiment may name one in an earlier test's store
+    run = mlflow.start_run(experiment_id=client.create_experiment("compat"))
     assert mlflow.active_run() is not None
     compat.forget_active_mlflow_runs()
     assert mlflow.active_run() is None
-    assert mlflow.MlflowClient().get_run(run.info.run_id).info.status == "RUNNING"  # the store was not asked
+    assert client.get_run(run.info.run_id).info.status == "RUNNING"  # the store was not asked
 
 
 def test_mlflow_callback_internals(tmp_path: Path) -> None:

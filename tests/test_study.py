@@ -97,9 +97,8 @@ def test_ci_sized_paper_study_runs_end_to_end(
         distilled, from_random = starts.loc[(seed, "distilled")], starts.loc[(seed, "random")]
         assert distilled.start_test_acc > from_random.start_test_acc
         assert distilled.rounds_to_target < from_random.rounds_to_target
-    folder = out / "federated" / "distribution-dir0.1"
-    (run,) = (folder / "seed0").iterdir()
-    data = setup_of(load_config(folder / "config.yaml")).dataset
+    run = out / "federated" / "distribution-dir0.1" / "seed0"  # one simulation's records, its config beside them
+    data = setup_of(load_config(run / "config.yaml")).dataset
     for start, final in starts.loc[0, "final_test_acc"].items():  # each start's final global model, as a student
         model = load_student(run / f"global_model-{start}.pt")
         assert accuracy(model, data.test_x, data.test_y) == pytest.approx(final, abs=1e-12)
