@@ -12,13 +12,16 @@ import os
 import socket
 from collections import Counter
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
 from raykd.compat import gcs_actor_table, loopback_node
 from raykd.config import Cell, ExperimentConfig
 from raykd.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 #: CPU a Tune trial that only waits on a child simulation reserves for itself.
 WAITER_CPUS = 0.01
@@ -297,6 +300,14 @@ def check_flower_pool(cfg: ExperimentConfig, cap: Capacity, beside: float = 0.0)
             f"{cap.free_cpus - beside:g} of the cluster's CPUs are free for them; pick a value that leaves room "
             f"(e.g. one that does not divide the node's CPUs exactly, such as 0.6)"
         )
+
+
+def given_device() -> torch.device:
+    """The ``torch.device`` of what Ray gave this task or actor: CUDA when its reservation holds a GPU, else the CPU.
+    A shell passes it to the core, which never reads a reservation itself."""
+    from raykd.engine import pick_device  # torch loads with the work, not with the command line
+
+    return pick_device(len(ray.get_gpu_ids()))
 
 
 def on_this_node(metrics: dict[str, Any]) -> dict[str, Any]:

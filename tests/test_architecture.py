@@ -58,6 +58,18 @@ def test_the_core_imports_no_shell() -> None:
     assert done.stdout.strip() == "[]"
 
 
+#: What the shells reserve for a process; the core is handed the device they chose, so it never reads these.
+RESERVATIONS = ("gpus_per_trial", "client_gpus", "use_gpu", "num_gpus")
+
+
+def test_the_core_reads_no_reservation() -> None:
+    """No core module outside config/ (where the keys are declared) reads a Ray reservation to choose its device."""
+    known = modules()
+    core = [n for n in known if any(n == c or n.startswith(c + ".") for c in CORE) and not n.startswith("raykd.config")]
+    reading = [f"{n}: {key}" for n in core for key in RESERVATIONS if key in known[n].read_text()]
+    assert not reading, reading
+
+
 def _module_imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
     """The package modules ``name`` imports at module level (imports inside functions are lazy by design)."""
     tree = ast.parse(path.read_text())
