@@ -28,8 +28,7 @@ from federated.task import (
     to_arrays,
 )
 from raykd.cluster import actor_nodes, actor_restarts
-from raykd.config import ExperimentConfig
-from raykd.federated_checks import check_federated
+from raykd.config import ExperimentConfig, check_federated
 
 #: Flower's Ray actor class that runs the ClientApp (``flwr.simulation.ray_transport.ray_actor``).
 CLIENT_ACTOR = "ClientAppActor"

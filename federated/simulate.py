@@ -38,8 +38,7 @@ from raykd.cli import (
     run_command,
 )
 from raykd.compat import FlowerClientTracebacks
-from raykd.config import ExperimentConfig, check_paths, describe_schema
-from raykd.federated_checks import check_federated
+from raykd.config import ExperimentConfig, check_federated, check_paths, describe_schema
 from raykd.files import last_line
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "tune_configs" / "federated_kd.yaml"

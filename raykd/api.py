@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raykd.cli import absolute_paths
-from raykd.config import ExperimentConfig, check_paths, parse_override, validate_config
+from raykd.config import ExperimentConfig, check_paths, check_requests, parse_override, validate_config
 from raykd.config import load_config as load_yaml
 from raykd.errors import ConfigError
 from raykd.files import held_writes
@@ -69,7 +69,7 @@ def run(
     A resumed sweep keeps its own config (pass ``cfg=None``); ``address`` names the cluster it joins.
     """
     # The Ray shell loads here, not at import: `import raykd` and config errors never pay for Ray or MLflow.
-    from raykd.cluster import Capacity, check_requests, check_sweep, ensure_ray
+    from raykd.cluster import Capacity, check_sweep, ensure_ray
     from raykd.sweep.preflight import preflight
     from raykd.sweep.run import run_sweep
     from raykd.sweep.state import open_sweep

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from raykd.config import Cell, ExperimentConfig, check_faults, check_paths, study_cells
+from raykd.config import Cell, ExperimentConfig, check_faults, check_federated, check_paths, study_cells
 from raykd.data.preprocess import describe
-from raykd.federated_checks import check_federated
 from raykd.files import held_writes
 from raykd.nodes import dataset_of
 from raykd.sweep.state import Sweep
