@@ -2,6 +2,7 @@
 
     import raykd
     cfg = raykd.load_config("tune_configs/default.yaml", overrides=["seeds=[0]"])
+    raykd.plan(cfg)                        # every check of the sweep, nothing run: its cells, folders, store
     study = raykd.run(cfg)                 # the sweep `python -m raykd.tune` runs
     study.summary                          # one row per method row: its chosen setting and metrics
     model = raykd.load_student(study.students["kd-tuned"][0])
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raykd.cli import absolute_paths
-from raykd.config import ExperimentConfig, check_paths, check_requests, parse_override, validate_config
+from raykd.config import ExperimentConfig, check_paths, parse_override, validate_config
 from raykd.config import load_config as load_yaml
 from raykd.errors import ConfigError
 from raykd.files import held_writes
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
     from torch import nn
+
+    from raykd.preflight import Plan
 
 
 def load_config(source: str | Path | dict[str, Any], overrides: Sequence[str] = ()) -> ExperimentConfig:
@@ -70,7 +73,7 @@ def run(
     """
     # The Ray shell loads here, not at import: `import raykd` and config errors never pay for Ray or MLflow.
     from raykd.cluster import Capacity, check_sweep, ensure_ray
-    from raykd.sweep.preflight import preflight
+    from raykd.preflight import preflight
     from raykd.sweep.run import run_sweep
     from raykd.sweep.state import open_sweep
     from raykd.sweep.students import chosen_settings
@@ -83,7 +86,6 @@ def run(
         raise ConfigError("raykd.run: give a config (a path, a mapping or an ExperimentConfig) or resume=PATH")
     elif not isinstance(cfg, ExperimentConfig):
         cfg = load_config(cfg)
-    check_requests(cfg)
     with held_writes():  # the dataset cache the preflight fills lands only once the cluster can run the sweep too
         plan = preflight(cfg, sweep)
         ensure_ray(cfg)
@@ -100,6 +102,15 @@ def run(
         result.failed,
         lost.line(plan.uri),
     )
+
+
+def plan(cfg: ExperimentConfig | str | Path | dict[str, Any], simulation: bool = False) -> Plan:
+    """The Plan of running ``cfg`` as a sweep (or, with ``simulation``, as one Flower simulation): every check a run
+    makes before it starts (rules, folders, the MLflow store, the data against the config), nothing run. Only the
+    dataset cache may be filled; ``raykd.run`` and both command lines make the same Plan."""
+    from raykd.preflight import preflight  # torch and MLflow load with the first plan
+
+    return preflight(cfg if isinstance(cfg, ExperimentConfig) else load_config(cfg), simulation=simulation)
 
 
 def simulate(cfg: ExperimentConfig | str | Path | dict[str, Any]) -> Simulation:
