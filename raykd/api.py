@@ -58,6 +58,8 @@ class Study:
     chosen: dict[str, dict[str, Any]]
     students: dict[str, list[Path]]
     failed: int
+    #: The MLflow store its runs are in (the one its Plan resolved).
+    uri: str
     #: One line naming what the tracking store lacks when it failed mid-sweep (the local results are whole).
     untracked: str | None = None
 
@@ -100,6 +102,7 @@ def run(
         chosen_settings(cfg, result.summary),
         result.students,
         result.failed,
+        plan.uri,
         lost.line(plan.uri),
     )
 
