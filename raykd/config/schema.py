@@ -1,4 +1,4 @@
-"""The experiment schema: every section, key, default and rule, as frozen pydantic models.
+"""The experiment schema: every section, key and default, and each section's own rules, as frozen pydantic models.
 
 A list given for a method knob (``temperature: [1, 2, 4]``) or for ``seeds`` is a Ray Tune grid
 axis; scalars are fixed values. Cross-field rules that need no data live in ``raykd.config.rules`` (the schema
