@@ -99,7 +99,7 @@ def child(argv: list[str], record: Path) -> int:
     from ray.tune.execution.tune_controller import TuneController
 
     import raykd.cluster
-    import raykd.sweep.preflight
+    import raykd.preflight
     import raykd.sweep.run
     import raykd.tune as rt
 
@@ -107,7 +107,7 @@ def child(argv: list[str], record: Path) -> int:
     timers.marks["imported"] = time.time()
     timers.marks["imported.cpu"] = time.process_time()  # the driver's CPU seconds: they do not grow with the load
     stages = {
-        "preflight": raykd.sweep.preflight,
+        "preflight": raykd.preflight,
         "ensure_ray": raykd.cluster,
         "prepare_nodes": raykd.sweep.run,
         "run_sweep": raykd.sweep.run,

@@ -149,7 +149,8 @@ def cifar(repeats: int = 2) -> None:
 
 
 def sweep() -> None:
-    from raykd.sweep.preflight import Plan
+    from raykd.config import written_folders
+    from raykd.preflight import Plan
     from raykd.sweep.run import run_sweep
 
     times = {}
@@ -169,7 +170,8 @@ def sweep() -> None:
             for f in (CACHE / "logits").glob("*"):
                 f.unlink()
         started = time.perf_counter()
-        out = run_sweep(Plan(cfg, study_cells(cfg), f"sqlite:///{CACHE / 'bench-mlflow.db'}")).out
+        uri = f"sqlite:///{CACHE / 'bench-mlflow.db'}"
+        out = run_sweep(Plan(cfg, study_cells(cfg), uri, written_folders(cfg))).out
         times[mode] = time.perf_counter() - started
         trials = __import__("pandas").read_csv(out / "trials.csv")
         steps = -(-len(setup.splits.pool) // 256)  # one teacher forward per step (on 256 labelled + 256 pool rows)

@@ -19,7 +19,7 @@ from torch import set_num_threads
 
 from federated.task import DIVERGED, client_scores, client_update, for_strategy, settings
 from raykd.config import ExperimentConfig
-from raykd.engine import NonFiniteLoss
+from raykd.engine import NonFiniteLoss, pick_device
 from raykd.errors import ConfigError, InjectedFault
 
 PRIVATE = "fml-private"
@@ -64,7 +64,8 @@ def train(msg: Message, context: Context, experiment: ExperimentConfig | None) -
     wall, cpu = perf_counter(), process_time()
     try:
         served = msg.content["config"].get(TEACHER)
-        sent, kept, metrics = client_update(cfg, node, server_round, msg.content["arrays"], private, served)
+        device = pick_device(f.client_gpus)  # CUDA when this client reserved GPUs
+        sent, kept, metrics = client_update(cfg, node, server_round, msg.content["arrays"], private, served, device)
     except NonFiniteLoss as err:  # a diverged update is a result to report, not a crash to trace back
         return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{DIVERGED} {err}"), reply_to=msg)
     timing = {"train_s": perf_counter() - wall, "train_cpu_s": process_time() - cpu}

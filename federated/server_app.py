@@ -29,7 +29,6 @@ from federated.task import (
 )
 from raykd.cluster import actor_nodes, actor_restarts
 from raykd.config import ExperimentConfig
-from raykd.federated_checks import check_federated
 
 #: Flower's Ray actor class that runs the ClientApp (``flwr.simulation.ray_transport.ray_actor``).
 CLIENT_ACTOR = "ClientAppActor"
@@ -50,8 +49,7 @@ def ensemble_distillation(cfg: ExperimentConfig) -> ServerStep:
 def run(grid: Grid, cfg: ExperimentConfig, teacher: str | None = None, out: Path | None = None) -> Path:
     """Every strategy's and start point's rounds, in order; the records (files, final models, MLflow) are written at
     the end, in the folder returned (``out``, else a new one). ``teacher``: the name of the TeacherServer actor the
-    clients ask, if any."""
-    check_federated(cfg)
+    clients ask, if any. ``cfg`` was planned by the entry point (``raykd.preflight``)."""
     if isinstance(grid, InMemoryGrid):  # the simulation's grid: how often it looks for replies (Flower's 0.1 s)
         grid.pull_interval = cfg.federated.poll_interval
     history: dict[str, list[RoundLog]] = {}
@@ -94,7 +92,12 @@ def build(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        out_dir = run(grid, settings(context.run_config, experiment), teacher, out)
+        cfg = settings(context.run_config, experiment)
+        if experiment is None:  # `flwr run`: this app is the entry point, so it makes the Plan (the CLI made its own)
+            from raykd.preflight import preflight
+
+            preflight(cfg, simulation=True)
+        out_dir = run(grid, cfg, teacher, out)
         if recorded is not None:
             recorded(out_dir)
 

@@ -38,8 +38,7 @@ from raykd.cli import (
     run_command,
 )
 from raykd.compat import FlowerClientTracebacks
-from raykd.config import ExperimentConfig, check_paths, describe_schema
-from raykd.federated_checks import check_federated
+from raykd.config import ExperimentConfig, describe_schema
 from raykd.files import last_line
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "tune_configs" / "federated_kd.yaml"
@@ -69,21 +68,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, metavar="PATH", help="write the records in this folder (default: output_dir/<name>-<time>)"
     )
     return parser
-
-
-def preflight(cfg: ExperimentConfig) -> None:
-    """Everything checkable before Ray starts: the folders it writes, cross-field rules, the data against the whole
-    config (splits, partitions, every node's model and weights: ``dataset_of``; the kd teacher's), the MLflow store."""
-    # The core and MLflow load here, after parsing: --help never pays for torch or mlflow.
-    from raykd.nodes import TEACHER_FIELD, dataset_of, start_model
-    from raykd.tracking import check_reachable, resolve_uri
-
-    check_paths(cfg)
-    check_federated(cfg)
-    data = dataset_of(cfg)
-    if cfg.federated.teacher is not None:
-        start_model(cfg.federated.teacher, data.input_shape, data.num_classes, TEACHER_FIELD, data.tokens)
-    check_reachable(resolve_uri(cfg.tracking.uri))
 
 
 def simulate(cfg: ExperimentConfig, teacher: str | None = None, out: Path | None = None) -> Path | str:
@@ -208,10 +192,11 @@ def _simulate(args: argparse.Namespace) -> int:
     from federated.task import serve_teacher
     from raykd.cluster import Capacity, check_flower_pool, connect_ray, simulation_teacher_cpus
     from raykd.files import held_writes
+    from raykd.preflight import preflight  # the core and MLflow load here, after parsing: --help never pays for them
 
     cfg = config_from_args(args, DEFAULT_CONFIG)
     with held_writes():  # the dataset cache lands only once the store answers and the cluster holds the pool
-        preflight(cfg)
+        preflight(cfg, simulation=True)
         if ray.is_initialized():
             raise RuntimeError("federated.simulate must be its own Ray driver (Flower shuts Ray down at the end)")
         connect_ray(cfg, log_to_driver=True)

@@ -23,7 +23,7 @@ from torch import nn
 from federated.exchange import ConsensusTeacher, predictions, public_rows
 from raykd.config import SERVER_TEMPERATURE, ExperimentConfig, load_config
 from raykd.data import build_augment
-from raykd.engine import TransferBatches, accuracy, method_context, pick_device, seed_everything, token_scores
+from raykd.engine import CPU, TransferBatches, accuracy, method_context, seed_everything, token_scores
 from raykd.experiment import lm_info
 from raykd.files import file_digest
 from raykd.methods.base import Context, Method
@@ -145,9 +145,10 @@ def client_update(
     received: ArrayRecord,
     private: ArrayRecord | None,
     served: str | None = None,
+    device: torch.device = CPU,
 ) -> tuple[ArrayRecord, ArrayRecord | None, dict[str, float]]:
     """One client's round: (arrays to send, private model to keep, metrics); ``served``: the name of the
-    simulation's TeacherServer actor, if it has one.
+    simulation's TeacherServer actor, if it has one; ``device``: where the client app says its models train.
 
     fedavg / feddf / consolidation: cross-entropy on the local partition. kd: a frozen teacher distils into the local
     student started from the round's global model: ``federated.teacher`` (served by the TeacherServer, or loaded here)
@@ -160,7 +161,7 @@ def client_update(
     setup, f = setup_of(cfg), cfg.federated
     seed = cfg.seeds[0] * 100_003 + server_round * 101 + node  # distinct per (seed, round, client)
     seed_everything(seed)
-    local = _local_round(cfg, setup, node, seed, received, private, served)
+    local = _local_round(cfg, setup, node, seed, received, private, served, device)
     losses: dict[str, float] = {}
     transfer(local.plan, lambda costs: lambda epoch, terms: losses.update(terms))  # keeps the last epoch's loss
     kept = local.kept
@@ -196,9 +197,10 @@ def _local_round(
     received: ArrayRecord,
     private: ArrayRecord | None,
     served: str | None,
+    device: torch.device,
 ) -> LocalRound:
     """The strategy's local training: its models, loss, teacher and batches (see ``client_update``)."""
-    f, device = cfg.federated, pick_device(cfg.federated.client_gpus)  # CUDA when the client reserved GPUs
+    f = cfg.federated
     budget, batches = f.local, _local_batches(cfg, setup, node, seed)
     own = new_model(cfg, setup, node) if private is None else from_arrays(new_model(cfg, setup, node), private)
     if f.strategy == "logit-exchange":
@@ -217,7 +219,7 @@ def _local_round(
         return LocalRound(model, own, TransferPlan([own, model], client_method(cfg), batches, budget))
     if f.strategy == "kd":
         method = client_method(cfg)
-        teacher, context = kd_teacher(cfg, setup, model, method, batches, seed, served)
+        teacher, context = kd_teacher(cfg, setup, model, method, batches, seed, served, device)
         return LocalRound(model, None, TransferPlan([model], method, batches, budget, teacher, context))
     return LocalRound(model, None, TransferPlan([model], CrossEntropy(), batches, budget))
 
@@ -230,6 +232,7 @@ def kd_teacher(
     batches: TransferBatches,
     seed: int,
     served: str | None,
+    device: torch.device,
 ) -> tuple[TeacherLogits, Context]:
     """kd's teacher for one client round, and what ``method.prepare`` sees of it: ``federated.teacher`` from the
     simulation's TeacherServer named ``served`` (top-k as ``teacher.top_k`` says) or else loaded in this process;
@@ -239,7 +242,7 @@ def kd_teacher(
         source: TeacherLogits = InlineTeacher([teacher], teacher if method.uses_initial_student else None)
         teachers: Callable[[], list[nn.Module]] = lambda: [teacher]  # noqa: E731
     else:
-        teachers = lambda: [federated_teacher(cfg).to(pick_device(cfg.federated.client_gpus))]  # noqa: E731
+        teachers = lambda: [federated_teacher(cfg).to(device)]  # noqa: E731
         source = served_teacher(cfg, setup, served) if served else InlineTeacher(teachers())
     return source, method_context(batches, teachers, setup.dataset.num_classes, seed)
 

@@ -2,6 +2,7 @@
 
     import raykd
     cfg = raykd.load_config("tune_configs/default.yaml", overrides=["seeds=[0]"])
+    raykd.plan(cfg)                        # every check of the sweep, nothing run: its cells, folders, store
     study = raykd.run(cfg)                 # the sweep `python -m raykd.tune` runs
     study.summary                          # one row per method row: its chosen setting and metrics
     model = raykd.load_student(study.students["kd-tuned"][0])
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from raykd.preflight import Plan
+
 
 def load_config(source: str | Path | dict[str, Any], overrides: Sequence[str] = ()) -> ExperimentConfig:
     """A validated config from a YAML path or a mapping, with ``dotted.key=value`` overrides applied."""
@@ -55,6 +58,8 @@ class Study:
     chosen: dict[str, dict[str, Any]]
     students: dict[str, list[Path]]
     failed: int
+    #: The MLflow store its runs are in (the one its Plan resolved).
+    uri: str
     #: One line naming what the tracking store lacks when it failed mid-sweep (the local results are whole).
     untracked: str | None = None
 
@@ -69,8 +74,8 @@ def run(
     A resumed sweep keeps its own config (pass ``cfg=None``); ``address`` names the cluster it joins.
     """
     # The Ray shell loads here, not at import: `import raykd` and config errors never pay for Ray or MLflow.
-    from raykd.cluster import Capacity, check_requests, check_sweep, ensure_ray
-    from raykd.sweep.preflight import preflight
+    from raykd.cluster import Capacity, check_sweep, ensure_ray
+    from raykd.preflight import preflight
     from raykd.sweep.run import run_sweep
     from raykd.sweep.state import open_sweep
     from raykd.sweep.students import chosen_settings
@@ -83,7 +88,6 @@ def run(
         raise ConfigError("raykd.run: give a config (a path, a mapping or an ExperimentConfig) or resume=PATH")
     elif not isinstance(cfg, ExperimentConfig):
         cfg = load_config(cfg)
-    check_requests(cfg)
     with held_writes():  # the dataset cache the preflight fills lands only once the cluster can run the sweep too
         plan = preflight(cfg, sweep)
         ensure_ray(cfg)
@@ -98,8 +102,18 @@ def run(
         chosen_settings(cfg, result.summary),
         result.students,
         result.failed,
+        plan.uri,
         lost.line(plan.uri),
     )
+
+
+def plan(cfg: ExperimentConfig | str | Path | dict[str, Any], simulation: bool = False) -> Plan:
+    """The Plan of running ``cfg`` as a sweep (or, with ``simulation``, as one Flower simulation): every check a run
+    makes before it starts (rules, folders, the MLflow store, the data against the config), nothing run. Only the
+    dataset cache may be filled; ``raykd.run`` and both command lines make the same Plan."""
+    from raykd.preflight import preflight  # torch and MLflow load with the first plan
+
+    return preflight(cfg if isinstance(cfg, ExperimentConfig) else load_config(cfg), simulation=simulation)
 
 
 def simulate(cfg: ExperimentConfig | str | Path | dict[str, Any]) -> Simulation:

@@ -12,13 +12,16 @@ import os
 import socket
 from collections import Counter
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
 from raykd.compat import gcs_actor_table, loopback_node
 from raykd.config import Cell, ExperimentConfig
 from raykd.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 #: CPU a Tune trial that only waits on a child simulation reserves for itself.
 WAITER_CPUS = 0.01
@@ -128,52 +131,11 @@ def _refuse(field: str, asked: str, has: str, allowed: str) -> None:
     raise ConfigError(f"{field}: {asked} but {has}; allowed: {allowed}")
 
 
-def check_requests(cfg: ExperimentConfig) -> None:
-    """Knobs the chosen mode would silently ignore, refused before anything runs or is written.
-
-    Only ``teacher.mode=server`` gives the teacher its own device and GPUs (inline and cache teachers run where
-    the trial runs, on ``tune.gpus_per_trial``); ``teacher.top_k`` cuts what a server sends or a cache holds;
-    ``learners.use_gpu`` needs learners; ``learners.peer_actors`` needs a dml row.
-    """
-    teacher, learners = cfg.teacher, cfg.learners
-    where = f"teacher.mode={teacher.mode} runs the teacher inside each trial (on tune.gpus_per_trial)"
-    if teacher.mode != "server" and teacher.num_gpus > 0:
-        raise ConfigError(
-            f"teacher.num_gpus: {teacher.num_gpus:g} GPUs but {where}; allowed: 0, or teacher.mode=server"
-        )
-    if teacher.mode != "server" and teacher.device != "auto":
-        raise ConfigError(f"teacher.device: {teacher.device} but {where}; allowed: auto, or teacher.mode=server")
-    if teacher.device == "cuda" and teacher.num_gpus == 0:
-        raise ConfigError("teacher.device: cuda but teacher.num_gpus is 0 (no GPU reserved); allowed: num_gpus > 0")
-    if teacher.device == "cpu" and teacher.num_gpus > 0:
-        raise ConfigError(
-            f"teacher.num_gpus: {teacher.num_gpus:g} GPUs reserved but teacher.device=cpu never uses them; "
-            "allowed: 0, or teacher.device auto or cuda"
-        )
-    if learners.use_gpu and not learners.num_workers:
-        raise ConfigError(
-            "learners.use_gpu: true but learners.num_workers is 0 (trials train in their own process, on "
-            "tune.gpus_per_trial); allowed: false, or learners.num_workers >= 1"
-        )
-    if teacher.top_k is not None and teacher.mode == "inline":
-        raise ConfigError(
-            f"teacher.top_k: {teacher.top_k} cuts what a teacher server sends or the offline cache holds, but "
-            "teacher.mode is inline (full logits in the trial); allowed: unset, or teacher.mode server or cache"
-        )
-    if teacher.dtype == "bfloat16" and teacher.mode != "server":
-        raise ConfigError(
-            f"teacher.dtype: bfloat16 is for logits a server sends, but teacher.mode is {teacher.mode} (the cache "
-            "stores NumPy arrays, which have no bfloat16); allowed: float32, float16, or teacher.mode=server"
-        )
-    if learners.peer_actors and not any(m.name == "dml" for m in cfg.methods):
-        raise ConfigError("learners.peer_actors: true but no method row is dml; allowed: false, or a dml row")
-
-
 def check_sweep(cfg: ExperimentConfig, cells: list[Cell], cap: Capacity) -> None:
     """What every cell of the sweep asks must fit (axes may change the peers a DML trial needs): trials, node
     pre-training tasks, the teacher server, Ray Train worker groups, DML peer actors, GPUs, and the follow-up
-    simulations' Flower pool (``check_requests``, which needs no cluster, runs before the sweep's preflight); with
-    simulation trials, each cell's Flower pool beside the waiting trial."""
+    simulations' Flower pool; with simulation trials, each cell's Flower pool beside the waiting trial. The rules
+    that need no cluster (``raykd.config.rules``) ran before."""
     if cfg.tune.trial == "simulation":  # a trial waits on its simulation, whose Flower pool takes the free CPUs
         for cell in cells:
             check_flower_pool(cell.config, cap, beside=WAITER_CPUS + simulation_teacher_cpus(cell.config))
@@ -297,6 +259,14 @@ def check_flower_pool(cfg: ExperimentConfig, cap: Capacity, beside: float = 0.0)
             f"{cap.free_cpus - beside:g} of the cluster's CPUs are free for them; pick a value that leaves room "
             f"(e.g. one that does not divide the node's CPUs exactly, such as 0.6)"
         )
+
+
+def given_device() -> torch.device:
+    """The ``torch.device`` of what Ray gave this task or actor: CUDA when its reservation holds a GPU, else the CPU.
+    A shell passes it to the core, which never reads a reservation itself."""
+    from raykd.engine import pick_device  # torch loads with the work, not with the command line
+
+    return pick_device(len(ray.get_gpu_ids()))
 
 
 def on_this_node(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -173,6 +173,10 @@ def device_of(model: nn.Module) -> torch.device:
     return next(model.parameters(), torch.empty(0)).device
 
 
+#: Where the core trains unless its caller (a shell that reserved GPUs) passes another device.
+CPU = torch.device("cpu")
+
+
 def pick_device(gpus: float) -> torch.device:
     """CUDA when the caller reserved GPUs (``gpus`` > 0) and this process sees one, else the CPU."""
     return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")

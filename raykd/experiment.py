@@ -26,7 +26,7 @@ from torch import nn
 from raykd.config import ExperimentConfig
 from raykd.data import Dataset, build_augment
 from raykd.data.tokenizers import tokenizer_record
-from raykd.engine import Batches, Exchange, TransferBatches, accuracy, method_context, pick_device, token_scores
+from raykd.engine import CPU, Batches, Exchange, TransferBatches, accuracy, method_context, token_scores
 from raykd.lm.hf import save_pretrained
 from raykd.lm.miniplm import difference_sampled
 from raykd.lm.onpolicy import OnPolicyBatches
@@ -175,7 +175,7 @@ def run_trial(
     rank: int = 0,
     world: int = 1,
     wrap: Callable[[nn.Module], nn.Module] = lambda model: model,
-    device: torch.device | None = None,
+    device: torch.device = CPU,
     save_to: Path | None = None,
     peer: Peer | None = None,
 ) -> dict[str, Any]:
@@ -185,17 +185,16 @@ def run_trial(
     data-parallel learner passes its ``rank`` among ``world`` workers (it trains on its shard of the transfer set)
     and ``wrap`` (e.g. DDP) for the trainable models; metrics are computed on the full evaluation splits by every
     worker alike. A DML peer actor passes its ``peer`` part and trains only that peer. Models train on ``device``
-    (default: CUDA when ``tune.gpus_per_trial`` reserves GPUs, else the CPU); data and cached logits stay on the
-    CPU. With ``save_to`` the final student is saved there (by rank 0) as a student file (``raykd.students``).
+    (chosen by the shell that reserved the trial's resources; the CPU by default); data and cached logits stay on
+    the CPU. With ``save_to`` the final student is saved there (by rank 0) as a student file (``raykd.students``).
     Returns the last report.
     """
     method = cfg.method(label).build(setting)
     setup = prepare(cfg, seed)
-    device = device or pick_device(cfg.tune.gpus_per_trial)
-    load: LoadNode = cache(lambda node: load_node(cfg, setup, node, seed).to(device))
+    load: LoadNode = cache(lambda node: load_node(cfg, setup, node, seed, device))
     student_id, teachers = cfg.transfer.student, cfg.transfer.teachers
     student = load(student_id)
-    trainable, teacher = trial_models(cfg, method, setup, seed, load, server, wrap, peer)
+    trainable, teacher = trial_models(cfg, method, setup, seed, load, server, wrap, peer, device)
     transfer_set = transfer_batches(cfg, transfer_rows(cfg, setup, load, student), seed, rank, world)
     batches: Batches = transfer_set
     if getattr(method, "on_policy", 0) > 0:  # GKD's lambda: part of each batch is the student's own text
@@ -220,6 +219,7 @@ def trial_models(
     server: Any,
     wrap: Callable[[nn.Module], nn.Module],
     peer: Peer | None,
+    device: torch.device = CPU,
 ) -> tuple[list[nn.Module], TeacherLogits]:
     """What a trial trains, and the frozen logits it distils from: the K mutual-learning peers (or a peer actor's
     own), or the student with its frozen teachers (and initial self, for DP-KD) from where ``teacher.mode`` says."""
@@ -229,7 +229,7 @@ def trial_models(
     student = wrap(load(cfg.transfer.student))
     frozen = cfg.transfer.teachers if method.teachers == "frozen" else []
     initial = cfg.transfer.student if method.uses_initial_student else None
-    return [student], teacher_logits(cfg, setup, seed, frozen, initial, load, server)
+    return [student], teacher_logits(cfg, setup, seed, frozen, initial, load, server, device)
 
 
 def save_trial_student(

@@ -31,7 +31,7 @@ from torch import nn
 from raykd.config import DataConfig, ExperimentConfig, ModelSpec, TrainConfig
 from raykd.data import Dataset, NodeData, Splits, build_augment, check_dataset, load_dataset, make_splits, split_nodes
 from raykd.data.documents import document_nodes, document_splits
-from raykd.engine import TransferBatches, accuracy, fit, pick_device, seed_everything, token_scores
+from raykd.engine import CPU, TransferBatches, accuracy, fit, seed_everything, token_scores
 from raykd.errors import ConfigError
 from raykd.files import cached, file_digest, held_writes, read_checked
 from raykd.lm.hf import content_digest, is_pretrained
@@ -241,15 +241,15 @@ def check_checkpoints(cfg: ExperimentConfig, input_shape: InputShape, num_classe
         start_model(spec, input_shape, num_classes, field, tokens)
 
 
-def train_node(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> dict[str, Any]:
+def train_node(cfg: ExperimentConfig, setup: Setup, node: int, seed: int, device: torch.device = CPU) -> dict[str, Any]:
     """Train node ``node`` on its local data with cross-entropy; returns its cache record (weights and meta).
 
-    A ``checkpoint`` node is only evaluated; an ``init`` node trains from its file's weights. It
-    trains on CUDA when the sweep reserves GPUs (``tune.gpus_per_trial``); the file holds CPU tensors.
+    A ``checkpoint`` node is only evaluated; an ``init`` node trains from its file's weights. It trains on
+    ``device`` (its caller's choice: a shell that reserved a GPU passes CUDA); the file holds CPU tensors.
     """
     local = setup.nodes[node]
     spec, field = cfg.nodes.model_of(node), node_field(cfg, node)
-    record = train_record(cfg, setup, spec, field, (local.train, local.val), seed, node)
+    record = train_record(cfg, setup, spec, field, (local.train, local.val), seed, node, device)
     record["meta"] = {"node": node, "seed": seed, **record["meta"]}
     return record
 
@@ -262,14 +262,15 @@ def train_record(
     rows: tuple[np.ndarray, np.ndarray],
     seed: int,
     salt: int,
+    device: torch.device = CPU,
 ) -> dict[str, Any]:
-    """``spec`` trained with cross-entropy on the training ``rows`` (nodes.train's budget) unless its weights are used
-    as they are; its cache record: CPU weights and meta (validation on the second ``rows``, test scores, where the
-    weights came from). ``salt`` (a node id) makes its random draws its own."""
+    """``spec`` trained with cross-entropy on ``device`` on the training ``rows`` (nodes.train's budget) unless its
+    weights are used as they are; its cache record: CPU weights and meta (validation on the second ``rows``, test
+    scores, where the weights came from). ``salt`` (a node id) makes its random draws its own."""
     seed_everything(seed * 1000 + salt)
     (train, val), data, budget = rows, setup.dataset, cfg.nodes.train
     model = start_model(spec, data.input_shape, data.num_classes, field, data.tokens)
-    model = model.to(pick_device(cfg.tune.gpus_per_trial))
+    model = model.to(device)
     start, path = weights_start(spec)
     started = time.perf_counter()
     if start not in FROZEN_STARTS:
@@ -307,11 +308,10 @@ def read_node(path: Path) -> dict[str, Any] | None:
     return read_checked(path, _load_record)[0]
 
 
-def load_node(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> nn.Module:
-    """The node's pre-trained model from the cache, training (and caching) it first if needed."""
-    return _cached_model(
-        node_path(cfg, node, seed), new_model(cfg, setup, node), lambda: train_node(cfg, setup, node, seed)
-    )
+def load_node(cfg: ExperimentConfig, setup: Setup, node: int, seed: int, device: torch.device = CPU) -> nn.Module:
+    """The node's pre-trained model from the cache, on ``device``, training (and caching) it there first if needed."""
+    build = lambda: train_node(cfg, setup, node, seed, device)  # noqa: E731
+    return _cached_model(node_path(cfg, node, seed), new_model(cfg, setup, node), build).to(device)
 
 
 #: The config key of the federated kd teacher (for error lines and its cache key).
@@ -327,15 +327,16 @@ def teacher_path(cfg: ExperimentConfig, seed: int) -> Path:
     return cfg.nodes.cache_dir / "nodes" / f"teacher-seed{seed}-{key}.pt"
 
 
-def load_teacher(cfg: ExperimentConfig, setup: Setup, seed: int) -> nn.Module:
-    """``federated.teacher`` from the cache, first trained on the public pool with nodes.train when it has no weights
-    of its own (a checkpoint, an hf:/gguf: model): the teacher a server holds, having seen no client's private data."""
+def load_teacher(cfg: ExperimentConfig, setup: Setup, seed: int, device: torch.device = CPU) -> nn.Module:
+    """``federated.teacher`` from the cache, on ``device``, first trained there on the public pool with nodes.train
+    when it has no weights of its own (a checkpoint, an hf:/gguf: model): the teacher a server holds, having seen no
+    client's private data."""
     spec, data = cfg.federated.teacher, setup.dataset
     assert spec is not None
     model = build_model(spec, data.input_shape, data.num_classes, TEACHER_FIELD, data.tokens)
     rows = (setup.splits.pool, setup.splits.val)
-    build = lambda: train_record(cfg, setup, spec, TEACHER_FIELD, rows, seed, TEACHER_SALT)  # noqa: E731
-    return _cached_model(teacher_path(cfg, seed), model, build)
+    build = lambda: train_record(cfg, setup, spec, TEACHER_FIELD, rows, seed, TEACHER_SALT, device)  # noqa: E731
+    return _cached_model(teacher_path(cfg, seed), model, build).to(device)
 
 
 def _cached_model(path: Path, model: nn.Module, build: Callable[[], dict[str, Any]]) -> nn.Module:

@@ -18,7 +18,7 @@ import ray
 import torch
 from torch import Tensor
 
-from raykd.cluster import START_TIMEOUT_S, get_within
+from raykd.cluster import START_TIMEOUT_S, get_within, given_device
 from raykd.config import ExperimentConfig
 from raykd.engine import Exchange
 from raykd.experiment import Peer, Report, run_trial
@@ -75,9 +75,8 @@ class PeerActor:
     ) -> dict[str, Any]:
         """The trial as peer ``index``; the student (peer 0) reports to the board and saves ``save_to``."""
         report: Report = (lambda m: ray.get(board.post.remote(m))) if index == 0 else (lambda m: None)
-        device = torch.device("cpu")
         peer = Peer(index, exchange_through(board, index))
-        return run_trial(cfg, label, setting, seed, report, device=device, save_to=save_to, peer=peer)
+        return run_trial(cfg, label, setting, seed, report, device=given_device(), save_to=save_to, peer=peer)
 
 
 def exchange_through(board: Any, index: int) -> Exchange:

@@ -28,7 +28,6 @@ CORE = [
     "raykd.files",
     "raykd.references",
     "raykd.errors",
-    "raykd.federated_checks",
 ]
 SHELLS = ("ray", "flwr", "mlflow")
 
@@ -56,6 +55,39 @@ def test_the_core_imports_no_shell() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+#: What the shells reserve for a process; the core is handed the device they chose, so it never reads these.
+RESERVATIONS = ("gpus_per_trial", "client_gpus", "use_gpu", "num_gpus")
+
+
+def test_the_core_reads_no_reservation() -> None:
+    """No core module outside config/ (where the keys are declared) reads a Ray reservation to choose its device."""
+    known = modules()
+    core = [n for n in known if any(n == c or n.startswith(c + ".") for c in CORE) and not n.startswith("raykd.config")]
+    reading = [f"{n}: {key}" for n in core for key in RESERVATIONS if key in known[n].read_text()]
+    assert not reading, reading
+
+
+#: The one home of the cross-field rules that need no data and no cluster.
+RULES = "raykd.config.rules"
+
+
+def test_each_cross_field_rule_has_one_home() -> None:
+    """Every refusal raised in ``raykd.config.rules`` is worded there only: no other module repeats its message."""
+    known = modules()
+    fragments = {
+        piece.value
+        for node in ast.walk(ast.parse(known[RULES].read_text()))
+        if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)
+        for arg in node.exc.args
+        for piece in ast.walk(arg)
+        if isinstance(piece, ast.Constant) and isinstance(piece.value, str) and len(piece.value.strip()) >= 20
+    }
+    assert len(fragments) > 30  # the rules' messages were found
+    texts = {name: path.read_text() for name, path in known.items() if name != RULES}
+    repeated = [f"{name}: {text!r}" for text in sorted(fragments) for name, source in texts.items() if text in source]
+    assert not repeated, repeated
 
 
 def _module_imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from raykd.config import validate_config
+from raykd.config import check_requests, validate_config
 from raykd.data import check_dataset, load_dataset
 from raykd.errors import ConfigError
 from raykd.experiment import run_trial
@@ -62,8 +62,6 @@ def test_kd_loss_is_exact_when_the_dropped_logit_ties_and_close_for_a_sure_teach
 
 
 def test_k_below_1_or_in_inline_mode_is_refused(tmp_path: Path) -> None:
-    from raykd.cluster import check_requests  # the sweep's check of knobs a mode ignores (imports Ray, starts none)
-
     with pytest.raises(ConfigError, match="^teacher.top_k = 0: Input should be greater than or equal to 1$"):
         validate_config(tiny_raw(tmp_path, tmp_path, teacher={"mode": "cache", "top_k": 0}))
     inline = validate_config(tiny_raw(tmp_path, tmp_path, teacher={"top_k": 3}))

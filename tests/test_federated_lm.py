@@ -15,10 +15,9 @@ from flwr.app import ArrayRecord
 
 from federated.exchange import ConsensusTeacher, consensus, pack, public_rows, unpack
 from federated.task import client_update, global_model, payload_bytes, setup_of
-from raykd.config import validate_config
+from raykd.config import check_federated, validate_config
 from raykd.engine import Batch
 from raykd.errors import ConfigError
-from raykd.federated_checks import check_federated
 from raykd.nodes import new_model
 from raykd.students import load_student, read_student
 from tests.conftest import lm_raw

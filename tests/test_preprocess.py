@@ -19,8 +19,8 @@ from raykd.engine import accuracy
 from raykd.errors import ConfigError
 from raykd.models import build_model
 from raykd.nodes import load_node, node_path, prepare, read_node
+from raykd.preflight import preflight
 from raykd.students import read_student, save_student
-from raykd.sweep.preflight import preflight
 from tests.conftest import tiny_raw
 
 SIZE, CLASSES = 8, ("bars", "cross", "dots")

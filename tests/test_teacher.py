@@ -182,9 +182,9 @@ def test_a_cached_run_loads_no_teacher_model(node_setup: tuple, monkeypatch: pyt
     node_logits(cached, setup, 1, 0)  # fill the cache
     loaded: list[int] = []
 
-    def recording(cfg, setup, node, seed):  # noqa: ANN001, ANN202
+    def recording(cfg, setup, node, seed, device):  # noqa: ANN001, ANN202
         loaded.append(node)
-        return load_node(cfg, setup, node, seed)
+        return load_node(cfg, setup, node, seed, device)
 
     monkeypatch.setattr(raykd.experiment, "load_node", recording)
     monkeypatch.setattr(raykd.teacher.cache, "load_node", recording)

@@ -4,19 +4,16 @@ A rehearsal makes chosen work raise ``InjectedFault`` so retries, ``--resume`` a
 clients can be seen working on a real run: ``trial`` fails chosen Tune trials on their first attempts, ``client``
 fails one Flower client's training (in ``client_rounds``, or every round). The keys that once lived elsewhere
 (``tune.fail``, ``federated.fail_client``, ``federated.fail_rounds``) are refused in one line naming their new home.
+Whether a rehearsal picks work the run has is a cross-field rule: ``raykd.config.rules.check_faults``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
 from pydantic import Field
 
 from raykd.config.base import Section
-from raykd.errors import ConfigError
-
-if TYPE_CHECKING:
-    from raykd.config.schema import ExperimentConfig
 
 
 class TrialFault(Section):
@@ -56,19 +53,3 @@ def without_moved_fault_keys(section: str, value: dict[str, Any]) -> dict[str, A
         if value.get(key) not in (None, []):
             raise ValueError(f"{section}.{key}: moved; set {home} (e.g. {example})")
     return {k: v for k, v in value.items() if k not in moved}
-
-
-def check_faults(cfg: ExperimentConfig) -> None:
-    """A rehearsal must pick work the run has, or it would silently rehearse nothing; each failure is one line."""
-    trial, client = cfg.faults.trial, cfg.faults.client
-    labels = [m.display() for m in cfg.methods]
-    if trial is not None and trial.label not in labels:
-        raise ConfigError(f"faults.trial.label: {trial.label!r} is not a method row; allowed: {', '.join(labels)}")
-    if trial is not None and trial.seed not in cfg.seeds:
-        raise ConfigError(f"faults.trial.seed: {trial.seed} is not one of the sweep's seeds {cfg.seeds}")
-    nodes, rounds = cfg.partition.num_nodes, cfg.federated.rounds
-    if client is not None and client >= nodes:
-        raise ConfigError(f"faults.client: client {client} does not exist; allowed: 0..{nodes - 1}")
-    bad_round = next((r for r in cfg.faults.client_rounds if not 1 <= r <= rounds), None)
-    if bad_round is not None:
-        raise ConfigError(f"faults.client_rounds: round {bad_round} does not exist; allowed: 1..{rounds}")

@@ -25,7 +25,9 @@ def written_folders(cfg: ExperimentConfig) -> dict[str, Path]:
     return folders
 
 
-def check_paths(cfg: ExperimentConfig) -> None:
-    """Refuse, in one line naming the field, a folder the run could not create or write in."""
-    for field, folder in written_folders(cfg).items():
+def check_paths(cfg: ExperimentConfig) -> dict[str, Path]:
+    """Refuse, in one line naming the field, a folder the run could not create or write in; the folders checked."""
+    folders = written_folders(cfg)
+    for field, folder in folders.items():
         check_folder(folder, field)
+    return folders

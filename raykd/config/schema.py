@@ -1,8 +1,8 @@
-"""The experiment schema: every section, key, default and rule, as frozen pydantic models.
+"""The experiment schema: every section, key and default, and each section's own rules, as frozen pydantic models.
 
 A list given for a method knob (``temperature: [1, 2, 4]``) or for ``seeds`` is a Ray Tune grid
-axis; scalars are fixed values. Cross-field rules that need no data live here; those that need
-the data run in ``raykd.data.check_dataset``.
+axis; scalars are fixed values. Cross-field rules that need no data live in ``raykd.config.rules`` (the schema
+runs its ``check_config`` on every validation); those that need the data run in ``raykd.data.check_dataset``.
 """
 
 from __future__ import annotations
@@ -13,22 +13,17 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, AliasChoices, Field, field_validator, model_validator
 
 from raykd.config.base import ModelSpec, Section, TrainConfig
-from raykd.config.data import DATASET_ROOTS, DataConfig
+from raykd.config.data import DataConfig
 from raykd.config.faults import FaultsConfig, without_moved_fault_keys
 from raykd.config.federated import FederatedConfig
+from raykd.config.rules import check_config
 from raykd.files import MAX_COMPONENT, plain_component
-from raykd.methods import SAMPLE_LEVEL
-from raykd.methods.schema import LABEL, LABEL_RULE, AnyMethodConfig, KnobRange, MethodConfig
+from raykd.methods.schema import LABEL, LABEL_RULE, AnyMethodConfig, MethodConfig
 
 #: Config sections an ``axes`` variant may change: what the data, nodes and transfer are, not how the sweep runs.
 CELL_SECTIONS = ("data", "partition", "nodes", "transfer", "federated")
 #: Seeds seed NumPy, scikit-learn and torch; NumPy and scikit-learn take 0 <= seed < 2**32.
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
-
-
-def highest(knob: Any) -> float:
-    """A knob's largest value: its list's maximum, or its range's high end."""
-    return knob.high if isinstance(knob, KnobRange) else max(knob)
 
 
 def _as_list(value: Any) -> Any:
@@ -226,116 +221,9 @@ class ExperimentConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
-        nodes = self.partition.num_nodes
-        roles = {"transfer.student": [self.transfer.student], "transfer.teachers": self.transfer.teachers}
-        for field, ids in roles.items():
-            bad = [i for i in ids if not 0 <= i < nodes]
-            if bad:
-                raise ValueError(f"{field}: node {bad[0]} does not exist; allowed: 0..{nodes - 1}")
-        if self.transfer.student in self.transfer.teachers:
-            raise ValueError("transfer.teachers: must not include the student node")
-        twice = next((t for t in self.transfer.teachers if self.transfer.teachers.count(t) > 1), None)
-        if twice is not None:
-            raise ValueError(f"transfer.teachers: node {twice} is listed twice; give each teacher once")
-        if self.tune.select_on == "local_val_acc" and self.partition.local_val_fraction == 0:
-            raise ValueError(
-                "tune.select_on: local_val_acc needs a local validation split but partition.local_val_fraction "
-                "is 0; allowed: val_acc, or local_val_fraction > 0"
-            )
-        if self.tune.select_on == "val_ppl" and self.data.task != "lm":
-            raise ValueError("tune.select_on: val_ppl is a language-model metric; allowed: val_acc, local_val_acc")
-        bad_nodes = [n for n in self.nodes.models if not 0 <= n < nodes]
-        if bad_nodes:
-            raise ValueError(f"nodes.models: node {bad_nodes[0]} does not exist; allowed: 0..{nodes - 1}")
-        if self.data.dataset in DATASET_ROOTS and self.data.root is None:
-            needs = DATASET_ROOTS[self.data.dataset]
-            raise ValueError(f"data.root: {self.data.dataset} needs {needs} (data.root=PATH)")
-        if self.data.augment and self.teacher.mode == "cache":
-            raise ValueError(
-                "data.augment: teacher.mode=cache holds logits of un-augmented inputs, so the student would distil "
-                "views the teacher never saw; use teacher.mode inline or server with augmentation"
-            )
-        if self.transfer.set != "local" and self.data.pool_fraction == 0:
-            raise ValueError(f"data.pool_fraction: transfer.set={self.transfer.set} needs a pool; allowed: > 0")
-        self._search_rules()
-        self._precision_rules()
-        self._language_model_rules()
-        labels = [m.display() for m in self.methods]
-        duplicate = next((x for x in labels if labels.count(x) > 1), None)
-        if duplicate:
-            raise ValueError(f"methods: two rows are called {duplicate!r}; give each a distinct 'label'")
+        """The cross-field rules every config keeps (``raykd.config.rules``): refused on load, in one line."""
+        check_config(self)
         return self
-
-    def _precision_rules(self) -> None:
-        """fp16 where the config itself says the training runs on the CPU (no GPU reserved); a reserved GPU the
-        process cannot see is refused when training starts (``raykd.precision``)."""
-        budgets = [
-            ("nodes.train", self.nodes.train, self.tune.gpus_per_trial == 0),
-            ("transfer.train", self.transfer.train, self.tune.gpus_per_trial == 0 and not self.learners.use_gpu),
-            ("federated.local", self.federated.local, self.federated.client_gpus == 0),
-        ]
-        for field, budget, on_cpu in budgets:
-            if budget.precision == "fp16" and on_cpu:
-                raise ValueError(
-                    f"{field}.precision: fp16 needs a GPU and this config trains on the CPU (no GPU reserved); "
-                    "allowed: fp32, bf16, or fp16 with GPUs reserved"
-                )
-
-    def _search_rules(self) -> None:
-        """Ranges are sampled, never gridded; ASHA ranks trials of different seeds by their gain on the global
-        validation split (each seed's start subtracted), which a local split does not report."""
-        for i, row in enumerate(self.methods):
-            knob = next(iter(row.ranges()), None)
-            if knob is not None and self.tune.search == "grid":
-                raise ValueError(
-                    f"methods[{i}].{knob}: a range is sampled, never a grid axis; allowed: a list, or tune.search "
-                    "random or optuna"
-                )
-        if self.tune.trial == "simulation":
-            self._simulation_rules()
-        if self.tune.scheduler == "asha" and self.tune.select_on == "local_val_acc":
-            raise ValueError(
-                "tune.scheduler: asha ranks trials by their gain on the global validation split; allowed with "
-                "tune.select_on val_acc or val_ppl"
-            )
-
-    def _simulation_rules(self) -> None:
-        """A simulation trial runs one strategy to its last round and reports once, on the global validation split;
-        it is the federated run itself, so the follow-up and the transfer's learners have nothing to do."""
-        refused = {
-            "tune.scheduler": (self.tune.scheduler != "fifo", "fifo (a simulation reports once, at its end)"),
-            "tune.select_on": (self.tune.select_on == "local_val_acc", "val_acc or val_ppl (the global model's)"),
-            "federated.compare": (bool(self.federated.compare), "unset; vary federated.strategy with axes instead"),
-            "federated.after_sweep": (self.federated.after_sweep, "false (every trial is a simulation)"),
-            "learners.num_workers": (self.learners.num_workers > 0, "0 (Flower's clients train)"),
-        }
-        for field, (bad, allowed) in refused.items():
-            if bad:
-                raise ValueError(f"{field}: not with tune.trial simulation; allowed: {allowed}")
-
-    def _language_model_rules(self) -> None:
-        """Methods that learn per sample cannot distil tokens; on-policy rows need text and a teacher that scores
-        the student's own samples (inline or server, never the offline cache)."""
-        lm = self.data.task == "lm"
-        sample_level = next((m.name for m in self.methods if lm and m.name in SAMPLE_LEVEL), None)
-        if sample_level is not None:
-            raise ValueError(
-                f"methods: {sample_level} learns per sample in its prepare step and distils classifiers only; "
-                f"allowed for data.task lm: every method but {', '.join(SAMPLE_LEVEL)}"
-            )
-        if self.transfer.miniplm is not None and not lm:
-            raise ValueError(
-                "transfer.miniplm: selects documents of text; allowed: unset, or data.task lm (for classes, the "
-                "miniplm method row)"
-            )
-        on_policy = any(highest(getattr(m, "on_policy", [0])) > 0 for m in self.methods)
-        if on_policy and not lm:
-            raise ValueError("methods: on_policy > 0 samples text from the student; allowed: 0, or data.task lm")
-        if on_policy and self.teacher.mode == "cache":
-            raise ValueError(
-                "methods: on_policy > 0 needs the teacher to score the student's own samples but teacher.mode=cache "
-                "holds logits of the corpus only; allowed: teacher.mode inline or server, or on_policy 0"
-            )
 
     @field_validator("axes")
     @classmethod

@@ -93,9 +93,7 @@ def print_students(students: dict[str, list[Path]]) -> None:
 
 def print_where(study: Study) -> None:
     """The sweep's last lines: where its report is, and how to browse its runs."""
-    from raykd.tracking import resolve_uri  # loaded already by the sweep
-
-    uri = resolve_uri(study.config.tracking.uri)
+    uri = study.uri
     browse = f"open {uri}" if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
     print(f"report: {study.out / 'results.md'}\nMLflow runs: {browse}", flush=True)
 

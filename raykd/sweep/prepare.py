@@ -14,6 +14,7 @@ import ray
 import torch
 from tqdm import tqdm
 
+from raykd.cluster import given_device
 from raykd.config import Cell, ExperimentConfig
 from raykd.files import file_digest
 from raykd.nodes import dataset_of, load_node, node_path, prepare, read_node
@@ -34,11 +35,12 @@ def logit_nodes(cfg: ExperimentConfig) -> list[int]:
 
 
 def prepare_node(cfg: ExperimentConfig, node: int, seed: int, logits: bool) -> dict[str, Any]:
-    """Ray task: make sure a node's model (and, with ``logits``, its cached logits) exists; say what it built."""
+    """Ray task: make sure a node's model (and, with ``logits``, its cached logits) exists, built on the device the
+    task was given; say what it built."""
     torch.set_num_threads(1)
-    setup = prepare(cfg, seed)
-    load_node(cfg, setup, node, seed)
-    built = node_logits(cfg, setup, node, seed)[1] if logits else False
+    setup, device = prepare(cfg, seed), given_device()
+    load_node(cfg, setup, node, seed, device)
+    built = node_logits(cfg, setup, node, seed, device)[1] if logits else False
     meta = read_node(node_path(cfg, node, seed))["meta"]  # type: ignore[index]
     return {"logits_built": built, "test_acc": meta["test_acc"], "test_ppl": meta.get("test_ppl")}
 

@@ -27,9 +27,9 @@ from raykd.compat import QuietTuneInterruption
 from raykd.config import Cell, ExperimentConfig
 from raykd.errors import Interrupted
 from raykd.files import write_atomic
+from raykd.preflight import Plan
 from raykd.search_cost import cost_metrics
 from raykd.sweep.followup import failed_simulations, federated_followup, federated_section
-from raykd.sweep.preflight import Plan
 from raykd.sweep.prepare import prepare_nodes, start_teacher_server
 from raykd.sweep.progress import Progress
 from raykd.sweep.search import Stage, stages

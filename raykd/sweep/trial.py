@@ -14,7 +14,7 @@ import torch
 from ray import tune
 from ray.tune import PlacementGroupFactory
 
-from raykd.cluster import WAITER_CPUS, cpus_beside_server, on_this_node
+from raykd.cluster import WAITER_CPUS, cpus_beside_server, given_device, on_this_node
 from raykd.config import ExperimentConfig, cell_key
 from raykd.engine import NonFiniteLoss
 from raykd.errors import InjectedFault
@@ -92,7 +92,7 @@ def transfer(cfg: ExperimentConfig, config: dict[str, Any], server_name: str | N
         run_on_learners(cfg, label, setting, seed, storage, server_name, [TuneReportCallback()], student)
         return
     torch.set_num_threads(max(1, int(cfg.tune.cpus_per_trial)))
-    run_trial(cfg, label, setting, seed, report=report, server=server_name, save_to=student)
+    run_trial(cfg, label, setting, seed, report=report, server=server_name, device=given_device(), save_to=student)
 
 
 def report(metrics: dict[str, Any]) -> None:

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from raykd.config import ExperimentConfig, TeacherConfig
-from raykd.engine import Batch, pick_device, predict, rows
+from raykd.engine import CPU, Batch, predict, rows
 from raykd.files import cached, file_digest, read_checked
 from raykd.nodes import Setup, data_digest, load_node, node_path, read_node
 from raykd.teacher.protocol import FrozenLogits, TeacherLogits
@@ -172,18 +172,20 @@ class CachedTeacher(TeacherLogits):
         return [read_rows(array, np.arange(len(array)), self.classes, cpu) for array in self.teachers]
 
 
-def node_logits(cfg: ExperimentConfig, setup: Setup, node: int, seed: int) -> tuple[np.ndarray, bool]:
-    """A pre-trained node model's logits on the whole training split, from the cache or built once.
+def node_logits(
+    cfg: ExperimentConfig, setup: Setup, node: int, seed: int, device: torch.device = CPU
+) -> tuple[np.ndarray, bool]:
+    """A pre-trained node model's logits on the whole training split, from the cache or built once (on ``device``).
 
     The model is loaded only on a miss: a cached run reads no teacher checkpoint. With ``teacher.top_k``
     the array holds top-k records (``top_k_rows``), not dense logits.
     """
     if read_node(node_path(cfg, node, seed)) is None:
-        load_node(cfg, setup, node, seed)  # trains and caches it: the key is over the checkpoint's content
+        load_node(cfg, setup, node, seed, device)  # trains and caches it: the key is over the checkpoint's content
     cache, key, teacher = LogitCache(cfg.nodes.cache_dir / "logits"), logits_key(cfg, node, seed), cfg.teacher
 
     def compute() -> np.ndarray:
-        model = load_node(cfg, setup, node, seed).to(pick_device(cfg.tune.gpus_per_trial))
+        model = load_node(cfg, setup, node, seed, device)
         x = setup.dataset.train_x
         step = TOKEN_CHUNK if setup.dataset.tokens else max(len(x), 1)  # a vocabulary's logits, a chunk at a time
         return np.concatenate(

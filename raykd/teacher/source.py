@@ -9,9 +9,11 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from raykd.config import ExperimentConfig
+from raykd.engine import CPU
 from raykd.nodes import Setup
 from raykd.teacher.cache import CachedTeacher, node_logits
 from raykd.teacher.inline import InlineTeacher
@@ -29,13 +31,14 @@ def teacher_logits(
     initial: int | None,
     load: LoadNode,
     server: Any = None,
+    device: torch.device = CPU,
 ) -> TeacherLogits:
     """The per-batch logits of the ``frozen`` teacher nodes and of the ``initial`` student (DP-KD), where
     ``teacher.mode`` says: models in this process, the offline cache, or ``server`` (the TeacherServer actor, or
-    the name it was started under)."""
+    the name it was started under). A logit cache's missing entry is computed on ``device``."""
     mode = cfg.teacher.mode
     if mode == "cache":
-        array = lambda node: node_logits(cfg, setup, node, seed)[0]  # noqa: E731
+        array = lambda node: node_logits(cfg, setup, node, seed, device)[0]  # noqa: E731
         start = array(initial) if initial is not None else None
         return CachedTeacher([array(n) for n in frozen], start, classes=setup.dataset.num_classes)
     if mode == "server":
