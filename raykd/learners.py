@@ -9,7 +9,10 @@ Ray Train and, inside a Tune trial, forwarded to Tune; the last report carries t
 
 from __future__ import annotations
 
+import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,10 @@ from ray.train.torch import TorchTrainer
 from raykd.cluster import on_this_node
 from raykd.config import ExperimentConfig
 from raykd.experiment import run_trial
+
+#: Ray Train's controller takes a worker's report only when it polls the workers (every 2 s by default), and a
+#: worker's next report waits until its last one was taken: epochs shorter than that were paced at one per 2 s.
+POLL_ENV, POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1"
 
 
 def _worker(loop: dict[str, Any]) -> None:
@@ -91,5 +98,20 @@ def run_on_learners(
         ),
         run_config=RunConfig(storage_path=str(storage), name="learners", callbacks=callbacks or []),
     )
-    result = trainer.fit()
+    with controller_polling():
+        result = trainer.fit()
     return dict(result.metrics or {})
+
+
+@contextmanager
+def controller_polling() -> Iterator[None]:
+    """Ray Train passes its poll interval from this process's environment to the controller ``fit`` starts: set for
+    that call only, so nothing else in the process sees it; a user's own setting wins."""
+    if POLL_ENV in os.environ:
+        yield
+        return
+    os.environ[POLL_ENV] = POLL_S
+    try:
+        yield
+    finally:
+        os.environ.pop(POLL_ENV, None)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from ray.train import UserCallback
 
 from raykd.config import validate_config
 from raykd.engine import predict
@@ -152,10 +155,22 @@ def test_node_logits_follow_the_configured_dtype(tmp_path: Path, node_setup: tup
     assert np.allclose(logits.astype(np.float32), predict(teacher, setup.dataset.train_x).numpy(), atol=2e-2)
 
 
+class ControllerPolling(UserCallback):
+    """Writes the poll interval the Train controller's process was given, from that process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        from raykd.learners import POLL_ENV
+
+        self.path.write_text(os.environ.get(POLL_ENV, "unset"))
+
+
 @pytest.mark.slow
 def test_two_worker_torch_trainer_kd_run(ray_session, node_setup: tuple, tmp_path: Path) -> None:
     """A real 2-worker TorchTrainer (DDP, gloo) distils from the cache; each worker trains on half the set."""
-    from raykd.learners import run_on_learners
+    from raykd.learners import POLL_ENV, POLL_S, run_on_learners
 
     cfg, _, _ = node_setup
     cfg = cfg.model_copy(
@@ -164,7 +179,11 @@ def test_two_worker_torch_trainer_kd_run(ray_session, node_setup: tuple, tmp_pat
             "learners": cfg.learners.model_copy(update={"num_workers": 2}),
         }
     )
-    metrics = run_on_learners(cfg, "kd", {"temperature": 4.0, "alpha": 0.5}, 0, tmp_path)
+    polled = tmp_path / "poll_s.txt"
+    metrics = run_on_learners(
+        cfg, "kd", {"temperature": 4.0, "alpha": 0.5}, 0, tmp_path, None, [ControllerPolling(polled)]
+    )
+    assert polled.read_text() == POLL_S and POLL_ENV not in os.environ  # the controller's setting, for its call only
     single = run_trial(cfg, "kd", {"temperature": 4.0, "alpha": 0.5}, 0)
     assert metrics["epoch"] == cfg.transfer.train.epochs
     assert metrics["test_acc_before"] == single["test_acc_before"]  # same starting student
