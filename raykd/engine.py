@@ -163,9 +163,9 @@ class TransferBatches:
             targets, distill, row_index = token_rows(self.y, index, targets, distill)
         gather = index.to(self.device, non_blocking=True)
         targets, distill = targets.to(self.device, non_blocking=True), distill.to(self.device, non_blocking=True)
-        for i in range(steps):
-            x = self.x[gather[i]]
-            yield Batch(self.augment(x) if self.augment else x, targets[i], distill[i], row_index[i])
+        for rows, step_targets, step_distill, step_index in zip(gather, targets, distill, row_index, strict=True):
+            x = self.x[rows]  # iterating the tables unbinds each once (one op), not one indexing op per table a step
+            yield Batch(self.augment(x) if self.augment else x, step_targets, step_distill, step_index)
 
 
 def device_of(model: nn.Module) -> torch.device:

@@ -10,12 +10,13 @@ import torch
 
 from raykd.config import check_requests, validate_config
 from raykd.data import check_dataset, load_dataset
+from raykd.engine import Batch
 from raykd.errors import ConfigError
 from raykd.experiment import run_trial
 from raykd.methods.base import StepLogits
 from raykd.methods.kd import KnowledgeDistillation
 from raykd.nodes import prepare
-from raykd.teacher.cache import LogitCache, node_logits, read_rows, top_k_rows
+from raykd.teacher.cache import CachedTeacher, LogitCache, node_logits, read_rows, top_k_rows
 from tests.conftest import tiny_raw
 
 CPU = torch.device("cpu")
@@ -59,6 +60,23 @@ def test_kd_loss_is_exact_when_the_dropped_logit_ties_and_close_for_a_sure_teach
     sure = torch.randn(32, 10, generator=generator) * 8  # a trained teacher's wide logit gaps
     errors = [abs(kd_term(expanded(sure, k), student, 1.0) / kd_term(sure, student, 1.0) - 1) for k in (1, 3, 6, 9)]
     assert errors == sorted(errors, reverse=True) and errors[-1] < 1e-3
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_the_cached_teacher_reads_memory_mapped_rows_as_read_rows_does(tmp_path: Path, dtype: str) -> None:
+    """Dense arrays are looked up through a tensor over the memory map, top-k records through ``read_rows``."""
+    logits = torch.randn(20, 7) * 4
+    dense, records = logits.to(getattr(torch, dtype)).numpy(), top_k_rows(logits, 3, dtype)
+    np.save(tmp_path / "dense.npy", dense)
+    np.save(tmp_path / "records.npy", records)
+    arrays = [np.load(tmp_path / f"{name}.npy", mmap_mode="r") for name in ("dense", "records")]
+    index = torch.tensor([5, 0, 19, 5])
+    batch = Batch(torch.zeros(4, 1), torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.bool), index)
+    teachers, initial = CachedTeacher(arrays, arrays[0], classes=7)(batch)
+    for got, array in zip([*teachers, initial], [*arrays, arrays[0]], strict=True):
+        assert got.dtype == torch.float32
+        assert torch.equal(got, read_rows(array, index.numpy(), 7, CPU))
+    assert torch.equal(teachers[0], logits.to(getattr(torch, dtype)).float()[index])
 
 
 def test_k_below_1_or_in_inline_mode_is_refused(tmp_path: Path) -> None:

@@ -10,7 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from raykd.methods import METHODS, method_class
-from raykd.methods.base import UNLABELLED, StepLogits, labelled_cross_entropy, masked_mean, soft_probabilities
+from raykd.methods.base import (
+    UNLABELLED,
+    StepLogits,
+    distillation_kl,
+    kd_terms,
+    labelled_cross_entropy,
+    masked_mean,
+    soft_probabilities,
+)
 from raykd.methods.dml import DeepMutualLearning
 from raykd.methods.dpkd import DataPartitioningKD, teacher_mask
 from raykd.methods.kd import KnowledgeDistillation
@@ -84,6 +92,24 @@ def test_masked_mean_is_the_mean_of_the_selected_rows_with_its_gradient() -> Non
     out.backward()
     assert torch.allclose(out, values[mask].mean())
     assert torch.allclose(values.grad, mask.float() / mask.sum())
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("rows", ["some", "none", "weights"])
+def test_kd_terms_equal_the_masked_mean_form_in_value_and_gradient(alpha: float, rows: str) -> None:
+    """kd_terms folds T^2 and the row count into weights and mixes with lerp: the same terms, to float rounding."""
+    targets, t = TARGETS.clone(), 2.5
+    targets[::4] = UNLABELLED
+    mask = {"some": torch.arange(N) % 3 != 0, "none": torch.zeros(N, dtype=torch.bool), "weights": torch.rand(N)}[rows]
+    target = F.softmax(TEACHER / t, 1)
+    ours, theirs = STUDENT.clone().requires_grad_(), STUDENT.clone().requires_grad_()
+    out = kd_terms(ours, target, targets, mask, t, alpha)
+    ce, kd = labelled_cross_entropy(theirs, targets), masked_mean(distillation_kl(target, theirs, t), mask)
+    expected = {"loss": (1 - alpha) * ce + alpha * kd, "ce": ce, "kd": kd}
+    out["loss"].backward()
+    expected["loss"].backward()
+    assert all(torch.allclose(out[k], expected[k], rtol=1e-6, atol=1e-7) for k in expected)
+    assert torch.allclose(ours.grad, theirs.grad, rtol=1e-6, atol=1e-8)
 
 
 def test_one_teacher_probabilities_equal_the_same_teacher_as_an_ensemble() -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -147,6 +148,20 @@ def read_rows(array: np.ndarray, index: np.ndarray, classes: int, device: torch.
     return dense_logits(values.float(), ids, classes, tail)  # a record with a tail was stored for ``mass``
 
 
+def dense_table(array: np.ndarray) -> Tensor | None:
+    """A dense cached array as a CPU tensor over the same memory (no copy); None for top-k records (``read_rows``).
+
+    Why: a step's lookup is then one indexing op on the batch's index tensor, where NumPy's fancy indexing of the
+    memory map and the conversions back to torch take about twice as long. The tensor is only read (indexed into
+    new tensors), so the memory map being read-only, which ``torch.from_numpy`` warns about, does not matter.
+    """
+    if array.dtype.names is not None:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)
+
+
 class CachedTeacher(TeacherLogits):
     """``teacher.mode: cache``: teacher (and initial-student) logits looked up by the batch's global sample indices.
 
@@ -155,17 +170,21 @@ class CachedTeacher(TeacherLogits):
 
     def __init__(self, teachers: list[np.ndarray], initial: np.ndarray | None = None, *, classes: int) -> None:
         self.teachers, self.initial, self.classes = teachers, initial, classes
+        self.tables = [dense_table(t) for t in teachers]
+        self.initial_table = dense_table(initial) if initial is not None else None
         self.device = torch.device("cpu")
 
     def use_device(self, device: torch.device) -> None:
         self.device = device
 
-    def _rows(self, array: np.ndarray, batch: Batch) -> Tensor:
-        return read_rows(array, batch.index.numpy(), self.classes, self.device)
+    def _rows(self, array: np.ndarray, table: Tensor | None, batch: Batch) -> Tensor:
+        if table is None:
+            return read_rows(array, batch.index.numpy(), self.classes, self.device)
+        return table[batch.index].to(self.device).float()
 
     def __call__(self, batch: Batch) -> FrozenLogits:
-        initial = self._rows(self.initial, batch) if self.initial is not None else None
-        return [self._rows(t, batch) for t in self.teachers], initial
+        initial = self._rows(self.initial, self.initial_table, batch) if self.initial is not None else None
+        return [self._rows(t, table, batch) for t, table in zip(self.teachers, self.tables, strict=True)], initial
 
     def train_logits(self) -> list[Tensor]:
         cpu = torch.device("cpu")
