@@ -21,7 +21,7 @@ from raykd.config import ExperimentConfig  # noqa: E402
 from raykd.experiment import lm_info  # noqa: E402
 from raykd.files import write_atomic  # noqa: E402
 from raykd.students import save_student  # noqa: E402
-from raykd.tracking import log_simulation, resolve_uri  # noqa: E402
+from raykd.tracking import log_simulation  # noqa: E402
 
 
 def rounds_to_target(rounds: list[RoundLog], target: float) -> int | None:
@@ -221,6 +221,7 @@ def save_models(
 
 def record(
     cfg: ExperimentConfig,
+    uri: str,
     history: dict[str, list[RoundLog]],
     finals: dict[str, nn.Module],
     restarts: int = 0,
@@ -228,8 +229,8 @@ def record(
     out: Path | None = None,
 ) -> Path:
     """Write rounds.csv, summary.json, accuracy.png and the final models in ``out`` (default: a new folder in
-    ``output_dir``); log them as one MLflow run (the global model as an MLflow PyTorch model). ``restarts`` and
-    ``nodes``: see ``summary``."""
+    ``output_dir``); log them as one MLflow run in the store at ``uri`` (the Plan's; the global model as an MLflow
+    PyTorch model). ``restarts`` and ``nodes``: see ``summary``."""
     run_name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = out or Path(cfg.output_dir) / run_name
     rows, info = table(history, cfg.data.task == "lm"), summary(cfg, history, restarts, nodes)
@@ -240,7 +241,7 @@ def record(
     write_atomic(out / "accuracy.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     nested = {"mlflow.parentRunId": cfg.tracking.parent_run_id} if cfg.tracking.parent_run_id else {}
     log_simulation(
-        resolve_uri(cfg.tracking.uri),
+        uri,
         cfg.tracking.experiment,
         run_name,
         cfg.model_dump(mode="json"),

@@ -29,6 +29,7 @@ from federated.task import (
 )
 from raykd.cluster import actor_nodes, actor_restarts
 from raykd.config import ExperimentConfig
+from raykd.preflight import Plan, preflight
 
 #: Flower's Ray actor class that runs the ClientApp (``flwr.simulation.ray_transport.ray_actor``).
 CLIENT_ACTOR = "ClientAppActor"
@@ -46,10 +47,11 @@ def ensemble_distillation(cfg: ExperimentConfig) -> ServerStep:
     return step
 
 
-def run(grid: Grid, cfg: ExperimentConfig, teacher: str | None = None, out: Path | None = None) -> Path:
-    """Every strategy's and start point's rounds, in order; the records (files, final models, MLflow) are written at
-    the end, in the folder returned (``out``, else a new one). ``teacher``: the name of the TeacherServer actor the
-    clients ask, if any. ``cfg`` was planned by the entry point (``raykd.preflight``)."""
+def run(grid: Grid, plan: Plan, teacher: str | None = None, out: Path | None = None) -> Path:
+    """Every strategy's and start point's rounds of the ``plan``'s simulation, in order; the records (files, final
+    models, MLflow) are written at the end, in the folder returned (``out``, else a new one). ``teacher``: the name
+    of the TeacherServer actor the clients ask, if any."""
+    cfg = plan.config
     if isinstance(grid, InMemoryGrid):  # the simulation's grid: how often it looks for replies (Flower's 0.1 s)
         grid.pull_interval = cfg.federated.poll_interval
     history: dict[str, list[RoundLog]] = {}
@@ -76,28 +78,24 @@ def run(grid: Grid, cfg: ExperimentConfig, teacher: str | None = None, out: Path
             if strategy_name != "logit-exchange":  # its products are the clients' private models
                 final = result.arrays if len(result.arrays) else arrays  # no round aggregated: the start is the model
                 finals[label] = from_arrays(global_model(cfg, setup_of(cfg)), final)
-    return record(cfg, history, finals, actor_restarts(CLIENT_ACTOR), actor_nodes(CLIENT_ACTOR), out)
+    return record(cfg, plan.uri, history, finals, actor_restarts(CLIENT_ACTOR), actor_nodes(CLIENT_ACTOR), out)
 
 
 def build(
-    experiment: ExperimentConfig | None = None,
+    plan: Plan | None = None,
     recorded: Callable[[Path], None] | None = None,
     teacher: str | None = None,
     out: Path | None = None,
 ) -> ServerApp:
-    """A ServerApp for the experiment ``experiment`` (the simulate CLI), or for pyproject's run config when None;
-    ``recorded`` is told the records' folder (the simulate CLI reads its outcome from there); ``teacher`` names the
-    TeacherServer actor the simulate CLI started (``task.serve_teacher``); ``out``: the records' folder, if chosen."""
+    """A ServerApp for the simulate CLI's ``plan``, or for pyproject's run config when None (``flwr run``: this app
+    is the entry point, so it makes the Plan); ``recorded`` is told the records' folder (the simulate CLI reads its
+    outcome from there); ``teacher`` names the TeacherServer actor the simulate CLI started
+    (``task.serve_teacher``); ``out``: the records' folder, if chosen."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        cfg = settings(context.run_config, experiment)
-        if experiment is None:  # `flwr run`: this app is the entry point, so it makes the Plan (the CLI made its own)
-            from raykd.preflight import preflight
-
-            preflight(cfg, simulation=True)
-        out_dir = run(grid, cfg, teacher, out)
+        out_dir = run(grid, plan or preflight(settings(context.run_config, None), simulation=True), teacher, out)
         if recorded is not None:
             recorded(out_dir)
 

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import federated  # noqa: F401  (sets Flower's environment before flwr is imported)
 from raykd.cli import (
@@ -38,8 +38,11 @@ from raykd.cli import (
     run_command,
 )
 from raykd.compat import FlowerClientTracebacks
-from raykd.config import ExperimentConfig, describe_schema
+from raykd.config import describe_schema
 from raykd.files import last_line
+
+if TYPE_CHECKING:
+    from raykd.preflight import Plan
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "tune_configs" / "federated_kd.yaml"
 #: Flower's own log lines (INFO and up, no colour codes), in the simulation's records folder; raykd prints its own.
@@ -70,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def simulate(cfg: ExperimentConfig, teacher: str | None = None, out: Path | None = None) -> Path | str:
-    """Run the configured simulation in this (driver) process; the records' folder (``out``, else a new one in
+def simulate(plan: Plan, teacher: str | None = None, out: Path | None = None) -> Path | str:
+    """Run the planned simulation in this (driver) process; the records' folder (``out``, else a new one in
     ``output_dir``), or why there are none. ``teacher``: the name of the TeacherServer actor started for it
     (``task.serve_teacher``), if any.
 
@@ -83,13 +86,14 @@ def simulate(cfg: ExperimentConfig, teacher: str | None = None, out: Path | None
 
     from federated import client_app, polling, server_app
 
+    cfg = plan.config
     f, records = cfg.federated, list[Path]()
     one_line_client_failures()
     polling.install(f.poll_interval)  # the engine's hand-out costs the messages in flight, not the federation's size
     actor = {"max_restarts": -1, "max_task_retries": CLIENT_TASK_RETRIES}
     try:
         run_simulation(
-            server_app=server_app.build(cfg, records.append, teacher, out),
+            server_app=server_app.build(plan, records.append, teacher, out),
             client_app=client_app.build(cfg),
             num_supernodes=cfg.partition.num_nodes,
             backend_config={"client_resources": {"num_cpus": f.client_cpus, "num_gpus": f.client_gpus, **actor}},
@@ -196,7 +200,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args, DEFAULT_CONFIG)
     with held_writes():  # the dataset cache lands only once the store answers and the cluster holds the pool
-        preflight(cfg, simulation=True)
+        plan = preflight(cfg, simulation=True)
         if ray.is_initialized():
             raise RuntimeError("federated.simulate must be its own Ray driver (Flower shuts Ray down at the end)")
         connect_ray(cfg, log_to_driver=True)
@@ -204,7 +208,7 @@ def _simulate(args: argparse.Namespace) -> int:
     served = serve_teacher(cfg)  # (name, handle): the handle held while the simulation runs
     print(f"simulation: {cfg.federated.strategy}, {cfg.partition.num_nodes} clients, {cfg.federated.rounds} rounds")
     with flower_log(cfg.output_dir, args.verbose) as log:
-        out = simulate(cfg, served[0] if served else None, args.out and args.out.resolve())
+        out = simulate(plan, served[0] if served else None, args.out and args.out.resolve())
     print(f"Flower's log: {keep_log(log, out)}", flush=True)
     return outcome(out)
 
