@@ -1,13 +1,15 @@
 """Where a served request's time goes, and served rows/s at 1, 4 and 8 requesters against plain inference.
 
     git show main:raykd/teacher/server.py > /tmp/server_main.py
-    python benchmarks/serve_overhead.py [--baseline /tmp/server_main.py] [--seconds 3] [--rounds 2]
+    PYTHONPATH=$PWD python benchmarks/serve_overhead.py [--baseline /tmp/server_main.py] [--seconds 3] [--rounds 2]
 
 Light teachers, where a request's overhead rivals its forward: ``cnn1d`` (width 25) on MNIST-1D's (1, 40) rows
 and ``cnn2d`` (width 4, one block) on CIFAR's (3, 32, 32), 256-row requests, random weights and inputs, one torch thread
-everywhere, the server on 1 CPU of a local Ray with 2. Contenders, alternated in every round in this one process:
-``current`` (this tree's ``raykd.teacher.server``) and, with ``--baseline``, ``baseline`` (another version of that
-file, loaded as its own module and shipped to Ray by value), each with its own ``ServedTeacher``.
+everywhere, each server reserving 0.5 CPU of a local Ray with 2. Contenders, alternated in every round in this one
+process:
+``current`` (this tree's ``raykd.teacher.server``, ``batch_wait_ms`` 0), ``current-wait-2ms`` (the same with the
+old default wait) and, with ``--baseline``, ``baseline`` (another version of that file, ``batch_wait_ms`` 2, loaded
+as its own module and shipped to Ray by value), each with its own ``ServedTeacher``.
 
 1. profile: one requester, no prefetch, one request at a time: the mean latency beside the server's counters
    (queue wait, compute = merge + forward + split) and the in-process forward, the rest being Ray's round trip
@@ -190,9 +192,10 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     from raykd.teacher import server as current
 
-    modules = {"current": current} | ({"baseline": load_baseline(a.baseline)} if a.baseline else {})
+    variants = [("current", current, 0.0), ("current-wait-2ms", current, 2.0)]  # 2 ms: the old default wait
+    variants += [("baseline", load_baseline(a.baseline), 2.0)] if a.baseline else []
     folder = Path(tempfile.mkdtemp(prefix="raykd-serve-overhead-"))
-    cfg = TeacherConfig(mode="server", num_cpus=1, device="cpu")
+    cfg = TeacherConfig(mode="server", num_cpus=0.5, device="cpu")  # one torch thread each
     for case, (spec, shape) in CASES.items():
         torch.manual_seed(0)
         model = build_model(spec, shape, CLASSES).eval()
@@ -202,8 +205,9 @@ def main() -> None:
         forward_ms = plain_rate(model, shape, a.seconds)[1]
         print(f"{case}: a 256-row forward in this process takes {forward_ms:.2f} ms", flush=True)
         contenders = {}
-        for name, module in modules.items():
-            server = module.start_server([module.served_model(key, path, spec, shape, CLASSES)], cfg)
+        for name, module, wait_ms in variants:
+            run_cfg = cfg.model_copy(update={"batch_wait_ms": wait_ms})
+            server = module.start_server([module.served_model(key, path, spec, shape, CLASSES)], run_cfg)
             contenders[name] = (module, server)
             profile(module, f"{case} {name}", server, key, shape, forward_ms)
         rates(contenders, model, key, shape, a)
