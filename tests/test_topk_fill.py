@@ -93,7 +93,7 @@ def test_a_cached_language_model_expands_with_its_tail_mass_and_the_server_agree
     path = node_path(cfg, 1, 0)  # the server's reply, taken in this process (no Ray): the same rows
     model = served_model(file_digest(path), path, cfg.nodes.model_of(1), setup.dataset.input_shape, vocab, True)
     server = TeacherServer([model], "cpu", "float32", 4096, 0.0, top_k=4, top_k_fill="mass")
-    answer = server._forward((model.key,), x[:3])
+    answer = tuple(part.transpose(0, 1) for part in server._forward((model.key,), [x[:3]]))  # as a reply arrives
     assert len(answer) == 3 and answer[2].shape == (1, 3, 16)
     served = ServedTeacher(None, [model.key], None, prefetch=0, classes=vocab)._dense(*answer)
     assert torch.allclose(rows(served[0]), dense[: 3 * 16], atol=1e-5)

@@ -82,8 +82,10 @@ class TeacherConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="server device; auto = cuda when it has GPUs")
     num_gpus: float = Field(0.0, ge=0, description="GPUs reserved by the server (fractions allowed)")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved by the server (its torch threads)")
-    max_batch_rows: int = Field(4096, ge=1, description="dynamic batching: most rows merged into one forward")
-    batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="dynamic batching: longest wait for more requests")
+    max_batch_rows: int = Field(4096, ge=1, description="continuous batching: most rows merged into one forward")
+    batch_wait_ms: float = Field(
+        0.0, ge=0, le=1000, description="an idle server's wait for more rows before it starts a forward (0: none)"
+    )
     max_restarts: int = Field(3, ge=0, description="server restarts after a crash; in-flight requests are retried")
     prefetch: int = Field(
         1, ge=0, le=64, description="server: batches whose logits are requested ahead of the student's step (0: none)"

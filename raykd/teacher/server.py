@@ -1,23 +1,29 @@
 """``teacher.mode: server`` (the Ray shell only): the TeacherServer, a Ray actor that loads frozen models once and
 serves batched logits to many students, and ``ServedTeacher``, a student's side of it.
 
-Requests that arrive together are merged (dynamic batching: up to ``max_batch_rows`` rows, waiting
-at most ``batch_wait_ms`` for more) and run in one forward pass on a worker thread, so the actor
-keeps accepting requests while it computes. The actor is created with Ray's ``max_restarts`` and
-``max_task_retries``: after a crash it reloads its checkpoints and Ray re-sends the requests that
-were in flight, so every request gets exactly one answer and none is lost (inference is pure).
+Continuous batching: a request that finds the server idle starts a forward at once (after ``batch_wait_ms`` for
+more rows, 0 by default); requests that arrive while a forward runs on its worker thread (the actor keeps accepting
+them) are merged into the next one, up to ``max_batch_rows`` rows. Tensors travel as ``Carried``: numpy views that
+Ray writes once, out of band, where its pickling of a torch tensor copies the whole storage several times. The
+actor is created with Ray's ``max_restarts`` and ``max_task_retries``: after a crash it reloads its checkpoints and
+Ray re-sends the requests that were in flight, so every request gets exactly one answer and none is lost (inference
+is pure).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import resource
 import time
+import warnings
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 import torch
 from torch import Tensor
@@ -51,6 +57,43 @@ class ServedModel:
 Answer = tuple[Tensor, ...]
 
 
+class Carried:
+    """A tensor as Ray should carry it. Ray pickles a torch tensor by ``torch.save`` of its whole storage, a slice's
+    base included (a 256-row reply sliced from a 2,048-row answer weighed 82 kB, not 10 kB), through several copies;
+    a numpy view is written once, out of band, with only its own bytes. ``as_dtype``: what the receiver gets back
+    (``narrowed`` integer inputs are widened again); ``rows_first``: a (rows, models, ...) slice, so one request's
+    rows are contiguous, received as the (models, rows, ...) view."""
+
+    def __init__(self, t: Tensor, as_dtype: torch.dtype | None = None, rows_first: bool = False) -> None:
+        self.t, self.as_dtype, self.rows_first = t, as_dtype or t.dtype, rows_first
+
+    def __reduce__(self) -> tuple[Callable[..., Tensor], tuple[Any, ...]]:
+        sent = self.t.view(torch.int16) if self.t.dtype == torch.bfloat16 else self.t  # numpy has no bfloat16
+        return _arrived, (sent.numpy(), self.t.dtype, self.as_dtype, self.rows_first)
+
+
+def _arrived(array: np.ndarray, dtype: torch.dtype, as_dtype: torch.dtype, rows_first: bool) -> Tensor:
+    """A ``Carried`` tensor over Ray's buffer, uncopied. Ray's buffers are read-only: the server only reads its
+    inputs (merging them copies), and ``ServedTeacher`` copies a reply once, into its own float32 rows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        t = torch.from_numpy(array).view(dtype).to(as_dtype)
+    return t.transpose(0, 1) if rows_first else t
+
+
+def narrowed(x: Tensor) -> Tensor:
+    """Integer inputs (token ids) in the smallest integer dtype that holds them, for the trip to the server, which
+    widens them back (``Carried.as_dtype``): its models see what an inline teacher sees. Floats travel as they are:
+    raykd's images are normalised float32 from loading on (``raykd.data``), no longer 0..255 pixels."""
+    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool or x.numel() == 0:
+        return x
+    low, high = int(x.min()), int(x.max())
+    fits = [
+        d for d in (torch.uint8, torch.int16, torch.int32) if torch.iinfo(d).min <= low and high <= torch.iinfo(d).max
+    ]
+    return x.to(fits[0]) if fits else x
+
+
 @dataclass
 class _Request:
     keys: tuple[str, ...]
@@ -82,46 +125,66 @@ class TeacherServer:
             self.models[m.key] = model.eval().requires_grad_(False).to(self.device)
         self.mixed = serving_precision(self.dtype, self.device)
         self.mixed.layout(list(self.models.values()))
-        self.queue: asyncio.Queue[_Request] | None = None
+        self.queue: deque[_Request] = deque()
+        self.arrived = asyncio.Event()
+        self.batcher: asyncio.Task[None] | None = None
         self.counters = {"requests": 0, "rows": 0, "batches": 0, "max_batch_rows": 0, "wait_s": 0.0, "compute_s": 0.0}
 
-    async def infer(self, keys: tuple[str, ...], x: Tensor) -> Answer:
-        if self.queue is None:  # the event loop exists only once a request arrives
-            self.queue = asyncio.Queue()
-            asyncio.get_running_loop().create_task(self._batch_forever())
-        done = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Request(tuple(keys), x, done, time.perf_counter()))
+    async def infer(self, keys: tuple[str, ...], x: Tensor) -> tuple[Carried, ...]:
+        """The models' ``Answer`` on ``x``; it reaches the caller through Ray as tensors."""
+        loop = asyncio.get_running_loop()
+        if self.batcher is None:  # the event loop exists only once a request arrives
+            self.batcher = loop.create_task(self._batch_forever())
+        done = loop.create_future()
+        self.queue.append(_Request(tuple(keys), x, done, time.perf_counter()))
+        self.arrived.set()
         return await done
 
     async def _batch_forever(self) -> None:
-        assert self.queue is not None
+        """Continuous batching: the next forward starts as soon as the last one ends, with what queued meanwhile."""
         while True:
-            group = [await self.queue.get()]
-            rows, deadline = len(group[0].x), time.perf_counter() + self.wait_s
-            while rows < self.max_batch_rows and (left := deadline - time.perf_counter()) > 0:
-                try:
-                    group.append(await asyncio.wait_for(self.queue.get(), timeout=left))
-                    rows += len(group[-1].x)
-                except TimeoutError:
-                    break
-            await self._answer(group)
+            await self._idle()
+            while self.queue:
+                await self._answer(self._take())
+
+    async def _idle(self) -> None:
+        """An idle server's wait: for a request, then up to ``batch_wait_ms`` for more rows (0: none), so a lone
+        request pays no wait unless the configuration trades its latency for fuller batches."""
+        if not self.queue:
+            self.arrived.clear()
+            await self.arrived.wait()
+        deadline = time.perf_counter() + self.wait_s
+        while sum(len(r.x) for r in self.queue) < self.max_batch_rows and (left := deadline - time.perf_counter()) > 0:
+            self.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), left)
+
+    def _take(self) -> list[_Request]:
+        """The queued requests, oldest first, up to ``max_batch_rows`` rows (at least one request)."""
+        group = [self.queue.popleft()]
+        rows = len(group[0].x)
+        while self.queue and rows + len(self.queue[0].x) <= self.max_batch_rows:
+            group.append(self.queue.popleft())
+            rows += len(group[-1].x)
+        return group
 
     async def _answer(self, group: list[_Request]) -> None:
-        """One forward per distinct model set over the merged rows, then split the answers back."""
+        """One forward per distinct model set over the merged rows; each caller gets its own rows' slice (a view:
+        ``Carried`` sends only its bytes, so no copy is made for it)."""
         started = time.perf_counter()
         by_keys: dict[tuple[str, ...], list[_Request]] = {}
         for request in group:
             by_keys.setdefault(request.keys, []).append(request)
         for keys, requests in by_keys.items():
             try:
-                logits = await asyncio.to_thread(self._forward, keys, torch.cat([r.x for r in requests]))
+                answer = await asyncio.to_thread(self._forward, keys, [r.x for r in requests])
             except Exception as err:  # noqa: BLE001 - a bad request fails its callers, not the server
                 for r in requests:
                     r.done.set_exception(err)
                 continue
             offset = 0
             for r in requests:
-                r.done.set_result(tuple(part[:, offset : offset + len(r.x)].clone() for part in logits))
+                r.done.set_result(tuple(Carried(part[offset : offset + len(r.x)], rows_first=True) for part in answer))
                 offset += len(r.x)
         rows = sum(len(r.x) for r in group)
         c = self.counters
@@ -133,13 +196,14 @@ class TeacherServer:
         c["compute_s"] += time.perf_counter() - started
 
     @torch.no_grad()
-    def _forward(self, keys: tuple[str, ...], x: Tensor) -> Answer:
-        """(logits,) of every model, stacked; with ``top_k``, (values, ids) of each row's K largest, taken on the
-        server's device so only they travel (a language model's vocabulary would not); with the ``mass`` fill also
-        each row's ``tail_logsumexp``, which only this side, holding the whole row, can take."""
-        x = self.mixed.inputs(x.to(self.device, non_blocking=True))
+    def _forward(self, keys: tuple[str, ...], xs: list[Tensor]) -> Answer:
+        """The ``Answer`` on the merged ``xs``, rows first: (rows, models, ...), so a caller's rows are contiguous.
+        With ``top_k``, (values, ids) of each row's K largest, taken on the server's device so only they travel (a
+        language model's vocabulary would not); with the ``mass`` fill also each row's ``tail_logsumexp``, which
+        only this side, holding the whole row, can take."""
+        x = self.mixed.inputs(torch.cat(xs).to(self.device, non_blocking=True))
         with self.mixed.autocast():
-            logits = torch.stack([self.models[k](x) for k in keys])
+            logits = torch.stack([self.models[k](x) for k in keys], dim=1)
         if self.top_k is None:
             return (logits.to(self.dtype).cpu(),)
         values, ids = logits.float().topk(self.top_k, dim=-1)
@@ -204,16 +268,21 @@ class ServedTeacher(TeacherLogits):
 
     def prefetch(self, batch: Batch) -> None:
         if self.ahead and self.keys and id(batch) not in self.pending:
-            self.pending[id(batch)] = (batch, self.server.infer.remote(self.keys, batch.x.cpu()))
+            self.pending[id(batch)] = (batch, self._request(batch))
+
+    def _request(self, batch: Batch) -> ray.ObjectRef:
+        x = batch.x.cpu()
+        return self.server.infer.remote(self.keys, Carried(narrowed(x), as_dtype=x.dtype))
 
     def __call__(self, batch: Batch) -> FrozenLogits:
         if not self.keys:
             return [], None
         _, ref = self.pending.pop(id(batch), (batch, None))
-        ref = ref if ref is not None else self.server.infer.remote(self.keys, batch.x.cpu())
+        ref = ref if ref is not None else self._request(batch)
         answer = get_within(ref, ANSWER_TIMEOUT_S, "teacher.mode=server: the TeacherServer's logits")
         self.received_bytes += sum(part.nbytes for part in answer)
-        logits = answer[0].float() if len(answer) == 1 else self._dense(*answer)
+        # the one copy of a reply: out of Ray's read-only buffer into float32 rows of this process
+        logits = torch.empty(answer[0].shape).copy_(answer[0]) if len(answer) == 1 else self._dense(*answer)
         teachers = list(logits[: len(self.teacher_keys)])
         return teachers, (logits[-1] if self.initial_key else None)
 
