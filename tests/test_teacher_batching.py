@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import pickle
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from raykd.models import build_model
 from raykd.teacher.server import Carried, ServedTeacher, TeacherServer, narrowed, served_model, start_server
 
 SHAPE = (1, 40)
+BOUND_S = 60  # how long a test waits for the server to reach a state before it fails
 
 
 @pytest.fixture
@@ -43,11 +46,19 @@ def gate(server: TeacherServer) -> tuple[list[list[int]], threading.Event, threa
         seen.append([len(x) for x in xs])
         if len(seen) == 1:
             entered.set()
-            release.wait()
+            assert release.wait(BOUND_S), "the test never released the held forward"
         return forward(keys, xs)
 
     server._forward = held  # type: ignore[method-assign]
     return seen, entered, release
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Yield to the server's tasks until ``condition`` holds; fail after ``BOUND_S``."""
+    deadline = time.monotonic() + BOUND_S
+    while not condition():
+        assert time.monotonic() < deadline, f"the server never reached: {what}"
+        await asyncio.sleep(0)
 
 
 def arrived(answer: tuple[Carried, ...]) -> tuple[torch.Tensor, ...]:
@@ -64,10 +75,9 @@ def test_an_idle_server_starts_at_once_and_requests_during_a_forward_merge_into_
 
     async def scenario() -> list[tuple[Carried, ...]]:
         first = asyncio.create_task(server.infer((key,), xs[0]))
-        await asyncio.to_thread(entered.wait)  # its forward runs: it began with that request alone
+        assert await asyncio.to_thread(entered.wait, BOUND_S)  # its forward runs: it began with that request alone
         later = [asyncio.create_task(server.infer((key,), x)) for x in xs[1:]]
-        while len(server.queue) < 3:  # all three queued behind the running forward
-            await asyncio.sleep(0)
+        await until(lambda: len(server.queue) == 3, "three requests queued behind the running forward")
         release.set()
         return await asyncio.gather(first, *later)
 
@@ -89,8 +99,8 @@ def test_batch_wait_ms_makes_an_idle_server_wait_for_more_rows_until_a_batch_is_
 
     async def scenario() -> None:
         first = asyncio.create_task(server.infer((key,), torch.randn(60, *SHAPE)))
-        while server.batcher is None or not server.queue or server.arrived.is_set():
-            await asyncio.sleep(0)  # the idle server holds the first request, waiting for more
+        waiting = lambda: server.batcher is not None and bool(server.queue) and not server.arrived.is_set()  # noqa: E731
+        await until(waiting, "an idle server holding the first request, waiting for more")
         await asyncio.gather(first, server.infer((key,), torch.randn(40, *SHAPE)))
 
     asyncio.run(scenario())
