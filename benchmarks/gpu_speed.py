@@ -141,6 +141,19 @@ def training(a: argparse.Namespace) -> bool:
     return ok
 
 
+def served_rows(teacher: ServedTeacher, batches: list[Batch], seconds: float) -> tuple[int, float]:
+    """Rows ``teacher`` was answered over about ``seconds``, and the wall they took, cycling ``batches`` as ``fit``
+    requests them (the next batch prefetched, when the teacher prefetches, while this one's logits are read)."""
+    rows, i, start = 0, 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        teacher.prefetch(batches[(i + 1) % len(batches)])
+        rows += teacher(batches[i % len(batches)])[0][0].shape[0]
+        i += 1
+    if teacher.pending:  # collect the last prefetched request, so the server's queue is empty
+        teacher(batches[i % len(batches)])
+    return rows, time.perf_counter() - start
+
+
 @ray.remote
 class Requester:
     """One student's side of the server through raykd's ServedTeacher (prefetch 1), 256-row batches."""
@@ -155,15 +168,7 @@ class Requester:
         ]
 
     def run(self, server: ray.actor.ActorHandle, key: str, seconds: float) -> tuple[int, float]:
-        refs = ServedTeacher(server, [key], None, prefetch=1)
-        rows, i, start = 0, 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            refs.prefetch(self.batches[(i + 1) % 4])
-            rows += refs(self.batches[i % 4])[0][0].shape[0]
-            i += 1
-        if refs.pending:  # collect the last prefetched request, so the server's queue is empty
-            refs(self.batches[i % 4])
-        return rows, time.perf_counter() - start
+        return served_rows(ServedTeacher(server, [key], None, prefetch=1), self.batches, seconds)
 
 
 @torch.no_grad()

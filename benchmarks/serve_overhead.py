@@ -30,13 +30,17 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import gpu_speed  # a sibling script: the requesting loop both benchmarks share
 import ray
 import torch
+from gpu_speed import served_rows
 
 from raykd.config import ModelSpec, TeacherConfig
 from raykd.engine import Batch
 from raykd.files import file_digest
 from raykd.models import build_model
+
+ray.cloudpickle.register_pickle_by_value(gpu_speed)  # the requesters' processes need not find the script
 
 ROWS, CLASSES, PROFILE_REQUESTS = 256, 10, 200
 CASES = {
@@ -68,15 +72,7 @@ class Requester:
 
     def run(self, served: type, server: Any, key: str, seconds: float, prefetch: int) -> tuple[int, float]:
         """Rows answered and the wall they took, requesting like ``fit`` (``prefetch`` batches ahead)."""
-        teacher = served(server, [key], None, prefetch=prefetch)
-        rows, i, start = 0, 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            teacher.prefetch(self.batches[(i + 1) % 4])
-            rows += teacher(self.batches[i % 4])[0][0].shape[0]
-            i += 1
-        if teacher.pending:  # collect the last prefetched request, so the server's queue is empty
-            teacher(self.batches[i % 4])
-        return rows, time.perf_counter() - start
+        return served_rows(served(server, [key], None, prefetch=prefetch), self.batches, seconds)
 
     def count(self, served: type, server: Any, key: str, requests: int) -> float:
         """Mean wall of ``requests`` requests sent one at a time (no prefetch)."""
