@@ -82,7 +82,7 @@ def _setup(key: ConfigKey) -> Setup:
 def global_model(cfg: ExperimentConfig, setup: Setup) -> nn.Module:
     """The architecture every client shares (and FML's meme): ``nodes.model``."""
     data = setup.dataset
-    return build_model(cfg.nodes.model, data.input_shape, data.num_classes, tokens=data.tokens)
+    return build_model(cfg.nodes.model, data.input_shape, data.num_classes, tokens=data.tokens, pixels=data.pixels)
 
 
 def to_arrays(model: nn.Module) -> ArrayRecord:
@@ -244,7 +244,8 @@ def kd_teacher(
     else:
         teachers = lambda: [federated_teacher(cfg).to(device)]  # noqa: E731
         source = served_teacher(cfg, setup, served) if served else InlineTeacher(teachers())
-    return source, method_context(batches, teachers, setup.dataset.num_classes, seed)
+    data = setup.dataset
+    return source, method_context(batches, teachers, data.num_classes, seed, view=data.model_view)
 
 
 def serve_teacher(cfg: ExperimentConfig) -> tuple[str, Any] | None:
@@ -269,7 +270,9 @@ def serve_teacher(cfg: ExperimentConfig) -> tuple[str, Any] | None:
     print(f"federated.teacher: {f.teacher.name} ready, {score} ({meta['weights_from']})", flush=True)
     if not simulation_teacher_cpus(cfg):
         return None
-    model = served_model(file_digest(path), path, f.teacher, data.input_shape, data.num_classes, data.tokens)
+    model = served_model(
+        file_digest(path), path, f.teacher, data.input_shape, data.num_classes, data.tokens, data.pixels
+    )
     name = f"raykd-federated-teacher-{uuid.uuid4().hex[:12]}"
     return name, start_server([model], cfg.teacher, name, TEACHER_NAMESPACE)
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raykd.data.augment import Augment
-from raykd.methods.base import UNLABELLED, Context, Method, StepLogits
+from raykd.methods.base import UNLABELLED, Context, Method, StepLogits, as_stored
 from raykd.precision import Precision
 from raykd.teacher.protocol import NoTeacher, TeacherLogits
 
@@ -266,11 +266,13 @@ def method_context(
     num_classes: int,
     seed: int,
     teacher_logits: Callable[[], list[Tensor]] | None = None,
+    view: Callable[[Tensor], Tensor] = as_stored,
 ) -> Context:
     """What ``Method.prepare`` sees of a transfer run; teacher logits default to one forward pass each.
 
     ``teachers`` is called only by a method that needs the models themselves, so a run whose logits
-    are cached loads no teacher for the methods that read logits alone.
+    are cached loads no teacher for the methods that read logits alone. ``view``: how the stored inputs become
+    what the models see (``Dataset.model_view``; uint8 pixels are standardised).
     """
     return Context(
         batches.x,
@@ -281,6 +283,7 @@ def method_context(
         teachers,
         teacher_logits or (lambda: [predict(t, batches.x) for t in teachers()]),
         seed,
+        view,
     )
 
 

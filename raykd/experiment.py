@@ -200,7 +200,8 @@ def run_trial(
     if getattr(method, "on_policy", 0) > 0:  # GKD's lambda: part of each batch is the student's own text
         batches = OnPolicyBatches(transfer_set, student, method.on_policy, seed)  # type: ignore[attr-defined]
     classes = setup.dataset.num_classes
-    context = method_context(transfer_set, lambda: [load(n) for n in teachers], classes, seed, teacher.train_logits)
+    load_teachers = lambda: [load(n) for n in teachers]  # noqa: E731
+    context = method_context(transfer_set, load_teachers, classes, seed, teacher.train_logits, setup.dataset.model_view)
     exchange = peer.exchange if peer is not None else None
     plan = TransferPlan(trainable, method, batches, cfg.transfer.train, teacher, context, seed, exchange)
     rows = transfer_set.rows_per_epoch

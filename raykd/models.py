@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from raykd.config import ModelSpec
+from raykd.data.preprocess import Standardise
 from raykd.errors import ConfigError
 from raykd.files import last_line
 from raykd.lm.hf import is_pretrained, load_causal_lm
@@ -122,13 +123,19 @@ def model_names() -> list[str]:
 
 
 def build_model(
-    spec: ModelSpec, shape: InputShape, classes: int, field: str = "nodes.model", tokens: bool = False
+    spec: ModelSpec,
+    shape: InputShape,
+    classes: int,
+    field: str = "nodes.model",
+    tokens: bool = False,
+    pixels: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Build ``spec`` for inputs of ``shape`` and check it on a dummy batch; any problem is a ConfigError on ``field``.
 
     ``tokens``: the inputs are token ids of shape (seq_len,) and the model a language model whose logits are
-    (batch, seq_len, classes). Only the architecture: weights named by ``checkpoint``/``init`` are loaded by
-    raykd.nodes.
+    (batch, seq_len, classes). ``pixels`` (``Dataset.pixels``): the data is uint8 pixels and the model standardises
+    them itself by this record, on its own device (float inputs pass as they are). Only the architecture: weights
+    named by ``checkpoint``/``init`` are loaded by raykd.nodes.
     """
     if is_pretrained(spec.name):
         model = _pretrained_model(spec, field, tokens)
@@ -152,6 +159,8 @@ def build_model(
             "a torchvision model name, package.module:callable, or (text) hf:FOLDER / gguf:FILE"
         )
     _check_output(model, spec.name, shape, classes, field, tokens)
+    if pixels is not None:
+        model.register_forward_pre_hook(Standardise(pixels).hook)
     return model
 
 

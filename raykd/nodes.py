@@ -221,12 +221,21 @@ def node_field(cfg: ExperimentConfig, node: int) -> str:
 def new_model(cfg: ExperimentConfig, setup: Setup, node: int) -> nn.Module:
     """The node's architecture with fresh weights (no checkpoint or init applied)."""
     data = setup.dataset
-    return build_model(cfg.nodes.model_of(node), data.input_shape, data.num_classes, node_field(cfg, node), data.tokens)
+    spec, field = cfg.nodes.model_of(node), node_field(cfg, node)
+    return build_model(spec, data.input_shape, data.num_classes, field, data.tokens, data.pixels)
 
 
-def start_model(spec: ModelSpec, shape: InputShape, classes: int, field: str, tokens: bool = False) -> nn.Module:
-    """``spec`` built, with its checkpoint or init weights loaded; a file that does not fit is one line."""
-    model = build_model(spec, shape, classes, field, tokens)
+def start_model(
+    spec: ModelSpec,
+    shape: InputShape,
+    classes: int,
+    field: str,
+    tokens: bool = False,
+    pixels: dict[str, Any] | None = None,
+) -> nn.Module:
+    """``spec`` built (``build_model``), with its checkpoint or init weights loaded; a file that does not fit is one
+    line."""
+    model = build_model(spec, shape, classes, field, tokens, pixels)
     start, path = weights_start(spec)
     if path is not None:
         fit_weights(model, read_weights(path, f"{field}.{start}"), path, f"{field}.{start}")
@@ -269,7 +278,7 @@ def train_record(
     scores, where the weights came from). ``salt`` (a node id) makes its random draws its own."""
     seed_everything(seed * 1000 + salt)
     (train, val), data, budget = rows, setup.dataset, cfg.nodes.train
-    model = start_model(spec, data.input_shape, data.num_classes, field, data.tokens)
+    model = start_model(spec, data.input_shape, data.num_classes, field, data.tokens, data.pixels)
     model = model.to(device)
     start, path = weights_start(spec)
     started = time.perf_counter()
@@ -333,7 +342,7 @@ def load_teacher(cfg: ExperimentConfig, setup: Setup, seed: int, device: torch.d
     client's private data."""
     spec, data = cfg.federated.teacher, setup.dataset
     assert spec is not None
-    model = build_model(spec, data.input_shape, data.num_classes, TEACHER_FIELD, data.tokens)
+    model = build_model(spec, data.input_shape, data.num_classes, TEACHER_FIELD, data.tokens, data.pixels)
     rows = (setup.splits.pool, setup.splits.val)
     build = lambda: train_record(cfg, setup, spec, TEACHER_FIELD, rows, seed, TEACHER_SALT, device)  # noqa: E731
     return _cached_model(teacher_path(cfg, seed), model, build).to(device)

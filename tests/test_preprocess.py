@@ -99,11 +99,12 @@ def test_channels_and_normalize_shape_the_inputs_and_the_record(tmp_path: Path) 
     root = gray_folder(tmp_path / "shapes", train=4, test=2)
     rgb = load_dataset(DataConfig(dataset="imagefolder", root=root, image_size=SIZE, channels=3), tmp_path / "c")
     assert rgb.input_shape == (3, SIZE, SIZE) and rgb.preprocess["channels"] == 3
-    assert torch.allclose(rgb.train_x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4)  # train-stats, the default
+    assert rgb.train_x.dtype == torch.uint8  # pixels are kept raw, 4x smaller; models standardise them
+    assert torch.allclose(rgb.model_view(rgb.train_x).mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4)  # train-stats
     fixed = DataConfig(dataset="imagefolder", root=root, image_size=SIZE, normalize={"mean": [0.5], "std": [0.25]})
     gray = load_dataset(fixed, tmp_path / "c")
     pixels, _ = own_inputs(root, "train")
-    assert torch.allclose(gray.train_x, (pixels - 0.5) / 0.25, atol=1e-5)
+    assert torch.allclose(gray.model_view(gray.train_x), (pixels - 0.5) / 0.25, atol=1e-5)
     assert gray.preprocess == {
         "inputs": "image",
         "scale": 1 / 255,
@@ -154,7 +155,7 @@ def test_predict_applies_the_students_preprocessing_to_image_files(tmp_path: Pat
     path = save_student(tmp_path / "student.pt", model, spec, data)
     assert read_student(path)["preprocess"] == data.preprocess
     files = sorted((root / "test").glob("*/*.png"))
-    expected = model(data.test_x).detach()
+    expected = model(data.model_view(data.test_x)).detach()
     assert torch.equal(raykd.predict(path, files), expected)  # files: decoded, resized, standardised as in training
     student = raykd.load_student(path)
     assert torch.equal(raykd.predict(student, [Image.open(f) for f in files]), expected)

@@ -67,15 +67,21 @@ def _check_labels(y: np.ndarray, y_test: np.ndarray, where: str) -> None:
 
 
 def check_arrays(arrays: Arrays, where: str) -> Arrays:
-    """Validated float32 inputs and int64 labels; ``where`` starts each error (``data.dataset: X returned``)."""
+    """Validated inputs (uint8 kept, else float32) and int64 labels; ``where`` starts each error
+    (``data.dataset: X returned``)."""
     x, y, x_test, y_test = (as_array(a) for a in arrays)
     _check_inputs(x, x_test, where)
     for inputs, labels, split in ((x, y, ""), (x_test, y_test, "_test")):
         if len(inputs) != len(labels):
             raise ConfigError(f"{where} x{split} with {len(inputs)} rows but y{split} with {len(labels)}")
     _check_labels(y, y_test, where)
-    inputs, labels = (x.astype(np.float32, copy=False), x_test.astype(np.float32, copy=False)), (y, y_test)
-    return Arrays(inputs[0], labels[0].astype(np.int64, copy=False), inputs[1], labels[1].astype(np.int64, copy=False))
+    return Arrays(_stored(x), y.astype(np.int64, copy=False), _stored(x_test), y_test.astype(np.int64, copy=False))
+
+
+def _stored(x: np.ndarray) -> np.ndarray:
+    """Inputs as they are kept: uint8 (pixels) as they are, 4x smaller than float32 (the models standardise them:
+    ``raykd.data.preprocess.Standardise``), anything else as float32."""
+    return x if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
 
 
 def num_classes(arrays: Arrays) -> int:

@@ -2,8 +2,8 @@
 
 Files a user names are only read. An image folder is decoded once (``data.channels``, ``data.image_size``) and
 its raw pixels cached under the cache folder by a digest of its content, so editing, adding or renaming an image
-gives a new entry; ``data.normalize`` is applied after, and recorded (``raykd.data.preprocess``). An ``.npz`` and
-a callable's arrays are used as they are.
+gives a new entry; the pixels stay uint8 and ``data.normalize`` is recorded, for the models to apply
+(``raykd.data.preprocess``). An ``.npz`` and a callable's arrays are used as they are (uint8 ones stay uint8).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 
 from raykd.config.data import Normalize
 from raykd.data.arrays import Arrays, as_array, cached_arrays, check_arrays
-from raykd.data.preprocess import decode_images, folder_channels, image_record, standardise, statistics
+from raykd.data.preprocess import decode_images, folder_channels, image_record, statistics
 from raykd.errors import ConfigError
 from raykd.references import resolve
 
@@ -88,8 +88,8 @@ def class_names(train: list[tuple[str, Path]]) -> list[str]:
 def load_image_folder(
     root: Path, size: int, channels: int | str, normalize: str | Normalize, cache_dir: Path
 ) -> tuple[Arrays, dict[str, Any]]:
-    """``root/train/<class>/*`` and ``root/test/<class>/*`` as model inputs, and the preprocessing record that made
-    them (``data.channels``, ``data.normalize``). The raw pixels are cached; the statistics are applied after."""
+    """``root/train/<class>/*`` and ``root/test/<class>/*`` as uint8 pixels, and the preprocessing record the models
+    standardise them by (``data.channels``, ``data.normalize``). The raw pixels are cached."""
     if not root.is_dir():
         raise ConfigError(f"data.root: {root} is not a folder; imagefolder needs train/<class>/* and test/<class>/*")
     train, test = split_files(root, "train"), split_files(root, "test")
@@ -97,10 +97,9 @@ def load_image_folder(
     key = folder_digest(root, train + test)[:24]
     path = cache_dir / "datasets" / f"imagefolder-{key}-{size}px-{depth}ch.npz"
     raw = cached_arrays(path, lambda: _build_folder(root, train, test, size, depth))
-    mean, std = statistics(raw.x, normalize)
-    record = image_record(depth, size, mean, std, class_names(train))
-    x, x_test = (standardise(a, record).numpy() for a in (raw.x, raw.x_test))
-    return Arrays(x, raw.y, x_test, raw.y_test), record
+    x, x_test = (a.astype(np.uint8, copy=False) for a in (raw.x, raw.x_test))  # entries of older raykd are float32
+    mean, std = statistics(x, normalize)
+    return Arrays(x, raw.y, x_test, raw.y_test), image_record(depth, size, mean, std, class_names(train))
 
 
 def _unpack(result: Any, reference: str) -> Arrays:

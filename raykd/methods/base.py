@@ -18,7 +18,8 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -44,18 +45,24 @@ class StepLogits:
     index: Tensor | None = None
 
 
+def as_stored(x: Tensor) -> Tensor:
+    """Inputs the models take as they are stored (``Context.view``'s default)."""
+    return x
+
+
 @dataclass(frozen=True)
 class Context:
     """What a method may learn from once, before training (``Method.prepare``).
 
-    ``x``, ``y`` are the whole training split (``StepLogits.index`` points into it); ``labelled`` and
+    ``x``, ``y`` are the whole training split (``StepLogits.index`` points into it), ``x`` as the models see it
+    (``view`` of the ``stored`` inputs: uint8 pixels are standardised on first read); ``labelled`` and
     ``pool`` are the global indices of the transfer set's labelled and unlabelled rows;
     ``teacher_models()`` are the frozen teacher models (loaded on first call: a cached run needs
     none) and ``teacher_logits()`` their logits on ``x``, read from the offline logit cache when the
     run uses it, else computed by one forward pass.
     """
 
-    x: Tensor
+    stored: Tensor
     y: Tensor
     labelled: Tensor
     pool: Tensor
@@ -63,6 +70,12 @@ class Context:
     teacher_models: Callable[[], list[nn.Module]]
     teacher_logits: Callable[[], list[Tensor]]
     seed: int
+    view: Callable[[Tensor], Tensor] = field(default=as_stored)
+
+    @cached_property
+    def x(self) -> Tensor:
+        """The training split as the models see it, made when a method first reads it (most never do)."""
+        return self.view(self.stored)
 
     def rows(self) -> tuple[Tensor, Tensor]:
         """The transfer rows' global indices (labelled, then pool) and targets (``UNLABELLED`` on the pool)."""
@@ -72,7 +85,7 @@ class Context:
     def select(self, scores: Tensor, fraction: float) -> Tensor:
         """A bool table over the training rows: the top ``fraction`` by score (in ``rows()`` order) of the
         labelled rows and, separately, of the pool rows, so the fraction holds whichever rows are distilled."""
-        n, size = len(self.labelled), len(self.x)
+        n, size = len(self.labelled), len(self.stored)
         return top_fraction(scores[:n], self.labelled, fraction, size) | top_fraction(
             scores[n:], self.pool, fraction, size
         )

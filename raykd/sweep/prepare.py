@@ -103,6 +103,6 @@ def start_teacher_server(cells: list[Cell], name: str) -> Any:
                 path = node_path(cfg, node, seed)
                 spec = cfg.nodes.model_of(node)
                 models[path] = served_model(
-                    file_digest(path), path, spec, data.input_shape, data.num_classes, data.tokens
+                    file_digest(path), path, spec, data.input_shape, data.num_classes, data.tokens, data.pixels
                 )
     return start_server(list(models.values()), cells[0].config.teacher, name=name)

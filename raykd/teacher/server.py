@@ -50,6 +50,7 @@ class ServedModel:
     input_shape: tuple[int, ...]
     num_classes: int
     tokens: bool = False  # a language model: token ids in, (rows, seq_len, vocab) logits out
+    pixels: dict[str, Any] | None = None  # uint8 pixels in, standardised by the model (``Dataset.pixels``)
 
 
 #: A reply: (logits,) of shape (models, rows, ...), or with ``teacher.top_k`` (values, ids) of the K largest, and
@@ -83,8 +84,8 @@ def _arrived(array: np.ndarray, dtype: torch.dtype, as_dtype: torch.dtype, rows_
 
 def narrowed(x: Tensor) -> Tensor:
     """Integer inputs (token ids) in the smallest integer dtype that holds them, for the trip to the server, which
-    widens them back (``Carried.as_dtype``): its models see what an inline teacher sees. Floats travel as they are:
-    raykd's images are normalised float32 from loading on (``raykd.data``), no longer 0..255 pixels."""
+    widens them back (``Carried.as_dtype``): its models see what an inline teacher sees. Pixels travel as the uint8
+    they are stored in (``Dataset.pixels``: the models standardise them), floats as they are."""
     if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool or x.numel() == 0:
         return x
     low, high = int(x.min()), int(x.max())
@@ -120,7 +121,7 @@ class TeacherServer:
         self.max_batch_rows, self.wait_s = max_batch_rows, wait_ms / 1000
         self.models: dict[str, torch.nn.Module] = {}
         for m in models:
-            model = build_model(ModelSpec(**m.spec), m.input_shape, m.num_classes, tokens=m.tokens)
+            model = build_model(ModelSpec(**m.spec), m.input_shape, m.num_classes, tokens=m.tokens, pixels=m.pixels)
             model.load_state_dict(torch.load(m.checkpoint, weights_only=True, map_location="cpu")["state_dict"])
             self.models[m.key] = model.eval().requires_grad_(False).to(self.device)
         self.mixed = serving_precision(self.dtype, self.device)
@@ -298,11 +299,17 @@ class ServedTeacher(TeacherLogits):
 
 
 def served_model(
-    key: str, checkpoint: Path, spec: ModelSpec, shape: tuple[int, ...], classes: int, tokens: bool = False
+    key: str,
+    checkpoint: Path,
+    spec: ModelSpec,
+    shape: tuple[int, ...],
+    classes: int,
+    tokens: bool = False,
+    pixels: dict[str, Any] | None = None,
 ) -> ServedModel:
     # The weights come from the node cache file; the spec's own checkpoint/init files are not needed (or re-checked).
     dump = spec.model_dump(exclude={"checkpoint", "init"})
-    return ServedModel(key, str(checkpoint), dump, tuple(shape), classes, tokens)
+    return ServedModel(key, str(checkpoint), dump, tuple(shape), classes, tokens, pixels)
 
 
 def served_teacher(
