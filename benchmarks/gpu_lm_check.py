@@ -425,10 +425,10 @@ def check_server(a: argparse.Namespace, cfg: Any) -> None:
         )
         t0 = time.perf_counter()
         server = start_server([info], tcfg)
-        stats = ray.get(server.stats.remote())
+        stats = server.stats()
         say(f"   {name}: server started in {time.perf_counter() - t0:.1f}s on {stats['device']}")
         # its replies against this process's, one batch (fp32 compute on both sides)
-        got = ray.get(server.infer.remote((info.key,), x_batches[0]))
+        got = ray.get(server.replicas[0].infer.remote((info.key,), x_batches[0]))
         want = reply(teacher, x_batches[0], a.dev, knobs["top_k"], False)
         err = float((got[0].float() - want[0].float()).abs().max())
         scale = float(want[0].float().abs().max())
@@ -442,9 +442,9 @@ def check_server(a: argparse.Namespace, cfg: Any) -> None:
         ray.get([p.run.remote(server, info.key, data.num_classes, 0.5) for p in pool[:2]])  # warm-up
         served = {}
         for k in a.requesters:
-            before = ray.get(server.stats.remote())
+            before = server.stats()
             out = ray.get([p.run.remote(server, info.key, data.num_classes, a.seconds) for p in pool[:k]])
-            after = ray.get(server.stats.remote())
+            after = server.stats()
             wall = max(w for _, w in out)
             served[k] = sum(t for t, _ in out) / wall
             merged = (after["rows"] - before["rows"]) / max(after["batches"] - before["batches"], 1) * a.seq
@@ -477,12 +477,12 @@ def check_server(a: argparse.Namespace, cfg: Any) -> None:
         )
         on_device = stats["device"].startswith("cuda") if a.dev == "cuda" else True
         ok &= match and on_device and len(served) == len(a.requesters)
-        s = ray.get(server.stats.remote())
+        s = server.stats()
         say(
             f"   {name}: server totals {s['requests']} requests, {s['batches']} batches, "
             f"peak RSS {s['peak_rss_mb']:.0f} MB"
         )
-        ray.kill(server)
+        server.kill()
     RESULTS["server"] = r
     ray.shutdown()
     t = r["top32-bf16-mass"]

@@ -214,7 +214,7 @@ def serving(a: argparse.Namespace) -> bool:
         served_rates = ", ".join(f"K={k} {v:.0f}" for k, v in rates.items())
         print(f"RESULT serve resnet{depth}: served rows/s {served_rates}; plain 256-row {base:.0f}; "
               f"served(K={k})/plain {ratio:.2f} (target >= {target})", flush=True)  # fmt: skip
-    ray.kill(server)
+    server.kill()
     return ok
 
 

@@ -135,7 +135,7 @@ class Student:
 
 
 def counters(server: Any) -> dict[str, float]:
-    stats = ray.get(server.stats.remote())
+    stats = server.stats()
     return {k: float(stats[k]) for k in COUNTERS}
 
 
@@ -202,7 +202,7 @@ def main() -> None:
                 runs.setdefault((s, name), []).append(result)
                 print(f"repeat {repeat + 1} S={s} {name}: {result['tokens_per_s']:,.0f} tokens/s", flush=True)
     for server in servers.values():
-        ray.kill(server)
+        server.kill()
 
     print(
         f"\n{args.steps} steps of {next(iter(transfer_batches(cfg, setup, 0))).x.numel():,} tokens per student and "

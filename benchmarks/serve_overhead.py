@@ -2,6 +2,7 @@
 
     git show main:raykd/teacher/server.py > /tmp/server_main.py
     PYTHONPATH=$PWD python benchmarks/serve_overhead.py [--baseline /tmp/server_main.py] [--seconds 3] [--rounds 2]
+    PYTHONPATH=$PWD python benchmarks/serve_overhead.py --replicas 1 2 --requesters 4 8 --seconds 1 --rounds 2
 
 Light teachers, where a request's overhead rivals its forward: ``cnn1d`` (width 25) on MNIST-1D's (1, 40) rows
 and ``cnn2d`` (width 4, one block) on CIFAR's (3, 32, 32), 256-row requests, random weights and inputs, one torch thread
@@ -9,7 +10,9 @@ everywhere, each server reserving 0.5 CPU of a local Ray with 2. Contenders, alt
 process:
 ``current`` (this tree's ``raykd.teacher.server``, ``batch_wait_ms`` 0), ``current-wait-2ms`` (the same with the
 old default wait) and, with ``--baseline``, ``baseline`` (another version of that file, ``batch_wait_ms`` 2, loaded
-as its own module and shipped to Ray by value), each with its own ``ServedTeacher``.
+as its own module and shipped to Ray by value), each with its own ``ServedTeacher``. With ``--replicas N ...`` the
+contenders are instead ``current xN``: this tree's server as N replicas (``teacher.replicas``, 0.5 CPU each), each
+requester spreading its requests over them; every rate line then also gives each contender's rows/s over the first's.
 
 1. profile: one requester, no prefetch, one request at a time: the mean latency beside the server's counters
    (queue wait, compute = merge + forward + split) and the in-process forward, the rest being Ray's round trip
@@ -39,6 +42,7 @@ from raykd.config import ModelSpec, TeacherConfig
 from raykd.engine import Batch
 from raykd.files import file_digest
 from raykd.models import build_model
+from raykd.teacher.replicas import ServerPool
 
 ray.cloudpickle.register_pickle_by_value(gpu_speed)  # the requesters' processes need not find the script
 
@@ -110,8 +114,10 @@ def wire_cost(module: ModuleType, shape: tuple[int, ...]) -> str:
 
 
 def counters(server: Any) -> dict[str, float]:
-    stats = ray.get(server.stats.remote())
-    return {k: float(stats[k]) for k in ("requests", "rows", "batches", "wait_s", "compute_s")}
+    """The server's counters summed over its replicas (a baseline's bare actor is one), and each replica's requests."""
+    stats = ServerPool.of(server).stats()
+    keys = ("requests", "rows", "batches", "wait_s", "compute_s")
+    return {k: float(v) for k, v in stats.items() if k in keys or k.endswith(".requests")}
 
 
 def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
@@ -156,6 +162,9 @@ def rates(
                 before = counters(server)
                 done = ray.get([q.run.remote(module.ServedTeacher, server, key, a.seconds, 1) for q in pool[:k]])
                 d, wall = delta(counters(server), before), max(w for _, w in done)
+                split = [v for key, v in sorted(d.items()) if key.endswith(".requests")]
+                if split and r == 0:
+                    print(f"{name} K={k}: requests per replica {split}", flush=True)
                 got.setdefault((name, k), []).append(sum(rows for rows, _ in done) / wall)
                 busy.setdefault((name, k), []).append(d["compute_s"] / wall)
                 batch.setdefault((name, k), []).append(d["rows"] / max(d["batches"], 1))
@@ -163,11 +172,14 @@ def rates(
         ray.kill(q)
     plain = statistics.median(plains)
     print(f"plain in-process: {plain:,.0f} rows/s (median of {a.rounds} rounds)", flush=True)
+    first = next(iter(contenders))
     for k in a.requesters:
+        rate = {name: statistics.median(got[name, k]) for name in contenders}
         line = ", ".join(
-            f"{name} {statistics.median(got[name, k]):,.0f} rows/s "
-            f"({statistics.median(got[name, k]) / plain:.2f} of plain; server busy "
-            f"{100 * statistics.median(busy[name, k]):.0f}%, mean batch {statistics.median(batch[name, k]):.0f} rows)"
+            f"{name} {rate[name]:,.0f} rows/s ({rate[name] / plain:.2f} of plain; server busy "
+            f"{100 * statistics.median(busy[name, k]):.0f}%, mean batch {statistics.median(batch[name, k]):.0f} rows"
+            + (f"; {rate[name] / rate[first]:.2f}x {first}" if a.replicas and name != first else "")
+            + ")"
             for name in contenders
         )
         print(f"rate K={k}: {line}", flush=True)
@@ -179,6 +191,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--requesters", type=int, nargs="+", default=[1, 4, 8])
+    p.add_argument("--replicas", type=int, nargs="+", help="contenders: this tree's server as this many replicas each")
     return p.parse_args()
 
 
@@ -188,8 +201,10 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     from raykd.teacher import server as current
 
-    variants = [("current", current, 0.0), ("current-wait-2ms", current, 2.0)]  # 2 ms: the old default wait
-    variants += [("baseline", load_baseline(a.baseline), 2.0)] if a.baseline else []
+    variants = [("current", current, 0.0, 1), ("current-wait-2ms", current, 2.0, 1)]  # 2 ms: the old default wait
+    if a.replicas:
+        variants = [(f"current x{n}", current, 0.0, n) for n in a.replicas]
+    variants += [("baseline", load_baseline(a.baseline), 2.0, 1)] if a.baseline else []
     folder = Path(tempfile.mkdtemp(prefix="raykd-serve-overhead-"))
     cfg = TeacherConfig(mode="server", num_cpus=0.5, device="cpu")  # one torch thread each
     for case, (spec, shape) in CASES.items():
@@ -201,14 +216,14 @@ def main() -> None:
         forward_ms = plain_rate(model, shape, a.seconds)[1]
         print(f"{case}: a 256-row forward in this process takes {forward_ms:.2f} ms", flush=True)
         contenders = {}
-        for name, module, wait_ms in variants:
-            run_cfg = cfg.model_copy(update={"batch_wait_ms": wait_ms})
+        for name, module, wait_ms, replicas in variants:
+            run_cfg = cfg.model_copy(update={"batch_wait_ms": wait_ms, "replicas": replicas})
             server = module.start_server([module.served_model(key, path, spec, shape, CLASSES)], run_cfg)
             contenders[name] = (module, server)
             profile(module, f"{case} {name}", server, key, shape, forward_ms)
         rates(contenders, model, key, shape, a)
         for _, server in contenders.values():
-            ray.kill(server)
+            ServerPool.of(server).kill()
     ray.shutdown()
 
 

@@ -90,8 +90,8 @@ def compare_modes(cfg: ExperimentConfig, title: str, repeats: int, variants: Var
             torch.set_num_threads(threads)
             run_cfg = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update=teacher)})
             rates[name].append(steady_rate(run_cfg, server if teacher.get("mode") == "server" else None))
-    stats = ray.get(server.stats.remote())
-    ray.kill(server)
+    stats = server.stats()
+    server.kill()
     median = {name: statistics.median(values) for name, values in rates.items()}
     inline = [name for name in median if name.startswith("inline")]
     print(

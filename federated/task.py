@@ -250,8 +250,9 @@ def kd_teacher(
 
 def serve_teacher(cfg: ExperimentConfig) -> tuple[str, Any] | None:
     """kd with ``federated.teacher``: the teacher made ready in the driver (trained once on the public pool when it has
-    no weights of its own, cached) and, with ``teacher.mode: server``, served by one TeacherServer actor that every
-    client asks: (its name, unique to this simulation, and its handle); None when no client asks a served teacher.
+    no weights of its own, cached) and, with ``teacher.mode: server``, served by ``teacher.replicas`` TeacherServer
+    actors that every client asks: (the server's name, unique to this simulation, and its ``ServerPool``); None when
+    no client asks a served teacher.
     The simulation's driver starts it before Flower's client actors take the cluster's CPUs; it ends with the driver."""
     f = cfg.federated
     if "kd" not in f.strategies or f.teacher is None:
@@ -278,13 +279,12 @@ def serve_teacher(cfg: ExperimentConfig) -> tuple[str, Any] | None:
 
 
 def served_teacher(cfg: ExperimentConfig, setup: Setup, actor: str) -> TeacherLogits:
-    """The federated teacher's logits from the simulation's TeacherServer actor, named ``actor``."""
-    import ray
-
+    """The federated teacher's logits from the simulation's TeacherServer actor named ``actor`` (and its replicas)."""
+    from raykd.teacher.replicas import ServerPool
     from raykd.teacher.server import ServedTeacher
 
     key = file_digest(teacher_path(cfg, cfg.seeds[0]))
-    server = ray.get_actor(actor, namespace=TEACHER_NAMESPACE)
+    server = ServerPool.named(actor, TEACHER_NAMESPACE)
     return ServedTeacher(server, [key], None, cfg.teacher.prefetch, setup.dataset.num_classes)
 
 

@@ -118,6 +118,13 @@ class Capacity:
         """Flower's actor pool: the sum over nodes of floor(node CPUs / client CPUs)."""
         return sum(int(n.get("CPU", 0) / client_cpus) for n in self.nodes)
 
+    def gpu_slots(self, gpus: float) -> int:
+        """How many actors of ``gpus`` GPUs each fit: a fraction must fit on one GPU (4 of 0.25 share one), whole
+        ones on one node."""
+        if gpus < 1:
+            return sum(int(n.get("GPU", 0)) * int(1 / gpus + 1e-9) for n in self.nodes)
+        return sum(int(n.get("GPU", 0) / gpus + 1e-9) for n in self.nodes)
+
     def largest(self, resource: str) -> float:
         """The most of ``resource`` ("CPU", "GPU") one node has: the most one actor, task or bundle can get."""
         return max((n.get(resource, 0) for n in self.nodes), default=0)
@@ -149,7 +156,7 @@ def check_sweep(cfg: ExperimentConfig, cells: list[Cell], cap: Capacity) -> None
 
 
 def sweep_gpus(cfg: ExperimentConfig) -> dict[str, float]:
-    """The GPUs a sweep asks for one trial, one teacher server and one learner worker, by knob."""
+    """The GPUs a sweep asks for one trial, one teacher server replica and one learner worker, by knob."""
     server = cfg.teacher.mode == "server"
     return {
         "tune.gpus_per_trial": cfg.tune.gpus_per_trial,
@@ -181,20 +188,35 @@ _WHO = {
 }
 
 
+def check_server(cfg: ExperimentConfig, cap: Capacity) -> None:
+    """The sweep's teacher server, each replica an actor on one node, beside one trial: every replica's CPUs and
+    GPUs count (one replica that cannot fit names ``teacher.num_cpus``; too many of them, ``teacher.replicas``)."""
+    teacher, trial = cfg.teacher, cfg.tune.cpus_per_trial
+    if teacher.mode != "server":
+        return
+    has, node, n = cap.describe(), cap.largest("CPU"), teacher.replicas
+    if teacher.num_cpus > node:
+        _refuse("teacher.num_cpus", f"{teacher.num_cpus:g} CPUs for the server", has, f"up to {node:g}")
+    if teacher.num_cpus + trial > cap.cpus:
+        asked = f"the server's {teacher.num_cpus:g} CPUs plus one trial's {trial:g}"
+        _refuse("teacher.num_cpus", asked, has, f"up to {cap.cpus - trial:g}")
+    if server_cpus(cfg) + trial > cap.cpus + 1e-9:
+        asked = f"{n} server replicas x {teacher.num_cpus:g} CPUs plus one trial's {trial:g}"
+        _refuse("teacher.replicas", asked, has, f"up to {int((cap.cpus - trial) / teacher.num_cpus + 1e-9)}")
+    if teacher.num_gpus > 0 and n > cap.gpu_slots(teacher.num_gpus):
+        asked = f"{n} server replicas x {teacher.num_gpus:g} GPUs"
+        _refuse("teacher.replicas", asked, has, f"up to {cap.gpu_slots(teacher.num_gpus)}")
+
+
 def _check_trials(cfg: ExperimentConfig, cap: Capacity) -> None:
     """One trial (or one learner group), beside the teacher server, must fit; each bundle on one node."""
-    t, teacher, learners = cfg.tune, cfg.teacher, cfg.learners
-    server = teacher.mode == "server"
+    t, learners = cfg.tune, cfg.learners
     has, node = cap.describe(), cap.largest("CPU")
     if t.cpus_per_trial > node:
         _refuse("tune.cpus_per_trial", f"{t.cpus_per_trial:g} CPUs per trial", has, f"up to {node:g}")
     if node < 1:
         _refuse("ray", "node models train as 1-CPU tasks", has, "a node with at least 1 CPU")
-    if server and teacher.num_cpus > node:
-        _refuse("teacher.num_cpus", f"{teacher.num_cpus:g} CPUs for the server", has, f"up to {node:g}")
-    if server and teacher.num_cpus + t.cpus_per_trial > cap.cpus:
-        asked = f"the server's {teacher.num_cpus:g} CPUs plus one trial's {t.cpus_per_trial:g}"
-        _refuse("teacher.num_cpus", asked, has, f"up to {cap.cpus - t.cpus_per_trial:g}")
+    check_server(cfg, cap)
     free = cpus_beside_server(cfg, cap.cpus)
     group = learners.num_workers * learners.cpus_per_worker
     if learners.num_workers and learners.cpus_per_worker > node:
@@ -213,12 +235,17 @@ def simulation_teacher_cpus(cfg: ExperimentConfig) -> float:
     0 without one)."""
     f = cfg.federated
     served = "kd" in f.strategies and f.teacher is not None and cfg.teacher.mode == "server"
-    return cfg.teacher.num_cpus if served else 0.0
+    return server_cpus(cfg) if served else 0.0
+
+
+def server_cpus(cfg: ExperimentConfig) -> float:
+    """CPUs a teacher server holds once started: every replica's ``teacher.num_cpus``."""
+    return cfg.teacher.replicas * cfg.teacher.num_cpus
 
 
 def cpus_beside_server(cfg: ExperimentConfig, cpus: float) -> float:
     """The CPUs of ``cpus`` left to trials, learners and peers once the sweep's teacher server holds its own."""
-    return cpus - (cfg.teacher.num_cpus if cfg.teacher.mode == "server" else 0)
+    return cpus - (server_cpus(cfg) if cfg.teacher.mode == "server" else 0)
 
 
 def _check_peers(cfg: ExperimentConfig, cap: Capacity) -> None:

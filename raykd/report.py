@@ -388,8 +388,9 @@ def units_line(units: Units) -> str:
 
 
 def server_line(stats: dict[str, Any]) -> str:
+    server = f"{stats['replicas']} teacher server replicas" if "replicas" in stats else "Teacher server"
     return (
-        f"\nTeacher server ({stats['device']}): {stats['requests']} requests in {stats['batches']} batches "
+        f"\n{server} ({stats['device']}): {stats['requests']} requests in {stats['batches']} batches "
         f"(mean {stats['mean_batch_rows']:.0f} rows, max {stats['max_batch_rows']}), "
         f"compute {stats['compute_s']:.1f} s, queueing {stats['wait_s']:.1f} s; on Ray node {stats['node_id']}\n"
     )

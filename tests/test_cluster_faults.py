@@ -177,6 +177,7 @@ REFUSED = [
     (["teacher.mode=cache", "teacher.device=cuda"], "teacher.device: cuda but teacher.mode=cache runs the", True),
     (["teacher.mode=server", "teacher.device=cuda"], "teacher.device: cuda but teacher.num_gpus is 0", True),
     (["teacher.mode=server", "teacher.device=cpu", "teacher.num_gpus=1"], "teacher.device=cpu never uses", True),
+    (["teacher.replicas=2"], "teacher.replicas: 2 but teacher.mode=inline runs the teacher inside each", True),
     (["learners.use_gpu=true"], "learners.use_gpu: true but learners.num_workers is 0", True),
     (["learners.peer_actors=true"], "learners.peer_actors: true but no method row is dml", True),
     (["teacher.batch_wait_ms=.inf"], "teacher.batch_wait_ms = inf: Input should be a finite number", True),
@@ -200,6 +201,12 @@ REFUSED = [
     (
         ["teacher.mode=server", "teacher.num_cpus=3"],
         "teacher.num_cpus: 3 CPUs for the server but the Ray cluster",
+        False,
+    ),
+    (
+        ["teacher.mode=server", "teacher.num_cpus=0.5", "teacher.replicas=3"],
+        "teacher.replicas: 3 server replicas x 0.5 CPUs plus one trial's 1 but the Ray cluster has 2 CPUs and 0 GPUs; "
+        "allowed: up to 2",
         False,
     ),
     (
@@ -258,6 +265,23 @@ def test_gpus_ray_lists_but_torch_cannot_use_are_refused() -> None:
     with pytest.raises(ConfigError, match=r"^tune.gpus_per_trial: asks for GPUs but torch here cannot use CUDA"):
         check_gpus({"tune.gpus_per_trial": 0.5}, cap)
     check_gpus({"tune.gpus_per_trial": 0.5}, Capacity(2, 1, 2, [{"CPU": 2, "GPU": 1}], cuda=True))
+
+
+def test_teacher_replicas_share_a_gpu_in_fractions_that_fit_on_it(tmp_path: Path) -> None:
+    """Each replica reserves ``teacher.num_gpus``: 4 at 0.25 share one GPU, a fifth is one line naming the knob."""
+    from raykd.cluster import Capacity, check_server
+    from raykd.config import validate_config
+    from raykd.errors import ConfigError
+
+    cap = Capacity(8, 1, 8, [{"CPU": 8, "GPU": 1}], cuda=True)
+    teacher = {"mode": "server", "num_cpus": 1, "num_gpus": 0.25}
+    replicas = lambda n: validate_config(tiny_raw(tmp_path, tmp_path, teacher=teacher | {"replicas": n}))  # noqa: E731
+    check_server(replicas(4), cap)
+    with pytest.raises(
+        ConfigError, match=r"^teacher.replicas: 5 server replicas x 0.25 GPUs but .*; allowed: up to 4$"
+    ):
+        check_server(replicas(5), cap)
+    assert Capacity(8, 2, 8, [{"CPU": 8, "GPU": 2}], cuda=True).gpu_slots(0.4) == 4  # a fraction fits on one GPU
 
 
 def test_a_wait_on_an_actor_that_cannot_be_placed_is_bounded(ray_session: Any) -> None:

@@ -43,7 +43,7 @@ def test_served_and_cached_token_logits_equal_inline_and_top_k_agrees_between_th
         server = start_server([served], c.teacher) if c.teacher.mode == "server" else None
         results[name] = run_trial(c, "kd", kd, 0, server=server)
         if server is not None:
-            ray_session.kill(server)
+            server.kill()
     for mode in ("cache", "server"):  # full float32 logits: the same run as inline
         assert results[mode]["loss"] == pytest.approx(results["inline"]["loss"], rel=1e-4)
         assert results[mode]["test_ppl"] == pytest.approx(results["inline"]["test_ppl"], rel=1e-4)

@@ -51,7 +51,7 @@ def test_every_new_method_runs_central_trials_alike_in_inline_cache_and_server_m
         for name in names:
             results[mode, name] = run_trial(c, name, {}, 0, server=server)
         if server is not None:
-            ray_session.kill(server)
+            server.kill()
     for name in NEW:
         assert math.isfinite(results["inline", name]["loss"]) and results["inline", name]["epoch"] == 2
     for name in HOOKED:

@@ -44,15 +44,16 @@ def test_server_matches_in_process_logits_for_concurrent_callers_and_merges_them
     model = _served(cfg, setup)
     server = start_server([model], cfg.teacher.model_copy(update={"num_cpus": 0.5, "batch_wait_ms": 20}))
     chunks = [setup.dataset.train_x[i * 50 : (i + 1) * 50] for i in range(16)]
-    answers = ray.get([server.infer.remote((model.key,), x) for x in chunks])  # 16 callers at once
+    (replica,) = server.replicas
+    answers = ray.get([replica.infer.remote((model.key,), x) for x in chunks])  # 16 callers at once
     for x, (logits,) in zip(chunks, answers, strict=True):
         assert logits.shape == (1, 50, 10)
         assert torch.allclose(logits[0], predict(teacher, x), atol=1e-5)
-    stats = ray.get(server.stats.remote())
+    stats = server.stats()
     assert stats["requests"] == 16 and stats["rows"] == 800
     assert stats["batches"] < 16 and stats["max_batch_rows"] > 50  # requests were merged
     assert stats["compute_s"] > 0
-    ray.kill(server)
+    server.kill()
 
 
 def test_server_float16_logits(ray_session, node_setup: tuple) -> None:
@@ -61,10 +62,10 @@ def test_server_float16_logits(ray_session, node_setup: tuple) -> None:
     model = _served(cfg, setup)
     server = start_server([model], cfg.teacher.model_copy(update={"num_cpus": 0.5, "dtype": "float16"}))
     x = setup.dataset.train_x[:64]
-    (logits,) = ray.get(server.infer.remote((model.key,), x))
+    (logits,) = ray.get(server.replicas[0].infer.remote((model.key,), x))
     assert logits.dtype == torch.float16
     assert torch.allclose(logits[0].float(), predict(teacher, x), atol=2e-2)
-    ray.kill(server)
+    server.kill()
 
 
 @pytest.mark.slow
@@ -73,20 +74,20 @@ def test_killed_server_restarts_and_answers_every_in_flight_request(ray_session,
     cfg, setup, teacher = node_setup
     model = _served(cfg, setup)
     server = start_server([model], cfg.teacher.model_copy(update={"num_cpus": 0.5, "max_restarts": 2}))
-    ray.get(server.infer.remote((model.key,), setup.dataset.train_x[:4]))  # up and serving
+    (replica,) = server.replicas
+    ray.get(replica.infer.remote((model.key,), setup.dataset.train_x[:4]))  # up and serving
     chunks = [setup.dataset.train_x[i * 100 : (i + 1) * 100] for i in range(30)]
-    refs = [server.infer.remote((model.key,), x) for x in chunks]
-    ray.kill(server, no_restart=False)  # crash with requests in flight
+    refs = [replica.infer.remote((model.key,), x) for x in chunks]
+    server.kill(no_restart=False)  # crash with requests in flight
     answers = ray.get(refs, timeout=120)
     for x, (logits,) in zip(chunks, answers, strict=True):
         assert torch.allclose(logits[0], predict(teacher, x), atol=1e-5)
-    assert ray.get(server.stats.remote())["requests"] <= 30  # a fresh process answered the retried ones
-    ray.kill(server)
+    assert server.stats()["requests"] <= 30  # a fresh process answered the retried ones
+    server.kill()
 
 
 @pytest.mark.slow
 def test_trial_in_server_and_cache_mode_equals_inline(ray_session, node_setup: tuple, tmp_path: Path) -> None:
-    ray = ray_session
     cfg, setup, _ = node_setup
     results = {}
     # one server for both server modes: prefetching is the client's side of it
@@ -102,7 +103,7 @@ def test_trial_in_server_and_cache_mode_equals_inline(ray_session, node_setup: t
             }
         )
         results[mode + "-dpkd"] = run_trial(dpkd, "dpkd", {"temperature": 4.0, "alpha": 0.5}, 0, server=server)
-    ray.kill(server)
+    server.kill()
     for method in ("", "-dpkd"):
         for mode in ("cache", "server", "server-ahead"):
             assert results[mode + method]["test_acc"] == pytest.approx(

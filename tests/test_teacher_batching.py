@@ -1,6 +1,7 @@
 """The TeacherServer's batching and wire format, in this process (no Ray): continuous batching (an idle server starts
 at once, requests arriving during a forward merge into the next, within ``max_batch_rows``), replies that carry only
-their own rows, and integer inputs narrowed for the trip and widened back unchanged."""
+their own rows, and integer inputs narrowed for the trip and widened back unchanged; and ``teacher.replicas``: a
+student's requests spread over the replicas, whose answers are one server's."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import pickle
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,20 +21,26 @@ from raykd.config import ModelSpec, TeacherConfig
 from raykd.engine import Batch
 from raykd.files import file_digest
 from raykd.models import build_model
+from raykd.teacher.replicas import ServerPool, Spread, combined
 from raykd.teacher.server import Carried, ServedTeacher, TeacherServer, narrowed, served_model, start_server
 
 SHAPE = (1, 40)
 BOUND_S = 60  # how long a test waits for the server to reach a state before it fails
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> tuple[TeacherServer, torch.nn.Module, str]:
-    """A server for one random ``cnn1d`` (as its checkpoint file), and the same model in this process."""
+def random_teacher(folder: Path) -> tuple[Any, torch.nn.Module]:
+    """One random ``cnn1d`` saved as a checkpoint file: what a server loads, and the same model in this process."""
     torch.manual_seed(0)
     model = build_model(ModelSpec(name="cnn1d"), SHAPE, 10).eval()
-    path = tmp_path / "teacher.pt"
+    path = folder / "teacher.pt"
     torch.save({"state_dict": model.state_dict()}, path)
-    info = served_model(file_digest(path), path, ModelSpec(name="cnn1d"), SHAPE, 10)
+    return served_model(file_digest(path), path, ModelSpec(name="cnn1d"), SHAPE, 10), model
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> tuple[TeacherServer, torch.nn.Module, str]:
+    """A server for one random ``cnn1d``, and the same model in this process."""
+    info, model = random_teacher(tmp_path)
     return TeacherServer([info], "cpu", "float32", 100, 0.0), model, info.key
 
 
@@ -120,11 +128,7 @@ def test_a_reply_carries_only_its_own_rows_once_and_arrives_as_the_models_rows_v
 
 
 def test_a_served_teacher_gets_float32_rows_of_its_own_from_float16_replies(ray_session: Any, tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    model = build_model(ModelSpec(name="cnn1d"), SHAPE, 10).eval()
-    path = tmp_path / "teacher.pt"
-    torch.save({"state_dict": model.state_dict()}, path)
-    info = served_model(file_digest(path), path, ModelSpec(name="cnn1d"), SHAPE, 10)
+    info, model = random_teacher(tmp_path)
     server = start_server([info], TeacherConfig(mode="server", num_cpus=0.5, dtype="float16"))
     teacher = ServedTeacher(server, [info.key, info.key], None, prefetch=1)
     rows = torch.arange(64)
@@ -139,7 +143,7 @@ def test_a_served_teacher_gets_float32_rows_of_its_own_from_float16_replies(ray_
                 assert torch.allclose(logits, model(batch.x), atol=2e-2)
         teachers[0].add_(1.0)  # its own memory: writable, and not the other model's rows
         assert not torch.allclose(teachers[0], teachers[1])
-    ray_session.kill(server)
+    server.kill()
 
 
 @pytest.mark.parametrize(
@@ -153,3 +157,53 @@ def test_token_ids_travel_narrowed_and_arrive_unchanged(ids: list[int], sent: to
     assert got.dtype == torch.int64 and torch.equal(got, x)  # the server's model sees what an inline teacher sees
     images = torch.randn(2, 3, 4, 4)
     assert narrowed(images) is images  # floats travel as they are
+
+
+def served_logits(server: ServerPool, key: str, batches: list[Batch]) -> list[torch.Tensor]:
+    """One student's logits for ``batches``, requested as ``fit`` does (the next batch prefetched)."""
+    teacher, out = ServedTeacher(server, [key], None, prefetch=1), []
+    for i, batch in enumerate(batches):
+        if i + 1 < len(batches):
+            teacher.prefetch(batches[i + 1])
+        out.append(teacher(batch)[0][0])
+    return out
+
+
+def test_two_replicas_answer_as_one_server_does_and_one_students_requests_reach_both(
+    ray_session: Any, tmp_path: Path
+) -> None:
+    info, _ = random_teacher(tmp_path)
+    rows = torch.arange(64)
+    batches = [Batch(torch.randn(64, *SHAPE), rows, rows > -1, rows) for _ in range(6)]
+    one = start_server([info], TeacherConfig(mode="server", num_cpus=0.5))
+    expected = served_logits(one, info.key, batches)
+    one.kill()
+    name = f"raykd-test-replicas-{uuid.uuid4().hex[:8]}"
+    two = start_server([info], TeacherConfig(mode="server", num_cpus=0.5, replicas=2), name=name)
+    assert ServerPool.named(name) == two  # a trial that knows the name finds every replica, in order
+    for got, want in zip(served_logits(two, info.key, batches), expected, strict=True):
+        assert torch.allclose(got, want, atol=1e-6)
+    each = two.each_stats()
+    assert [s["requests"] for s in each] == [3, 3]  # the prefetched request goes to the replica not busy for it
+    stats = two.stats()
+    assert stats["replicas"] == 2 and stats["requests"] == 6 and stats["rows"] == 6 * 64
+    two.kill()
+
+
+def test_a_student_picks_the_replica_with_fewest_of_its_requests_out_ties_in_turn() -> None:
+    spread = Spread(3)
+    start = spread.next
+    assert [spread.pick({}) for _ in range(4)] == [(start + i) % 3 for i in range(4)]  # round-robin from its offset
+    assert spread.pick({0: 2, 1: 1, 2: 1}) in (1, 2) and spread.pick({0: 0, 1: 1, 2: 1}) == 0
+    assert Spread(1).pick({0: 5}) == 0
+
+
+def test_the_replicas_statistics_add_up_as_one_servers() -> None:
+    one = {"requests": 4, "rows": 40, "batches": 2, "max_batch_rows": 30, "wait_s": 0.5, "compute_s": 1.0}
+    one |= {"peak_rss_mb": 100.0, "mean_batch_rows": 20.0, "device": "cpu", "node_id": "n1"}
+    assert combined([one]) is one  # one replica: exactly its own
+    other = one | {"requests": 2, "rows": 60, "batches": 1, "max_batch_rows": 60, "node_id": "n2"}
+    both = combined([one, other])
+    assert both["requests"] == 6 and both["rows"] == 100 and both["batches"] == 3 and both["max_batch_rows"] == 60
+    assert both["mean_batch_rows"] == pytest.approx(100 / 3) and both["node_id"] == "n1,n2" and both["device"] == "cpu"
+    assert both["replicas"] == 2 and (both["replica0.requests"], both["replica1.requests"]) == (4, 2)

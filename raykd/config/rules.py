@@ -165,6 +165,8 @@ def check_requests(cfg: ExperimentConfig) -> None:
         raise ConfigError(
             f"teacher.num_gpus: {teacher.num_gpus:g} GPUs but {where}; allowed: 0, or teacher.mode=server"
         )
+    if teacher.mode != "server" and teacher.replicas > 1:
+        raise ConfigError(f"teacher.replicas: {teacher.replicas} but {where}; allowed: 1, or teacher.mode=server")
     if teacher.mode != "server" and teacher.device != "auto":
         raise ConfigError(f"teacher.device: {teacher.device} but {where}; allowed: auto, or teacher.mode=server")
     if teacher.device == "cuda" and teacher.num_gpus == 0:

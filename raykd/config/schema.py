@@ -80,8 +80,14 @@ class TeacherConfig(Section):
         "float32", description="dtype of served and cached logits (bfloat16: server only)"
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="server device; auto = cuda when it has GPUs")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs reserved by the server (fractions allowed)")
-    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved by the server (its torch threads)")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs reserved by each server replica (fractions allowed)")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved by each server replica (its torch threads)")
+    replicas: int = Field(
+        1,
+        ge=1,
+        description="server: TeacherServer actors, each reserving num_cpus and num_gpus (4 at num_gpus 0.25 share one "
+        "GPU); each student spreads its requests over them",
+    )
     max_batch_rows: int = Field(4096, ge=1, description="continuous batching: most rows merged into one forward")
     batch_wait_ms: float = Field(
         0.0, ge=0, le=1000, description="an idle server's wait for more rows before it starts a forward (0: none)"

@@ -22,7 +22,6 @@ import yaml
 from ray import tune
 
 from raykd import report
-from raykd.cluster import ANSWER_TIMEOUT_S, get_within
 from raykd.compat import QuietTuneInterruption
 from raykd.config import Cell, ExperimentConfig
 from raykd.errors import Interrupted
@@ -185,8 +184,8 @@ def write_report(
     else:  # report.study summarises successful trials and needs one
         text, figures, best = report.failures_only(sweep.name, trials), {}, trials.iloc[:0]
     if server is not None:
-        stats = get_within(server.stats.remote(), ANSWER_TIMEOUT_S, "teacher.mode=server: the server's statistics")
-        ray.kill(server)
+        stats = server.stats()  # every replica's, as one server's
+        server.kill()
         parent.log_metrics({f"server.{k}": v for k, v in stats.items() if isinstance(v, (int, float))})
         text += report.server_line(stats)
     failed = int((trials["status"] == "failed").sum())

@@ -17,7 +17,7 @@ import contextlib
 import resource
 import time
 import warnings
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,7 @@ from raykd.nodes import Setup, node_path
 from raykd.precision import serving_precision
 from raykd.teacher.cache import Fill, dense_logits, tail_logsumexp
 from raykd.teacher.protocol import FrozenLogits, TeacherLogits
+from raykd.teacher.replicas import ServerPool, Spread, replica_name
 from raykd.teacher.source import LoadNode
 
 
@@ -224,32 +225,39 @@ class TeacherServer:
 
 def start_server(
     models: list[ServedModel], cfg: TeacherConfig, name: str | None = None, namespace: str | None = None
-) -> Any:
-    """Create the server actor with its resources, restart policy and (optionally) a name, in ``namespace``, to look
-    it up by (processes of another namespace, such as Flower's client actors, find it by both)."""
+) -> ServerPool:
+    """Create ``teacher.replicas`` server actors, each with its resources and restart policy and (optionally) a name
+    derived from ``name`` (``replica_name``), in ``namespace``, to look them up by (processes of another namespace,
+    such as Flower's client actors, find them by both); return once all of them answer."""
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and cfg.num_gpus > 0 and torch.cuda.is_available())
-    actor = ray.remote(TeacherServer).options(
-        name=name,
-        namespace=namespace,
-        num_cpus=cfg.num_cpus,
-        num_gpus=cfg.num_gpus,
-        max_restarts=cfg.max_restarts,
-        max_task_retries=cfg.max_restarts,
-        max_concurrency=1000,
-        runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(cfg.num_cpus)))}},
+    options = {
+        "namespace": namespace,
+        "num_cpus": cfg.num_cpus,
+        "num_gpus": cfg.num_gpus,
+        "max_restarts": cfg.max_restarts,
+        "max_task_retries": cfg.max_restarts,
+        "max_concurrency": 1000,
+        "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(max(1, int(cfg.num_cpus)))}},
+    }
+    args = ("cuda" if use_cuda else "cpu", cfg.dtype, cfg.max_batch_rows, cfg.batch_wait_ms, cfg.top_k, cfg.top_k_fill)
+    pool = ServerPool(
+        tuple(
+            ray.remote(TeacherServer).options(name=replica_name(name, r), **options).remote(models, *args)
+            for r in range(cfg.replicas)
+        )
     )
-    device = "cuda" if use_cuda else "cpu"
-    server = actor.remote(models, device, cfg.dtype, cfg.max_batch_rows, cfg.batch_wait_ms, cfg.top_k, cfg.top_k_fill)
-    what = f"teacher.mode=server: the TeacherServer ({cfg.num_cpus:g} CPUs, {cfg.num_gpus:g} GPUs) starting"
-    get_within(server.stats.remote(), START_TIMEOUT_S, what)
-    return server
+    each = f"{cfg.num_cpus:g} CPUs, {cfg.num_gpus:g} GPUs"
+    who = f"TeacherServer ({each})" if cfg.replicas == 1 else f"{cfg.replicas} TeacherServer replicas ({each} each)"
+    get_within([r.stats.remote() for r in pool.replicas], START_TIMEOUT_S, f"teacher.mode=server: the {who} starting")
+    return pool
 
 
 class ServedTeacher(TeacherLogits):
-    """``teacher.mode: server``: logits from a TeacherServer; ``prefetch`` (a count) next batches' requests are in
-    flight during this step. ``received_bytes`` counts what the server's answers carried (a federated round reports
-    it). ``train_logits`` is the caller's pass over the training split for ``Method.prepare``, which runs where the
-    trial runs (as inline), not on the server: the server's replies may be cut to top-k or a lower dtype."""
+    """``teacher.mode: server``: logits from a TeacherServer, spread over its replicas (``server``: a ``ServerPool``
+    or one actor handle); ``prefetch`` (a count) next batches' requests are in flight during this step.
+    ``received_bytes`` counts what the server's answers carried (a federated round reports it). ``train_logits`` is
+    the caller's pass over the training split for ``Method.prepare``, which runs where the trial runs (as inline),
+    not on the server: the server's replies may be cut to top-k or a lower dtype."""
 
     def __init__(
         self,
@@ -260,26 +268,30 @@ class ServedTeacher(TeacherLogits):
         classes: int = 0,
         train_logits: Callable[[], list[Tensor]] = list,
     ) -> None:
-        self.server, self.teacher_keys, self.initial_key, self.classes = server, teacher_keys, initial_key, classes
+        self.teacher_keys, self.initial_key, self.classes = teacher_keys, initial_key, classes
+        self.pool = ServerPool.of(server)
+        self.spread = Spread(len(self.pool))
         self.split_logits = train_logits
         self.keys = tuple(teacher_keys + ([initial_key] if initial_key else []))
         self.ahead = int(prefetch)  # True/False of older configs read as 1/0
-        self.pending: dict[int, tuple[Batch, ray.ObjectRef]] = {}
+        self.pending: dict[int, tuple[Batch, ray.ObjectRef, int]] = {}  # and the replica asked
         self.received_bytes = 0
 
     def prefetch(self, batch: Batch) -> None:
         if self.ahead and self.keys and id(batch) not in self.pending:
-            self.pending[id(batch)] = (batch, self._request(batch))
+            self.pending[id(batch)] = (batch, *self._request(batch))
 
-    def _request(self, batch: Batch) -> ray.ObjectRef:
+    def _request(self, batch: Batch) -> tuple[ray.ObjectRef, int]:
+        """The request for ``batch``'s logits, sent to the replica ``Spread`` picks, and that replica."""
         x = batch.x.cpu()
-        return self.server.infer.remote(self.keys, Carried(narrowed(x), as_dtype=x.dtype))
+        replica = self.spread.pick(Counter(r for _, _, r in self.pending.values()))
+        return self.pool.replicas[replica].infer.remote(self.keys, Carried(narrowed(x), as_dtype=x.dtype)), replica
 
     def __call__(self, batch: Batch) -> FrozenLogits:
         if not self.keys:
             return [], None
-        _, ref = self.pending.pop(id(batch), (batch, None))
-        ref = ref if ref is not None else self._request(batch)
+        _, ref, _ = self.pending.pop(id(batch), (batch, None, 0))
+        ref = ref if ref is not None else self._request(batch)[0]
         answer = get_within(ref, ANSWER_TIMEOUT_S, "teacher.mode=server: the TeacherServer's logits")
         self.received_bytes += sum(part.nbytes for part in answer)
         # the one copy of a reply: out of Ray's read-only buffer into float32 rows of this process
@@ -318,7 +330,7 @@ def served_teacher(
     """A trial's ``ServedTeacher``: its nodes found on the server by checkpoint content; ``Method.prepare``'s one
     pass over the training split runs in the trial (as inline)."""
     key = lambda node: file_digest(node_path(cfg, node, seed))  # noqa: E731
-    server = ray.get_actor(server) if isinstance(server, str) else server
+    server = ServerPool.named(server) if isinstance(server, str) else server
     initial_key = key(initial) if initial is not None else None
     train_x, classes = setup.dataset.train_x, setup.dataset.num_classes
     train = lambda: [predict(load(n), train_x) for n in frozen]  # noqa: E731
