@@ -78,13 +78,11 @@ def read_student(path: Path) -> dict[str, Any]:
 def load_student(path: Path) -> nn.Module:
     """The student rebuilt from its file, in eval mode (a custom model's module must be importable); its file's
     preprocessing record and input shape ride along as ``raykd_preprocess`` and ``raykd_input_shape``, so
-    ``raykd.predict`` can take the loaded model as well as the file. Like every model raykd builds for pixel data, it
-    standardises uint8 inputs (raw pixels) itself and takes float inputs as they are."""
+    ``raykd.predict`` can take the loaded model as well as the file."""
     record, field = _student(Path(path)), f"student file {path}"
     tokens = record["info"].get("task") == "lm"
     shape, classes = tuple(record["input_shape"]), record["num_classes"]
-    pixels = None if tokens else record.get("preprocess")
-    model = build_model(ModelSpec(**record["model"]), shape, classes, field, tokens, pixels)
+    model = build_model(ModelSpec(**record["model"]), shape, classes, field, tokens)
     fit_weights(model, record["state_dict"], Path(path), field)
     model.raykd_preprocess = record.get("preprocess")  # type: ignore[assignment]
     model.raykd_input_shape = shape  # type: ignore[assignment]

@@ -146,6 +146,7 @@ CROSS_CUTTING = {
     "test_hostile_input": "bad input through every command: one line, nothing written",
     "test_local_cluster": "raykd's own local Ray: loopback, capacity, cleanup",
     "test_mlflow_models": "students as MLflow models, loaded back without raykd",
+    "test_pixels": "uint8 pixels through data, models, training and the server's wire",
     "test_reliability": "interruptions, resume and half-written files",
     "test_study": "the paper study's config and a CI-sized run of it",
     "test_teacher": "teacher logits in every mode (inline, server, cache) give the same students",

@@ -71,6 +71,6 @@ def test_shrunk_cifar10_study_runs_through_the_cli_with_augmentation(
     data = prepare(cfg, 0).dataset
     assert data.input_shape == (3, 32, 32) and len(data.train_y) == 500
     assert (
-        accuracy(load_student(student), data.test_x, data.test_y)
+        accuracy(load_student(student), data.model_view(data.test_x), data.test_y)  # saved students take floats
         == read_student(student)["info"]["metrics"]["test_acc"]
     )
