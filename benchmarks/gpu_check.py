@@ -13,8 +13,11 @@ Ray, Flower and MLflow must import (on a bare GPU image: /work/shared/gpu/README
   cache     the same sweep from the logit cache (no augmentation: cache mode refuses it)
   learners  the default MNIST-1D study on a 1-worker Ray Train learner with ``learners.use_gpu``
   flower    tune_configs/federated_kd.yaml as a Flower simulation, ``federated.client_gpus`` 0.25
-  speed     benchmarks/gpu_speed.py: raykd fit / bare loop at batch 128 and 512, fp32 and bf16; served / plain
-            fp16 inference for ResNet-20 (4 requesters) and ResNet-110 (PASS/FAIL lines of its own with the ratios)
+  speed     benchmarks/gpu_speed.py: raykd fit (float32 inputs and uint8 pixels) / bare loop at batch 128 and 512,
+            fp32 and bf16; served / plain fp16 inference for ResNet-20 (4 requesters) and ResNet-110 (PASS/FAIL lines
+            of its own with the ratios)
+  nodes     benchmarks/node_spread.py: nodes 0 and 1 of the server sweep's config trained 3 times each on the GPU,
+            seed 0 twice (is a node's low accuracy the recipe's spread or the GPU's doing?)
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ def commands(a: argparse.Namespace, work: Path) -> dict[str, tuple[float, list[s
     tune = [py, "-m", "raykd.tune"]
     device = "cuda" if gpu else "cpu"
     return {
-        "server": (0.22, [*tune, *cifar, *sets("name=gpu-server", f"output_dir={work / 'runs-server'}",
+        "server": (0.20, [*tune, *cifar, *sets("name=gpu-server", f"output_dir={work / 'runs-server'}",
                    "teacher.mode=server", f"teacher.device={device}", "teacher.dtype=float16",
                    f"teacher.num_gpus={0.2 if gpu else 0}", "teacher.num_cpus=1")]),
         "inline": (0.14, [*tune, *cifar, *sets("name=gpu-inline", f"output_dir={work / 'runs-inline'}",
@@ -101,7 +104,9 @@ def commands(a: argparse.Namespace, work: Path) -> dict[str, tuple[float, list[s
         "flower": (0.12, [py, "-m", "federated.simulate", "--config", str(FLOWER), *store,
                    *sets(f"federated.rounds={rounds}", f"federated.client_gpus={0.25 if gpu else 0}",
                          f"output_dir={work / 'runs-flower'}")]),
-        "speed": (0.26, [py, str(ROOT / "benchmarks" / "gpu_speed.py"), "--device", device]),
+        "speed": (0.24, [py, str(ROOT / "benchmarks" / "gpu_speed.py"), "--device", device]),
+        "nodes": (0.08, [py, str(ROOT / "benchmarks" / "node_spread.py"), str(STUDY), *cifar[2:], "--device", device,
+                  "--repeats", "3" if gpu else "1"]),
     }  # fmt: skip
 
 

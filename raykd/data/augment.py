@@ -7,7 +7,9 @@ batches is unaffected by whether augmentation is on. Only training batches are a
 the draws run on the batch's device (``Augment.use_device``), so a GPU run augments on the GPU.
 
 Transforms (``data.augment`` entries, a name or ``{name: ..., padding: ...}``):
-- ``random_crop``: zero-pad each side by ``padding`` (default 4), crop back to H x W at a random offset.
+- ``random_crop``: zero-pad each side by ``padding`` (default 4), crop back to H x W at a random offset. The
+  zeros are of the stored inputs: uint8 pixels are padded black before the model standardises them, as
+  torchvision's ``RandomCrop`` before ``Normalize``; float inputs with the standardised zero.
 - ``horizontal_flip``: mirror left-right with probability 0.5.
 """
 
