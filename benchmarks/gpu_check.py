@@ -14,8 +14,8 @@ Ray, Flower and MLflow must import (on a bare GPU image: /work/shared/gpu/README
   learners  the default MNIST-1D study on a 1-worker Ray Train learner with ``learners.use_gpu``
   flower    tune_configs/federated_kd.yaml as a Flower simulation, ``federated.client_gpus`` 0.25
   speed     benchmarks/gpu_speed.py: raykd fit (float32 inputs and uint8 pixels) / bare loop at batch 128 and 512,
-            fp32 and bf16; served / plain fp16 inference for ResNet-20 (4 requesters) and ResNet-110 (PASS/FAIL lines
-            of its own with the ratios)
+            fp32 and bf16; served / plain fp16 inference for ResNet-20 (4 requesters) and ResNet-110, each as one
+            server and as 2 replicas (PASS/FAIL lines of its own with the ratios)
   nodes     benchmarks/node_spread.py: nodes 0 and 1 of the server sweep's config trained 3 times each on the GPU,
             seed 0 twice (is a node's low accuracy the recipe's spread or the GPU's doing?)
 """
