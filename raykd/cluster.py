@@ -203,9 +203,19 @@ def check_server(cfg: ExperimentConfig, cap: Capacity) -> None:
     if server_cpus(cfg) + trial > cap.cpus + 1e-9:
         asked = f"{n} server replicas x {teacher.num_cpus:g} CPUs plus one trial's {trial:g}"
         _refuse("teacher.replicas", asked, has, f"up to {int((cap.cpus - trial) / teacher.num_cpus + 1e-9)}")
-    if teacher.num_gpus > 0 and n > cap.gpu_slots(teacher.num_gpus):
-        asked = f"{n} server replicas x {teacher.num_gpus:g} GPUs"
-        _refuse("teacher.replicas", asked, has, f"up to {cap.gpu_slots(teacher.num_gpus)}")
+    check_server_gpus(cfg, cap)
+
+
+def check_server_gpus(cfg: ExperimentConfig, cap: Capacity) -> None:
+    """Every replica's ``teacher.num_gpus`` fits on one GPU or node of the cluster (a sweep's server, a simulation's
+    served teacher): one GPU request must fit (``check_gpus``), and so must all of them together."""
+    teacher = cfg.teacher
+    if teacher.num_gpus == 0:
+        return
+    check_gpus({"teacher.num_gpus": teacher.num_gpus}, cap)
+    if teacher.replicas > cap.gpu_slots(teacher.num_gpus):
+        asked = f"{teacher.replicas} server replicas x {teacher.num_gpus:g} GPUs"
+        _refuse("teacher.replicas", asked, cap.describe(), f"up to {cap.gpu_slots(teacher.num_gpus)}")
 
 
 def _check_trials(cfg: ExperimentConfig, cap: Capacity) -> None:
@@ -272,6 +282,8 @@ def check_flower_pool(cfg: ExperimentConfig, cap: Capacity, beside: float = 0.0)
     f = cfg.federated
     largest = cap.largest("CPU")
     check_gpus({"federated.client_gpus": f.client_gpus}, cap)
+    if simulation_teacher_cpus(cfg):  # its served teacher's replicas start before the clients
+        check_server_gpus(cfg, cap)
     pool = cap.flower_pool(f.client_cpus)
     if pool == 0:
         _refuse(

@@ -212,3 +212,23 @@ def test_a_sweep_of_simulations_leaves_room_for_each_simulations_served_teacher(
     crowded = load_config(REPO / "tune_configs" / "federated_lm_search.yaml", ["federated.client_cpus=0.75"])
     with pytest.raises(ConfigError, match=r"^federated\.client_cpus: Flower places 2 clients x 0\.75 CPUs, but only"):
         check_sweep(crowded, study_cells(crowded), two_cpus)
+
+
+def test_a_simulations_served_teacher_replicas_must_fit_the_gpus() -> None:
+    """A simulation's served teacher reserves every replica's ``teacher.num_gpus`` before Flower starts its clients:
+    more than the GPUs hold is one line naming the knob, not a server that never starts."""
+    from raykd.api import load_config
+    from raykd.cluster import Capacity, check_flower_pool
+
+    one_gpu = Capacity(cpus=8, gpus=1, free_cpus=8, nodes=[{"CPU": 8, "GPU": 1}], cuda=True)
+    served = lambda n: load_config(  # noqa: E731
+        REPO / "tune_configs" / "federated_lm_search.yaml", ["teacher.num_gpus=0.25", f"teacher.replicas={n}"]
+    )
+    check_flower_pool(served(4), one_gpu)
+    with pytest.raises(
+        ConfigError, match=r"^teacher\.replicas: 5 server replicas x 0\.25 GPUs but .*; allowed: up to 4$"
+    ):
+        check_flower_pool(served(5), one_gpu)
+    no_gpu = Capacity(cpus=8, gpus=0, free_cpus=8, nodes=[{"CPU": 8}])
+    with pytest.raises(ConfigError, match=r"^teacher\.num_gpus"):
+        check_flower_pool(served(1), no_gpu)
