@@ -207,13 +207,10 @@ def check_server(cfg: ExperimentConfig, cap: Capacity) -> None:
 
 
 def check_server_gpus(cfg: ExperimentConfig, cap: Capacity) -> None:
-    """Every replica's ``teacher.num_gpus`` fits on one GPU or node of the cluster (a sweep's server, a simulation's
-    served teacher): one GPU request must fit (``check_gpus``), and so must all of them together."""
+    """All the replicas' ``teacher.num_gpus`` fit the cluster's GPUs together (a sweep's server, a simulation's served
+    teacher); that one replica's fits is ``check_gpus``'s, run before."""
     teacher = cfg.teacher
-    if teacher.num_gpus == 0:
-        return
-    check_gpus({"teacher.num_gpus": teacher.num_gpus}, cap)
-    if teacher.replicas > cap.gpu_slots(teacher.num_gpus):
+    if teacher.num_gpus > 0 and teacher.replicas > cap.gpu_slots(teacher.num_gpus):
         asked = f"{teacher.replicas} server replicas x {teacher.num_gpus:g} GPUs"
         _refuse("teacher.replicas", asked, cap.describe(), f"up to {cap.gpu_slots(teacher.num_gpus)}")
 
@@ -281,8 +278,9 @@ def check_flower_pool(cfg: ExperimentConfig, cap: Capacity, beside: float = 0.0)
     """
     f = cfg.federated
     largest = cap.largest("CPU")
-    check_gpus({"federated.client_gpus": f.client_gpus}, cap)
-    if simulation_teacher_cpus(cfg):  # its served teacher's replicas start before the clients
+    served = bool(simulation_teacher_cpus(cfg))  # its served teacher's replicas start before the clients
+    check_gpus({"federated.client_gpus": f.client_gpus, "teacher.num_gpus": cfg.teacher.num_gpus * served}, cap)
+    if served:
         check_server_gpus(cfg, cap)
     pool = cap.flower_pool(f.client_cpus)
     if pool == 0:

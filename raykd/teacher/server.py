@@ -240,12 +240,9 @@ def start_server(
         "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(max(1, int(cfg.num_cpus)))}},
     }
     args = ("cuda" if use_cuda else "cpu", cfg.dtype, cfg.max_batch_rows, cfg.batch_wait_ms, cfg.top_k, cfg.top_k_fill)
-    pool = ServerPool(
-        tuple(
-            ray.remote(TeacherServer).options(name=replica_name(name, r), **options).remote(models, *args)
-            for r in range(cfg.replicas)
-        )
-    )
+    actor = ray.remote(TeacherServer)
+    replicas = (actor.options(name=replica_name(name, r), **options).remote(models, *args) for r in range(cfg.replicas))
+    pool = ServerPool(tuple(replicas))
     each = f"{cfg.num_cpus:g} CPUs, {cfg.num_gpus:g} GPUs"
     who = f"TeacherServer ({each})" if cfg.replicas == 1 else f"{cfg.replicas} TeacherServer replicas ({each} each)"
     get_within([r.stats.remote() for r in pool.replicas], START_TIMEOUT_S, f"teacher.mode=server: the {who} starting")
